@@ -1,0 +1,173 @@
+// Command shoal is the node-local, P2P-assisted registry mirror: `shoal daemon` runs it, the
+// other commands talk to a running daemon or print its configuration.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/shoal-mirror/shoal/daemon"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v0.1.0".
+var version = "dev"
+
+func main() {
+	app := &cli.App{
+		Name:    "shoal",
+		Usage:   "node-local, P2P-assisted container registry mirror",
+		Version: version,
+		Commands: []*cli.Command{
+			daemonCommand(),
+			{
+				Name:  "config",
+				Usage: "configuration helpers",
+				Subcommands: []*cli.Command{{
+					Name:  "default",
+					Usage: "print the embedded default configuration (a starting point for --config)",
+					Action: func(c *cli.Context) error {
+						_, err := os.Stdout.Write(daemon.DefaultsYAML())
+						return err
+					},
+				}},
+			},
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Println(version)
+					return nil
+				},
+			},
+		},
+		EnableBashCompletion: true,
+		// Exit codes are handled below, once, so that every failure is one line on stderr.
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	if err := app.Run(os.Args); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			if msg := ec.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, "shoal:", msg)
+			}
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "shoal:", err)
+		os.Exit(1)
+	}
+}
+
+func env(name string) []string { return []string{"SHOAL_" + name} }
+
+func daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "daemon",
+		Usage: "run the mirror (flags > SHOAL_* environment > --config file > built-in defaults)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", EnvVars: env("CONFIG"), Usage: "YAML configuration `FILE`"},
+			&cli.StringFlag{Name: "listen", EnvVars: env("LISTEN"), Usage: "mirror API address (default 127.0.0.1:5000)"},
+			&cli.StringFlag{Name: "data-dir", EnvVars: env("DATA_DIR"), Usage: "state directory (default /var/lib/shoal)"},
+			&cli.StringSliceFlag{Name: "registry", EnvVars: env("REGISTRY"), Usage: "upstream endpoint for a registry, `HOST=URL` (repeatable)"},
+			&cli.StringFlag{Name: "default-registry", EnvVars: env("DEFAULT_REGISTRY"), Usage: "registry for requests that name none (default docker.io)"},
+			&cli.DurationFlag{Name: "tag-ttl", EnvVars: env("TAG_TTL"), Usage: "how long a tag is served without asking the upstream (default 30s)"},
+			&cli.StringFlag{Name: "docker-config", EnvVars: env("DOCKER_CONFIG"), Usage: "read upstream credentials from this Docker config.json"},
+			&cli.BoolFlag{Name: "only-configured-registries", EnvVars: env("ONLY_CONFIGURED_REGISTRIES"), Usage: "refuse registries not named in the configuration"},
+			&cli.StringFlag{Name: "store-max-size", EnvVars: env("STORE_MAX_SIZE"), Usage: "content budget, e.g. 50GiB (default 80% of the data dir's filesystem)"},
+			&cli.StringFlag{Name: "store-min-free", EnvVars: env("STORE_MIN_FREE"), Usage: "free space to keep on the filesystem, SIZE or PERCENT (default 5%)"},
+			&cli.DurationFlag{Name: "store-ttl", EnvVars: env("STORE_TTL"), Usage: "evict content not read for this long, 0 = never (default 720h)"},
+			&cli.DurationFlag{Name: "store-gc-interval", EnvVars: env("STORE_GC_INTERVAL"), Usage: "how often the TTL sweep runs (default 1h)"},
+			&cli.StringFlag{Name: "log-format", EnvVars: env("LOG_FORMAT"), Usage: "text or json (default text)"},
+			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
+		},
+		Action: runDaemon,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return cli.Exit("daemon: "+err.Error(), 2)
+		},
+	}
+}
+
+// loadConfig applies the precedence: defaults, then the file, then env and flags (urfave/cli
+// reports both as set; a flag wins over its env variable).
+func loadConfig(c *cli.Context) (daemon.Config, error) {
+	cfg := daemon.DefaultConfig()
+	if p := c.String("config"); p != "" {
+		if err := cfg.LoadFile(p); err != nil {
+			return cfg, err
+		}
+	}
+	str := func(flag string, dst *string) {
+		if c.IsSet(flag) {
+			*dst = c.String(flag)
+		}
+	}
+	str("listen", &cfg.Listen)
+	str("data-dir", &cfg.DataDir)
+	str("default-registry", &cfg.DefaultRegistry)
+	str("docker-config", &cfg.Upstream.DockerConfig)
+	str("store-min-free", &cfg.Store.MinFree)
+	str("log-format", &cfg.LogFormat)
+	str("log-level", &cfg.LogLevel)
+	if c.IsSet("tag-ttl") {
+		cfg.TagTTL = c.Duration("tag-ttl")
+	}
+	if c.IsSet("only-configured-registries") {
+		cfg.Upstream.OnlyConfigured = c.Bool("only-configured-registries")
+	}
+	if c.IsSet("store-ttl") {
+		cfg.Store.TTL = c.Duration("store-ttl")
+	}
+	if c.IsSet("store-gc-interval") {
+		cfg.Store.GCInterval = c.Duration("store-gc-interval")
+	}
+	if c.IsSet("store-max-size") {
+		if err := cfg.SetStoreMaxSize(c.String("store-max-size")); err != nil {
+			return cfg, &daemon.ConfigError{Key: "--store-max-size", Err: err}
+		}
+	}
+	for _, v := range c.StringSlice("registry") {
+		if err := cfg.SetRegistryFlag(v); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func newLogger(format, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(strings.ToUpper(level)))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func runDaemon(c *cli.Context) error {
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	log := newLogger(cfg.LogFormat, cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d, err := daemon.New(ctx, cfg, log)
+	if err != nil {
+		var ce *daemon.ConfigError
+		if errors.As(err, &ce) {
+			return cli.Exit(err.Error(), 2)
+		}
+		return cli.Exit(err.Error(), 1)
+	}
+	if err := d.Run(ctx); err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	return nil
+}

@@ -1,0 +1,220 @@
+package daemon
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/shoal-mirror/shoal/store"
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+//go:embed defaults.yaml
+var defaultsYAML []byte
+
+// DefaultsYAML returns the embedded default configuration, as `shoal config default` prints it.
+func DefaultsYAML() []byte { return bytes.Clone(defaultsYAML) }
+
+// Config is everything the daemon needs. Precedence is applied by the caller: flags > SHOAL_*
+// environment > file > the embedded defaults.
+type Config struct {
+	Listen          string
+	DataDir         string
+	DefaultRegistry string
+	TagTTL          time.Duration
+	LogFormat       string
+	LogLevel        string
+	Upstream        upstream.Config
+	Store           store.Config
+}
+
+// ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %v", e.Key, e.Err) }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// fileConfig is the YAML file's shape. Sizes stay strings here because they are written like
+// "50GiB" or "10%".
+type fileConfig struct {
+	Listen          *string                            `yaml:"listen"`
+	DataDir         *string                            `yaml:"data_dir"`
+	DefaultRegistry *string                            `yaml:"default_registry"`
+	TagTTL          *time.Duration                     `yaml:"tag_ttl"`
+	LogFormat       *string                            `yaml:"log_format"`
+	LogLevel        *string                            `yaml:"log_level"`
+	Registries      map[string]upstream.RegistryConfig `yaml:"registries"`
+	DockerConfig    *string                            `yaml:"docker_config"`
+	Upstream        struct {
+		OnlyConfigured *bool          `yaml:"only_configured"`
+		Timeout        *time.Duration `yaml:"timeout"`
+		Retries        *int           `yaml:"retries"`
+	} `yaml:"upstream"`
+	Store struct {
+		MaxSize    *string        `yaml:"max_size"`
+		MinFree    *string        `yaml:"min_free"`
+		TTL        *time.Duration `yaml:"ttl"`
+		GCInterval *time.Duration `yaml:"gc_interval"`
+	} `yaml:"store"`
+}
+
+// DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
+// which the tests catch.
+func DefaultConfig() Config {
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig()}
+	if err := c.apply(defaultsYAML, "defaults.yaml"); err != nil {
+		panic("embedded defaults.yaml: " + err.Error())
+	}
+	return c
+}
+
+// LoadFile overlays the YAML file at path on c. Unknown keys are errors.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return &ConfigError{Key: "--config", Err: err}
+	}
+	return c.apply(b, path)
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
+
+func (c *Config) apply(b []byte, name string) error {
+	var f fileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		msg := err.Error()
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			msg = fmt.Sprintf("line %s: unknown key %q", m[1], m[2])
+		}
+		msg = strings.TrimPrefix(msg, "yaml: ")
+		return &ConfigError{Key: name, Err: errors.New(strings.ReplaceAll(msg, "\n", "; "))}
+	}
+	set(&c.Listen, f.Listen)
+	set(&c.DataDir, f.DataDir)
+	set(&c.DefaultRegistry, f.DefaultRegistry)
+	set(&c.TagTTL, f.TagTTL)
+	set(&c.LogFormat, f.LogFormat)
+	set(&c.LogLevel, f.LogLevel)
+	set(&c.Upstream.DockerConfig, f.DockerConfig)
+	set(&c.Upstream.OnlyConfigured, f.Upstream.OnlyConfigured)
+	set(&c.Upstream.Timeout, f.Upstream.Timeout)
+	set(&c.Upstream.Retries, f.Upstream.Retries)
+	for host, rc := range f.Registries {
+		c.SetRegistry(host, rc)
+	}
+	if f.Store.MaxSize != nil {
+		if err := c.SetStoreMaxSize(*f.Store.MaxSize); err != nil {
+			return &ConfigError{Key: "store.max_size", Err: err}
+		}
+	}
+	set(&c.Store.MinFree, f.Store.MinFree)
+	set(&c.Store.TTL, f.Store.TTL)
+	set(&c.Store.GCInterval, f.Store.GCInterval)
+	return nil
+}
+
+func set[T any](dst *T, src *T) {
+	if src != nil {
+		*dst = *src
+	}
+}
+
+// SetRegistry merges rc into the configuration for host: fields given in rc win, the rest stay.
+func (c *Config) SetRegistry(host string, rc upstream.RegistryConfig) {
+	if c.Upstream.Registries == nil {
+		c.Upstream.Registries = map[string]upstream.RegistryConfig{}
+	}
+	cur := c.Upstream.Registries[host]
+	if rc.URL != "" {
+		cur.URL = rc.URL
+	}
+	if rc.Username != "" {
+		cur.Username = rc.Username
+	}
+	if rc.Password != "" {
+		cur.Password = rc.Password
+	}
+	if rc.PasswordFile != "" {
+		cur.PasswordFile = rc.PasswordFile
+	}
+	c.Upstream.Registries[host] = cur
+}
+
+// SetRegistryFlag parses a --registry HOST=URL value.
+func (c *Config) SetRegistryFlag(v string) error {
+	host, u, ok := strings.Cut(v, "=")
+	if !ok || host == "" || u == "" {
+		return &ConfigError{Key: "--registry", Err: fmt.Errorf("%q: want HOST=URL, e.g. docker.io=https://registry-1.docker.io", v)}
+	}
+	c.SetRegistry(host, upstream.RegistryConfig{URL: u})
+	return nil
+}
+
+// SetStoreMaxSize parses a size such as "50GiB"; "" keeps the store's default share of the disk.
+func (c *Config) SetStoreMaxSize(v string) error {
+	if v == "" {
+		c.Store.MaxSize = 0
+		return nil
+	}
+	n, err := store.ParseSize(v)
+	if err != nil {
+		return err
+	}
+	c.Store.MaxSize = n
+	return nil
+}
+
+// Validate checks the whole configuration and names the first bad key.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return &ConfigError{Key: "listen", Err: fmt.Errorf("%q: %w", c.Listen, err)}
+	}
+	if c.DataDir == "" {
+		return &ConfigError{Key: "data_dir", Err: errors.New("must not be empty")}
+	}
+	if !validHost(c.DefaultRegistry) {
+		return &ConfigError{Key: "default_registry", Err: fmt.Errorf("%q is not a registry host", c.DefaultRegistry)}
+	}
+	if c.TagTTL < 0 {
+		return &ConfigError{Key: "tag_ttl", Err: errors.New("must not be negative")}
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return &ConfigError{Key: "log_format", Err: fmt.Errorf("%q: want text or json", c.LogFormat)}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return &ConfigError{Key: "log_level", Err: fmt.Errorf("%q: want debug, info, warn or error", c.LogLevel)}
+	}
+	for host := range c.Upstream.Registries {
+		if !validHost(host) {
+			return &ConfigError{Key: fmt.Sprintf("registries.%q", host), Err: errors.New("not a registry host (want HOST or HOST:PORT)")}
+		}
+	}
+	if err := c.Upstream.Validate(); err != nil {
+		return &ConfigError{Key: "upstream", Err: err}
+	}
+	c.Store.Dir = c.storeDir()
+	if err := c.Store.Validate(); err != nil {
+		return &ConfigError{Key: "store", Err: err}
+	}
+	return nil
+}
+
+func (c *Config) storeDir() string { return c.DataDir }

@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/store"
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+// ociError is an error with the OCI distribution code and HTTP status a client must see.
+type ociError struct {
+	Status  int
+	Code    string
+	Message string
+	Err     error
+}
+
+func (e *ociError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *ociError) Unwrap() error { return e.Err }
+
+var (
+	errUnsupported = &ociError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED", Message: "shoal is a pull-through mirror: pushes and deletes are not supported"}
+	errNotFound    = &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "no such route"}
+)
+
+// notFoundAs turns a "not found" from any source into the code that fits the route
+// (BLOB_UNKNOWN for blobs, MANIFEST_UNKNOWN for manifests), keeping other errors.
+func notFoundAs(err error, code, what string) error {
+	var ue *upstream.Error
+	if errors.Is(err, store.ErrNotFound) || (errors.As(err, &ue) && ue.Status == http.StatusNotFound) {
+		return &ociError{Status: http.StatusNotFound, Code: code, Message: what + " unknown to the upstream registry", Err: err}
+	}
+	return err
+}
+
+// writeError is the one place where errors become OCI error responses. It must only be called
+// before any header has been written.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	e := classify(err)
+	if e == nil { // the client went away: nothing to say to it
+		return
+	}
+	if e.Status >= 500 {
+		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", e.Status, "err", err)
+	}
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(ue.RetryAfter.Seconds()+0.5)))
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	h.Del("Docker-Content-Digest")
+	w.WriteHeader(e.Status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	type item struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Detail  string `json:"detail,omitempty"`
+	}
+	body := struct {
+		Errors []item `json:"errors"`
+	}{Errors: []item{{Code: e.Code, Message: e.Message}}}
+	if e.Err != nil {
+		body.Errors[0].Detail = e.Err.Error()
+	}
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+func classify(err error) *ociError {
+	var oe *ociError
+	var ue *upstream.Error
+	switch {
+	case errors.As(err, &oe):
+		return oe
+	case errors.Is(err, context.Canceled):
+		return nil
+	case errors.Is(err, oci.ErrNameInvalid):
+		return &ociError{Status: http.StatusBadRequest, Code: "NAME_INVALID", Message: "invalid repository name", Err: err}
+	case errors.Is(err, oci.ErrDigestInvalid):
+		return &ociError{Status: http.StatusBadRequest, Code: "DIGEST_INVALID", Message: "invalid digest", Err: err}
+	case errors.Is(err, oci.ErrTagInvalid):
+		return &ociError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "invalid tag", Err: err}
+	case errors.Is(err, upstream.ErrUnknownRegistry):
+		return &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "registry not served by this mirror", Err: err}
+	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, store.ErrDigestMismatch):
+		return &ociError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "upstream sent content that does not match its digest; nothing was stored", Err: err}
+	case errors.As(err, &ue):
+		switch {
+		case ue.Status == http.StatusNotFound:
+			return &ociError{Status: http.StatusNotFound, Code: orCode(ue.Code, "NAME_UNKNOWN"), Message: "not found upstream", Err: err}
+		case ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden:
+			// Never relay the upstream's challenge: the client cannot answer it, shoal holds the credentials.
+			return &ociError{Status: http.StatusForbidden, Code: "DENIED", Message: "the upstream registry refused shoal's credentials for this repository", Err: err}
+		case ue.Status == http.StatusTooManyRequests:
+			return &ociError{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", Message: "the upstream registry is rate limiting this mirror", Err: err}
+		case ue.Status >= 400 && ue.Status < 500:
+			return &ociError{Status: ue.Status, Code: orCode(ue.Code, "UNKNOWN"), Message: "upstream refused the request", Err: err}
+		}
+		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "upstream registry failed", Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &ociError{Status: http.StatusGatewayTimeout, Code: "UNAVAILABLE", Message: "upstream registry timed out", Err: err}
+	}
+	var ne interface{ Timeout() bool }
+	if errors.As(err, &ne) {
+		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "upstream registry unreachable", Err: err}
+	}
+	return &ociError{Status: http.StatusInternalServerError, Code: "UNKNOWN", Message: "internal error", Err: err}
+}
+
+func orCode(code, def string) string {
+	if code != "" {
+		return code
+	}
+	return def
+}

@@ -1,0 +1,469 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/store"
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+// Response headers that tell an operator (and the tests) where an answer came from.
+const (
+	hdrSource = "X-Shoal-Source" // store | inflight | upstream | passthrough
+	hdrStale  = "X-Shoal-Stale"  // "true": tag served from cache because the upstream failed
+)
+
+// errAborted means the response was already under way when it failed: the connection is cut
+// so the client sees a broken transfer, never a short body taken for a whole one.
+var errAborted = errors.New("response aborted after headers were sent")
+
+// mirror serves the OCI distribution API, pull side.
+type mirror struct {
+	defaultRegistry string
+	tagTTL          time.Duration
+	store           *store.Store
+	up              *upstream.Client
+	spool           *spool
+	log             *slog.Logger
+	flight          singleflight.Group // manifests and tag lookups, keyed by digest or name
+	staleLog        logEvery
+}
+
+func (m *mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	err := m.serve(w, r)
+	switch {
+	case err == nil:
+	case errors.Is(err, errAborted):
+		panic(http.ErrAbortHandler)
+	default:
+		writeError(w, r, m.log, err)
+	}
+}
+
+func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return errUnsupported
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, "{}")
+		}
+		return nil
+	}
+	if !strings.HasPrefix(r.URL.Path, "/v2/") {
+		return errNotFound
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		return errUnsupported
+	}
+	rt, err := parseRoute(r, m.defaultRegistry)
+	if err != nil {
+		return err
+	}
+	if _, err := m.up.Endpoint(rt.registry); err != nil {
+		return err
+	}
+	switch rt.kind {
+	case "manifest":
+		return m.manifest(w, r, rt)
+	case "blob":
+		return m.blob(w, r, rt)
+	case "tags":
+		return m.passThrough(w, r, rt, "tags/list")
+	case "referrers":
+		return m.passThrough(w, r, rt, "referrers/"+rt.ref)
+	}
+	return errNotFound
+}
+
+// ---- blobs ----
+
+func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	d := digest.Digest(rt.ref)
+	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		return m.up.GetBlob(ctx, rt.registry, rt.repo, d, offset)
+	}
+	for {
+		rc, info, err := m.store.Reader(ctx, d)
+		if err == nil {
+			defer rc.Close()
+			return m.serveStored(w, r, d, rc, info.Size)
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		f, err := m.spool.join(ctx, d, open)
+		switch {
+		case errors.Is(err, store.ErrNoSpace):
+			m.spool.noSpace.do(func() { m.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
+			return m.serveDirect(w, r, d, open)
+		case err != nil:
+			return err
+		case f == nil:
+			continue // committed between our two looks: read it from the store
+		}
+		defer f.release()
+		return m.serveFill(w, r, d, f, open)
+	}
+}
+
+func setBlobHeaders(h http.Header, d digest.Digest, source string) {
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set(hdrSource, source)
+}
+
+// writeBlobHead answers the Range header for a blob of the given size and writes the status
+// line; it returns the byte span to send, [start, end).
+func writeBlobHead(w http.ResponseWriter, r *http.Request, size int64) (int64, int64, error) {
+	rng, err := parseRange(r.Header.Get("Range"), size)
+	if err != nil {
+		if size >= 0 {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		}
+		return 0, 0, &ociError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "RANGE_INVALID", Message: "requested range not satisfiable", Err: err}
+	}
+	if rng == nil {
+		if size >= 0 {
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		}
+		w.WriteHeader(http.StatusOK)
+		return 0, size, nil
+	}
+	setRangeHeaders(w.Header(), rng, size)
+	w.WriteHeader(http.StatusPartialContent)
+	return rng.start, rng.end + 1, nil
+}
+
+// serveStored sends committed content. io.CopyN over the *os.File lets net/http use sendfile.
+func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest, rc io.ReadSeeker, size int64) error {
+	setBlobHeaders(w.Header(), d, "store")
+	start, end, err := writeBlobHead(w, r, size)
+	if err != nil || r.Method == http.MethodHead {
+		return err
+	}
+	if _, err := rc.Seek(start, io.SeekStart); err != nil {
+		return fmt.Errorf("%w: %v", errAborted, err)
+	}
+	if _, err := io.CopyN(w, rc, end-start); err != nil {
+		return fmt.Errorf("%w: %v", errAborted, err)
+	}
+	return nil
+}
+
+// serveFill streams a blob that is being downloaded, as it arrives.
+func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fill, open blobOpener) error {
+	ctx := r.Context()
+	size, err := f.waitStarted(ctx)
+	if errors.Is(err, store.ErrNoSpace) {
+		return m.serveDirect(w, r, d, open)
+	}
+	if err != nil {
+		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
+	}
+	if size < 0 {
+		r.Header.Del("Range") // unknown size: send it whole
+	}
+	setBlobHeaders(w.Header(), d, "upstream")
+	start, end, err := writeBlobHead(w, r, size)
+	if err != nil || r.Method == http.MethodHead {
+		return err
+	}
+	fr := &fillReader{ctx: ctx, f: f, off: start, end: end}
+	_, err = io.Copy(w, fr)
+	if errors.Is(err, store.ErrNoSpace) && start == 0 && ctx.Err() == nil {
+		// The disk filled up under the download: go on from the upstream where we are,
+		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file).
+		err = m.continueDirect(ctx, w, d, f, fr.off, open)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", errAborted, err)
+	}
+	return nil
+}
+
+func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Digest, f *fill, pos int64, open blobOpener) error {
+	h := d.Algorithm().Hash()
+	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.w.ReadAt), 0, pos)); err != nil {
+		return err
+	}
+	rc, _, err := open(ctx, pos)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = io.Copy(w, newVerifyingReader(rc, d, h))
+	return err
+}
+
+type readerAtFunc func(p []byte, off int64) (int, error)
+
+func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
+
+// serveDirect is the degraded path when the store cannot take the blob: stream it from the
+// upstream, verified, without keeping it. A Range cannot be verified, so it is refused.
+func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Digest, open blobOpener) error {
+	if r.Header.Get("Range") != "" {
+		return &ociError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
+	}
+	rc, size, err := open(r.Context(), 0)
+	if err != nil {
+		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
+	}
+	defer rc.Close()
+	setBlobHeaders(w.Header(), d, "passthrough")
+	if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
+		return err
+	}
+	if _, err := io.Copy(w, newVerifyingReader(rc, d, nil)); err != nil {
+		return fmt.Errorf("%w: %v", errAborted, err)
+	}
+	return nil
+}
+
+// ---- manifests ----
+
+type manifestResult struct {
+	data      []byte
+	mediaType string
+	source    string
+}
+
+func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	var d digest.Digest
+	stale := false
+	if oci.IsDigestRef(rt.ref) {
+		d = digest.Digest(rt.ref)
+	} else {
+		tag, st, err := m.resolveTag(ctx, rt)
+		if err != nil {
+			return notFoundAs(err, "MANIFEST_UNKNOWN", "manifest")
+		}
+		d, stale = tag.Digest, st
+	}
+	mr, err := m.manifestBytes(ctx, rt, d)
+	if err != nil {
+		return notFoundAs(err, "MANIFEST_UNKNOWN", "manifest")
+	}
+	if !accepts(r.Header.Values("Accept"), mr.mediaType) {
+		return &ociError{Status: http.StatusNotFound, Code: "MANIFEST_UNKNOWN", Message: fmt.Sprintf("manifest is %s, which the client's Accept header does not list", mr.mediaType)}
+	}
+	h := w.Header()
+	h.Set("Content-Type", mr.mediaType)
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Content-Length", strconv.Itoa(len(mr.data)))
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set(hdrSource, mr.source)
+	if stale {
+		h.Set(hdrStale, "true")
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(mr.data)
+	}
+	return nil
+}
+
+// resolveTag maps a tag to a digest: from the store while the last upstream check is younger
+// than the tag TTL, else by an upstream HEAD (HEADs do not count against Docker Hub's pull
+// limit). When the upstream cannot answer, the last known mapping is served, marked stale.
+func (m *mirror) resolveTag(ctx context.Context, rt route) (store.Tag, bool, error) {
+	name := rt.registry + "/" + rt.repo + ":" + rt.ref
+	known, kerr := m.store.GetTag(ctx, name)
+	if kerr == nil && m.tagTTL > 0 && time.Since(known.Checked) < m.tagTTL {
+		return known, false, nil
+	}
+	v, err, _ := m.flight.Do("tag\x00"+name, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		desc, err := m.up.HeadManifest(ctx, rt.registry, rt.repo, rt.ref)
+		if err != nil {
+			return nil, err
+		}
+		t := store.Tag{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Checked: time.Now()}
+		if err := m.store.PutTag(ctx, name, t); err != nil {
+			m.log.Warn("could not record tag", "tag", name, "err", err)
+		}
+		return t, nil
+	})
+	if err == nil {
+		return v.(store.Tag), false, nil
+	}
+	if kerr == nil && upstreamUnavailable(err) {
+		m.staleLog.do(func() {
+			m.log.Warn("upstream unavailable: serving the last known digest for tags (logged once a minute)", "tag", name, "digest", known.Digest, "err", err)
+		})
+		return known, true, nil
+	}
+	return store.Tag{}, false, err
+}
+
+// upstreamUnavailable is true for failures that say nothing about the tag itself: the upstream
+// could not be reached, timed out, rate limited us or failed on its side.
+func upstreamUnavailable(err error) bool {
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return ue.Status == http.StatusTooManyRequests || ue.Status >= 500
+	}
+	return !errors.Is(err, upstream.ErrUnknownRegistry) && !errors.Is(err, upstream.ErrDigestMismatch)
+}
+
+// manifestBytes returns a manifest by digest from the store or, once for all concurrent
+// callers, from the upstream (verified, then stored).
+func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (manifestResult, error) {
+	if rc, info, err := m.store.Reader(ctx, d); err == nil {
+		defer rc.Close()
+		data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+		if err != nil {
+			return manifestResult{}, err
+		}
+		return manifestResult{data: data, mediaType: info.MediaType, source: "store"}, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return manifestResult{}, err
+	}
+	v, err, _ := m.flight.Do("manifest\x00"+d.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		data, desc, err := m.up.GetManifest(ctx, rt.registry, rt.repo, d.String())
+		if err != nil {
+			return nil, err
+		}
+		if desc.Digest != d { // GetManifest verifies; this guards the contract
+			return nil, fmt.Errorf("%w: manifest %s hashed to %s", upstream.ErrDigestMismatch, d, desc.Digest)
+		}
+		if err := m.store.PutSmall(ctx, d, desc.MediaType, data); err != nil {
+			// Verified bytes can still be served; the next request tries to store them again.
+			m.log.Warn("could not store manifest", "digest", d, "err", err)
+		} else if refs := manifestRefs(data); len(refs) > 0 {
+			if err := m.store.SetRefs(ctx, d, refs); err != nil {
+				m.log.Warn("could not record manifest references", "digest", d, "err", err)
+			}
+		}
+		return manifestResult{data: data, mediaType: desc.MediaType, source: "upstream"}, nil
+	})
+	if err != nil {
+		return manifestResult{}, err
+	}
+	return v.(manifestResult), nil
+}
+
+// manifestRefs lists what a manifest or index points to, so the store keeps them coherent.
+func manifestRefs(data []byte) []digest.Digest {
+	var m struct {
+		Config    *struct{ Digest digest.Digest } `json:"config"`
+		Layers    []struct{ Digest digest.Digest } `json:"layers"`
+		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
+	}
+	if json.Unmarshal(data, &m) != nil {
+		return nil
+	}
+	var out []digest.Digest
+	if m.Config != nil && m.Config.Digest.Validate() == nil {
+		out = append(out, m.Config.Digest)
+	}
+	for _, l := range m.Layers {
+		if l.Digest.Validate() == nil {
+			out = append(out, l.Digest)
+		}
+	}
+	for _, l := range m.Manifests {
+		if l.Digest.Validate() == nil {
+			out = append(out, l.Digest)
+		}
+	}
+	return out
+}
+
+// accepts reports whether a client's Accept headers admit a media type. No Accept header at
+// all admits anything, as registries do.
+func accepts(values []string, mediaType string) bool {
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil {
+				continue
+			}
+			if mt == "*/*" || mt == mediaType || (strings.HasSuffix(mt, "/*") && strings.HasPrefix(mediaType, strings.TrimSuffix(mt, "*"))) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ---- pass-through (tags/list, referrers) ----
+
+func (m *mirror) passThrough(w http.ResponseWriter, r *http.Request, rt route, subpath string) error {
+	q := r.URL.Query()
+	ns := q.Get("ns")
+	q.Del("ns")
+	resp, err := m.up.Get(r.Context(), rt.registry, rt.repo, subpath, q.Encode())
+	if err != nil {
+		return notFoundAs(err, "NAME_UNKNOWN", "repository")
+	}
+	defer resp.Body.Close()
+	h := w.Header()
+	for _, k := range []string{"Content-Type", "Content-Length", "Docker-Content-Digest", "OCI-Filters-Applied"} {
+		if v := resp.Header.Get(k); v != "" {
+			h.Set(k, v)
+		}
+	}
+	if link := resp.Header.Get("Link"); link != "" {
+		h.Set("Link", rewriteLink(link, "/v2/"+rt.clientName+"/"+subpath, ns))
+	}
+	h.Set(hdrSource, "upstream")
+	w.WriteHeader(resp.StatusCode)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if _, err := io.Copy(w, io.LimitReader(resp.Body, 64<<20)); err != nil {
+		return fmt.Errorf("%w: %v", errAborted, err)
+	}
+	return nil
+}
+
+// rewriteLink points a pagination Link at this mirror's path for the same repository, keeping
+// the upstream's query (n, last) and the client's ns.
+func rewriteLink(link, path, ns string) string {
+	start, end := strings.IndexByte(link, '<'), strings.IndexByte(link, '>')
+	if start < 0 || end < start {
+		return link
+	}
+	u, err := url.Parse(link[start+1 : end])
+	if err != nil {
+		return link
+	}
+	q := u.Query()
+	if ns != "" {
+		q.Set("ns", ns)
+	}
+	nu := url.URL{Path: path, RawQuery: q.Encode()}
+	return link[:start+1] + nu.String() + link[end:]
+}

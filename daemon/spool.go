@@ -1,0 +1,322 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/store"
+)
+
+// blobOpener opens a blob from a remote source at an offset; size is the blob's full size
+// (-1 if the source does not say).
+type blobOpener func(ctx context.Context, offset int64) (io.ReadCloser, int64, error)
+
+// fill is one download of a blob into the store. Every client that wants the blob while it is
+// in flight reads the same temp file as it grows; nobody downloads it twice. The final byte is
+// held back from every reader until the digest has been verified and the blob committed.
+type fill struct {
+	d digest.Digest
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever written/done change
+	size    int64         // -1 until known
+	written int64
+	done    bool
+	err     error // set with done when the fill failed
+	w       *store.Writer
+	refs    int // fill goroutine + readers holding w
+	started chan struct{}
+}
+
+// spool de-duplicates downloads per digest. It owns the fills' lifetime.
+type spool struct {
+	store   *store.Store
+	log     *slog.Logger
+	timeout time.Duration // bound on one fill, which may outlive the client who started it
+	retries int           // resumes (Range) after a broken upstream stream
+
+	mu    sync.Mutex
+	fills map[digest.Digest]*fill
+
+	noSpace logEvery
+}
+
+func newSpool(st *store.Store, log *slog.Logger) *spool {
+	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, fills: map[digest.Digest]*fill{}, noSpace: logEvery{every: time.Minute}}
+}
+
+// join returns the fill in flight for d, or starts one with open. It returns (nil, nil) when
+// the blob was committed meanwhile: the caller then reads it from the store. The returned fill
+// holds a reference the caller must release.
+func (s *spool) join(ctx context.Context, d digest.Digest, open blobOpener) (*fill, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.fills[d]; ok {
+		f.mu.Lock()
+		f.refs++
+		f.mu.Unlock()
+		return f, nil
+	}
+	// A fill leaves the map only after its commit, so a miss here and in the store means
+	// nobody has the blob: no second download can start for committed content.
+	if _, err := s.store.Stat(ctx, d); err == nil {
+		return nil, nil
+	}
+	w, err := s.store.Writer(ctx, d, "")
+	if err != nil {
+		return nil, err
+	}
+	f := &fill{d: d, changed: make(chan struct{}), size: -1, w: w, refs: 2, started: make(chan struct{})}
+	s.fills[d] = f
+	go s.run(context.WithoutCancel(ctx), f, open)
+	return f, nil
+}
+
+func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	err := s.copy(ctx, f, open)
+	if err == nil {
+		err = f.w.Commit(ctx, f.written)
+	}
+	if err != nil {
+		_ = f.w.Abort()
+		if errors.Is(err, store.ErrNoSpace) {
+			s.noSpace.do(func() { s.log.Warn("store is out of space; serving straight from the upstream", "digest", f.d, "err", err) })
+		} else {
+			s.log.Warn("blob download failed", "digest", f.d, "err", err)
+		}
+	}
+	f.mu.Lock()
+	f.done, f.err = true, err
+	f.broadcast()
+	f.mu.Unlock()
+	s.mu.Lock()
+	delete(s.fills, f.d)
+	s.mu.Unlock()
+	f.release()
+}
+
+// copy streams the remote blob into the writer, resuming with a Range request when the
+// stream breaks.
+func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
+	buf := make([]byte, 256<<10)
+	var lastErr error
+	for attempt := 0; attempt <= s.retries; attempt++ {
+		rc, size, err := open(ctx, f.written)
+		if err != nil {
+			if attempt == 0 || ctx.Err() != nil {
+				f.start(0, err)
+				return err
+			}
+			lastErr = err
+			continue
+		}
+		if attempt == 0 {
+			f.start(size, nil)
+		}
+		err = s.drain(f, rc, buf)
+		rc.Close()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, store.ErrNoSpace) || ctx.Err() != nil {
+			return err
+		}
+		lastErr = err
+		s.log.Info("upstream stream broke; resuming", "digest", f.d, "offset", f.written, "err", err)
+	}
+	return fmt.Errorf("blob %s: giving up after %d resumes: %w", f.d, s.retries, lastErr)
+}
+
+func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if _, err := f.w.Write(buf[:n]); err != nil {
+				return err
+			}
+			f.mu.Lock()
+			f.written += int64(n)
+			f.broadcast()
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			if f.size >= 0 && f.written != f.size {
+				return fmt.Errorf("upstream stream ended at %d of %d bytes: %w", f.written, f.size, io.ErrUnexpectedEOF)
+			}
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+func (f *fill) start(size int64, err error) {
+	f.mu.Lock()
+	f.size = size
+	if err != nil {
+		f.done, f.err = true, err
+	}
+	f.broadcast()
+	f.mu.Unlock()
+	close(f.started)
+}
+
+// broadcast wakes every waiting reader; f.mu is held.
+func (f *fill) broadcast() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// release drops one reference; the last one closes the temp file.
+func (f *fill) release() {
+	f.mu.Lock()
+	f.refs--
+	last := f.refs == 0
+	f.mu.Unlock()
+	if last {
+		_ = f.w.Close()
+	}
+}
+
+// waitStarted blocks until the upstream answered (size known) or failed.
+func (f *fill) waitStarted(ctx context.Context) (int64, error) {
+	select {
+	case <-f.started:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done && f.err != nil && f.written == 0 {
+		return 0, f.err
+	}
+	return f.size, nil
+}
+
+// readAt reads verified-or-in-flight bytes at off, waiting for them to arrive. Until the fill
+// is committed, the last byte is never handed out, so no reader sees the end of a blob whose
+// digest has not been checked.
+func (f *fill) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+	for {
+		f.mu.Lock()
+		done, err, limit, ch := f.done, f.err, f.written, f.changed
+		f.mu.Unlock()
+		if done && err != nil {
+			return 0, err
+		}
+		if !done {
+			limit--
+		}
+		if off < limit {
+			return f.w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
+		}
+		if done {
+			return 0, io.EOF
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// fillReader reads a fill sequentially from an offset up to an end (exclusive; -1 = to the end).
+type fillReader struct {
+	ctx      context.Context
+	f        *fill
+	off, end int64
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	if r.end >= 0 {
+		if r.off >= r.end {
+			return 0, io.EOF
+		}
+		if rem := r.end - r.off; int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
+	n, err := r.f.readAt(r.ctx, p, r.off)
+	r.off += int64(n)
+	return n, err
+}
+
+// verifyingReader hashes what passes through and fails at EOF unless the digest matches; like
+// a fill, it holds back the final byte until the check passed. It backs the pass-through path
+// (store out of space), where no store writer verifies for us.
+type verifyingReader struct {
+	r       io.Reader
+	h       hash.Hash
+	want    digest.Digest
+	pend    []byte
+	scratch []byte
+	eof     bool
+}
+
+// newVerifyingReader verifies r against want; h may already hold the hash of the bytes that
+// came before r (a stream switched to pass-through midway), else nil.
+func newVerifyingReader(r io.Reader, want digest.Digest, h hash.Hash) *verifyingReader {
+	if h == nil {
+		h = want.Algorithm().Hash()
+	}
+	return &verifyingReader{r: r, h: h, want: want, scratch: make([]byte, 64<<10)}
+}
+
+func (v *verifyingReader) Read(p []byte) (int, error) {
+	for len(v.pend) <= 1 && !v.eof {
+		n, err := v.r.Read(v.scratch)
+		v.h.Write(v.scratch[:n])
+		v.pend = append(v.pend, v.scratch[:n]...)
+		switch {
+		case err == io.EOF:
+			if got := digest.NewDigest(v.want.Algorithm(), v.h); got != v.want {
+				return 0, fmt.Errorf("%w: got %s, want %s", store.ErrDigestMismatch, got, v.want)
+			}
+			v.eof = true
+		case err != nil:
+			return 0, err
+		}
+	}
+	avail := len(v.pend)
+	if !v.eof {
+		avail--
+	}
+	if avail == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, v.pend[:avail])
+	v.pend = append(v.pend[:0], v.pend[n:]...)
+	return n, nil
+}
+
+// logEvery lets a repeated condition be logged once per period, not once per request.
+type logEvery struct {
+	mu    sync.Mutex
+	every time.Duration
+	last  time.Time
+}
+
+func (l *logEvery) do(fn func()) {
+	l.mu.Lock()
+	now := time.Now()
+	ok := l.last.IsZero() || now.Sub(l.last) >= l.every
+	if ok {
+		l.last = now
+	}
+	l.mu.Unlock()
+	if ok {
+		fn()
+	}
+}
