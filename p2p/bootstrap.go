@@ -1,0 +1,247 @@
+package p2p
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/sec"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+const (
+	// dialTimeout bounds one bootstrap connection attempt.
+	dialTimeout = 3 * time.Second
+	// maintainEvery is how often the routing table is checked for emptiness.
+	maintainEvery = 200 * time.Millisecond
+	// maxBackoff caps the wait between bootstrap rounds while alone.
+	maxBackoff = 30 * time.Second
+	// dnsRefreshEvery re-resolves BootstrapDNS to meet nodes started since (and to heal a
+	// cluster that formed as two halves).
+	dnsRefreshEvery = time.Minute
+	// bootstrapConcurrency bounds parallel dials in one round.
+	bootstrapConcurrency = 8
+)
+
+// maintain keeps the node in the swarm: it bootstraps at start-up, again (with back-off)
+// whenever the routing table is empty, re-resolves BootstrapDNS periodically, and triggers a
+// full reprovide when the routing table goes from empty to non-empty. With no bootstrap
+// source configured (single-node mode, or mDNS only) it stays silent.
+func (n *Node) maintain(ctx context.Context) {
+	hasSources := len(n.static) > 0 || n.dnsName != ""
+	t := time.NewTicker(maintainEvery)
+	defer t.Stop()
+	var (
+		lastSize  int
+		backoff   time.Duration
+		nextRound time.Time // zero: now
+		nextDNS   = time.Now().Add(dnsRefreshEvery)
+		warned    bool
+	)
+	for {
+		size := n.dht.RoutingTable().Size()
+		switch {
+		case lastSize == 0 && size > 0:
+			n.log.Info("joined the swarm", "routing_table", size)
+			n.triggerReprovide()
+			backoff, warned = 0, false
+		case lastSize > 0 && size == 0:
+			n.log.Info("routing table empty; re-bootstrapping")
+			nextRound = time.Time{}
+		}
+		lastSize = size
+		now := time.Now()
+		if size == 0 && hasSources && !now.Before(nextRound) {
+			if ok := n.bootstrap(ctx, false); !ok && ctx.Err() == nil {
+				if !warned {
+					n.log.Warn("no bootstrap peer reachable yet; retrying quietly",
+						"bootstrap", len(n.static), "bootstrap_dns", n.dnsName)
+					warned = true
+				}
+			}
+			backoff = min(max(2*backoff, time.Second), maxBackoff)
+			nextRound = time.Now().Add(backoff)
+			nextDNS = time.Now().Add(dnsRefreshEvery)
+		} else if size > 0 && n.dnsName != "" && !now.Before(nextDNS) {
+			n.bootstrap(ctx, true)
+			nextDNS = time.Now().Add(dnsRefreshEvery)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// bootstrap connects to the static bootstrap peers and to the addresses BootstrapDNS
+// resolves to (only DNS ones when dnsOnly), then asks the DHT to refresh. It reports whether
+// any connection succeeded.
+func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
+	var (
+		ok  atomic.Int32
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, bootstrapConcurrency)
+	)
+	run := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			defer func() { <-sem }()
+			if err := f(); err != nil {
+				n.log.Debug("bootstrap dial failed", "err", err)
+				return
+			}
+			ok.Add(1)
+		}()
+	}
+	if !dnsOnly {
+		for _, ai := range n.static {
+			if ai.ID == n.host.ID() {
+				continue
+			}
+			run(func() error { return n.connect(ctx, ai) })
+		}
+	}
+	if n.dnsName != "" {
+		for _, a := range n.resolveDNS(ctx) {
+			run(func() error {
+				p, err := n.learnPeerID(ctx, a)
+				if err != nil {
+					return err
+				}
+				if p == n.host.ID() {
+					return nil
+				}
+				return n.connect(ctx, peer.AddrInfo{ID: p, Addrs: []ma.Multiaddr{a}})
+			})
+		}
+	}
+	wg.Wait()
+	if ok.Load() == 0 {
+		return false
+	}
+	_ = n.dht.Bootstrap(ctx)
+	return true
+}
+
+func (n *Node) connect(ctx context.Context, ai peer.AddrInfo) error {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if err := n.host.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("connect %s: %w", ai.ID, err)
+	}
+	n.host.ConnManager().TagPeer(ai.ID, "shoal-bootstrap", 10)
+	return nil
+}
+
+// resolveDNS resolves BootstrapDNS into TCP multiaddrs, leaving out this node's own
+// addresses and addresses already connected.
+func (n *Node) resolveDNS(ctx context.Context) []ma.Multiaddr {
+	rctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	ips, err := n.opts.resolve(rctx, n.dnsName)
+	if err != nil {
+		n.log.Debug("bootstrap DNS lookup failed", "name", n.dnsName, "err", err)
+		return nil
+	}
+	skip := map[string]bool{}
+	for _, a := range n.host.Addrs() {
+		if ip, err := manet.ToIP(a); err == nil {
+			skip[ip.String()] = true
+		}
+	}
+	for _, c := range n.host.Network().Conns() {
+		if ip, err := manet.ToIP(c.RemoteMultiaddr()); err == nil {
+			skip[ip.String()] = true
+		}
+	}
+	var out []ma.Multiaddr
+	seen := map[string]bool{}
+	for _, ip := range ips {
+		if ip == nil || skip[ip.String()] || seen[ip.String()] {
+			continue
+		}
+		seen[ip.String()] = true
+		a, err := manet.FromNetAddr(&net.TCPAddr{IP: ip, Port: n.dnsPort})
+		if err != nil {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// learnPeerID finds out who listens at addr without knowing its peer ID in advance: it
+// dials a throw-away placeholder ID there, and the security handshake (Noise) fails with the
+// remote's real, authenticated ID. The swarm key, if any, applies as for any dial.
+func (n *Node) learnPeerID(ctx context.Context, addr ma.Multiaddr) (peer.ID, error) {
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	placeholder, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		return "", err
+	}
+	ps := n.host.Peerstore()
+	ps.AddAddr(placeholder, addr, time.Minute)
+	defer ps.RemovePeer(placeholder)
+	defer ps.ClearAddrs(placeholder)
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := n.host.Network().DialPeer(ctx, placeholder)
+	if err == nil {
+		c.Close() // a 256-bit ID collision: not going to happen
+		return "", errors.New("placeholder peer ID answered")
+	}
+	var mismatch sec.ErrPeerIDMismatch
+	if errors.As(err, &mismatch) && mismatch.Actual != "" {
+		return mismatch.Actual, nil
+	}
+	return "", fmt.Errorf("learn peer ID at %s: %w", addr, err)
+}
+
+// startMDNS advertises and discovers peers on the local link.
+func startMDNS(ctx context.Context, n *Node) (io.Closer, error) {
+	found := func(ai peer.AddrInfo) {
+		if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected || n.peers.isBanned(ai.ID) {
+			return
+		}
+		go func() {
+			if err := n.connect(ctx, ai); err != nil {
+				n.log.Debug("mDNS peer unreachable", "peer", ai.ID.String(), "err", err)
+				return
+			}
+			n.log.Debug("connected to mDNS peer", "peer", ai.ID.String())
+			_ = n.dht.Bootstrap(ctx)
+		}()
+	}
+	svc := mdns.NewMdnsService(n.host, "_shoal._udp", mdnsNotifee(found))
+	if err := svc.Start(); err != nil {
+		return nil, err
+	}
+	return svc, nil
+}
+
+// mdnsNotifee connects to a peer announced over mDNS (the swarm key, if any, still decides
+// whether the connection holds).
+type mdnsNotifee func(peer.AddrInfo)
+
+func (f mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) { f(ai) }

@@ -1,0 +1,346 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/records"
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	bconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/opencontainers/go-digest"
+)
+
+// dhtPrefix keeps shoal's DHT apart from every other libp2p DHT (the IPFS one included):
+// a peer speaking another prefix never enters the routing table.
+const dhtPrefix = "/shoal"
+
+// Content is what this node serves to peers: by digest only, never by tag, and never by
+// fetching from an upstream on a peer's behalf.
+type Content interface {
+	// OpenForPeer opens content by digest from offset; size is the full content size. It must
+	// return an error wrapping ErrNotFound when the content is absent. It is local-only by
+	// contract: a peer's request is never forwarded to an upstream or another peer.
+	OpenForPeer(ctx context.Context, d digest.Digest, offset int64) (rc io.ReadCloser, size int64, err error)
+	// ShareList lists the digests to (re)provide; the reprovide loop calls it.
+	ShareList(ctx context.Context) ([]digest.Digest, error)
+}
+
+// Sentinel errors, compared with errors.Is.
+var (
+	// ErrNotFound means the content is absent (or withdrawn) on the asked node.
+	ErrNotFound = errors.New("p2p: not found")
+	// ErrStalled means a transfer received no byte for StallTimeout.
+	ErrStalled = errors.New("p2p: transfer stalled")
+	// ErrBanned means the peer is banned; nothing is exchanged with it.
+	ErrBanned = errors.New("p2p: peer banned")
+)
+
+// Peer names a node of the swarm: its peer ID and the multiaddrs it can be dialled on.
+type Peer struct {
+	ID    string
+	Addrs []string
+}
+
+// Node is a libp2p host with a Kademlia DHT (for provider records) and the blob transfer
+// protocol. It is safe for concurrent use.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	host    host.Host
+	dht     *dht.IpfsDHT
+	content Content
+	peers   *peerTable
+	opts    options
+
+	static  []peer.AddrInfo
+	dnsName string
+	dnsPort int
+	mdns    io.Closer
+
+	mu        sync.Mutex
+	provided  map[digest.Digest]struct{} // Provide calls not (yet) covered by ShareList
+	listed    map[digest.Digest]struct{} // last ShareList
+	withdrawn map[digest.Digest]struct{} // never served nor provided until provided again
+
+	reprovideNow chan struct{}
+	serveSlots   chan struct{}
+
+	lookups, lookupHits atomic.Int64
+	lookupLat           latencyRing
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// options are test hooks; the daemon always uses the defaults.
+type options struct {
+	// resolve resolves BootstrapDNS (default: the system resolver).
+	resolve func(ctx context.Context, name string) ([]net.IP, error)
+	// observeDial sees every address the host is about to dial.
+	observeDial func(p peer.ID, a ma.Multiaddr)
+}
+
+type option func(*options)
+
+// maxConcurrentServes bounds blob streams served at once; more are answered BUSY so the
+// asker moves on to another source instead of queueing.
+const maxConcurrentServes = 64
+
+// New starts a node: it loads (or creates) the identity key at dataDir/p2p/identity.key,
+// listens, joins the swarm in the background and starts the reprovide loop. ctx bounds only
+// the start-up; the node runs until Close.
+func New(ctx context.Context, cfg Config, dataDir string, content Content, log *slog.Logger) (*Node, error) {
+	return newNode(ctx, cfg, dataDir, content, log)
+}
+
+func newNode(ctx context.Context, cfg Config, dataDir string, content Content, log *slog.Logger, opt ...option) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if content == nil {
+		return nil, errors.New("p2p: nil Content")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "p2p")
+	var o options
+	for _, f := range opt {
+		f(&o)
+	}
+	if o.resolve == nil {
+		o.resolve = func(ctx context.Context, name string) ([]net.IP, error) {
+			addrs, err := net.DefaultResolver.LookupIPAddr(ctx, name)
+			ips := make([]net.IP, 0, len(addrs))
+			for _, a := range addrs {
+				ips = append(ips, a.IP)
+			}
+			return ips, err
+		}
+	}
+
+	key, err := loadIdentity(dataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:          cfg,
+		log:          log,
+		content:      content,
+		opts:         o,
+		provided:     map[digest.Digest]struct{}{},
+		listed:       map[digest.Digest]struct{}{},
+		withdrawn:    map[digest.Digest]struct{}{},
+		reprovideNow: make(chan struct{}, 1),
+		serveSlots:   make(chan struct{}, maxConcurrentServes),
+		peers:        newPeerTable(cfg.BanDuration, time.Now),
+	}
+	for _, s := range cfg.Bootstrap {
+		ai, _ := bootstrapAddr(s) // validated above
+		n.static = mergeAddrInfo(n.static, *ai)
+	}
+	if cfg.BootstrapDNS != "" {
+		n.dnsName, n.dnsPort, _ = cfg.dnsTarget()
+	}
+
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	if err != nil {
+		return nil, fmt.Errorf("p2p: resource manager: %w", err)
+	}
+	// A LAN cluster is small; keep every peer unless there are hundreds.
+	cm, err := bconnmgr.NewConnManager(200, 400, bconnmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, fmt.Errorf("p2p: connection manager: %w", err)
+	}
+	lopts := []libp2p.Option{
+		libp2p.Identity(key),
+		libp2p.ListenAddrStrings(cfg.Listen...),
+		// TCP only: a private network (PSK) cannot protect QUIC, and one transport keeps the
+		// dialled addresses predictable.
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		// No relay, no NAT port mapping, no hole punching, no AutoNAT: shoal dials only what
+		// its configuration names or what its own peers tell it.
+		libp2p.DisableRelay(),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+		libp2p.ConnectionGater(&gater{banned: n.peers.isBanned, observe: o.observeDial}),
+		// The daemon owns the metrics registry; libp2p must not register into the global one.
+		libp2p.DisableMetrics(),
+		libp2p.UserAgent("shoal"),
+		libp2p.Ping(true),
+	}
+	if cfg.SwarmKeyFile != "" {
+		psk, err := loadSwarmKey(cfg.SwarmKeyFile)
+		if err != nil {
+			rm.Close()
+			return nil, err
+		}
+		lopts = append(lopts, libp2p.PrivateNetwork(psk))
+	}
+	h, err := libp2p.New(lopts...)
+	if err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.Listen, err)
+	}
+	n.host = h
+	d, err := dht.New(h,
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(dhtPrefix),
+		dht.DisableValues(),
+		dht.ProviderManagerOpts(
+			records.ProvideValidity(cfg.RecordTTL),
+			records.ProviderAddrTTL(cfg.RecordTTL),
+		),
+	)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("p2p: start DHT: %w", err)
+	}
+	n.dht = d
+
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	n.cancel = cancel
+	h.SetStreamHandler(blobProtocol, func(s network.Stream) { n.serveBlob(life, s) })
+
+	if cfg.MDNS {
+		m, err := startMDNS(life, n)
+		if err != nil {
+			n.Close()
+			return nil, fmt.Errorf("p2p.mdns: %w", err)
+		}
+		n.mdns = m
+	}
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); n.maintain(life) }()
+	go func() { defer n.wg.Done(); n.reprovideLoop(life) }()
+	log.Info("p2p node started", "id", h.ID().String(), "addrs", n.Addrs(),
+		"bootstrap", len(n.static), "bootstrap_dns", cfg.BootstrapDNS, "mdns", cfg.MDNS,
+		"private_network", cfg.SwarmKeyFile != "")
+	return n, nil
+}
+
+// Close stops the loops, the DHT and the host. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.cancel != nil {
+			n.cancel()
+		}
+		if n.mdns != nil {
+			n.mdns.Close()
+		}
+		n.wg.Wait()
+		var errs []error
+		if n.dht != nil {
+			errs = append(errs, n.dht.Close())
+		}
+		errs = append(errs, n.host.Close())
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// ID is the node's peer ID (stable across restarts with the same data dir).
+func (n *Node) ID() string { return n.host.ID().String() }
+
+// Addrs are the node's listen addresses as full multiaddrs ending in /p2p/<ID>, fit for
+// another node's Bootstrap list.
+func (n *Node) Addrs() []string {
+	addrs, err := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: n.host.ID(), Addrs: n.host.Addrs()})
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, a.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Ping measures the round-trip time to a peer (dialling it if it is known but not connected).
+func (n *Node) Ping(ctx context.Context, peerID string) (time.Duration, error) {
+	p, err := peer.Decode(peerID)
+	if err != nil {
+		return 0, fmt.Errorf("p2p: ping: invalid peer ID %q: %w", peerID, err)
+	}
+	if n.peers.isBanned(p) {
+		return 0, fmt.Errorf("%w: %s", ErrBanned, p)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx) // stops ping's loop after the first answer
+	defer cancel()
+	res, ok := <-ping.Ping(ctx, n.host, p)
+	if !ok {
+		return 0, fmt.Errorf("p2p: ping %s: %w", p, ctx.Err())
+	}
+	if res.Error != nil {
+		return 0, fmt.Errorf("p2p: ping %s: %w", p, res.Error)
+	}
+	return res.RTT, nil
+}
+
+// gater refuses banned peers in both directions and lets tests watch every dial.
+type gater struct {
+	banned  func(peer.ID) bool
+	observe func(peer.ID, ma.Multiaddr)
+}
+
+var _ connmgr.ConnectionGater = (*gater)(nil)
+
+func (g *gater) InterceptPeerDial(p peer.ID) bool { return !g.banned(p) }
+
+func (g *gater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
+	if g.observe != nil {
+		g.observe(p, a)
+	}
+	return !g.banned(p)
+}
+
+func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool { return true }
+
+func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return !g.banned(p)
+}
+
+func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// mergeAddrInfo adds ai to list, merging addresses of the same peer.
+func mergeAddrInfo(list []peer.AddrInfo, ai peer.AddrInfo) []peer.AddrInfo {
+	for i := range list {
+		if list[i].ID == ai.ID {
+			list[i].Addrs = append(list[i].Addrs, ai.Addrs...)
+			return list
+		}
+	}
+	return append(list, ai)
+}

@@ -1,0 +1,467 @@
+package p2p
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/opencontainers/go-digest"
+)
+
+// The blob protocol: one request and one response per stream, over an authenticated (and,
+// with a swarm key, private) libp2p connection.
+//
+//	request:  "<digest> <offset> local\n"          at most maxRequestLine bytes
+//	response: "OK <size>\n" then size-offset bytes  (size is the full content size)
+//	          "NOTFOUND\n" | "RANGE <size>\n" | "BADREQUEST\n" | "BUSY\n" | "ERROR\n"
+//
+// "local" marks the request as coming from a peer: it is answered from the node's own
+// content only and never forwarded to an upstream or another peer (no loops). It is the only
+// mode today; a later mode (for example asking a designated fetcher) gets its own word.
+// A server that cannot deliver every promised byte resets the stream, so a truncated body
+// is never mistaken for a complete one.
+const (
+	blobProtocol    = "/shoal/blob/1.0.0"
+	maxRequestLine  = 256
+	maxResponseLine = 64
+	modeLocal       = "local"
+	// maxOffset keeps offsets far from int64 overflow in size arithmetic.
+	maxOffset = 1 << 62
+)
+
+// request is a parsed blob request.
+type request struct {
+	Digest digest.Digest
+	Offset int64
+	Mode   string
+}
+
+// errBadRequest classifies every parse failure.
+var errBadRequest = errors.New("bad request")
+
+// parseRequest strictly parses one request line, including its terminating "\n".
+func parseRequest(line []byte) (request, error) {
+	if len(line) > maxRequestLine {
+		return request{}, fmt.Errorf("%w: line longer than %d bytes", errBadRequest, maxRequestLine)
+	}
+	body, ok := bytes.CutSuffix(line, []byte("\n"))
+	if !ok {
+		return request{}, fmt.Errorf("%w: missing newline", errBadRequest)
+	}
+	fields := bytes.Split(body, []byte(" "))
+	if len(fields) != 3 {
+		return request{}, fmt.Errorf("%w: want 3 space-separated fields, got %d", errBadRequest, len(fields))
+	}
+	d, err := parseDigestStrict(fields[0])
+	if err != nil {
+		return request{}, err
+	}
+	off, err := parseUint(fields[1], maxOffset)
+	if err != nil {
+		return request{}, fmt.Errorf("%w: offset: %v", errBadRequest, err)
+	}
+	if string(fields[2]) != modeLocal {
+		return request{}, fmt.Errorf("%w: unknown mode", errBadRequest)
+	}
+	return request{Digest: d, Offset: off, Mode: modeLocal}, nil
+}
+
+// parseDigestStrict accepts only canonical sha256/sha512 digests: lower-case hex of the
+// exact length, nothing else.
+func parseDigestStrict(b []byte) (digest.Digest, error) {
+	alg, hexPart, ok := bytes.Cut(b, []byte(":"))
+	if !ok {
+		return "", fmt.Errorf("%w: digest has no algorithm", errBadRequest)
+	}
+	var want int
+	switch string(alg) {
+	case "sha256":
+		want = 64
+	case "sha512":
+		want = 128
+	default:
+		return "", fmt.Errorf("%w: unsupported digest algorithm", errBadRequest)
+	}
+	if len(hexPart) != want {
+		return "", fmt.Errorf("%w: digest length", errBadRequest)
+	}
+	for _, c := range hexPart {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", fmt.Errorf("%w: digest is not lower-case hex", errBadRequest)
+		}
+	}
+	return digest.Digest(b), nil
+}
+
+// parseUint parses a canonical decimal (no sign, no leading zeros) not above max.
+func parseUint(b []byte, max int64) (int64, error) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, errors.New("want 1..19 digits")
+	}
+	if len(b) > 1 && b[0] == '0' {
+		return 0, errors.New("leading zero")
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, errors.New("not a decimal number")
+		}
+		v = v*10 + int64(c-'0')
+		if v > max {
+			return 0, fmt.Errorf("above %d", max)
+		}
+	}
+	return v, nil
+}
+
+func (r request) marshal() []byte {
+	return fmt.Appendf(nil, "%s %d %s\n", r.Digest, r.Offset, r.Mode)
+}
+
+// response statuses
+const (
+	statusOK         = "OK"
+	statusNotFound   = "NOTFOUND"
+	statusRange      = "RANGE"
+	statusBadRequest = "BADREQUEST"
+	statusBusy       = "BUSY"
+	statusError      = "ERROR"
+)
+
+// parseResponse parses a response line (with its "\n"); size is set for OK and RANGE.
+func parseResponse(line []byte) (status string, size int64, err error) {
+	body, ok := bytes.CutSuffix(line, []byte("\n"))
+	if !ok {
+		return "", 0, errors.New("response line without newline")
+	}
+	st, arg, hasArg := bytes.Cut(body, []byte(" "))
+	switch s := string(st); s {
+	case statusOK, statusRange:
+		if !hasArg {
+			return "", 0, fmt.Errorf("response %s without size", s)
+		}
+		size, err := parseUint(arg, maxOffset)
+		if err != nil {
+			return "", 0, fmt.Errorf("response size: %w", err)
+		}
+		return s, size, nil
+	case statusNotFound, statusBadRequest, statusBusy, statusError:
+		if hasArg {
+			return "", 0, fmt.Errorf("unexpected argument after %s", s)
+		}
+		return s, 0, nil
+	default:
+		return "", 0, errors.New("unknown response status")
+	}
+}
+
+// copyBufPool holds transfer buffers; large ones keep encryption and framing overhead low.
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// serveBlob answers one peer request from Content.
+func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
+	p := s.Conn().RemotePeer()
+	if n.peers.isBanned(p) {
+		s.Reset()
+		return
+	}
+	stall := n.cfg.StallTimeout
+	_ = s.SetReadDeadline(time.Now().Add(stall))
+	br := bufio.NewReaderSize(s, maxRequestLine)
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			n.reply(s, statusBadRequest)
+			s.Close()
+			return
+		}
+		s.Reset()
+		return
+	}
+	req, err := parseRequest(line)
+	if err != nil {
+		n.log.Debug("bad blob request", "peer", p.String(), "err", err)
+		n.reply(s, statusBadRequest)
+		s.Close()
+		return
+	}
+	select {
+	case n.serveSlots <- struct{}{}:
+		defer func() { <-n.serveSlots }()
+	default:
+		n.reply(s, statusBusy)
+		s.Close()
+		return
+	}
+	if n.isWithdrawn(req.Digest) {
+		n.reply(s, statusNotFound)
+		s.Close()
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rc, size, err := n.content.OpenForPeer(ctx, req.Digest, req.Offset)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			n.reply(s, statusNotFound)
+		} else {
+			n.log.Warn("serving peer failed to open content", "peer", p.String(), "digest", req.Digest, "err", err)
+			n.reply(s, statusError)
+		}
+		s.Close()
+		return
+	}
+	defer rc.Close()
+	if req.Offset > size {
+		n.reply(s, fmt.Sprintf("%s %d", statusRange, size))
+		s.Close()
+		return
+	}
+	if !n.reply(s, fmt.Sprintf("%s %d", statusOK, size)) {
+		s.Reset()
+		return
+	}
+	stats := n.peers.get(p)
+	want := size - req.Offset
+	bufp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bufp)
+	buf := *bufp
+	var sent int64
+	for sent < want {
+		chunk := buf
+		if rest := want - sent; rest < int64(len(chunk)) {
+			chunk = chunk[:rest]
+		}
+		nr, rerr := rc.Read(chunk)
+		if nr > 0 {
+			_ = s.SetWriteDeadline(time.Now().Add(stall))
+			nw, werr := s.Write(chunk[:nr])
+			sent += int64(nw)
+			stats.bytesOut.Add(int64(nw))
+			if werr != nil {
+				n.log.Debug("peer stopped reading", "peer", p.String(), "digest", req.Digest, "sent", sent, "err", werr)
+				s.Reset()
+				return
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF && sent == want {
+				break
+			}
+			// Content ended early or failed (an in-progress download that was aborted, say):
+			// reset so the peer sees an error, never a short body that looks complete.
+			n.log.Warn("content ended before its size while serving a peer", "peer", p.String(),
+				"digest", req.Digest, "sent", sent, "want", want, "err", rerr)
+			s.Reset()
+			return
+		}
+	}
+	_ = s.CloseWrite()
+	s.Close()
+}
+
+// reply writes one response line within StallTimeout.
+func (n *Node) reply(s network.Stream, line string) bool {
+	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.StallTimeout))
+	_, err := io.WriteString(s, line+"\n")
+	return err == nil
+}
+
+// Fetch opens d from peer p starting at offset (Range semantics): the reader yields bytes
+// offset..size-1, where size (returned) is the full content size. The caller verifies the
+// digest while streaming. Opening is bounded by StallTimeout, and the reader fails with an
+// error wrapping ErrStalled when no byte arrives for StallTimeout, with io.ErrUnexpectedEOF
+// when the stream ends early, and with ctx's error once ctx ends. Close before the end
+// aborts the transfer. A peer without the content answers an error wrapping ErrNotFound.
+func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	if _, err := parseDigestStrict([]byte(d)); err != nil {
+		return nil, 0, fmt.Errorf("p2p: fetch %q: invalid digest", d)
+	}
+	if offset < 0 || offset > maxOffset {
+		return nil, 0, fmt.Errorf("p2p: fetch %s: invalid offset %d", d, offset)
+	}
+	pid, err := peer.Decode(p.ID)
+	if err != nil {
+		return nil, 0, fmt.Errorf("p2p: fetch %s: invalid peer ID %q: %w", d, p.ID, err)
+	}
+	if pid == n.host.ID() {
+		return nil, 0, fmt.Errorf("p2p: fetch %s: peer is this node", d)
+	}
+	if n.peers.isBanned(pid) {
+		return nil, 0, fmt.Errorf("%w: %s", ErrBanned, pid)
+	}
+	var addrs []ma.Multiaddr
+	for _, s := range p.Addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			continue
+		}
+		if _, last := ma.SplitLast(a); last != nil && last.Protocol().Code == ma.P_P2P {
+			a, _ = ma.SplitLast(a)
+		}
+		addrs = append(addrs, a)
+	}
+	if len(addrs) > 0 {
+		n.host.Peerstore().AddAddrs(pid, addrs, peerstore.TempAddrTTL)
+	}
+	stats := n.peers.get(pid)
+	fail := func(err error) (io.ReadCloser, int64, error) {
+		stats.failures.Add(1)
+		return nil, 0, err
+	}
+	stall := n.cfg.StallTimeout
+	octx, cancel := context.WithTimeout(ctx, stall)
+	defer cancel()
+	s, err := n.host.NewStream(octx, pid, blobProtocol)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
+		}
+		return fail(fmt.Errorf("p2p: fetch %s from %s: open stream: %w", d, pid, err))
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	abort := func(err error) (io.ReadCloser, int64, error) {
+		stop()
+		s.Reset()
+		if ctx.Err() != nil {
+			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
+		}
+		if isTimeout(err) {
+			err = fmt.Errorf("%w: no answer for %v", ErrStalled, stall)
+		}
+		return fail(fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, err))
+	}
+	_ = s.SetWriteDeadline(time.Now().Add(stall))
+	if _, err := s.Write(request{Digest: d, Offset: offset, Mode: modeLocal}.marshal()); err != nil {
+		return abort(err)
+	}
+	_ = s.CloseWrite()
+	_ = s.SetReadDeadline(time.Now().Add(stall))
+	br := bufio.NewReaderSize(s, 64<<10)
+	line, err := readLine(br, maxResponseLine)
+	if err != nil {
+		return abort(err)
+	}
+	status, size, err := parseResponse(line)
+	if err != nil {
+		return abort(err)
+	}
+	switch status {
+	case statusOK:
+	case statusNotFound:
+		stop()
+		s.Close()
+		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ErrNotFound)
+	case statusRange:
+		stop()
+		s.Close()
+		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: offset %d beyond size %d", d, pid, offset, size)
+	case statusBusy:
+		stop()
+		s.Close()
+		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: peer busy", d, pid)
+	default:
+		return abort(fmt.Errorf("peer answered %s", status))
+	}
+	if offset > size {
+		return abort(fmt.Errorf("peer answered size %d below offset %d", size, offset))
+	}
+	return &blobReader{s: s, br: br, remaining: size - offset, stall: stall, ctx: ctx, stop: stop,
+		stats: stats, what: fmt.Sprintf("%s from %s", d, pid)}, size, nil
+}
+
+// readLine reads up to and including "\n", refusing lines longer than max.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for len(line) <= max {
+		b, err := br.ReadByte()
+		if err != nil {
+			if err == io.EOF {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		line = append(line, b)
+		if b == '\n' {
+			return line, nil
+		}
+	}
+	return nil, errors.New("response line too long")
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// blobReader streams a response body, enforcing the stall timeout on every read.
+type blobReader struct {
+	s         network.Stream
+	br        *bufio.Reader
+	remaining int64
+	stall     time.Duration
+	ctx       context.Context
+	stop      func() bool
+	stats     *peerStats
+	what      string
+	err       error
+	closed    bool
+}
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	if r.remaining == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.remaining {
+		p = p[:r.remaining]
+	}
+	_ = r.s.SetReadDeadline(time.Now().Add(r.stall))
+	n, err := r.br.Read(p)
+	r.remaining -= int64(n)
+	r.stats.bytesIn.Add(int64(n))
+	if err == nil || r.remaining == 0 {
+		return n, nil
+	}
+	switch {
+	case r.ctx.Err() != nil:
+		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, r.ctx.Err())
+	case isTimeout(err):
+		r.err = fmt.Errorf("p2p: fetch %s: %w: no data for %v", r.what, ErrStalled, r.stall)
+		r.stats.failures.Add(1)
+	case err == io.EOF:
+		r.err = fmt.Errorf("p2p: fetch %s: %w (%d bytes missing)", r.what, io.ErrUnexpectedEOF, r.remaining)
+		r.stats.failures.Add(1)
+	default:
+		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, err)
+		r.stats.failures.Add(1)
+	}
+	r.s.Reset()
+	return n, r.err
+}
+
+// Close ends the transfer; before the last byte it aborts the stream.
+func (r *blobReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	r.stop()
+	if r.remaining > 0 || r.err != nil {
+		return r.s.Reset()
+	}
+	return r.s.Close()
+}
