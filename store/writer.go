@@ -1,0 +1,325 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// Writer writes content with a known digest into a temporary file and makes it visible only
+// when Commit finds that the bytes hash to the digest. While it is being written, other
+// goroutines may read what has been written so far with ReadAt (readers following a download).
+type Writer struct {
+	s         *Store
+	d         digest.Digest
+	mediaType string
+	f         *os.File
+	tmp       string
+	written   atomic.Int64
+
+	mu     sync.Mutex // serialises Write, Commit, Abort and Close
+	h      hash.Hash
+	err    error // first write error; the writer can no longer commit
+	state  int
+	closed bool
+}
+
+const (
+	writing = iota
+	committed
+	aborted
+)
+
+// Writer starts writing content expected to hash to d. The caller must call Commit or Abort,
+// then Close once no reader needs ReadAt any more.
+func (s *Store) Writer(ctx context.Context, d digest.Digest, mediaType string) (*Writer, error) {
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("store: writer for %q: %w", d, err)
+	}
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	f, err := os.CreateTemp(s.tmpDir, "w-")
+	if err != nil {
+		return nil, s.ioErr("create temporary file", err)
+	}
+	return &Writer{s: s, d: d, mediaType: mediaType, f: f, tmp: f.Name(), h: d.Algorithm().Hash()}, nil
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.closed
+}
+
+// Digest is the digest the content is expected to have.
+func (w *Writer) Digest() digest.Digest { return w.d }
+
+// Write appends p to the temporary file and hashes it. A full, over-quota or read-only
+// filesystem gives an error wrapping ErrNoSpace and schedules eviction; the writer can then only
+// be aborted.
+func (w *Writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.state != writing {
+		return 0, errors.New("store: write after commit or abort")
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.written.Add(int64(n))
+	if err != nil {
+		w.err = w.s.ioErr("write "+w.d.String(), err)
+		return n, w.err
+	}
+	return n, nil
+}
+
+// ReadAt reads bytes already written; reading at or past Written() gives io.EOF. It may run
+// concurrently with Write, and keeps working after Commit or Abort until Close.
+func (w *Writer) ReadAt(p []byte, off int64) (int, error) {
+	n := w.written.Load()
+	if off >= n {
+		return 0, io.EOF
+	}
+	short := false
+	if int64(len(p)) > n-off {
+		p, short = p[:n-off], true
+	}
+	k, err := w.f.ReadAt(p, off)
+	if err == nil && short {
+		err = io.EOF
+	}
+	return k, err
+}
+
+// Written is the number of bytes written so far.
+func (w *Writer) Written() int64 { return w.written.Load() }
+
+// Commit checks that exactly size bytes were written (size < 0 skips this check) and that they
+// hash to the digest, fsyncs the file, renames it into place and records it; only then can
+// Stat and Reader see it. On a mismatch it returns ErrDigestMismatch and removes the temporary
+// file. If the content is already stored the new copy is discarded and Commit succeeds. If the
+// content does not fit the budget or the filesystem, Commit returns ErrNoSpace.
+func (w *Writer) Commit(ctx context.Context, size int64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch w.state {
+	case committed:
+		return nil
+	case aborted:
+		return errors.New("store: commit after abort")
+	}
+	if w.err != nil {
+		w.abortLocked()
+		return w.err
+	}
+	n := w.written.Load()
+	if size >= 0 && n != size {
+		w.abortLocked()
+		return fmt.Errorf("%w: %s: got %d bytes, expected %d", ErrDigestMismatch, w.d, n, size)
+	}
+	if got := digest.NewDigest(w.d.Algorithm(), w.h); got != w.d {
+		w.abortLocked()
+		return fmt.Errorf("%w: expected %s, got %s", ErrDigestMismatch, w.d, got)
+	}
+	w.s.at("commit-before-sync")
+	if err := w.f.Sync(); err != nil {
+		w.abortLocked()
+		return w.s.ioErr("fsync "+w.d.String(), err)
+	}
+	if err := w.s.commitFile(ctx, w.d, w.mediaType, w.tmp, n); err != nil {
+		w.state = aborted // commitFile removed the temporary file
+		return err
+	}
+	w.state = committed
+	return nil
+}
+
+// Abort discards the content. It is idempotent and does nothing after a successful Commit.
+func (w *Writer) Abort() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.state == writing {
+		w.abortLocked()
+	}
+	return nil
+}
+
+func (w *Writer) abortLocked() {
+	w.state = aborted
+	if err := os.Remove(w.tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		w.s.log.Warn("remove temporary file", "path", w.tmp, "err", err)
+	}
+}
+
+// Close releases the file descriptor, aborting first if neither Commit nor Abort was called.
+// Call it once readers using ReadAt are done.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	if w.state == writing {
+		w.abortLocked()
+	}
+	w.closed = true
+	return w.f.Close()
+}
+
+// PutSmall stores small content (at most SmallMax bytes, such as a manifest) after verifying
+// its digest: inside Badger up to InlineMax bytes, as a file above. It is idempotent.
+func (s *Store) PutSmall(ctx context.Context, d digest.Digest, mediaType string, data []byte) error {
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("store: put %q: %w", d, err)
+	}
+	if len(data) > SmallMax {
+		return fmt.Errorf("store: put %s: %d bytes is over the %d-byte limit for small content", d, len(data), SmallMax)
+	}
+	if got := d.Algorithm().FromBytes(data); got != d {
+		return fmt.Errorf("%w: expected %s, got %s", ErrDigestMismatch, d, got)
+	}
+	s.mu.RLock()
+	exists, closed := s.idx[d] != nil, s.closed
+	s.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if exists {
+		return nil
+	}
+	if len(data) > InlineMax {
+		w, err := s.Writer(ctx, d, mediaType)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+		return w.Commit(ctx, int64(len(data)))
+	}
+
+	var trash []string
+	s.wmu.Lock()
+	defer func() {
+		s.wmu.Unlock()
+		s.unlink(trash)
+	}()
+	s.mu.RLock()
+	exists, closed = s.idx[d] != nil, s.closed
+	s.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if exists {
+		return nil
+	}
+	trash, err := s.makeRoomLocked(int64(len(data)))
+	if err != nil {
+		return err
+	}
+	e := &entry{d: d, size: int64(len(data)), mediaType: mediaType, created: time.Now().UnixNano(), inline: true}
+	e.accessed.Store(e.created)
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	if err := wb.Set(inlineKey(d), data); err != nil {
+		return fmt.Errorf("store: put %s: %w", d, err)
+	}
+	if err := wb.Set(contentKey(d), e.record()); err != nil {
+		return fmt.Errorf("store: put %s: %w", d, err)
+	}
+	if err := wb.Flush(); err != nil {
+		return s.dbErr("put "+d.String(), err)
+	}
+	s.insert(e)
+	return nil
+}
+
+// commitFile moves a verified, fsynced temporary file into place and records it. It removes
+// the temporary file when it does not commit it.
+func (s *Store) commitFile(ctx context.Context, d digest.Digest, mediaType, tmp string, size int64) error {
+	var trash []string
+	s.wmu.Lock()
+	defer func() {
+		s.wmu.Unlock()
+		s.unlink(trash)
+	}()
+	s.mu.RLock()
+	exists, closed := s.idx[d] != nil, s.closed
+	s.mu.RUnlock()
+	if closed || exists {
+		trash = append(trash, tmp)
+		if closed {
+			return ErrClosed
+		}
+		return nil
+	}
+	var err error
+	if trash, err = s.makeRoomLocked(size); err != nil {
+		trash = append(trash, tmp)
+		return err
+	}
+	p := s.blobPath(d)
+	if err := os.Mkdir(filepath.Dir(p), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			trash = append(trash, tmp)
+			return s.ioErr("create directory", err)
+		}
+	}
+	s.at("commit-before-rename")
+	if err := os.Rename(tmp, p); err != nil {
+		trash = append(trash, tmp)
+		return s.ioErr("rename into place", err)
+	}
+	s.at("commit-after-rename")
+	now := time.Now().UnixNano()
+	e := &entry{d: d, size: size, mediaType: mediaType, created: now}
+	e.accessed.Store(now)
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(contentKey(d), e.record()) }); err != nil {
+		_ = os.Remove(p) // under wmu: a later commit of d may rename into p
+		return s.dbErr("record "+d.String(), err)
+	}
+	s.at("commit-after-record")
+	s.insert(e)
+	return nil
+}
+
+func (s *Store) insert(e *entry) {
+	s.mu.Lock()
+	s.idx[e.d] = e
+	s.used += e.size
+	s.mu.Unlock()
+	s.emit(Event{Kind: EventCommitted, Digest: e.d})
+}
+
+// dbErr wraps a Badger error; Badger reports a full disk as a wrapped syscall error too.
+func (s *Store) dbErr(op string, err error) error {
+	if isNoSpace(err) {
+		return s.ioErr(op, err)
+	}
+	return fmt.Errorf("store: %s: %w", op, err)
+}
+
+// unlink removes files that left the index; it runs after wmu is released because returning
+// the blocks of a large file to the filesystem takes a while.
+func (s *Store) unlink(paths []string) {
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.log.Warn("remove file", "path", p, "err", err)
+		}
+	}
+}
