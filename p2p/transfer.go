@@ -29,8 +29,8 @@ import (
 // "local" marks the request as coming from a peer: it is answered from the node's own
 // content only and never forwarded to an upstream or another peer (no loops). It is the only
 // mode today; a later mode (for example asking a designated fetcher) gets its own word.
-// A server that cannot deliver every promised byte resets the stream, so a truncated body
-// is never mistaken for a complete one.
+// The response carries the full size, so a body cut short (the server's content failed, or
+// the connection dropped) is always seen as an error, never mistaken for a complete one.
 const (
 	blobProtocol    = "/shoal/blob/1.0.0"
 	maxRequestLine  = 256
@@ -259,11 +259,14 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			if rerr == io.EOF && sent == want {
 				break
 			}
-			// Content ended early or failed (an in-progress download that was aborted, say):
-			// reset so the peer sees an error, never a short body that looks complete.
+			// Content ended early or failed (an in-progress download that was aborted, say).
+			// Close cleanly rather than reset: the peer knows the size, so it sees the short
+			// body as io.ErrUnexpectedEOF, and it keeps the bytes it got to resume elsewhere
+			// with a Range request (a reset would make yamux drop what is still buffered).
 			n.log.Warn("content ended before its size while serving a peer", "peer", p.String(),
 				"digest", req.Digest, "sent", sent, "want", want, "err", rerr)
-			s.Reset()
+			_ = s.CloseWrite()
+			s.Close()
 			return
 		}
 	}
