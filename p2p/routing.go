@@ -9,6 +9,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	kb "github.com/libp2p/go-libp2p-kbucket"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multihash"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
@@ -119,8 +120,10 @@ func (n *Node) advertisedCount() int {
 }
 
 // FindProviders looks up at most max peers that advertise d, within LookupTimeout. It leaves
-// out this node and banned peers. Finding nobody in time is not an error: the caller goes
-// to the next source. max <= 0 means 20.
+// out this node and banned peers. It returns when max providers are found, when the lookup
+// completes, or LookupTimeout/10 after the first provider turned up (so that one frozen peer
+// does not cost every successful lookup the whole budget). Finding nobody in time is not an
+// error: the caller goes to the next source. max <= 0 means 20.
 func (n *Node) FindProviders(ctx context.Context, d digest.Digest, max int) ([]Peer, error) {
 	key, err := digestKey(d)
 	if err != nil {
@@ -136,7 +139,23 @@ func (n *Node) FindProviders(ctx context.Context, d digest.Digest, max int) ([]P
 	// The DHT counts every provider against its limit, ourselves and banned peers included.
 	count := max + 1 + len(n.peers.bannedPeers())
 	var out []Peer
-	for ai := range n.dht.FindProvidersAsync(lctx, key, count) {
+	var grace <-chan time.Time
+	ch := n.dht.FindProvidersAsync(lctx, key, count)
+collect:
+	for {
+		var ai peer.AddrInfo
+		var ok bool
+		select {
+		case ai, ok = <-ch:
+			if !ok {
+				break collect
+			}
+		case <-grace:
+			cancel() // the DHT's goroutine stops and closes ch
+			for range ch {
+			}
+			break collect
+		}
 		if ai.ID == self || n.peers.isBanned(ai.ID) {
 			continue
 		}
@@ -151,6 +170,11 @@ func (n *Node) FindProviders(ctx context.Context, d digest.Digest, max int) ([]P
 		out = append(out, p)
 		if len(out) >= max {
 			cancel() // lets the DHT's goroutine stop; the channel closes promptly
+		}
+		if grace == nil {
+			t := time.NewTimer(n.cfg.LookupTimeout / 10)
+			defer t.Stop()
+			grace = t.C
 		}
 	}
 	took := time.Since(start)

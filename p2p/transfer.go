@@ -331,6 +331,9 @@ func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64)
 		if ctx.Err() != nil {
 			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
 		}
+		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			err = fmt.Errorf("%w: could not open a stream within %v", ErrStalled, stall)
+		}
 		return fail(fmt.Errorf("p2p: fetch %s from %s: open stream: %w", d, pid, err))
 	}
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
