@@ -225,6 +225,7 @@ func TestCorruptUpstreamBlob(t *testing.T) {
 	// A direct GET while the upstream is still bad: the client must not get a complete,
 	// well-formed response with the wrong bytes.
 	r := getBlob(t, s.URL+blobPath)
+	t.Logf("direct GET while the upstream is corrupt: status %d, %d bytes, read error %v", r.Status, len(r.Body), r.Err)
 	if r.Status == http.StatusOK && r.Err == nil && bytesDigest(r.Body) != layer {
 		t.Errorf("shoal served a complete 200 response with bytes of digest %s for blob %s", bytesDigest(r.Body), layer)
 	}

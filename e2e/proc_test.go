@@ -142,24 +142,56 @@ func freeAddr(s scope) string {
 // If p is non-nil and exits meanwhile, it fails at once with the process log.
 func eventually(s scope, timeout time.Duration, p *proc, what string, f func() error) {
 	s.Helper()
+	if err := poll(timeout, p, f); err != nil {
+		s.Fatalf("%s: %v", what, err)
+	}
+}
+
+// errExitedEarly is returned by poll when the watched process ended before f succeeded.
+var errExitedEarly = errors.New("exited early")
+
+// poll calls f until it returns nil (nil), the timeout passes, or p exits (errExitedEarly, with
+// the process log).
+func poll(timeout time.Duration, p *proc, f func() error) error {
 	deadline := time.Now().Add(timeout)
 	tick := 20 * time.Millisecond
 	for {
 		err := f()
 		if err == nil {
-			return
+			return nil
 		}
 		if p != nil && p.exited() {
-			s.Fatalf("%s: %s exited early (%v): %v\n%s", what, p.name, p.waitErr, err, p.tail(60))
+			return fmt.Errorf("%s %w (%v): %v\n%s", p.name, errExitedEarly, p.waitErr, err, p.tail(60))
 		}
 		if time.Now().After(deadline) {
-			s.Fatalf("%s: not reached within %s: %v", what, timeout, err)
+			return fmt.Errorf("not reached within %s: %w", timeout, err)
 		}
 		time.Sleep(tick) // polling interval, not synchronisation
 		if tick < 250*time.Millisecond {
 			tick *= 2
 		}
 	}
+}
+
+// startOnFreePort starts a server process on a fresh loopback port and waits until ready says it
+// serves. A port picked by freeAddr can be taken by someone else before the child binds it; then
+// it tries another port (three times at most).
+func startOnFreePort(s scope, what string, start func(addr string) *proc, ready func(addr string) error) (string, *proc) {
+	s.Helper()
+	var err error
+	for range 3 {
+		addr := freeAddr(s)
+		p := start(addr)
+		err = poll(60*time.Second, p, func() error { return ready(addr) })
+		if err == nil {
+			return addr, p
+		}
+		if !errors.Is(err, errExitedEarly) || !strings.Contains(p.log(), "address already in use") {
+			break
+		}
+	}
+	s.Fatalf("%s: %v", what, err)
+	return "", nil
 }
 
 // tool finds an external program; a missing one fails the test with how to install it.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 // registry is distribution's registry (Debian's docker-registry) running as a child process.
@@ -28,9 +27,9 @@ type registryAuth struct {
 func startRegistry(s scope, name, rootDir string, auth registryAuth) *registry {
 	s.Helper()
 	bin := tool(s, "docker-registry")
-	addr := freeAddr(s)
-	var b strings.Builder
-	fmt.Fprintf(&b, `version: 0.1
+	cfgFor := func(addr string) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, `version: 0.1
 log:
   level: info
   accesslog:
@@ -56,21 +55,22 @@ health:
   storagedriver:
     enabled: false
 `, name, rootDir, addr)
-	switch {
-	case auth.htpasswdFile != "":
-		fmt.Fprintf(&b, "auth:\n  htpasswd:\n    realm: %s-realm\n    path: %s\n", name, auth.htpasswdFile)
-	case auth.token != nil:
-		fmt.Fprintf(&b, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
-			auth.token.Realm, auth.service, tokenIssuerName, auth.token.CertFile)
+		switch {
+		case auth.htpasswdFile != "":
+			fmt.Fprintf(&b, "auth:\n  htpasswd:\n    realm: %s-realm\n    path: %s\n", name, auth.htpasswdFile)
+		case auth.token != nil:
+			fmt.Fprintf(&b, "auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n",
+				auth.token.Realm, auth.service, tokenIssuerName, auth.token.CertFile)
+		}
+		cfg := filepath.Join(s.TempDir(), name+".yml")
+		if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+			s.Fatalf("%s: %v", name, err)
+		}
+		return cfg
 	}
-	cfg := filepath.Join(s.TempDir(), name+".yml")
-	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
-		s.Fatalf("%s: %v", name, err)
-	}
-	r := &registry{Addr: addr, URL: "http://" + addr}
-	r.proc = startProc(s, name, nil, bin, "serve", cfg)
-	eventually(s, 30*time.Second, r.proc, name+" ready", func() error {
-		resp, err := http.Get(r.URL + "/v2/")
+	start := func(addr string) *proc { return startProc(s, name, nil, bin, "serve", cfgFor(addr)) }
+	ready := func(addr string) error {
+		resp, err := http.Get("http://" + addr + "/v2/")
 		if err != nil {
 			return err
 		}
@@ -79,6 +79,7 @@ health:
 			return fmt.Errorf("GET /v2/: %s", resp.Status)
 		}
 		return nil
-	})
-	return r
+	}
+	addr, p := startOnFreePort(s, name+" ready", start, ready)
+	return &registry{Addr: addr, URL: "http://" + addr, proc: p}
 }

@@ -104,12 +104,13 @@ func startShoal(t *testing.T, o shoalOpts) *shoalDaemon {
 	if shoalBuildErr != nil {
 		t.Fatal(shoalBuildErr)
 	}
-	addr := freeAddr(t)
-	argv := shoalArgs(t, addr, &o)
-	d := &shoalDaemon{Addr: addr, URL: "http://" + addr, DataDir: o.dataDir}
-	d.proc = startProc(t, "shoal", nil, argv...)
-	eventually(t, 60*time.Second, d.proc, "shoal ready", func() error {
-		resp, err := http.Get(d.URL + "/v2/")
+	var argv []string
+	start := func(addr string) *proc {
+		argv = shoalArgs(t, addr, &o)
+		return startProc(t, "shoal", nil, argv...)
+	}
+	addr, p := startOnFreePort(t, "shoal ready", start, func(addr string) error {
+		resp, err := http.Get("http://" + addr + "/v2/")
 		if err != nil {
 			return err
 		}
@@ -122,7 +123,7 @@ func startShoal(t *testing.T, o shoalOpts) *shoalDaemon {
 		}
 		return nil
 	})
-	return d
+	return &shoalDaemon{Addr: addr, URL: "http://" + addr, DataDir: o.dataDir, proc: p}
 }
 
 // stop stops the daemon (SIGTERM) and waits for it.
