@@ -333,8 +333,8 @@ func (s *Store) recover(ctx context.Context) error {
 		junk = append(junk, s.blobPath(d))
 	}
 	for _, p := range junk {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove orphan file: %w", err)
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove orphan: %w", err)
 		}
 	}
 	if dropped > 0 || len(junk) > 0 {
