@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,19 +90,71 @@ func (c *Config) LoadFile(path string) error {
 	return c.apply(b, path)
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
+var (
+	yamlUnknown = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
+	yamlAtLine  = regexp.MustCompile(`line (\d+): (.*)`)
+)
+
+// explainYAML turns a yaml.v3 error into one line that names the key: "line 3: unknown key
+// \"foo\"", "line 4: tag_ttl: cannot unmarshal !!str `soon` into time.Duration".
+func explainYAML(b []byte, err error) string {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", "; ")
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(b, &root)
+	var out []string
+	for _, e := range te.Errors {
+		if m := yamlUnknown.FindStringSubmatch(e); m != nil {
+			out = append(out, fmt.Sprintf("line %s: unknown key %q", m[1], m[2]))
+			continue
+		}
+		if m := yamlAtLine.FindStringSubmatch(e); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			if key := keyAtLine(&root, line, ""); key != "" {
+				out = append(out, fmt.Sprintf("line %d: %s: %s", line, key, m[2]))
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return strings.Join(out, "; ")
+}
+
+// keyAtLine finds the dotted path of the mapping key whose value sits on the given line.
+func keyAtLine(n *yaml.Node, line int, prefix string) string {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for _, c := range n.Content {
+			if k := keyAtLine(c, line, prefix); k != "" {
+				return k
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			path := k.Value
+			if prefix != "" {
+				path = prefix + "." + k.Value
+			}
+			if v.Line == line && v.Kind == yaml.ScalarNode {
+				return path
+			}
+			if r := keyAtLine(v, line, path); r != "" {
+				return r
+			}
+		}
+	}
+	return ""
+}
 
 func (c *Config) apply(b []byte, name string) error {
 	var f fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		msg := err.Error()
-		if m := yamlLine.FindStringSubmatch(msg); m != nil {
-			msg = fmt.Sprintf("line %s: unknown key %q", m[1], m[2])
-		}
-		msg = strings.TrimPrefix(msg, "yaml: ")
-		return &ConfigError{Key: name, Err: errors.New(strings.ReplaceAll(msg, "\n", "; "))}
+		return &ConfigError{Key: name, Err: errors.New(explainYAML(b, err))}
 	}
 	set(&c.Listen, f.Listen)
 	set(&c.DataDir, f.DataDir)

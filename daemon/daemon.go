@@ -22,7 +22,6 @@ type Daemon struct {
 	up    *upstream.Client
 	srv   *http.Server
 	ln    net.Listener
-	ready bool
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -61,6 +60,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
+	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
 		Handler:           accessLog(mlog, routeRoot(mux, m)),
 		ReadHeaderTimeout: 30 * time.Second,

@@ -53,7 +53,7 @@ func parseRoute(r *http.Request, defaultRegistry string) (route, error) {
 		}
 		rt.registry = ns
 	default:
-		if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) {
+		if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) && validHost(first) {
 			rt.registry, name = first, rest
 		} else {
 			rt.registry = defaultRegistry
