@@ -374,7 +374,7 @@ func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (
 // manifestRefs lists what a manifest or index points to, so the store keeps them coherent.
 func manifestRefs(data []byte) []digest.Digest {
 	var m struct {
-		Config    *struct{ Digest digest.Digest } `json:"config"`
+		Config    *struct{ Digest digest.Digest }  `json:"config"`
 		Layers    []struct{ Digest digest.Digest } `json:"layers"`
 		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
 	}

@@ -90,7 +90,9 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 	if err != nil {
 		_ = f.w.Abort()
 		if errors.Is(err, store.ErrNoSpace) {
-			s.noSpace.do(func() { s.log.Warn("store is out of space; serving straight from the upstream", "digest", f.d, "err", err) })
+			s.noSpace.do(func() {
+				s.log.Warn("store is out of space; serving straight from the upstream", "digest", f.d, "err", err)
+			})
 		} else {
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
