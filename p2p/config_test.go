@@ -1,0 +1,95 @@
+package p2p
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+func TestConfigValidate(t *testing.T) {
+	const peerID = "12D3KooWJbeZdcQBCKkCsZMrH856W55xW6k65DHbyZDkQTbMgwEw"
+	for _, tc := range []struct {
+		name    string
+		mod     func(*Config)
+		wantErr string // substring naming the key; "" = valid
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"ipv6 listen", func(c *Config) { c.Listen = []string{"/ip6/::/tcp/5001"} }, ""},
+		{"no listen", func(c *Config) { c.Listen = nil }, "p2p.listen"},
+		{"quic listen", func(c *Config) { c.Listen = []string{"/ip4/0.0.0.0/udp/5001/quic-v1"} }, "p2p.listen"},
+		{"garbage listen", func(c *Config) { c.Listen = []string{"0.0.0.0:5001"} }, "p2p.listen"},
+		{"bootstrap with ID", func(c *Config) { c.Bootstrap = []string{"/ip4/10.0.0.1/tcp/5001/p2p/" + peerID} }, ""},
+		{"bootstrap dns4 with ID", func(c *Config) { c.Bootstrap = []string{"/dns4/shoal-0.shoal/tcp/5001/p2p/" + peerID} }, ""},
+		{"bootstrap without ID", func(c *Config) { c.Bootstrap = []string{"/ip4/10.0.0.1/tcp/5001"} }, "p2p.bootstrap"},
+		{"bootstrap only ID", func(c *Config) { c.Bootstrap = []string{"/p2p/" + peerID} }, "p2p.bootstrap"},
+		{"dns name", func(c *Config) { c.BootstrapDNS = "shoal.kube-system.svc.cluster.local" }, ""},
+		{"dns name and port", func(c *Config) { c.BootstrapDNS = "shoal-headless:7001" }, ""},
+		{"dns bad port", func(c *Config) { c.BootstrapDNS = "shoal:99999" }, "p2p.bootstrap_dns"},
+		{"dns bad name", func(c *Config) { c.BootstrapDNS = "shoal/peers" }, "p2p.bootstrap_dns"},
+		{"dns port 0 listen", func(c *Config) {
+			c.Listen = []string{"/ip4/0.0.0.0/tcp/0"}
+			c.BootstrapDNS = "shoal"
+		}, "use NAME:PORT"},
+		{"zero lookup timeout", func(c *Config) { c.LookupTimeout = 0 }, "p2p.lookup_timeout"},
+		{"negative provide timeout", func(c *Config) { c.ProvideTimeout = -time.Second }, "p2p.provide_timeout"},
+		{"zero stall timeout", func(c *Config) { c.StallTimeout = 0 }, "p2p.stall_timeout"},
+		{"tiny record ttl", func(c *Config) { c.RecordTTL = time.Millisecond }, "p2p.record_ttl"},
+		{"zero ban", func(c *Config) { c.BanDuration = 0 }, "p2p.ban_duration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.mod(&c)
+			err := c.Validate()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("valid config rejected: %v", err)
+			case tc.wantErr != "" && err == nil:
+				t.Fatalf("invalid config accepted, want an error naming %q", tc.wantErr)
+			case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
+				t.Fatalf("error %q does not name %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestDNSTargetPort(t *testing.T) {
+	c := DefaultConfig()
+	c.BootstrapDNS = "shoal"
+	if name, port, err := c.dnsTarget(); err != nil || name != "shoal" || port != DefaultPort {
+		t.Fatalf("dnsTarget = %q %d %v", name, port, err)
+	}
+	c.BootstrapDNS = "shoal:7001"
+	if name, port, err := c.dnsTarget(); err != nil || name != "shoal" || port != 7001 {
+		t.Fatalf("dnsTarget = %q %d %v", name, port, err)
+	}
+}
+
+// The YAML keys are the documented ones and durations read as Go durations.
+func TestConfigYAML(t *testing.T) {
+	c := DefaultConfig()
+	err := yaml.Unmarshal([]byte(`
+listen: ["/ip4/127.0.0.1/tcp/6001"]
+bootstrap_dns: shoal-headless
+mdns: true
+swarm_key_file: /etc/shoal/swarm.key
+lookup_timeout: 150ms
+provide_timeout: 3s
+stall_timeout: 10s
+record_ttl: 1h
+ban_duration: 5m
+`), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen[0] != "/ip4/127.0.0.1/tcp/6001" || c.BootstrapDNS != "shoal-headless" || !c.MDNS ||
+		c.SwarmKeyFile != "/etc/shoal/swarm.key" || c.LookupTimeout != 150*time.Millisecond ||
+		c.ProvideTimeout != 3*time.Second || c.StallTimeout != 10*time.Second ||
+		c.RecordTTL != time.Hour || c.BanDuration != 5*time.Minute {
+		t.Fatalf("decoded %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
