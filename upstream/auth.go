@@ -226,12 +226,9 @@ func (c *Client) tokenError(reg *registry, realm *url.URL, err error) error {
 		}
 		return &Error{Host: reg.host, Status: st.StatusCode, Code: code, Message: msg}
 	}
-	if errors.Is(err, ErrRefused) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("upstream %s: token from %s: %w", reg.host, realm.Host, err)
-	}
-	var uerr *url.Error
-	if errors.As(err, &uerr) {
-		return fmt.Errorf("upstream %s: token from %s: %w", reg.host, realm.Host, uerr.Err)
+	// url.Error repeats the token URL; the cause is what matters.
+	if uerr, ok := errors.AsType[*url.Error](err); ok {
+		err = uerr.Err
 	}
 	return fmt.Errorf("upstream %s: token from %s: %w", reg.host, realm.Host, err)
 }

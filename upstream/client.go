@@ -324,7 +324,16 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 		credentialed := false
 		if known {
 			if sent, credentialed, err = c.authorize(ctx, req, reg, ch, scope, sent); err != nil {
-				return nil, err
+				if round > 0 || ctx.Err() != nil {
+					return nil, err
+				}
+				// The remembered challenge may be stale (the registry moved its token
+				// server): ask again without credentials and answer what it says now.
+				req.Header.Del("Authorization")
+				known, sent = false, ""
+				c.mu.Lock()
+				delete(c.challenges, reg.host)
+				c.mu.Unlock()
 			}
 		}
 		resp, err := c.http.Do(req)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -689,5 +690,49 @@ func TestEndpoint(t *testing.T) {
 	}
 	if u, err := only.Endpoint("ghcr.io"); err != nil || u.String() != "https://ghcr.io" {
 		t.Errorf("OnlyConfigured: Endpoint(ghcr.io) = %v, %v", u, err)
+	}
+}
+
+func TestSecretsStayOutOfLogsAndErrors(t *testing.T) {
+	t.Parallel()
+	iss := newIssuer(t, map[string]string{"alice": "pa55-w0rd"}, false)
+	up := newUpstream(t, iss)
+	img := up.image("team/app", "v1")
+	var logs bytes.Buffer
+	cfg := cfgFor(up, RegistryConfig{Username: "alice", Password: "pa55-w0rd"})
+	c, err := New(cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testClient{Client: c, clock: &fakeClock{}}
+	pullAll(t, tc, up.host, "team/app", "v1", img)
+	var errs []string
+	iss.generation.Add(1)
+	iss.mu.Lock()
+	iss.users["alice"] = "changed" // the configured password now fails
+	iss.mu.Unlock()
+	for _, call := range []func() error{
+		func() error { _, err := c.HeadManifest(t.Context(), up.host, "team/app", "v1"); return err },
+		func() error { _, _, err := c.GetManifest(t.Context(), up.host, "team/app", "nope"); return err },
+		func() error { _, err := c.Get(t.Context(), up.host, "team/app", "tags/list", ""); return err },
+	} {
+		err := call()
+		if err == nil {
+			t.Fatal("call succeeded with a revoked password")
+		}
+		errs = append(errs, err.Error())
+	}
+	if !strings.Contains(logs.String(), "fetched upstream token") {
+		t.Fatalf("debug log did not record the token fetch: %s", logs.String())
+	}
+	iss.mu.Lock()
+	secrets := append([]string{"pa55-w0rd", base64Std("alice:pa55-w0rd")}, iss.issued...)
+	iss.mu.Unlock()
+	for _, s := range secrets {
+		for _, where := range append([]string{logs.String()}, errs...) {
+			if strings.Contains(where, s) {
+				t.Errorf("secret %.12s… appears in %q", s, where)
+			}
+		}
 	}
 }

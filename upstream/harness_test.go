@@ -44,6 +44,7 @@ type issuer struct {
 	generation  atomic.Int32 // bumping it revokes every token issued before
 	mu          sync.Mutex
 	lastQuery   string
+	issued      []string
 }
 
 type claims struct {
@@ -107,6 +108,9 @@ func (is *issuer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	tok := is.sign(cl)
+	is.mu.Lock()
+	is.issued = append(is.issued, tok)
+	is.mu.Unlock()
 	resp := map[string]any{"token": tok, "access_token": tok, "issued_at": time.Now().UTC().Format(time.RFC3339)}
 	if is.expiresIn > 0 {
 		resp["expires_in"] = is.expiresIn
