@@ -20,9 +20,9 @@ import (
 // test client fails the test on any dial outside loopback, so even a broken check cannot
 // send a packet off the machine.
 type hostile struct {
-	srv  *httptest.Server
-	host string // "registry.example.com:PORT"
-	mu   sync.Mutex
+	srv               *httptest.Server
+	host              string // "registry.example.com:PORT"
+	mu                sync.Mutex
 	wwwAuth, location string
 	hits              []string
 }
