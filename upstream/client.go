@@ -96,7 +96,7 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 	_ = clog.SetLevel("warn")
 
 	c := &Client{
-		log:            log.With("component", "upstream"),
+		log:            log,
 		timeout:        cfg.Timeout,
 		retries:        cfg.Retries,
 		onlyConfigured: cfg.OnlyConfigured,
@@ -112,12 +112,6 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 	}
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
-	}
-	switch {
-	case c.retries == 0:
-		c.retries = DefaultRetries
-	case c.retries < 0:
-		c.retries = 0
 	}
 	if cfg.DockerConfig != "" {
 		creds, err := readDockerConfig(cfg.DockerConfig)
@@ -313,8 +307,12 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 	scope := pullScope(r.repo)
 	var sent string
 	for round := 0; ; round++ {
-		req, err := http.NewRequestWithContext(ctx, r.method, u.String(), nil)
+		// Each round has its own context so that a stalled body (even an error body) can be
+		// cut off: the body returned below cancels it after Timeout without progress.
+		rctx, rcancel := context.WithCancel(ctx)
+		req, err := http.NewRequestWithContext(rctx, r.method, u.String(), nil)
 		if err != nil {
+			rcancel()
 			return nil, err
 		}
 		for k, v := range r.header {
@@ -325,6 +323,7 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 		if known {
 			if sent, credentialed, err = c.authorize(ctx, req, reg, ch, scope, sent); err != nil {
 				if round > 0 || ctx.Err() != nil {
+					rcancel()
 					return nil, err
 				}
 				// The remembered challenge may be stale (the registry moved its token
@@ -338,12 +337,14 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 		}
 		resp, err := c.http.Do(req)
 		if err != nil {
+			rcancel()
 			var uerr *url.Error
 			if errors.As(err, &uerr) { // its message repeats the URL; keep the cause
 				err = uerr.Err
 			}
 			return nil, fmt.Errorf("upstream %s: %s %s: %w", reg.host, r.method, u.Path, err)
 		}
+		resp.Body = c.guardBody(resp.Body, rcancel)
 		if resp.Request.URL.Host == reg.endpoint.Host {
 			c.noteRateLimit(reg.host, resp.Header)
 		}
@@ -486,13 +487,11 @@ func (c *Client) GetManifest(ctx context.Context, host, repo, ref string) ([]byt
 	if err != nil {
 		return nil, Descriptor{}, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	resp, err := c.do(ctx, host, r)
 	if err != nil {
-		cancel()
 		return nil, Descriptor{}, err
 	}
-	rc := c.idleBodyCancel(resp.Body, cancel)
+	rc := resp.Body
 	defer rc.Close()
 	if resp.ContentLength > oci.MaxManifestSize {
 		return nil, Descriptor{}, fmt.Errorf("upstream %s: %s@%s: %w (%d bytes, limit %d)", canonicalHost(host), repo, ref, ErrManifestTooLarge, resp.ContentLength, oci.MaxManifestSize)
@@ -550,7 +549,6 @@ func (c *Client) GetBlob(ctx context.Context, host, repo string, d digest.Digest
 	if offset > 0 {
 		r.header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	resp, err := c.do(ctx, host, r)
 	if ue, ok := errors.AsType[*Error](err); ok && offset > 0 && ue.Status == http.StatusRequestedRangeNotSatisfiable {
 		// Some registries only understand closed ranges: take the whole blob and skip.
@@ -558,10 +556,9 @@ func (c *Client) GetBlob(ctx context.Context, host, repo string, d digest.Digest
 		resp, err = c.do(ctx, host, r)
 	}
 	if err != nil {
-		cancel()
 		return nil, 0, err
 	}
-	body := c.idleBodyCancel(resp.Body, cancel)
+	body := resp.Body
 	size := resp.ContentLength
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
@@ -616,19 +613,12 @@ func parseContentRange(v string) (start, total int64, ok bool) {
 // Get passes a GET of /v2/<repo>/<subpath>?<rawQuery> through (tags/list, referrers/…) and
 // returns the 2xx response, whose body the caller closes. Anything else is an *Error.
 func (c *Client) Get(ctx context.Context, host, repo, subpath, rawQuery string) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	resp, err := c.do(ctx, host, request{method: http.MethodGet, repo: repo, subpath: subpath, rawQuery: rawQuery})
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	resp.Body = c.idleBodyCancel(resp.Body, cancel)
-	return resp, nil
+	return c.do(ctx, host, request{method: http.MethodGet, repo: repo, subpath: subpath, rawQuery: rawQuery})
 }
 
-// idleBodyCancel wraps a response body so that a stall longer than the timeout cancels the
+// guardBody wraps a response body so that a stall longer than the timeout cancels the
 // request (cancel must be the request context's), and closing it releases the context.
-func (c *Client) idleBodyCancel(rc io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
+func (c *Client) guardBody(rc io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
 	b := &idleReader{rc: rc, cancel: cancel, idle: c.timeout}
 	b.timer = time.AfterFunc(c.timeout, func() {
 		b.stalled.Store(true)

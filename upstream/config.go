@@ -42,7 +42,7 @@ type Config struct {
 	// reading a body. 0 means DefaultTimeout.
 	Timeout time.Duration `yaml:"timeout"`
 	// Retries is how many times an idempotent request is retried after a network error,
-	// a 5xx or a 429. 0 means DefaultRetries; a negative value disables retries.
+	// a 5xx or a 429 (DefaultConfig: DefaultRetries; 0: never).
 	Retries int `yaml:"retries"`
 }
 
@@ -109,6 +109,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout < 0 {
 		return fmt.Errorf("timeout: must not be negative, got %s", c.Timeout)
+	}
+	if c.Retries < 0 || c.Retries > 100 {
+		return fmt.Errorf("retries: must be between 0 and 100, got %d", c.Retries)
 	}
 	return nil
 }

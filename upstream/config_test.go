@@ -61,6 +61,7 @@ func TestValidate(t *testing.T) {
 		{"invalid docker config", Config{DockerConfig: badJSON}, `docker_config: "` + badJSON + `" is not a Docker config.json`},
 		{"bad auth in docker config", Config{DockerConfig: badAuth}, `auths."ghcr.io".auth is not base64`},
 		{"negative timeout", Config{Timeout: -time.Second}, `timeout: must not be negative`},
+		{"negative retries", Config{Retries: -1}, `retries: must be between 0 and 100, got -1`},
 	} {
 		err := tc.cfg.Validate()
 		switch {

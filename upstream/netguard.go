@@ -261,6 +261,10 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return err
 	}
 	if orig := via[0].URL; req.URL.Host != orig.Host || req.URL.Scheme != orig.Scheme {
+		if req.GetBody != nil && via[0].Method == http.MethodPost {
+			// A 307/308 would replay the OAuth form, password included, to another host.
+			return fmt.Errorf("%w: token POST redirected to another host", ErrRefused)
+		}
 		req.Header.Del("Authorization")
 	}
 	return nil

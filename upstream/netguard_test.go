@@ -257,3 +257,59 @@ func TestStalledBodyFails(t *testing.T) {
 		t.Fatalf("read %d bytes, err %v; want 10 bytes then a stall error", n, err)
 	}
 }
+
+func TestStalledErrorBodyFails(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, nil)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Length", "1000")
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"errors":[`)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	cfg := cfgFor(up, RegistryConfig{})
+	cfg.Timeout, cfg.Retries = 300*time.Millisecond, 0
+	c := newTestClient(t, cfg, nil)
+	_, _, err := c.GetManifest(t.Context(), up.host, "a/b", "latest")
+	var ue *Error
+	if !errors.As(err, &ue) || ue.Status != http.StatusInternalServerError {
+		t.Fatalf("err = %v, want *Error 500 once the error body stalled", err)
+	}
+}
+
+func TestTokenPOSTNotReplayedToAnotherHost(t *testing.T) {
+	t.Parallel()
+	var stolen sync.Mutex
+	got := 0
+	thief := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stolen.Lock()
+		got++
+		stolen.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(thief.Close)
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, thief.URL+"/token", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirector.Close)
+	iss := newIssuer(t, map[string]string{"alice": "pw"}, false)
+	up := newUpstream(t, iss)
+	up.realm = redirector.URL + "/token"
+	c := newTestClient(t, cfgFor(up, RegistryConfig{Username: "alice", Password: "pw"}), nil)
+	_, err := c.HeadManifest(t.Context(), up.host, "a/b", "latest")
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("err = %v, want ErrRefused for a token POST redirected to another host", err)
+	}
+	stolen.Lock()
+	defer stolen.Unlock()
+	if got != 0 {
+		t.Fatalf("the OAuth form was replayed to another host (%d requests)", got)
+	}
+}
