@@ -144,6 +144,9 @@ func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
 func (n *Node) connect(ctx context.Context, ai peer.AddrInfo) error {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
+	// Our own back-off paces bootstrap rounds; the swarm's per-peer dial back-off would
+	// otherwise keep refusing a bootstrap peer that just restarted.
+	ctx = network.WithForceDirectDial(ctx, "shoal bootstrap")
 	if err := n.host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("connect %s: %w", ai.ID, err)
 	}

@@ -271,3 +271,37 @@ func TestTruncatedContentIsAnError(t *testing.T) {
 		t.Fatalf("received %d bytes, want the %d bytes the server had, to resume from", len(got), 100<<10)
 	}
 }
+
+// When every peer is gone the routing table empties; the node re-bootstraps (with back-off)
+// and, once back in the swarm, re-announces its content at once.
+func TestRebootstrapAfterRoutingTableEmpties(t *testing.T) {
+	ips := loopbackIPs(2)
+	dirA := t.TempDir()
+	a1 := startNode(t, testConfig(ips[0]), nil, nodeOpt{dataDir: dirA})
+	addrA := a1.host.Addrs()[0].String() // keep A's port across its restart
+	blob := randomBlob(41, 10<<10)
+	x := digest.FromBytes(blob)
+	b := startNode(t, bootstrapTo(testConfig(ips[1]), a1), newMemContent(blob))
+	waitRT(t, b, 1)
+
+	a1.Close()
+	// The next query to A fails, which drops it from B's routing table.
+	waitFor(t, 10*time.Second, "B's routing table to empty", func() bool {
+		b.FindProviders(t.Context(), digest.FromString("probe"), 1)
+		return b.dht.RoutingTable().Size() == 0
+	})
+
+	cfg := testConfig(ips[0])
+	cfg.Listen = []string{addrA}
+	a2 := startNode(t, cfg, nil, nodeOpt{dataDir: dirA})
+	if a2.ID() != a1.ID() {
+		t.Fatal("A's identity changed")
+	}
+	waitFor(t, 10*time.Second, "B to re-bootstrap and A to find B's content", func() bool {
+		provs, _ := a2.FindProviders(t.Context(), x, 1)
+		return len(provs) == 1 && provs[0].ID == b.ID()
+	})
+	if w := b.log.warnings(); len(w) > 1 {
+		t.Fatalf("re-bootstrapping is noisy: %q", w)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -176,4 +177,19 @@ func TestBanExpires(t *testing.T) {
 			t.Fatalf("second ban: banned %v, count %d", tab.isBanned(p), tab.bans.Load())
 		}
 	})
+}
+
+// The shell recipe in the package documentation makes a key that loads.
+func TestSwarmKeyShellRecipe(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "swarm.key")
+	cmd := exec.Command("sh", "-c", `umask 077; printf '/key/swarm/psk/1.0.0/\n/base16/\n%s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > "$1"`, "sh", p)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if _, err := loadSwarmKey(p); err != nil {
+		t.Fatalf("the documented recipe makes a key that does not load: %v", err)
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("recipe key mode %v", fi.Mode().Perm())
+	}
 }

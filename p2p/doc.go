@@ -1,0 +1,65 @@
+// Package p2p lets shoal nodes find and serve each other's content: a libp2p host (TCP,
+// Noise, yamux) with a Kademlia DHT that holds provider records, and a small stream protocol
+// (/shoal/blob/1.0.0) that transfers content by digest with Range semantics.
+//
+// What it does:
+//   - A stable identity: the Ed25519 host key lives at <data dir>/p2p/identity.key (0600), so
+//     the peer ID survives restarts.
+//   - Provider records: kad-dht in server mode under the protocol prefix /shoal, values
+//     disabled. The key of a digest is a CIDv1 (raw codec) whose multihash is the digest's own
+//     bytes (sha2-256 or sha2-512). Records and their addresses live RecordTTL; the node
+//     re-announces everything in Content.ShareList at start-up (once it has a peer), whenever
+//     its routing table goes from empty to non-empty, and every RecordTTL/2.
+//   - Budgets: every lookup is bounded by LookupTimeout, every provide by ProvideTimeout,
+//     every transfer by StallTimeout without progress. A frozen peer costs at most those.
+//   - Joining: static Bootstrap multiaddrs, BootstrapDNS (a headless Service: every A/AAAA
+//     answer is dialled on the p2p port and its peer ID learnt from the Noise handshake, by
+//     dialling a throw-away placeholder ID and reading the real one from the mismatch error),
+//     and optional mDNS. An empty routing table triggers re-bootstrapping with back-off.
+//     Without any bootstrap source (single-node mode) the node is silent.
+//   - Membership: with SwarmKeyFile set, the node runs a libp2p private network (PSK); nodes
+//     without the same key can neither connect nor fetch.
+//   - Bans: Ban disconnects a peer, refuses its connections and leaves it out of lookups and
+//     fetches for BanDuration.
+//
+// What it must never do:
+//   - Dial anything but configured addresses, addresses resolved from BootstrapDNS, mDNS
+//     announcements (when enabled) and addresses learnt from its own peers. No relay, no NAT
+//     port mapping, no hole punching, no AutoNAT, never the public IPFS bootstrap list.
+//   - Serve by tag, or fetch from an upstream or another peer for a peer: requests between
+//     peers carry the mode "local" and are answered from Content only (Content.OpenForPeer is
+//     local-only by contract), so requests are never forwarded and cannot loop.
+//   - Vouch for bytes. Fetch streams what a peer sends; the caller verifies the digest while
+//     streaming and Bans a peer whose bytes do not match.
+//   - Export libp2p types: callers see peer IDs and multiaddrs as strings.
+//
+// # The swarm key
+//
+// A swarm key is 32 random bytes in the go-libp2p/IPFS "swarm.key" format:
+//
+//	/key/swarm/psk/1.0.0/
+//	/base16/
+//	<64 hex digits>
+//
+// Make one with GenerateSwarmKey, or with a shell:
+//
+//	umask 077
+//	printf '/key/swarm/psk/1.0.0/\n/base16/\n%s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > swarm.key
+//
+// and give every node the same file (in Kubernetes a Secret mounted read-only, mode 0400,
+// path in swarm_key_file). Rotating the key means restarting every node with the new file;
+// nodes on different keys do not see each other. The key only keeps outsiders out of the
+// swarm; peers inside it are trusted to serve content, never to vouch for it.
+//
+// # Wire protocol /shoal/blob/1.0.0
+//
+// One request per stream, a single text line of at most 256 bytes:
+//
+//	<digest> <offset> local\n
+//
+// with a canonical lower-case sha256 or sha512 digest and a decimal offset without sign or
+// leading zeros. The answer is "OK <size>\n" followed by the bytes from offset to size-1
+// (size is the full content size), or one of "NOTFOUND\n", "RANGE <size>\n",
+// "BADREQUEST\n", "BUSY\n", "ERROR\n". A body that ends before size-offset bytes is an error
+// for the fetcher, which can resume elsewhere from the offset it reached.
+package p2p
