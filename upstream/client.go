@@ -114,9 +114,12 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 		c.timeout = DefaultTimeout
 	}
 	if cfg.DockerConfig != "" {
-		creds, err := readDockerConfig(cfg.DockerConfig)
+		creds, helpers, err := readDockerConfig(cfg.DockerConfig)
 		if err != nil {
 			return nil, fmt.Errorf("docker_config: %v", err)
+		}
+		if helpers {
+			c.log.Warn("docker_config names credential helpers (credsStore/credHelpers); shoal only reads \"auths\"", "path", cfg.DockerConfig)
 		}
 		c.dockerCreds = creds
 		warnIfWorldReadable(c.log, "docker_config", cfg.DockerConfig)

@@ -103,7 +103,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.DockerConfig != "" {
-		if _, err := readDockerConfig(c.DockerConfig); err != nil {
+		if _, _, err := readDockerConfig(c.DockerConfig); err != nil {
 			return fmt.Errorf("docker_config: %v", err)
 		}
 	}
@@ -221,14 +221,17 @@ func (rc RegistryConfig) credentials(name string) (credentials, error) {
 }
 
 // readDockerConfig reads the "auths" of a Docker config.json into credentials by
-// canonical host.
-func readDockerConfig(path string) (map[string]credentials, error) {
+// canonical host. helpers reports whether the file names credential helpers, which shoal
+// does not run.
+func readDockerConfig(path string) (creds map[string]credentials, helpers bool, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %q: %v", path, errors.Unwrap(err))
+		return nil, false, fmt.Errorf("cannot read %q: %v", path, errors.Unwrap(err))
 	}
 	var doc struct {
-		Auths map[string]struct {
+		CredsStore  string            `json:"credsStore"`
+		CredHelpers map[string]string `json:"credHelpers"`
+		Auths       map[string]struct {
 			Auth          string `json:"auth"`
 			Username      string `json:"username"`
 			Password      string `json:"password"`
@@ -237,7 +240,7 @@ func readDockerConfig(path string) (map[string]credentials, error) {
 	}
 	if err := json.Unmarshal(b, &doc); err != nil {
 		// The JSON error may quote part of the file, which may hold secrets.
-		return nil, fmt.Errorf("%q is not a Docker config.json (invalid JSON)", path)
+		return nil, false, fmt.Errorf("%q is not a Docker config.json (invalid JSON)", path)
 	}
 	out := map[string]credentials{}
 	for key, a := range doc.Auths {
@@ -249,11 +252,11 @@ func readDockerConfig(path string) (map[string]credentials, error) {
 		if a.Auth != "" {
 			raw, err := base64.StdEncoding.DecodeString(a.Auth)
 			if err != nil {
-				return nil, fmt.Errorf("%q: auths.%q.auth is not base64", path, key)
+				return nil, false, fmt.Errorf("%q: auths.%q.auth is not base64", path, key)
 			}
 			u, p, ok := strings.Cut(string(raw), ":")
 			if !ok {
-				return nil, fmt.Errorf("%q: auths.%q.auth is not user:password", path, key)
+				return nil, false, fmt.Errorf("%q: auths.%q.auth is not user:password", path, key)
 			}
 			cr = credentials{username: u, secret: p}
 		}
@@ -264,7 +267,7 @@ func readDockerConfig(path string) (map[string]credentials, error) {
 			out[host] = cr
 		}
 	}
-	return out, nil
+	return out, doc.CredsStore != "" || len(doc.CredHelpers) > 0, nil
 }
 
 // dockerConfigHost turns an "auths" key ("https://index.docker.io/v1/", "ghcr.io",

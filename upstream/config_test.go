@@ -88,7 +88,7 @@ func TestDockerConfigCredentials(t *testing.T) {
 		"http://127.0.0.1:5001": {"auth": "`+base64Std("local:pw:with:colons")+`"},
 		"gcr.io": {}
 	}, "credsStore": "desktop"}`)
-	got, err := readDockerConfig(p)
+	got, helpers, err := readDockerConfig(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +97,9 @@ func TestDockerConfigCredentials(t *testing.T) {
 		"ghcr.io":        {"gh", "ghp"},
 		"quay.io":        {"", "idtok"},
 		"127.0.0.1:5001": {"local", "pw:with:colons"},
+	}
+	if !helpers {
+		t.Error("credsStore not reported")
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d entries, want %d", len(got), len(want))

@@ -41,6 +41,7 @@ type Error struct {
 	RetryAfter time.Duration
 }
 
+// Error says which upstream answered what; it is safe to show to clients and logs.
 func (e *Error) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "upstream %s: %d %s", e.Host, e.Status, http.StatusText(e.Status))
