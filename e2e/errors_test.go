@@ -150,8 +150,16 @@ func TestManifestHeadersMatchUpstream(t *testing.T) {
 		t.Run(rf.name, func(t *testing.T) {
 			path := "/v2/" + rf.repo + "/manifests/" + rf.ref
 			want := do(t, http.MethodGet, up.Open.URL, path, acceptAll)
-			for _, m := range []string{http.MethodHead, http.MethodGet, http.MethodHead} {
+			for i, m := range []string{http.MethodHead, http.MethodGet, http.MethodHead} {
+				mark := len(p.requests())
 				got := do(t, m, s.URL, path, acceptAll)
+				if i == 0 && !strings.HasPrefix(rf.ref, "sha256:") {
+					// Docker Hub counts manifest GETs as pulls: a client's HEAD of a tag
+					// must not turn into an upstream GET of that tag.
+					if n := count(p.since(mark), http.MethodGet, "/manifests/"+rf.ref); n > 0 {
+						t.Errorf("a cold HEAD of tag %s made %d upstream GETs of the tag:\n%s", rf.ref, n, describe(p.since(mark)))
+					}
+				}
 				if got.Status != http.StatusOK {
 					t.Fatalf("%s %s: status %d %s", m, path, got.Status, truncateForLog(got.Body))
 				}
@@ -168,15 +176,36 @@ func TestManifestHeadersMatchUpstream(t *testing.T) {
 	}
 }
 
-// TestTagsList: tags/list is the upstream's answer.
-func TestTagsList(t *testing.T) {
+// TestPassThrough: tags/list (with n/last pagination and its Link header) and referrers answer
+// what the upstream answers.
+func TestPassThrough(t *testing.T) {
 	t.Parallel()
 	up := upstreams(t)
 	s := startShoal(t, shoalOpts{registries: []string{"docker.io=" + up.Open.URL}})
-	path := "/v2/" + up.Img.Small.Repo + "/tags/list"
-	want := do(t, http.MethodGet, up.Open.URL, path, nil)
-	got := do(t, http.MethodGet, s.URL, path, nil)
-	if got.Status != http.StatusOK || !bytes.Equal(bytes.TrimSpace(got.Body), bytes.TrimSpace(want.Body)) {
-		t.Errorf("tags/list: %d %s, upstream's %s", got.Status, got.Body, want.Body)
+	repo := up.Img.Small.Repo
+	for _, q := range []string{"", "?n=1", "?n=2&last=v1"} {
+		path := "/v2/" + repo + "/tags/list" + q
+		want := do(t, http.MethodGet, up.Open.URL, path, nil)
+		got := do(t, http.MethodGet, s.URL, path, nil)
+		if got.Status != want.Status || !bytes.Equal(bytes.TrimSpace(got.Body), bytes.TrimSpace(want.Body)) {
+			t.Errorf("GET %s: %d %s, upstream's %d %s", path, got.Status, got.Body, want.Status, want.Body)
+		}
+		if (want.Header.Get("Link") == "") != (got.Header.Get("Link") == "") {
+			t.Errorf("GET %s: Link %q, upstream's %q", path, got.Header.Get("Link"), want.Header.Get("Link"))
+		}
+	}
+	// distribution 2.8 has no referrers API: shoal answers 404 with an OCI error (or an index).
+	r := do(t, http.MethodGet, s.URL, "/v2/"+repo+"/referrers/"+up.Img.Small.Digest, nil)
+	switch r.Status {
+	case http.StatusOK:
+		if !strings.Contains(r.Header.Get("Content-Type"), "application/vnd.oci.image.index.v1+json") {
+			t.Errorf("referrers: 200 with Content-Type %q", r.Header.Get("Content-Type"))
+		}
+	case http.StatusNotFound:
+		if _, err := ociErrorCodes(r.Body); err != nil {
+			t.Errorf("referrers: 404 without an OCI error body: %v", err)
+		}
+	default:
+		t.Errorf("referrers: status %d %s, want 404 or 200", r.Status, truncateForLog(r.Body))
 	}
 }

@@ -292,5 +292,19 @@ func seedAll(addr string) (seededImages, error) {
 		}
 		*x.dst = ti
 	}
+	// More tags on test/small, for tags/list pagination.
+	for _, tag := range []string{"v2", "v3"} {
+		src, err := name.ParseReference(addr+"/"+s.Small.Ref(), name.Insecure)
+		if err != nil {
+			return s, err
+		}
+		desc, err := remote.Get(src)
+		if err != nil {
+			return s, err
+		}
+		if err := remote.Tag(src.Context().Tag(tag), desc); err != nil {
+			return s, fmt.Errorf("tag %s: %w", tag, err)
+		}
+	}
 	return s, nil
 }
