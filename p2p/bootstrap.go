@@ -170,9 +170,13 @@ func (n *Node) resolveDNS(ctx context.Context) []ma.Multiaddr {
 			skip[ip.String()] = true
 		}
 	}
-	for _, c := range n.host.Network().Conns() {
-		if ip, err := manet.ToIP(c.RemoteMultiaddr()); err == nil {
-			skip[ip.String()] = true
+	// Already connected: by the peer's own listen addresses (an inbound connection comes
+	// from an ephemeral port, maybe from another source address).
+	for _, p := range n.host.Network().Peers() {
+		for _, a := range n.host.Peerstore().Addrs(p) {
+			if ip, err := manet.ToIP(a); err == nil {
+				skip[ip.String()] = true
+			}
 		}
 	}
 	var out []ma.Multiaddr
@@ -192,8 +196,8 @@ func (n *Node) resolveDNS(ctx context.Context) []ma.Multiaddr {
 }
 
 // learnPeerID finds out who listens at addr without knowing its peer ID in advance: it
-// dials a throw-away placeholder ID there, and the security handshake (Noise) fails with the
-// remote's real, authenticated ID. The swarm key, if any, applies as for any dial.
+// dials a throw-away placeholder ID there, and the security handshake (TLS or Noise) fails
+// with the remote's real, authenticated ID. The swarm key, if any, applies as for any dial.
 func (n *Node) learnPeerID(ctx context.Context, addr ma.Multiaddr) (peer.ID, error) {
 	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
@@ -223,17 +227,36 @@ func (n *Node) learnPeerID(ctx context.Context, addr ma.Multiaddr) (peer.ID, err
 
 // startMDNS advertises and discovers peers on the local link.
 func startMDNS(ctx context.Context, n *Node) (io.Closer, error) {
+	var dialing sync.Map // peer.ID → struct{}: one connecting goroutine per peer
 	found := func(ai peer.AddrInfo) {
 		if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected || n.peers.isBanned(ai.ID) {
 			return
 		}
+		if _, busy := dialing.LoadOrStore(ai.ID, struct{}{}); busy {
+			return
+		}
 		go func() {
-			if err := n.connect(ctx, ai); err != nil {
-				n.log.Debug("mDNS peer unreachable", "peer", ai.ID.String(), "err", err)
-				return
+			defer dialing.Delete(ai.ID)
+			for attempt, wait := 0, time.Second; ; attempt, wait = attempt+1, 2*wait {
+				err := n.connect(ctx, ai)
+				if err == nil {
+					n.log.Debug("connected to mDNS peer", "peer", ai.ID.String())
+					_ = n.dht.Bootstrap(ctx)
+					return
+				}
+				n.log.Debug("mDNS peer unreachable", "peer", ai.ID.String(), "attempt", attempt+1, "err", err)
+				if attempt == 2 {
+					return // its next announcement starts over
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				if n.host.Network().Connectedness(ai.ID) == network.Connected {
+					return
+				}
 			}
-			n.log.Debug("connected to mDNS peer", "peer", ai.ID.String())
-			_ = n.dht.Bootstrap(ctx)
 		}()
 	}
 	svc := mdns.NewMdnsService(n.host, "_shoal._udp", mdnsNotifee(found))

@@ -1,5 +1,5 @@
 // Package p2p lets shoal nodes find and serve each other's content: a libp2p host (TCP,
-// Noise, yamux) with a Kademlia DHT that holds provider records, and a small stream protocol
+// TLS 1.3 or Noise, yamux) with a Kademlia DHT that holds provider records, and a small stream protocol
 // (/shoal/blob/1.0.0) that transfers content by digest with Range semantics.
 //
 // What it does:
@@ -13,7 +13,7 @@
 //   - Budgets: every lookup is bounded by LookupTimeout, every provide by ProvideTimeout,
 //     every transfer by StallTimeout without progress. A frozen peer costs at most those.
 //   - Joining: static Bootstrap multiaddrs, BootstrapDNS (a headless Service: every A/AAAA
-//     answer is dialled on the p2p port and its peer ID learnt from the Noise handshake, by
+//     answer is dialled on the p2p port and its peer ID learnt from the security handshake, by
 //     dialling a throw-away placeholder ID and reading the real one from the mismatch error),
 //     and optional mDNS. An empty routing table triggers re-bootstrapping with back-off.
 //     Without any bootstrap source (single-node mode) the node is silent.

@@ -134,7 +134,11 @@ func (l *testLog) warnings() []string {
 func newTestLog(t testing.TB) (*slog.Logger, *testLog) {
 	l := &testLog{t: t}
 	t.Cleanup(func() { l.mu.Lock(); l.done = true; l.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug})), l
+	level := slog.LevelDebug
+	if _, bench := t.(*testing.B); bench {
+		level = slog.LevelInfo // per-lookup debug lines would skew the timings
+	}
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: level})), l
 }
 
 // testConfig listens on one loopback address with a kernel-chosen port and tight budgets.

@@ -1,0 +1,214 @@
+package p2p
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// patternContent serves size bytes of a repeating pattern for any digest without holding
+// them in memory (the benchmark measures transport, not hashing or storage).
+type patternContent struct{ size int64 }
+
+func (c patternContent) OpenForPeer(_ context.Context, _ digest.Digest, off int64) (io.ReadCloser, int64, error) {
+	return io.NopCloser(io.LimitReader(patternReader{}, c.size-off)), c.size, nil
+}
+
+func (patternContent) ShareList(context.Context) ([]digest.Digest, error) { return nil, nil }
+
+var pattern = randomBlob(99, 64<<10)
+
+type patternReader struct{}
+
+func (patternReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		n += copy(p[n:], pattern)
+	}
+	return n, nil
+}
+
+// discard hides io.Discard's ReadFrom so both sides copy with the same 1 MiB buffer.
+type discard struct{ io.Writer }
+
+func benchSize(b *testing.B) int64 {
+	if s := os.Getenv("SHOAL_BENCH_SIZE"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return v
+	}
+	return 1 << 30
+}
+
+// BenchmarkTransfer: one blob (1 GiB, or SHOAL_BENCH_SIZE bytes) peer to peer over
+// /shoal/blob/1.0.0 (Noise + yamux over TCP), next to plain HTTP over loopback in the same run.
+//
+//	go test -run '^$' -bench Transfer -benchtime 3x ./p2p/
+func BenchmarkTransfer(b *testing.B) {
+	size := benchSize(b)
+	ips := loopbackIPs(3)
+	buf := make([]byte, 1<<20)
+	b.Run("p2p", func(b *testing.B) {
+		srv := startNode(b, testConfig(ips[0]), nil, nodeOpt{content: patternContent{size}})
+		cli := startNode(b, testConfig(ips[1]), nil)
+		d := digest.FromString("bench")
+		b.SetBytes(size)
+		b.ResetTimer()
+		cpu := cpuTime()
+		defer func() { reportCPU(b, cpu, size) }()
+		for b.Loop() {
+			rc, _, err := cli.Fetch(b.Context(), peerOf(srv), d, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := io.CopyBuffer(discard{io.Discard}, rc, buf)
+			rc.Close()
+			if err != nil || n != size {
+				b.Fatalf("copied %d: %v", n, err)
+			}
+		}
+	})
+	b.Run("http", func(b *testing.B) {
+		ln, err := net.Listen("tcp", ips[2]+":0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+			io.CopyBuffer(w, io.LimitReader(patternReader{}, size), make([]byte, 1<<20))
+		})}
+		go srv.Serve(ln)
+		b.Cleanup(func() { srv.Close() })
+		url := "http://" + ln.Addr().String() + "/blob"
+		b.SetBytes(size)
+		b.ResetTimer()
+		cpu := cpuTime()
+		defer func() { reportCPU(b, cpu, size) }()
+		for b.Loop() {
+			resp, err := http.Get(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := io.CopyBuffer(discard{io.Discard}, resp.Body, buf)
+			resp.Body.Close()
+			if err != nil || n != size {
+				b.Fatalf("copied %d: %v", n, err)
+			}
+		}
+	})
+}
+
+// startCluster starts n nodes that join through the first and waits for full routing tables.
+func startCluster(b testing.TB, n int) []*testNode {
+	ips := loopbackIPs(n)
+	nodes := []*testNode{startNode(b, testConfig(ips[0]), nil)}
+	for _, ip := range ips[1:] {
+		nodes = append(nodes, startNode(b, bootstrapTo(testConfig(ip), nodes[0]), nil))
+	}
+	for _, x := range nodes {
+		waitRT(b, x, n-1)
+	}
+	return nodes
+}
+
+func percentile(s []time.Duration, p int) time.Duration {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s[(len(s)-1)*p/100]
+}
+
+// BenchmarkLookup10Nodes: lookup latency in a 10-node loopback cluster, each digest provided
+// by one node and looked up (max 1 provider) from another.
+//
+//	go test -run '^$' -bench Lookup10Nodes ./p2p/
+func BenchmarkLookup10Nodes(b *testing.B) {
+	nodes := startCluster(b, 10)
+	const digests = 50
+	var ds []digest.Digest
+	var owner []int
+	for i := range digests {
+		d := digest.FromString(fmt.Sprint("lookup bench ", i))
+		o := i % len(nodes)
+		if err := nodes[o].Provide(b.Context(), d); err != nil {
+			b.Fatal(err)
+		}
+		ds, owner = append(ds, d), append(owner, o)
+	}
+	var lat []time.Duration
+	r := rand.New(rand.NewPCG(1, 2))
+	b.ResetTimer()
+	for b.Loop() {
+		i := r.IntN(digests)
+		f := (owner[i] + 1 + r.IntN(len(nodes)-1)) % len(nodes)
+		start := time.Now()
+		provs, err := nodes[f].FindProviders(b.Context(), ds[i], 1)
+		lat = append(lat, time.Since(start))
+		if err != nil || len(provs) != 1 || provs[0].ID != nodes[owner[i]].ID() {
+			b.Fatalf("lookup %d from node %d: %v %v", i, f, provs, err)
+		}
+	}
+	b.ReportMetric(float64(percentile(lat, 50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(percentile(lat, 99).Microseconds()), "p99-µs")
+}
+
+// BenchmarkProvideToFindable10Nodes: time from the start of Provide on one node (as on a
+// store commit) until another node's lookup returns it, in a 10-node loopback cluster.
+//
+//	go test -run '^$' -bench ProvideToFindable10Nodes ./p2p/
+func BenchmarkProvideToFindable10Nodes(b *testing.B) {
+	nodes := startCluster(b, 10)
+	var provide, findable []time.Duration
+	i := 0
+	b.ResetTimer()
+	for b.Loop() {
+		i++
+		d := digest.FromString(fmt.Sprint("commit bench ", i))
+		p, f := nodes[i%len(nodes)], nodes[(i+1+i%7)%len(nodes)]
+		start := time.Now()
+		if err := p.Provide(b.Context(), d); err != nil {
+			b.Fatal(err)
+		}
+		provide = append(provide, time.Since(start))
+		for {
+			provs, err := f.FindProviders(b.Context(), d, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(provs) == 1 {
+				break
+			}
+		}
+		findable = append(findable, time.Since(start))
+	}
+	b.ReportMetric(float64(percentile(provide, 50).Microseconds()), "provide-p50-µs")
+	b.ReportMetric(float64(percentile(provide, 99).Microseconds()), "provide-p99-µs")
+	b.ReportMetric(float64(percentile(findable, 50).Microseconds()), "findable-p50-µs")
+	b.ReportMetric(float64(percentile(findable, 99).Microseconds()), "findable-p99-µs")
+}
+
+// cpuTime is the process's user+system CPU time: on a shared machine, CPU seconds per GiB
+// compare the two transports better than wall-clock throughput.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func reportCPU(b *testing.B, start time.Duration, size int64) {
+	used := cpuTime() - start
+	gib := float64(size) * float64(b.N) / (1 << 30)
+	b.ReportMetric(used.Seconds()/gib, "cpu-s/GiB")
+}
