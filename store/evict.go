@@ -1,8 +1,6 @@
 package store
 
 import (
-	"cmp"
-	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,7 +44,7 @@ func (s *Store) makeRoomLocked(incoming int64) ([]string, error) {
 	if need <= 0 {
 		return nil, nil
 	}
-	victims, tags, ok := s.pickLocked(need, nil, true)
+	victims, tags, ok := s.pickLocked(need, 0, true)
 	if !ok {
 		return nil, s.noSpaceErr("commit", fmt.Errorf("%d bytes do not fit: %d more bytes needed (%s) and not enough content can be evicted (pinned or in use)", incoming, need, reason))
 	}
@@ -61,42 +59,39 @@ func (s *Store) noSpaceErr(op string, err error) error {
 }
 
 // pickLocked chooses content to evict, least recently used first, skipping pinned content,
-// content a pinned manifest references and content files open in this process. With need > 0 it
-// picks until need bytes are freed (with strict, nothing unless need can be met); with need <= 0
-// it picks everything pred accepts. The victims leave the in-memory index before it returns,
-// together with the tags that pointed at them; the caller holds wmu and must retire them.
-func (s *Store) pickLocked(need int64, pred func(*entry) bool, strict bool) ([]*entry, []string, bool) {
+// content a pinned manifest references and content files open in this process. With need > 0
+// it picks until need bytes are freed (with strict, nothing unless need can be met); with
+// olderThan > 0 it picks everything last accessed before that time (unix nanoseconds). The
+// victims leave the in-memory index before it returns, together with the tags that pointed at
+// them; the caller holds wmu and must retire them. It walks the LRU list from its old end, so
+// its cost grows with the victims and the protected content it passes, not with the index.
+func (s *Store) pickLocked(need, olderThan int64, strict bool) ([]*entry, []string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// Under the exclusive lock no Reader can open a file between this look and the unindexing.
 	open, _ := openBlobFiles(s.blobDir)
 	prot := s.protectedLocked()
 	var (
-		cands lru
-		total int64
+		victims []*entry
+		freed   int64
 	)
-	for _, e := range s.idx {
-		if e.pinned || prot[e.d] || open[e.d] || (pred != nil && !pred(e)) {
+	s.lruMu.Lock()
+	for e := s.lru.next; e != &s.lru; e = e.next {
+		if olderThan > 0 && e.accessed.Load() >= olderThan {
+			break
+		}
+		if need > 0 && freed >= need {
+			break
+		}
+		if e.pinned || prot[e.d] || open[e.d] {
 			continue
 		}
-		cands = append(cands, lruItem{e, e.accessed.Load()})
-		total += e.size
+		victims = append(victims, e)
+		freed += e.size
 	}
-	if need > 0 && strict && total < need {
+	s.lruMu.Unlock()
+	if need > 0 && strict && freed < need {
 		return nil, nil, false
-	}
-	var victims []*entry
-	if need > 0 && total > need {
-		heap.Init(&cands)
-		for freed := int64(0); freed < need && cands.Len() > 0; {
-			v := heap.Pop(&cands).(lruItem).e
-			victims = append(victims, v)
-			freed += v.size
-		}
-	} else {
-		for _, c := range cands {
-			victims = append(victims, c.e)
-		}
 	}
 	var tags []string
 	for _, v := range victims {
@@ -130,6 +125,7 @@ func (s *Store) protectedLocked() map[digest.Digest]bool {
 // tags. The caller holds mu.
 func (s *Store) unindexLocked(e *entry) []string {
 	delete(s.idx, e.d)
+	s.lruRemove(e)
 	delete(s.pins, e.d)
 	delete(s.refs, e.d)
 	s.used -= e.size
@@ -399,7 +395,7 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 	}
 	if s.cfg.TTL > 0 {
 		cutoff := time.Now().Add(-s.cfg.TTL).UnixNano()
-		v, tags, _ := s.pickLocked(0, func(e *entry) bool { return e.accessed.Load() < cutoff }, false)
+		v, tags, _ := s.pickLocked(0, cutoff, false)
 		s.evictLocked(&res, v, tags, ReasonTTL)
 	}
 	if err := ctx.Err(); err != nil {
@@ -409,7 +405,7 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 	over := s.used - s.maxSize
 	s.mu.RUnlock()
 	if over > 0 {
-		v, tags, _ := s.pickLocked(over, nil, false)
+		v, tags, _ := s.pickLocked(over, 0, false)
 		s.evictLocked(&res, v, tags, ReasonLRU)
 	}
 	s.freeSpaceLocked(&res)
@@ -434,7 +430,7 @@ func (s *Store) freeSpaceLocked(res *GCResult) {
 		target, reason = sp.Total/20, ReasonNoSpace
 	}
 	if deficit := target - sp.Avail; deficit > 0 {
-		v, tags, _ := s.pickLocked(deficit, nil, false)
+		v, tags, _ := s.pickLocked(deficit, 0, false)
 		s.evictLocked(res, v, tags, reason)
 	}
 }
@@ -498,32 +494,23 @@ func (s *Store) logGC(res GCResult) {
 	}
 }
 
-// lruItem is an entry with its access time read once, since readers keep updating it.
-type lruItem struct {
-	e  *entry
-	at int64
+// The LRU list runs from the least recently used entry (s.lru.next) to the most recently used
+// (s.lru.prev); Reader moves an entry to the recent end. Its links are guarded by lruMu, a leaf
+// lock, so that readers, which hold mu only shared, can reorder it.
+
+func (s *Store) lruPushBack(e *entry) {
+	s.lruMu.Lock()
+	e.prev, e.next = s.lru.prev, &s.lru
+	s.lru.prev.next = e
+	s.lru.prev = e
+	s.lruMu.Unlock()
 }
 
-// lru is a min-heap of entries by last access, oldest first (ties by creation, then digest, so
-// that the order is deterministic).
-type lru []lruItem
-
-func (h lru) Len() int { return len(h) }
-func (h lru) Less(i, j int) bool {
-	a, b := h[i], h[j]
-	if c := cmp.Compare(a.at, b.at); c != 0 {
-		return c < 0
+func (s *Store) lruRemove(e *entry) {
+	s.lruMu.Lock()
+	if e.next != nil {
+		e.prev.next, e.next.prev = e.next, e.prev
+		e.prev, e.next = nil, nil
 	}
-	if c := cmp.Compare(a.e.created, b.e.created); c != 0 {
-		return c < 0
-	}
-	return a.e.d < b.e.d
-}
-func (h lru) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *lru) Push(x any)   { *h = append(*h, x.(lruItem)) }
-func (h *lru) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+	s.lruMu.Unlock()
 }

@@ -41,6 +41,9 @@ type entry struct {
 	pinned    bool         // guarded by Store.mu (written under Store.wmu as well)
 	accessed  atomic.Int64 // unix nanoseconds; updated by readers without locks
 	dirty     atomic.Bool  // accessed changed since the record was last written
+	// prev and next link the entry into the store's LRU list (guarded by Store.lruMu); nil
+	// when it is not indexed.
+	prev, next *entry
 }
 
 func (e *entry) info() Info {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +160,9 @@ type Store struct {
 	tags   map[string]tagRecord
 	tagsBy map[digest.Digest]map[string]struct{}
 
+	lruMu sync.Mutex
+	lru   entry // sentinel of the LRU list, see lruPushBack
+
 	dirtyMu sync.Mutex
 	dirty   []*entry
 
@@ -219,6 +225,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
 	}
+	s.lru.prev, s.lru.next = &s.lru, &s.lru
 	s.minFreeB, s.minFreeFrac, _ = parseMinFree(cfg.MinFree)
 	if err := s.recover(ctx); err != nil {
 		if s.db != nil {
@@ -314,6 +321,17 @@ func (s *Store) recover(ctx context.Context) error {
 		if e := s.idx[d]; e == nil || !e.inline {
 			_ = wb.Delete(inlineKey(d))
 		}
+	}
+	// The LRU list starts in the order of the recorded access times.
+	order := make([]*entry, 0, len(s.idx))
+	for _, e := range s.idx {
+		order = append(order, e)
+	}
+	slices.SortFunc(order, func(a, b *entry) int {
+		return cmp.Or(cmp.Compare(a.accessed.Load(), b.accessed.Load()), cmp.Compare(a.created, b.created), strings.Compare(string(a.d), string(b.d)))
+	})
+	for _, e := range order {
+		s.lruPushBack(e)
 	}
 	s.refs = l.refs
 	for m := range s.refs {
@@ -510,7 +528,16 @@ func (s *Store) loadInline(d digest.Digest) ([]byte, error) {
 
 // touch records a read: in memory now, in Badger at the next flush.
 func (s *Store) touch(e *entry) {
+	s.lruMu.Lock()
+	// The time is taken under the lock so that the list stays ordered by access time.
 	e.accessed.Store(time.Now().UnixNano())
+	if e.next != nil { // still indexed: move to the recent end
+		e.prev.next, e.next.prev = e.next, e.prev
+		e.prev, e.next = s.lru.prev, &s.lru
+		s.lru.prev.next = e
+		s.lru.prev = e
+	}
+	s.lruMu.Unlock()
 	if !e.dirty.Swap(true) {
 		s.dirtyMu.Lock()
 		s.dirty = append(s.dirty, e)

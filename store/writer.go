@@ -302,6 +302,7 @@ func (s *Store) insert(e *entry) {
 	s.mu.Lock()
 	s.idx[e.d] = e
 	s.used += e.size
+	s.lruPushBack(e)
 	s.mu.Unlock()
 	s.emit(Event{Kind: EventCommitted, Digest: e.d})
 }
