@@ -61,8 +61,8 @@ func TestSecondPullFromCache(t *testing.T) {
 	assertNoUpstreamFetch(t, p.since(mark))
 }
 
-// TestConcurrentColdPulls: 20 clients pulling the same uncached image at once cause exactly one
-// upstream GET per blob (the upstream is slowed down so that the pulls overlap).
+// TestConcurrentColdPulls: 20 clients (10 skopeo, 10 crane) pulling the same uncached image at once
+// cause exactly one upstream GET per blob (the upstream is slowed down so that the pulls overlap).
 func TestConcurrentColdPulls(t *testing.T) {
 	t.Parallel()
 	up := upstreams(t)
@@ -71,6 +71,8 @@ func TestConcurrentColdPulls(t *testing.T) {
 	p.throttle(16 << 20) // 6 MiB layers take ~0.4 s each: the 20 pulls overlap
 	s := startShoal(t, shoalOpts{registries: []string{"docker.io=" + p.URL}})
 
+	tool(t, "skopeo") // fail here, not in a goroutine, when a client is missing
+	tool(t, "crane")
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -80,7 +82,13 @@ func TestConcurrentColdPulls(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out, err := skopeoCopy(t.Context(), t, s.Addr, img.Ref(), "oci:"+dsts[i]+":v1", false, "--preserve-digests")
+			var out string
+			var err error
+			if i%2 == 0 {
+				out, err = skopeoCopy(t.Context(), t, s.Addr, img.Ref(), "oci:"+dsts[i]+":v1", false, "--preserve-digests")
+			} else {
+				out, err = cranePull(t.Context(), t, s.Addr, img.Ref(), dsts[i])
+			}
 			if err != nil {
 				errs[i] = fmt.Errorf("%v\n%s", err, out)
 			}

@@ -34,6 +34,13 @@ func skopeoCopy(ctx context.Context, t *testing.T, shoalAddr, ref, dst string, a
 	return runCmd(ctx, 5*time.Minute, []string{"REGISTRY_AUTH_FILE=" + auth}, argv...)
 }
 
+// cranePull pulls docker://shoalAddr/ref into an OCI layout at dst with crane.
+func cranePull(ctx context.Context, t *testing.T, shoalAddr, ref, dst string) (string, error) {
+	t.Helper()
+	return runCmd(ctx, 5*time.Minute, []string{"DOCKER_CONFIG=" + t.TempDir()},
+		tool(t, "crane"), "pull", "--insecure", "--format", "oci", shoalAddr+"/"+ref, dst)
+}
+
 // ociLayoutDigest returns the digest of the (single) manifest an OCI layout's index.json names.
 func ociLayoutDigest(t *testing.T, dir string) string {
 	t.Helper()
