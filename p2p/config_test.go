@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	ma "github.com/multiformats/go-multiaddr"
 	"gopkg.in/yaml.v3"
 )
 
@@ -91,5 +92,30 @@ ban_duration: 5m
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestAdvertisable(t *testing.T) {
+	parse := func(ss ...string) []ma.Multiaddr {
+		var out []ma.Multiaddr
+		for _, s := range ss {
+			out = append(out, ma.StringCast(s))
+		}
+		return out
+	}
+	str := func(as []ma.Multiaddr) string {
+		var s []string
+		for _, a := range as {
+			s = append(s, a.String())
+		}
+		return strings.Join(s, " ")
+	}
+	for _, tc := range []struct{ in, want []ma.Multiaddr }{
+		{parse("/ip4/127.0.0.1/tcp/5001", "/ip4/10.1.2.3/tcp/5001", "/ip6/::1/tcp/5001"), parse("/ip4/10.1.2.3/tcp/5001")},
+		{parse("/ip4/127.77.1.1/tcp/5001"), parse("/ip4/127.77.1.1/tcp/5001")},
+	} {
+		if got := advertisable(tc.in); str(got) != str(tc.want) {
+			t.Errorf("advertisable(%s) = %s, want %s", str(tc.in), str(got), str(tc.want))
+		}
 	}
 }

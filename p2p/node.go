@@ -28,6 +28,7 @@ import (
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -197,6 +198,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		// No relay, no NAT port mapping, no hole punching, no AutoNAT: shoal dials only what
 		// its configuration names or what its own peers tell it.
 		libp2p.DisableRelay(),
+		libp2p.AddrsFactory(advertisable),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.ConnectionGater(&gater{banned: n.peers.isBanned, observe: o.observeDial}),
@@ -343,6 +345,22 @@ func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnM
 }
 
 func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// advertisable drops loopback addresses from what the node tells others (identify, provider
+// records) when it has any other: a peer dialling "127.0.0.1" reaches itself, not us. A node
+// listening on loopback only (tests) keeps them.
+func advertisable(addrs []ma.Multiaddr) []ma.Multiaddr {
+	out := make([]ma.Multiaddr, 0, len(addrs))
+	for _, a := range addrs {
+		if !manet.IsIPLoopback(a) {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return addrs
+	}
+	return out
+}
 
 // mergeAddrInfo adds ai to list, merging addresses of the same peer.
 func mergeAddrInfo(list []peer.AddrInfo, ai peer.AddrInfo) []peer.AddrInfo {
