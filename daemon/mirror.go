@@ -113,7 +113,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 		if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		f, err := m.spool.join(ctx, d, open)
+		f, started, err := m.spool.join(ctx, d, open)
 		switch {
 		case errors.Is(err, store.ErrNoSpace):
 			m.spool.noSpace.do(func() { m.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
@@ -124,7 +124,11 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 			continue // committed between our two looks: read it from the store
 		}
 		defer f.release()
-		return m.serveFill(w, r, d, f, open)
+		source := "inflight" // following a download someone else started
+		if started {
+			source = "upstream"
+		}
+		return m.serveFill(w, r, d, f, source, open)
 	}
 }
 
@@ -175,7 +179,7 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 }
 
 // serveFill streams a blob that is being downloaded, as it arrives.
-func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fill, open blobOpener) error {
+func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fill, source string, open blobOpener) error {
 	ctx := r.Context()
 	size, err := f.waitStarted(ctx)
 	if errors.Is(err, store.ErrNoSpace) {
@@ -187,7 +191,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if size < 0 {
 		r.Header.Del("Range") // unknown size: send it whole
 	}
-	setBlobHeaders(w.Header(), d, "upstream")
+	setBlobHeaders(w.Header(), d, source)
 	start, end, err := writeBlobHead(w, r, size)
 	if err != nil || r.Method == http.MethodHead {
 		return err

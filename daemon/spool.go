@@ -31,6 +31,9 @@ type fill struct {
 	written int64
 	done    bool
 	err     error // set with done when the fill failed
+	// verified: all bytes are in and hash to the digest. Readers may then have every byte,
+	// even if making the blob durable (Commit) fails afterwards.
+	verified bool
 	w       *store.Writer
 	refs    int // fill goroutine + readers holding w
 	started chan struct{}
@@ -53,31 +56,32 @@ func newSpool(st *store.Store, log *slog.Logger) *spool {
 	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, fills: map[digest.Digest]*fill{}, noSpace: logEvery{every: time.Minute}}
 }
 
-// join returns the fill in flight for d, or starts one with open. It returns (nil, nil) when
-// the blob was committed meanwhile: the caller then reads it from the store. The returned fill
-// holds a reference the caller must release.
-func (s *spool) join(ctx context.Context, d digest.Digest, open blobOpener) (*fill, error) {
+// join returns the fill in flight for d (started reports whether this call started it), or
+// starts one with open. It returns a nil fill when the blob was committed meanwhile: the
+// caller then reads it from the store. The returned fill holds a reference the caller must
+// release.
+func (s *spool) join(ctx context.Context, d digest.Digest, open blobOpener) (f *fill, started bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.fills[d]; ok {
 		f.mu.Lock()
 		f.refs++
 		f.mu.Unlock()
-		return f, nil
+		return f, false, nil
 	}
 	// A fill leaves the map only after its commit, so a miss here and in the store means
 	// nobody has the blob: no second download can start for committed content.
 	if _, err := s.store.Stat(ctx, d); err == nil {
-		return nil, nil
+		return nil, false, nil
 	}
 	w, err := s.store.Writer(ctx, d, "")
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	f := &fill{d: d, changed: make(chan struct{}), size: -1, w: w, refs: 2, started: make(chan struct{})}
+	f = &fill{d: d, changed: make(chan struct{}), size: -1, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	go s.run(context.WithoutCancel(ctx), f, open)
-	return f, nil
+	return f, true, nil
 }
 
 func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
@@ -85,6 +89,14 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 	defer cancel()
 	err := s.copy(ctx, f, open)
 	if err == nil {
+		err = f.w.Check(f.written)
+	}
+	if err == nil {
+		// Release the last byte now: clients need not wait for the fsync in Commit.
+		f.mu.Lock()
+		f.verified = true
+		f.broadcast()
+		f.mu.Unlock()
 		err = f.w.Commit(ctx, f.written)
 	}
 	if err != nil {
@@ -212,7 +224,10 @@ func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 func (f *fill) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	for {
 		f.mu.Lock()
-		done, err, limit, ch := f.done, f.err, f.written, f.changed
+		done, err, limit, ch := f.done || f.verified, f.err, f.written, f.changed
+		if f.verified {
+			err = nil
+		}
 		f.mu.Unlock()
 		if done && err != nil {
 			return 0, err
