@@ -89,6 +89,8 @@ func (n *Node) maintain(ctx context.Context) {
 // resolves to (only DNS ones when dnsOnly), then asks the DHT to refresh. It reports whether
 // any connection succeeded.
 func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
+	n.joining.Store(true)
+	defer n.joining.Store(false)
 	var (
 		ok  atomic.Int32
 		wg  sync.WaitGroup

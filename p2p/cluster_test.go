@@ -220,7 +220,6 @@ func TestIdentityPersisted(t *testing.T) {
 // nothing is logged above INFO.
 func TestSingleNodeQuiet(t *testing.T) {
 	cfg := testConfig(loopbackIPs(1)[0])
-	cfg.ProvideTimeout = 300 * time.Millisecond
 	blob := randomBlob(3, 1000)
 	n := startNode(t, cfg, newMemContent(blob))
 	x := digest.FromBytes(blob)
@@ -228,8 +227,9 @@ func TestSingleNodeQuiet(t *testing.T) {
 	if err := n.Provide(t.Context(), x); err != nil {
 		t.Fatalf("provide alone: %v", err)
 	}
-	if took := time.Since(start); took > cfg.ProvideTimeout+500*time.Millisecond {
-		t.Fatalf("provide alone took %v, budget %v", took, cfg.ProvideTimeout)
+	// Nobody is coming (no bootstrap source, no peer): nothing to wait for.
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Fatalf("provide alone took %v; it should not wait for peers that cannot come", took)
 	}
 	start = time.Now()
 	provs, err := n.FindProviders(t.Context(), x, 3)

@@ -85,6 +85,7 @@ type Node struct {
 	withdrawn map[digest.Digest]struct{} // never served nor provided until provided again
 
 	reprovideNow chan struct{}
+	joining      atomic.Bool // a bootstrap round is running
 	serveSlots   chan struct{}
 
 	lookups, lookupHits atomic.Int64

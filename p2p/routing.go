@@ -42,8 +42,8 @@ func digestKey(d digest.Digest) (cid.Cid, error) {
 	return cid.NewCidV1(cid.Raw, mh), nil
 }
 
-// Provide advertises that this node serves d, within ProvideTimeout. It first waits
-// (within the same budget) for a non-empty routing table. A provide that ran out of time
+// Provide advertises that this node serves d, within ProvideTimeout. While peers are joining
+// it first waits (within the same budget) for a non-empty routing table. A provide that ran out of time
 // reached the peers it found and counts as done; with nobody to tell (single-node mode) it
 // returns nil and the reprovide that follows the first peer's arrival announces it. It also
 // cancels an earlier Withdraw.
@@ -62,6 +62,14 @@ func (n *Node) Provide(ctx context.Context, d digest.Digest) error {
 func (n *Node) provideKey(ctx context.Context, d digest.Digest, key cid.Cid) error {
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProvideTimeout)
 	defer cancel()
+	// Wait for the routing table only while peers are on their way (connected but not yet in
+	// the table, or a bootstrap round running). Alone, there is nobody to wait for: the
+	// reprovide that follows the first peer's arrival announces it.
+	expecting := n.joining.Load() || len(n.host.Network().Peers()) > 0
+	if n.dht.RoutingTable().Size() == 0 && !expecting {
+		n.log.Debug("provide deferred: no peers", "digest", d)
+		return nil
+	}
 	if !n.waitRoutingTable(pctx) {
 		if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("p2p: provide %s: %w", d, err)
