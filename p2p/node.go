@@ -112,8 +112,8 @@ type option func(*options)
 const maxConcurrentServes = 64
 
 // New starts a node: it loads (or creates) the identity key at dataDir/p2p/identity.key,
-// listens, joins the swarm in the background and starts the reprovide loop. ctx bounds only
-// the start-up; the node runs until Close.
+// listens, joins the swarm in the background and starts the reprovide loop. The node runs
+// until Close, whatever happens to ctx later.
 func New(ctx context.Context, cfg Config, dataDir string, content Content, log *slog.Logger) (*Node, error) {
 	return newNode(ctx, cfg, dataDir, content, log)
 }
