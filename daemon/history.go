@@ -1,0 +1,62 @@
+package daemon
+
+import (
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// decision records where one request for content was answered from and why; `shoal explain`
+// reads the recent ones.
+type decision struct {
+	Time     time.Time     `json:"time"`
+	Registry string        `json:"registry"`
+	Repo     string        `json:"repo"`
+	Digest   digest.Digest `json:"digest"`
+	Kind     string        `json:"kind"`   // manifest | blob
+	Source   string        `json:"source"` // store | inflight | peer | upstream | passthrough
+	Reason   string        `json:"reason"` // e.g. "no peer provides it", "peer 12D3… sent wrong bytes"
+	Bytes    int64         `json:"bytes"`
+}
+
+// history is a bounded ring of recent decisions.
+type history struct {
+	mu   sync.Mutex
+	ring []decision
+	next int
+	full bool
+}
+
+func newHistory(n int) *history { return &history{ring: make([]decision, n)} }
+
+func (h *history) add(d decision) {
+	if d.Time.IsZero() {
+		d.Time = time.Now()
+	}
+	h.mu.Lock()
+	h.ring[h.next] = d
+	h.next = (h.next + 1) % len(h.ring)
+	if h.next == 0 {
+		h.full = true
+	}
+	h.mu.Unlock()
+}
+
+// recent returns the decisions for a digest (or all, for ""), newest first.
+func (h *history) recent(d digest.Digest) []decision {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := h.next
+	if h.full {
+		n = len(h.ring)
+	}
+	var out []decision
+	for i := 1; i <= n; i++ {
+		e := h.ring[(h.next-i+len(h.ring))%len(h.ring)]
+		if d == "" || e.Digest == d {
+			out = append(out, e)
+		}
+	}
+	return out
+}
