@@ -219,7 +219,7 @@ func (e *env) startShoal(b *testing.B) (url string, cmd *exec.Cmd) {
 		b.Fatal(err)
 	}
 	up := strings.TrimPrefix(e.upstream, "http://")
-	cmd, err = e.start(data+".log", e.shoal, "daemon", "--listen", addr, "--data-dir", data,
+	cmd, err = e.start(data+".log", e.shoal, "daemon", "--p2p=false", "--listen", addr, "--data-dir", data,
 		"--registry", "docker.io="+e.upstream, "--registry", up+"="+e.upstream, "--log-level", "warn")
 	if err != nil {
 		b.Fatal(err)

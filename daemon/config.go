@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -36,6 +37,11 @@ type Config struct {
 	LogLevel        string
 	Upstream        upstream.Config
 	Store           store.Config
+	// P2P is the libp2p node; P2PEnabled turns it off for a purely local mirror.
+	P2P        p2p.Config
+	P2PEnabled bool
+	// P2PSharePrivate lets peers fetch content that came from repositories needing credentials.
+	P2PSharePrivate bool
 }
 
 // ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
@@ -63,6 +69,20 @@ type fileConfig struct {
 		Timeout        *time.Duration `yaml:"timeout"`
 		Retries        *int           `yaml:"retries"`
 	} `yaml:"upstream"`
+	P2P struct {
+		Enabled        *bool          `yaml:"enabled"`
+		SharePrivate   *bool          `yaml:"share_private"`
+		Listen         []string       `yaml:"listen"`
+		Bootstrap      []string       `yaml:"bootstrap"`
+		BootstrapDNS   *string        `yaml:"bootstrap_dns"`
+		MDNS           *bool          `yaml:"mdns"`
+		SwarmKeyFile   *string        `yaml:"swarm_key_file"`
+		LookupTimeout  *time.Duration `yaml:"lookup_timeout"`
+		ProvideTimeout *time.Duration `yaml:"provide_timeout"`
+		StallTimeout   *time.Duration `yaml:"stall_timeout"`
+		RecordTTL      *time.Duration `yaml:"record_ttl"`
+		BanDuration    *time.Duration `yaml:"ban_duration"`
+	} `yaml:"p2p"`
 	Store struct {
 		MaxSize    *string        `yaml:"max_size"`
 		MinFree    *string        `yaml:"min_free"`
@@ -74,7 +94,7 @@ type fileConfig struct {
 // DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
 // which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig()}
 	if err := c.apply(defaultsYAML, "defaults.yaml"); err != nil {
 		panic("embedded defaults.yaml: " + err.Error())
 	}
@@ -174,6 +194,22 @@ func (c *Config) apply(b []byte, name string) error {
 			return &ConfigError{Key: "store.max_size", Err: err}
 		}
 	}
+	set(&c.P2PEnabled, f.P2P.Enabled)
+	set(&c.P2PSharePrivate, f.P2P.SharePrivate)
+	if f.P2P.Listen != nil {
+		c.P2P.Listen = f.P2P.Listen
+	}
+	if f.P2P.Bootstrap != nil {
+		c.P2P.Bootstrap = f.P2P.Bootstrap
+	}
+	set(&c.P2P.BootstrapDNS, f.P2P.BootstrapDNS)
+	set(&c.P2P.MDNS, f.P2P.MDNS)
+	set(&c.P2P.SwarmKeyFile, f.P2P.SwarmKeyFile)
+	set(&c.P2P.LookupTimeout, f.P2P.LookupTimeout)
+	set(&c.P2P.ProvideTimeout, f.P2P.ProvideTimeout)
+	set(&c.P2P.StallTimeout, f.P2P.StallTimeout)
+	set(&c.P2P.RecordTTL, f.P2P.RecordTTL)
+	set(&c.P2P.BanDuration, f.P2P.BanDuration)
 	set(&c.Store.MinFree, f.Store.MinFree)
 	set(&c.Store.TTL, f.Store.TTL)
 	set(&c.Store.GCInterval, f.Store.GCInterval)
@@ -262,6 +298,11 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Upstream.Validate(); err != nil {
 		return &ConfigError{Key: "upstream", Err: err}
+	}
+	if c.P2PEnabled {
+		if err := c.P2P.Validate(); err != nil {
+			return &ConfigError{Key: "p2p", Err: err}
+		}
 	}
 	c.Store.Dir = c.storeDir()
 	if err := c.Store.Validate(); err != nil {

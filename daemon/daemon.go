@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -22,6 +23,8 @@ type Daemon struct {
 	up    *upstream.Client
 	srv   *http.Server
 	ln    net.Listener
+	node  *p2p.Node // nil when P2P is disabled
+	hist  *history
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -47,16 +50,42 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("mirror listener: %w", err)
 	}
 	mlog := log.With("component", "mirror")
+	sp := newSpool(st, mlog)
+	hist := newHistory(4096)
+	priv := newPrivateSet(st)
+	src := &sources{up: up, private: priv, hist: hist, log: mlog, sharePrivate: cfg.P2PSharePrivate}
+	var node *p2p.Node
+	if cfg.P2PEnabled {
+		content := &peerContent{store: st, spool: sp, private: priv, sharePrivate: cfg.P2PSharePrivate}
+		node, err = p2p.New(ctx, cfg.P2P, cfg.DataDir, content, log.With("component", "p2p"))
+		if err != nil {
+			ln.Close()
+			st.Close()
+			return nil, fmt.Errorf("p2p: %w", err)
+		}
+		src.node = node
+		// Evicted content is no longer advertised; peers holding a stale record get a
+		// not-found from us and move on.
+		st.Subscribe(func(e store.Event) {
+			if e.Kind == store.EventEvicted {
+				node.Withdraw(e.Digest)
+			}
+		})
+	}
+	sp.onMismatch = src.banLiars
+	sp.onFilled = func(f *fill) { src.advertise(context.Background(), f.d) }
 	m := &mirror{
 		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),
 		tagTTL:          cfg.TagTTL,
 		store:           st,
 		up:              up,
-		spool:           newSpool(st, mlog),
+		spool:           sp,
+		src:             src,
+		hist:            hist,
 		log:             mlog,
 		staleLog:        logEvery{every: time.Minute},
 	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln}
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
@@ -89,6 +118,11 @@ func (d *Daemon) Addr() string { return d.ln.Addr().String() }
 // Run serves until ctx is cancelled, then shuts down gracefully.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("shoal mirror listening", "addr", d.Addr(), "data_dir", d.cfg.DataDir, "default_registry", d.cfg.DefaultRegistry)
+	if d.node != nil {
+		d.log.Info("p2p node up", "peer_id", d.node.ID(), "addrs", d.node.Addrs())
+	} else {
+		d.log.Info("p2p disabled")
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
 	var err error
@@ -101,6 +135,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
+	}
+	if d.node != nil {
+		if cerr := d.node.Close(); cerr != nil {
+			d.log.Warn("closing the p2p node", "err", cerr)
+		}
 	}
 	if cerr := d.store.Close(); cerr != nil && err == nil {
 		err = cerr

@@ -39,6 +39,8 @@ type mirror struct {
 	store           *store.Store
 	up              *upstream.Client
 	spool           *spool
+	src             *sources
+	hist            *history
 	log             *slog.Logger
 	flight          singleflight.Group // manifests and tag lookups, keyed by digest or name
 	staleLog        logEvery
@@ -101,9 +103,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	d := digest.Digest(rt.ref)
-	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		return m.up.GetBlob(ctx, rt.registry, rt.repo, d, offset)
-	}
+	open := m.src.blobOpener(rt, d)
 	for {
 		rc, info, err := m.store.Reader(ctx, d)
 		if err == nil {
@@ -215,7 +215,7 @@ func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Diges
 	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.w.ReadAt), 0, pos)); err != nil {
 		return err
 	}
-	rc, _, err := open(ctx, pos)
+	rc, _, _, err := open(ctx, pos)
 	if err != nil {
 		return err
 	}
@@ -237,7 +237,7 @@ func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Di
 	if r.Header.Get("Range") != "" {
 		return &ociError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
 	}
-	rc, size, err := open(r.Context(), 0)
+	rc, size, _, err := open(r.Context(), 0)
 	if err != nil {
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
@@ -356,27 +356,62 @@ func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (
 	v, err, _ := m.flight.Do("manifest\x00"+d.String(), func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		data, desc, err := m.up.GetManifest(ctx, rt.registry, rt.repo, d.String())
-		if err != nil {
-			return nil, err
+		source, private := "peer", false
+		data, ok := m.src.manifestFromPeers(ctx, d)
+		desc := upstream.Descriptor{Digest: d, MediaType: sniffManifestType(data), Size: int64(len(data))}
+		if !ok {
+			var err error
+			source = "upstream"
+			data, desc, err = m.up.GetManifest(ctx, rt.registry, rt.repo, d.String())
+			if err != nil {
+				return nil, err
+			}
+			if desc.Digest != d { // GetManifest verifies; this guards the contract
+				return nil, fmt.Errorf("%w: manifest %s hashed to %s", upstream.ErrDigestMismatch, d, desc.Digest)
+			}
+			private = m.up.Private(rt.registry, rt.repo)
 		}
-		if desc.Digest != d { // GetManifest verifies; this guards the contract
-			return nil, fmt.Errorf("%w: manifest %s hashed to %s", upstream.ErrDigestMismatch, d, desc.Digest)
+		m.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "manifest", Source: source, Bytes: int64(len(data))})
+		if private {
+			m.src.private.add(ctx, d)
 		}
 		if err := m.store.PutSmall(ctx, d, desc.MediaType, data); err != nil {
 			// Verified bytes can still be served; the next request tries to store them again.
 			m.log.Warn("could not store manifest", "digest", d, "err", err)
-		} else if refs := manifestRefs(data); len(refs) > 0 {
-			if err := m.store.SetRefs(ctx, d, refs); err != nil {
-				m.log.Warn("could not record manifest references", "digest", d, "err", err)
+		} else {
+			if refs := manifestRefs(data); len(refs) > 0 {
+				if err := m.store.SetRefs(ctx, d, refs); err != nil {
+					m.log.Warn("could not record manifest references", "digest", d, "err", err)
+				}
 			}
+			m.src.advertise(ctx, d)
 		}
-		return manifestResult{data: data, mediaType: desc.MediaType, source: "upstream"}, nil
+		return manifestResult{data: data, mediaType: desc.MediaType, source: source}, nil
 	})
 	if err != nil {
 		return manifestResult{}, err
 	}
 	return v.(manifestResult), nil
+}
+
+// sniffManifestType names the media type of a manifest that came from a peer (the peer
+// protocol carries bytes only): the manifest's own mediaType field, which Docker manifests
+// always have, else the OCI type its shape says.
+func sniffManifestType(data []byte) string {
+	var m struct {
+		MediaType string          `json:"mediaType"`
+		Manifests json.RawMessage `json:"manifests"`
+	}
+	if json.Unmarshal(data, &m) != nil {
+		return "application/octet-stream"
+	}
+	switch {
+	case m.MediaType != "":
+		return m.MediaType
+	case m.Manifests != nil:
+		return "application/vnd.oci.image.index.v1+json"
+	}
+	return "application/vnd.oci.image.manifest.v1+json"
 }
 
 // manifestRefs lists what a manifest or index points to, so the store keeps them coherent.

@@ -106,6 +106,7 @@ func startDaemon(t *testing.T, up *upstreamLog, mod ...func(*Config)) *Daemon {
 	cfg.DataDir = t.TempDir()
 	cfg.DefaultRegistry = up.host()
 	cfg.Upstream.OnlyConfigured = true
+	cfg.P2PEnabled = false
 	cfg.SetRegistry(up.host(), upstream.RegistryConfig{URL: up.srv.URL})
 	for _, f := range mod {
 		f(&cfg)

@@ -16,8 +16,9 @@ import (
 )
 
 // blobOpener opens a blob from a remote source at an offset; size is the blob's full size
-// (-1 if the source does not say).
-type blobOpener func(ctx context.Context, offset int64) (io.ReadCloser, int64, error)
+// (-1 if the source does not say) and source names where the bytes come from ("upstream" or
+// a peer ID).
+type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error)
 
 // fill is one download of a blob into the store. Every client that wants the blob while it is
 // in flight reads the same temp file as it grows; nobody downloads it twice. The final byte is
@@ -37,6 +38,14 @@ type fill struct {
 	w       *store.Writer
 	refs    int // fill goroutine + readers holding w
 	started chan struct{}
+	sources []string // where the bytes came from, in order (a resume may switch source)
+}
+
+// sourceList returns where the fill's bytes came from.
+func (f *fill) sourceList() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.sources...)
 }
 
 // spool de-duplicates downloads per digest. It owns the fills' lifetime.
@@ -50,6 +59,24 @@ type spool struct {
 	fills map[digest.Digest]*fill
 
 	noSpace logEvery
+	// onMismatch hears of fills whose bytes did not hash to the digest (to ban lying peers).
+	onMismatch func(*fill)
+	// onFilled hears of fills that were verified and committed (to advertise them).
+	onFilled func(*fill)
+}
+
+// lookup returns the fill in flight for d with a reference held, or nil.
+func (s *spool) lookup(d digest.Digest) *fill {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, ok := s.fills[d]
+	if !ok {
+		return nil
+	}
+	f.mu.Lock()
+	f.refs++
+	f.mu.Unlock()
+	return f
 }
 
 func newSpool(st *store.Store, log *slog.Logger) *spool {
@@ -99,6 +126,12 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 		f.mu.Unlock()
 		err = f.w.Commit(ctx, f.written)
 	}
+	if errors.Is(err, store.ErrDigestMismatch) && s.onMismatch != nil {
+		s.onMismatch(f)
+	}
+	if err == nil && s.onFilled != nil {
+		s.onFilled(f)
+	}
 	if err != nil {
 		_ = f.w.Abort()
 		if errors.Is(err, store.ErrNoSpace) {
@@ -125,7 +158,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 	buf := make([]byte, 256<<10)
 	var lastErr error
 	for attempt := 0; attempt <= s.retries; attempt++ {
-		rc, size, err := open(ctx, f.written)
+		rc, size, source, err := open(ctx, f.written)
 		if err != nil {
 			if attempt == 0 || ctx.Err() != nil {
 				f.start(0, err)
@@ -134,6 +167,9 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 			lastErr = err
 			continue
 		}
+		f.mu.Lock()
+		f.sources = append(f.sources, source)
+		f.mu.Unlock()
 		if attempt == 0 {
 			f.start(size, nil)
 		}

@@ -82,7 +82,8 @@ func shoalArgs(t *testing.T, addr string, o *shoalOpts) []string {
 	if o.dataDir == "" {
 		o.dataDir = filepath.Join(t.TempDir(), "data")
 	}
-	argv := []string{shoalBin, "daemon", "--listen", addr, "--data-dir", o.dataDir, "--log-format", "json"}
+	// P2P off unless a test turns it on with "--p2p=true" in o.args (the last flag wins).
+	argv := []string{shoalBin, "daemon", "--listen", addr, "--data-dir", o.dataDir, "--log-format", "json", "--p2p=false"}
 	for _, r := range o.registries {
 		argv = append(argv, "--registry", r)
 	}

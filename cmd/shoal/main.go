@@ -84,6 +84,14 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "store-min-free", EnvVars: env("STORE_MIN_FREE"), Usage: "free space to keep on the filesystem, SIZE or PERCENT (default 5%)"},
 			&cli.DurationFlag{Name: "store-ttl", EnvVars: env("STORE_TTL"), Usage: "evict content not read for this long, 0 = never (default 720h)"},
 			&cli.DurationFlag{Name: "store-gc-interval", EnvVars: env("STORE_GC_INTERVAL"), Usage: "how often the TTL sweep runs (default 1h)"},
+			&cli.BoolFlag{Name: "p2p", EnvVars: env("P2P"), Usage: "join the P2P swarm; --p2p=false for a purely local mirror (default true)"},
+			&cli.StringSliceFlag{Name: "p2p-listen", EnvVars: env("P2P_LISTEN"), Usage: "libp2p listen `MULTIADDR` (repeatable, default /ip4/0.0.0.0/tcp/5001)"},
+			&cli.StringSliceFlag{Name: "bootstrap", EnvVars: env("BOOTSTRAP"), Usage: "peer to join through, full `MULTIADDR` with /p2p/ID (repeatable)"},
+			&cli.StringFlag{Name: "bootstrap-dns", EnvVars: env("BOOTSTRAP_DNS"), Usage: "DNS `NAME[:PORT]` whose addresses are peers (Kubernetes headless Service)"},
+			&cli.BoolFlag{Name: "mdns", EnvVars: env("MDNS"), Usage: "discover peers with multicast DNS on the local link (default false)"},
+			&cli.StringFlag{Name: "swarm-key", EnvVars: env("SWARM_KEY"), Usage: "libp2p private-network key `FILE`: only nodes with the same key can join"},
+			&cli.DurationFlag{Name: "p2p-lookup-timeout", EnvVars: env("P2P_LOOKUP_TIMEOUT"), Usage: "budget for finding a peer before going upstream (default 300ms)"},
+			&cli.BoolFlag{Name: "p2p-share-private", EnvVars: env("P2P_SHARE_PRIVATE"), Usage: "share content from repositories that needed credentials (default false)"},
 			&cli.StringFlag{Name: "log-format", EnvVars: env("LOG_FORMAT"), Usage: "text or json (default text)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
 		},
@@ -131,6 +139,26 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 		if err := cfg.SetStoreMaxSize(c.String("store-max-size")); err != nil {
 			return cfg, &daemon.ConfigError{Key: "--store-max-size", Err: err}
 		}
+	}
+	if c.IsSet("p2p") {
+		cfg.P2PEnabled = c.Bool("p2p")
+	}
+	if c.IsSet("p2p-listen") {
+		cfg.P2P.Listen = c.StringSlice("p2p-listen")
+	}
+	if c.IsSet("bootstrap") {
+		cfg.P2P.Bootstrap = c.StringSlice("bootstrap")
+	}
+	str("bootstrap-dns", &cfg.P2P.BootstrapDNS)
+	str("swarm-key", &cfg.P2P.SwarmKeyFile)
+	if c.IsSet("mdns") {
+		cfg.P2P.MDNS = c.Bool("mdns")
+	}
+	if c.IsSet("p2p-lookup-timeout") {
+		cfg.P2P.LookupTimeout = c.Duration("p2p-lookup-timeout")
+	}
+	if c.IsSet("p2p-share-private") {
+		cfg.P2PSharePrivate = c.Bool("p2p-share-private")
 	}
 	for _, v := range c.StringSlice("registry") {
 		if err := cfg.SetRegistryFlag(v); err != nil {

@@ -1,0 +1,271 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/store"
+)
+
+// peerNode is what the mirror needs from the P2P layer.
+type peerNode interface {
+	Provide(ctx context.Context, d digest.Digest) error
+	Withdraw(d digest.Digest)
+	FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error)
+	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
+	Ban(peerID, reason string)
+}
+
+var _ peerNode = (*p2p.Node)(nil)
+
+// maxPeersPerLookup bounds how many providers one miss tries before the upstream.
+const maxPeersPerLookup = 4
+
+// peerContent is what this node serves to its peers: committed content and downloads in
+// flight, by digest only, never content that came from a repository needing credentials
+// (unless sharing private content is configured), never by fetching anything for the asker.
+type peerContent struct {
+	store        *store.Store
+	spool        *spool
+	private      *privateSet
+	sharePrivate bool
+}
+
+var _ p2p.Content = (*peerContent)(nil)
+
+func (c *peerContent) shareable(ctx context.Context, d digest.Digest) bool {
+	return c.sharePrivate || !c.private.has(ctx, d)
+}
+
+func (c *peerContent) OpenForPeer(ctx context.Context, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	if !c.shareable(ctx, d) {
+		return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
+	}
+	rc, info, err := c.store.Reader(ctx, d)
+	if err == nil {
+		if offset > info.Size {
+			rc.Close()
+			return nil, 0, fmt.Errorf("offset %d past size %d", offset, info.Size)
+		}
+		if _, err := rc.Seek(offset, io.SeekStart); err != nil {
+			rc.Close()
+			return nil, 0, err
+		}
+		return rc, info.Size, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, 0, err
+	}
+	if f := c.spool.lookup(d); f != nil {
+		size, err := f.waitStarted(ctx)
+		if err != nil || size < 0 {
+			f.release()
+			return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
+		}
+		return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
+	}
+	return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
+}
+
+func (c *peerContent) ShareList(ctx context.Context) ([]digest.Digest, error) {
+	var out []digest.Digest
+	err := c.store.Walk(ctx, func(i store.Info) error {
+		if c.shareable(ctx, i.Digest) {
+			out = append(out, i.Digest)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// releasingReader drops its fill reference on Close.
+type releasingReader struct {
+	io.Reader
+	f    *fill
+	once sync.Once
+}
+
+func (r *releasingReader) Close() error {
+	r.once.Do(r.f.release)
+	return nil
+}
+
+// privateSet remembers digests that came from repositories needing credentials. It lives in
+// the store as tags under a reserved name, so it survives restarts and goes with the content.
+type privateSet struct {
+	store *store.Store
+	mu    sync.RWMutex
+	mem   map[digest.Digest]bool
+}
+
+func newPrivateSet(st *store.Store) *privateSet {
+	return &privateSet{store: st, mem: map[digest.Digest]bool{}}
+}
+
+func (p *privateSet) add(ctx context.Context, d digest.Digest) {
+	p.mu.Lock()
+	p.mem[d] = true
+	p.mu.Unlock()
+	_ = p.store.PutTag(ctx, privateTag(d), store.Tag{Digest: d, Checked: time.Now()})
+}
+
+func (p *privateSet) has(ctx context.Context, d digest.Digest) bool {
+	p.mu.RLock()
+	ok := p.mem[d]
+	p.mu.RUnlock()
+	if ok {
+		return true
+	}
+	_, err := p.store.GetTag(ctx, privateTag(d))
+	return err == nil
+}
+
+// privateTag is a tag name no client can ask for: "_" is not a valid registry host.
+func privateTag(d digest.Digest) string { return "_private/" + d.Algorithm().String() + ":" + d.Encoded() }
+
+// sources resolves content that is not in the store: peers that provide it first, then the
+// upstream. It is the one place that decides where remote bytes come from.
+type sources struct {
+	node    peerNode // nil: P2P disabled
+	up      upstreamClient
+	private *privateSet
+	hist    *history
+	log     *slog.Logger
+	// sharePrivate: advertise and serve content from repositories that needed credentials.
+	sharePrivate bool
+}
+
+// upstreamClient is the part of upstream.Client the resolution loop uses.
+type upstreamClient interface {
+	GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
+	Private(host, repo string) bool
+}
+
+// blobOpener returns the opener a fill uses for one blob. Each call (the first, and each
+// resume after a broken stream) tries providers not tried before, then the upstream.
+func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
+	tried := map[string]bool{}
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
+		if s.node != nil {
+			rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried)
+			if err == nil {
+				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "provided by peer " + peerID})
+				return rc, size, peerID, nil
+			}
+			if ctx.Err() != nil {
+				return nil, 0, "", ctx.Err()
+			}
+		}
+		rc, size, err := s.up.GetBlob(ctx, rt.registry, rt.repo, d, offset)
+		if err != nil {
+			return nil, 0, "", err
+		}
+		if s.up.Private(rt.registry, rt.repo) {
+			s.private.add(ctx, d)
+		}
+		reason := "no peer provides it"
+		if s.node == nil {
+			reason = "P2P disabled"
+		}
+		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "upstream", Reason: reason})
+		return rc, size, "upstream", nil
+	}
+}
+
+// fromPeers opens d at offset from the first provider that answers.
+func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, tried map[string]bool) (io.ReadCloser, int64, string, error) {
+	provs, err := s.node.FindProviders(ctx, d, maxPeersPerLookup)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	var errs []error
+	for _, p := range provs {
+		if tried[p.ID] {
+			continue
+		}
+		tried[p.ID] = true
+		rc, size, err := s.node.Fetch(ctx, p, d, offset)
+		if err == nil {
+			return rc, size, p.ID, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, 0, "", p2p.ErrNotFound
+	}
+	return nil, 0, "", errors.Join(errs...)
+}
+
+// manifestFromPeers fetches a manifest by digest from providers, verified; ok=false when no
+// peer had good bytes.
+func (s *sources) manifestFromPeers(ctx context.Context, d digest.Digest) ([]byte, bool) {
+	if s.node == nil {
+		return nil, false
+	}
+	provs, err := s.node.FindProviders(ctx, d, maxPeersPerLookup)
+	if err != nil {
+		return nil, false
+	}
+	for _, p := range provs {
+		rc, size, err := s.node.Fetch(ctx, p, d, 0)
+		if err != nil {
+			continue
+		}
+		if size > oci.MaxManifestSize {
+			rc.Close()
+			s.node.Ban(p.ID, "offered an oversized manifest")
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+		rc.Close()
+		if err != nil {
+			continue
+		}
+		if d.Algorithm().FromBytes(data) != d {
+			s.node.Ban(p.ID, "sent a manifest that does not match its digest")
+			s.log.Warn("peer sent a manifest that does not match its digest; banned", "peer", p.ID, "digest", d)
+			continue
+		}
+		return data, true
+	}
+	return nil, false
+}
+
+// advertise tells the swarm this node has d, unless d is private. It does not wait: a
+// provide is bounded by the node's own timeout and never delays a client.
+func (s *sources) advertise(ctx context.Context, d digest.Digest) {
+	if s.node == nil || (!s.sharePrivate && s.private.has(ctx, d)) {
+		return
+	}
+	go func() {
+		if err := s.node.Provide(context.WithoutCancel(ctx), d); err != nil {
+			s.log.Debug("provide failed", "digest", d, "err", err)
+		}
+	}()
+}
+
+// banLiars bans every peer that contributed to a download whose bytes did not verify: we
+// cannot tell which one lied, and the upstream is always there to fall back on.
+func (s *sources) banLiars(f *fill) {
+	if s.node == nil {
+		return
+	}
+	for _, src := range f.sourceList() {
+		if src != "upstream" {
+			s.node.Ban(src, "sent bytes that do not match the digest")
+			s.log.Warn("peer sent bytes that do not match the digest; banned", "peer", src, "digest", f.d)
+		}
+	}
+}
