@@ -130,7 +130,9 @@ func (p *privateSet) has(ctx context.Context, d digest.Digest) bool {
 }
 
 // privateTag is a tag name no client can ask for: "_" is not a valid registry host.
-func privateTag(d digest.Digest) string { return "_private/" + d.Algorithm().String() + ":" + d.Encoded() }
+func privateTag(d digest.Digest) string {
+	return "_private/" + d.Algorithm().String() + ":" + d.Encoded()
+}
 
 // sources resolves content that is not in the store: peers that provide it first, then the
 // upstream. It is the one place that decides where remote bytes come from.

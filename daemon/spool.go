@@ -35,10 +35,10 @@ type fill struct {
 	// verified: all bytes are in and hash to the digest. Readers may then have every byte,
 	// even if making the blob durable (Commit) fails afterwards.
 	verified bool
-	w       *store.Writer
-	refs    int // fill goroutine + readers holding w
-	started chan struct{}
-	sources []string // where the bytes came from, in order (a resume may switch source)
+	w        *store.Writer
+	refs     int // fill goroutine + readers holding w
+	started  chan struct{}
+	sources  []string // where the bytes came from, in order (a resume may switch source)
 }
 
 // sourceList returns where the fill's bytes came from.
