@@ -16,9 +16,12 @@
 //   - Content becomes visible only after its bytes hashed to its digest and its file was
 //     fsynced and renamed; a reader never sees partial or unverified content.
 //   - Crash safety: a commit renames the file before it writes the record, an eviction renames
-//     the file into Dir/tmp before it deletes the record. After a kill -9 at any point, Open
-//     empties Dir/tmp and removes files without records and records without files (inline
-//     content has record and bytes in one Badger batch), so what remains is complete.
+//     the file into Dir/tmp before it deletes the record. Open always empties Dir/tmp; unless
+//     the last Close left its clean-close mark in Badger (a kill -9 does not), it also lists the
+//     content files and removes files without records and records without files (inline
+//     content has record and bytes in one Badger batch), so what remains is complete. A file
+//     removed behind the store's back after a clean Close is noticed when read (its record is
+//     dropped, the caller sees ErrNotFound) or by Verify.
 //   - Content files a Reader or Writer of this process holds open are never evicted (the
 //     evictor lists /proc/self/fd, because Reader returns a plain *os.File for sendfile and
 //     cannot see its Close). Delete and Verify still remove such content from the index; the
@@ -34,7 +37,8 @@
 // keeps the filesystem from filling. A commit that would break either evicts least recently
 // used content first ("lru" / "min-free"), or fails with ErrNoSpace if not enough can be
 // evicted. Access times are updated in memory on every Reader call and written to Badger in
-// batches (every 30 s and at Close). Every GCInterval a sweep removes content not read for TTL
+// batches (every 30 s and at Close). The LRU order is a list that reads reorder, so an eviction
+// costs in proportion to its victims, not to the index. Every GCInterval a sweep removes content not read for TTL
 // ("ttl"), re-applies the budget and MinFree, and drops tags whose manifest is gone. Pinned
 // content, content referenced through SetRefs by pinned content, and open content are never
 // evicted.

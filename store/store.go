@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -227,7 +226,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	}
 	s.lru.prev, s.lru.next = &s.lru, &s.lru
 	s.minFreeB, s.minFreeFrac, _ = parseMinFree(cfg.MinFree)
-	if err := s.recover(ctx); err != nil {
+	if err := s.reconcile(ctx); err != nil {
 		if s.db != nil {
 			s.db.Close()
 		}
@@ -255,8 +254,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// recover prepares the directories, opens Badger and pairs files with records.
-func (s *Store) recover(ctx context.Context) error {
+// reconcile prepares the directories, opens Badger and pairs files with records.
+func (s *Store) reconcile(ctx context.Context) error {
 	// Temporary files are uploads that never committed and evicted files not yet unlinked.
 	if err := os.RemoveAll(s.tmpDir); err != nil {
 		return fmt.Errorf("clean %s: %w", s.tmpDir, err)
@@ -266,21 +265,27 @@ func (s *Store) recover(ctx context.Context) error {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	db, err := openBadger(filepath.Join(s.dir, "index"), s.log)
+	if err != nil {
+		return err
+	}
+	s.db = db
+	// After a clean Close, files and records are known to pair up, and listing 100k files
+	// would double the time Open takes; after a crash, list them and pair them up.
+	clean, err := takeCleanMark(db)
+	if err != nil {
+		return err
+	}
 	var (
 		files    map[digest.Digest]struct{}
 		junk     []string
 		filesErr error
 		wg       sync.WaitGroup
 	)
-	wg.Go(func() { files, junk, filesErr = listBlobs(s.blobDir) })
-	db, err := openBadger(filepath.Join(s.dir, "index"), s.log)
-	if err == nil {
-		s.db = db
+	if !clean {
+		wg.Go(func() { files, junk, filesErr = listBlobs(s.blobDir) })
 	}
-	var l *loaded
-	if err == nil {
-		l, err = loadIndex(ctx, db)
-	}
+	l, err := loadIndex(ctx, db)
 	wg.Wait()
 	if err != nil {
 		return err
@@ -289,6 +294,7 @@ func (s *Store) recover(ctx context.Context) error {
 		return fmt.Errorf("list %s: %w", s.blobDir, filesErr)
 	}
 
+	s.idx = make(map[digest.Digest]*entry, len(l.entries))
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	var dropped int
@@ -303,7 +309,7 @@ func (s *Store) recover(ctx context.Context) error {
 				dropped++
 				continue
 			}
-		} else {
+		} else if !clean {
 			if _, ok := files[e.d]; !ok {
 				_ = wb.Delete(contentKey(e.d))
 				dropped++
@@ -322,16 +328,23 @@ func (s *Store) recover(ctx context.Context) error {
 			_ = wb.Delete(inlineKey(d))
 		}
 	}
-	// The LRU list starts in the order of the recorded access times.
-	order := make([]*entry, 0, len(s.idx))
-	for _, e := range s.idx {
-		order = append(order, e)
+	// The LRU list starts in the order of the recorded access times (ties, as after a bulk
+	// import, in digest order, which is Badger's).
+	type item struct {
+		at, created int64
+		e           *entry
 	}
-	slices.SortFunc(order, func(a, b *entry) int {
-		return cmp.Or(cmp.Compare(a.accessed.Load(), b.accessed.Load()), cmp.Compare(a.created, b.created), strings.Compare(string(a.d), string(b.d)))
+	order := make([]item, 0, len(s.idx))
+	for _, e := range l.entries {
+		if s.idx[e.d] == e {
+			order = append(order, item{e.accessed.Load(), e.created, e})
+		}
+	}
+	slices.SortStableFunc(order, func(a, b item) int {
+		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.created, b.created))
 	})
-	for _, e := range order {
-		s.lruPushBack(e)
+	for _, it := range order {
+		s.lruPushBack(it.e)
 	}
 	s.refs = l.refs
 	for m := range s.refs {
@@ -389,12 +402,11 @@ func listBlobs(root string) (map[digest.Digest]struct{}, []string, error) {
 				continue
 			}
 			for _, n := range names {
-				d := digest.NewDigestFromEncoded(a, n)
-				if len(n) < 2 || n[:2] != sub || d.Validate() != nil {
+				if !validEncoded(a, n) || n[:2] != sub {
 					junk = append(junk, filepath.Join(subDir, n))
 					continue
 				}
-				files[d] = struct{}{}
+				files[digest.NewDigestFromEncoded(a, n)] = struct{}{}
 			}
 		}
 	}
@@ -423,6 +435,9 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		s.wmu.Unlock()
 		s.events.close()
+		if flushErr == nil {
+			flushErr = setCleanMark(s.db)
+		}
 		s.closeErr = errors.Join(flushErr, s.db.Close(), s.lock.Close())
 	})
 	return s.closeErr

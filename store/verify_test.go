@@ -97,7 +97,7 @@ func TestOpenCleansOrphans(t *testing.T) {
 	s.PutTag(ctx, "r/x:1", Tag{Digest: md})
 	blobDir, tmpDir := s.blobDir, s.tmpDir
 	pathOf := s.blobPath
-	s.Close()
+	s.abandon() // as if killed: no clean-close mark
 
 	// Leftovers of crashes and strangers.
 	os.WriteFile(filepath.Join(tmpDir, "w-123"), []byte("partial upload"), 0o600)
@@ -130,6 +130,37 @@ func TestOpenCleansOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertConsistent(t, s)
+
+	// After a clean Close, Open trusts the pairing and does not list the files; a file removed
+	// behind the store's back is noticed when it is read, and its record dropped.
+	s.Close()
+	os.Remove(pathOf(ds[3]))
+	s = openStore(t, testConfig(dir))
+	if _, _, err := s.Reader(ctx, ds[3]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Reader of a vanished file = %v, want ErrNotFound", err)
+	}
+	if present(t, s, ds[3]) {
+		t.Fatal("record of a vanished file kept after a read failed")
+	}
+	if st := s.Stats(); st.Evictions[ReasonMissing] != 1 {
+		t.Fatalf("Evictions = %v", st.Evictions)
+	}
+	assertConsistent(t, s)
+}
+
+// abandon stops s without the clean-close mark, as a crash would, so that the next Open pairs
+// files with records.
+func (s *Store) abandon() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.loopDone
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.events.close()
+		s.db.Close()
+		s.lock.Close()
+	})
 }
 
 // assertConsistent checks the invariants a crash must not break: every listed piece of content
