@@ -113,7 +113,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 		if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		f, started, err := m.spool.join(ctx, d, open)
+		f, started, err := m.spool.join(ctx, rt, d, open)
 		switch {
 		case errors.Is(err, store.ErrNoSpace):
 			m.spool.noSpace.do(func() { m.log.Warn("store is out of space; serving straight from the upstream", "err", err) })

@@ -260,14 +260,18 @@ func (s *sources) advertise(ctx context.Context, d digest.Digest) {
 
 // banLiars bans every peer that contributed to a download whose bytes did not verify: we
 // cannot tell which one lied, and the upstream is always there to fall back on.
-func (s *sources) banLiars(f *fill) {
+// It reports whether any peer was involved.
+func (s *sources) banLiars(f *fill) bool {
 	if s.node == nil {
-		return
+		return false
 	}
+	banned := false
 	for _, src := range f.sourceList() {
 		if src != "upstream" {
 			s.node.Ban(src, "sent bytes that do not match the digest")
 			s.log.Warn("peer sent bytes that do not match the digest; banned", "peer", src, "digest", f.d)
+			banned = true
 		}
 	}
+	return banned
 }

@@ -24,7 +24,8 @@ type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size 
 // in flight reads the same temp file as it grows; nobody downloads it twice. The final byte is
 // held back from every reader until the digest has been verified and the blob committed.
 type fill struct {
-	d digest.Digest
+	d  digest.Digest
+	rt route // the request that started it: where to refetch from
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever written/done change
@@ -87,7 +88,7 @@ func newSpool(st *store.Store, log *slog.Logger) *spool {
 // starts one with open. It returns a nil fill when the blob was committed meanwhile: the
 // caller then reads it from the store. The returned fill holds a reference the caller must
 // release.
-func (s *spool) join(ctx context.Context, d digest.Digest, open blobOpener) (f *fill, started bool, err error) {
+func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOpener) (f *fill, started bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.fills[d]; ok {
@@ -105,7 +106,7 @@ func (s *spool) join(ctx context.Context, d digest.Digest, open blobOpener) (f *
 	if err != nil {
 		return nil, false, err
 	}
-	f = &fill{d: d, changed: make(chan struct{}), size: -1, w: w, refs: 2, started: make(chan struct{})}
+	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	go s.run(context.WithoutCancel(ctx), f, open)
 	return f, true, nil
@@ -126,12 +127,6 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 		f.mu.Unlock()
 		err = f.w.Commit(ctx, f.written)
 	}
-	if errors.Is(err, store.ErrDigestMismatch) && s.onMismatch != nil {
-		s.onMismatch(f)
-	}
-	if err == nil && s.onFilled != nil {
-		s.onFilled(f)
-	}
 	if err != nil {
 		_ = f.w.Abort()
 		if errors.Is(err, store.ErrNoSpace) {
@@ -149,6 +144,13 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 	s.mu.Lock()
 	delete(s.fills, f.d)
 	s.mu.Unlock()
+	// Callbacks run once the fill has left the map, so they may start a new one.
+	if errors.Is(err, store.ErrDigestMismatch) && s.onMismatch != nil {
+		s.onMismatch(f)
+	}
+	if err == nil && s.onFilled != nil {
+		s.onFilled(f)
+	}
 	f.release()
 }
 
