@@ -112,6 +112,7 @@ func (c *Client) token(ctx context.Context, reg *registry, ch challenge, scope, 
 		fctx, cancel := context.WithTimeout(withRegistry(context.WithoutCancel(ctx), reg), c.timeout)
 		defer cancel()
 		tok, lifetime, err := c.fetchToken(fctx, reg, ch, scope)
+		c.noteToken(reg.host, err)
 		if err != nil {
 			return nil, err
 		}

@@ -74,7 +74,8 @@ type Client struct {
 	tokens     map[tokenKey]tokenEntry
 	challenges map[string]challenge // last challenge per registry host, scope dropped
 	rateLimits map[string]RateLimit
-	private    map[string]bool // "host/repo" → last access used credentials
+	private    map[string]bool         // "host/repo" → last access used credentials
+	counters   map[string]*regCounters // by registry host, see stats.go
 }
 
 // New builds a client. It reads password files and the Docker config now, so a bad one
@@ -345,8 +346,11 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 			if errors.As(err, &uerr) { // its message repeats the URL; keep the cause
 				err = uerr.Err
 			}
-			return nil, fmt.Errorf("upstream %s: %s %s: %w", reg.host, r.method, u.Path, err)
+			err = fmt.Errorf("upstream %s: %s %s: %w", reg.host, r.method, u.Path, err)
+			c.noteResponse(ctx, reg.host, 0, err)
+			return nil, err
 		}
+		c.noteResponse(ctx, reg.host, resp.StatusCode, nil)
 		resp.Body = c.guardBody(resp.Body, rcancel)
 		if resp.Request.URL.Host == reg.endpoint.Host {
 			c.noteRateLimit(reg.host, resp.Header)
