@@ -72,20 +72,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			}
 		})
 	}
-	sp.onMismatch = func(f *fill) {
-		if !src.banLiars(f) {
-			return
-		}
-		// A peer lied: the clients of this download are cut before its last byte, and a
-		// fresh download (the liars are banned) fills the store for their retry.
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
-			defer cancel()
-			if nf, _, err := sp.join(ctx, f.rt, f.d, src.blobOpener(f.rt, f.d)); err == nil && nf != nil {
-				nf.release()
-			}
-		}()
-	}
+	sp.onMismatch = src.banLiars
 	sp.onFilled = func(f *fill) { src.advertise(context.Background(), f.d) }
 	m := &mirror{
 		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),

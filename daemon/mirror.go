@@ -124,11 +124,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 			continue // committed between our two looks: read it from the store
 		}
 		defer f.release()
-		source := "inflight" // following a download someone else started
-		if started {
-			source = "upstream"
-		}
-		return m.serveFill(w, r, d, f, source, open)
+		return m.serveFill(w, r, d, f, started, open)
 	}
 }
 
@@ -179,7 +175,7 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 }
 
 // serveFill streams a blob that is being downloaded, as it arrives.
-func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fill, source string, open blobOpener) error {
+func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fill, started bool, open blobOpener) error {
 	ctx := r.Context()
 	size, err := f.waitStarted(ctx)
 	if errors.Is(err, store.ErrNoSpace) {
@@ -191,14 +187,41 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if size < 0 {
 		r.Header.Del("Range") // unknown size: send it whole
 	}
+	source := "inflight" // following a download someone else started
+	if started {
+		source = "upstream"
+		if srcs := f.sourceList(); len(srcs) > 0 && srcs[0] != "upstream" {
+			source = "peer"
+		}
+	}
 	setBlobHeaders(w.Header(), d, source)
-	start, end, err := writeBlobHead(w, r, size)
+	rng, err := parseRange(r.Header.Get("Range"), size)
 	if err != nil || r.Method == http.MethodHead {
+		_, _, err = writeBlobHead(w, r, size)
 		return err
 	}
-	fr := &fillReader{ctx: ctx, f: f, off: start, end: end}
-	// A large buffer (net/http's ReadFrom would use 32 KiB) keeps syscalls per byte low.
-	_, err = io.CopyBuffer(writerOnly{w}, fr, make([]byte, 256<<10))
+	start, end := int64(0), size
+	if rng != nil {
+		start, end = rng.start, rng.end+1
+	}
+	// Wait for the first byte before the status line, so that a download that fails early
+	// (not found, wrong bytes) still gets a proper OCI error instead of a cut connection.
+	fr := &fillReader{ctx: ctx, f: f, off: start, end: end, gated: true}
+	buf := make([]byte, 256<<10) // net/http's ReadFrom would use 32 KiB: more syscalls per byte
+	n, err := fr.Read(buf)
+	if errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0 {
+		return m.serveDirect(w, r, d, open)
+	}
+	if err != nil && err != io.EOF {
+		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
+	}
+	if _, _, err := writeBlobHead(w, r, size); err != nil {
+		return err
+	}
+	if _, err := w.Write(buf[:n]); err != nil {
+		return fmt.Errorf("%w: %v", errAborted, err)
+	}
+	_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
 	if errors.Is(err, store.ErrNoSpace) && start == 0 && ctx.Err() == nil {
 		// The disk filled up under the download: go on from the upstream where we are,
 		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file).
@@ -212,7 +235,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 
 func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Digest, f *fill, pos int64, open blobOpener) error {
 	h := d.Algorithm().Hash()
-	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.w.ReadAt), 0, pos)); err != nil {
+	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.currentWriter().ReadAt), 0, pos)); err != nil {
 		return err
 	}
 	rc, _, _, err := open(ctx, pos)

@@ -71,6 +71,7 @@ func (c *peerContent) OpenForPeer(ctx context.Context, d digest.Digest, offset i
 			f.release()
 			return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
 		}
+		// Peers follow the download ungated: they verify the digest themselves.
 		return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
 	}
 	return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)

@@ -21,8 +21,13 @@ import (
 type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error)
 
 // fill is one download of a blob into the store. Every client that wants the blob while it is
-// in flight reads the same temp file as it grows; nobody downloads it twice. The final byte is
-// held back from every reader until the digest has been verified and the blob committed.
+// in flight reads the same temp file as it grows; nobody downloads it twice.
+//
+// What a reader may see depends on where the bytes came from. The final byte of any download is
+// held back until the digest is verified, so no reader ever gets a complete-looking blob with
+// wrong bytes. Bytes from a peer are held back from this node's own clients until the whole blob
+// is verified (peers of this node may follow them, since they verify for themselves): if a peer
+// lied, the fill starts again from other sources and the clients never notice.
 type fill struct {
 	d  digest.Digest
 	rt route // the request that started it: where to refetch from
@@ -36,10 +41,14 @@ type fill struct {
 	// verified: all bytes are in and hash to the digest. Readers may then have every byte,
 	// even if making the blob durable (Commit) fails afterwards.
 	verified bool
-	w        *store.Writer
-	refs     int // fill goroutine + readers holding w
-	started  chan struct{}
-	sources  []string // where the bytes came from, in order (a resume may switch source)
+	// peerFrom is the offset of the first byte that came from a peer (-1: none yet).
+	peerFrom  int64
+	w         *store.Writer
+	discarded []*store.Writer // writers of refills, closed with the last reference
+	refs      int             // fill goroutine + readers holding w
+	started   chan struct{}
+	startOnce sync.Once
+	sources   []string // where the bytes came from, in order (a resume may switch source)
 }
 
 // sourceList returns where the fill's bytes came from.
@@ -55,13 +64,15 @@ type spool struct {
 	log     *slog.Logger
 	timeout time.Duration // bound on one fill, which may outlive the client who started it
 	retries int           // resumes (Range) after a broken upstream stream
+	refills int           // fresh starts after peers sent bytes that did not verify
 
 	mu    sync.Mutex
 	fills map[digest.Digest]*fill
 
 	noSpace logEvery
-	// onMismatch hears of fills whose bytes did not hash to the digest (to ban lying peers).
-	onMismatch func(*fill)
+	// onMismatch hears of fills whose bytes did not hash to the digest; it reports whether a
+	// peer was involved (and banned), in which case the fill starts again.
+	onMismatch func(*fill) bool
 	// onFilled hears of fills that were verified and committed (to advertise them).
 	onFilled func(*fill)
 }
@@ -81,7 +92,7 @@ func (s *spool) lookup(d digest.Digest) *fill {
 }
 
 func newSpool(st *store.Store, log *slog.Logger) *spool {
-	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, fills: map[digest.Digest]*fill{}, noSpace: logEvery{every: time.Minute}}
+	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*fill{}, noSpace: logEvery{every: time.Minute}}
 }
 
 // join returns the fill in flight for d (started reports whether this call started it), or
@@ -106,7 +117,7 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 	if err != nil {
 		return nil, false, err
 	}
-	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, w: w, refs: 2, started: make(chan struct{})}
+	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	go s.run(context.WithoutCancel(ctx), f, open)
 	return f, true, nil
@@ -115,9 +126,19 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	err := s.copy(ctx, f, open)
-	if err == nil {
-		err = f.w.Check(f.written)
+	var err error
+	for attempt := 0; ; attempt++ {
+		err = s.copy(ctx, f, open)
+		if err == nil {
+			err = f.currentWriter().Check(f.written)
+		}
+		if !errors.Is(err, store.ErrDigestMismatch) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
+			break
+		}
+		s.log.Warn("download did not verify; starting again from other sources", "digest", f.d, "err", err)
+		if err = s.restart(ctx, f); err != nil {
+			break
+		}
 	}
 	if err == nil {
 		// Release the last byte now: clients need not wait for the fsync in Commit.
@@ -137,6 +158,7 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
 	}
+	f.start(0, err) // in case it never started
 	f.mu.Lock()
 	f.done, f.err = true, err
 	f.broadcast()
@@ -144,14 +166,33 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 	s.mu.Lock()
 	delete(s.fills, f.d)
 	s.mu.Unlock()
-	// Callbacks run once the fill has left the map, so they may start a new one.
-	if errors.Is(err, store.ErrDigestMismatch) && s.onMismatch != nil {
-		s.onMismatch(f)
-	}
 	if err == nil && s.onFilled != nil {
 		s.onFilled(f)
 	}
 	f.release()
+}
+
+// restart discards what a fill wrote and begins again at offset 0 with a new writer. Only
+// bytes that came before the first peer byte were ever handed to this node's clients, and a
+// blob is the same bytes whichever honest source sends it, so their view stays consistent.
+func (s *spool) restart(ctx context.Context, f *fill) error {
+	nw, err := s.store.Writer(ctx, f.d, "")
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	old := f.w
+	f.discarded = append(f.discarded, old)
+	f.w, f.written, f.peerFrom, f.sources = nw, 0, -1, nil
+	f.broadcast()
+	f.mu.Unlock()
+	return old.Abort()
+}
+
+func (f *fill) currentWriter() *store.Writer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.w
 }
 
 // copy streams the remote blob into the writer, resuming with a Range request when the
@@ -171,10 +212,11 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		}
 		f.mu.Lock()
 		f.sources = append(f.sources, source)
-		f.mu.Unlock()
-		if attempt == 0 {
-			f.start(size, nil)
+		if source != "upstream" && f.peerFrom < 0 {
+			f.peerFrom = f.written
 		}
+		f.mu.Unlock()
+		f.start(size, nil)
 		err = s.drain(f, rc, buf)
 		rc.Close()
 		if err == nil {
@@ -184,12 +226,13 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 			return err
 		}
 		lastErr = err
-		s.log.Info("upstream stream broke; resuming", "digest", f.d, "offset", f.written, "err", err)
+		s.log.Info("stream broke; resuming", "digest", f.d, "offset", f.written, "from", source, "err", err)
 	}
 	return fmt.Errorf("blob %s: giving up after %d resumes: %w", f.d, s.retries, lastErr)
 }
 
 func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
+	w := f.currentWriter()
 	for {
 		// Gather a good chunk before writing: fewer syscalls and wake-ups per byte, at a
 		// latency cost of well under a millisecond on any link worth mirroring.
@@ -198,7 +241,7 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 			rerr = io.EOF
 		}
 		if n > 0 {
-			if _, err := f.w.Write(buf[:n]); err != nil {
+			if _, err := w.Write(buf[:n]); err != nil {
 				return err
 			}
 			f.mu.Lock()
@@ -208,7 +251,7 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 		}
 		if rerr == io.EOF {
 			if f.size >= 0 && f.written != f.size {
-				return fmt.Errorf("upstream stream ended at %d of %d bytes: %w", f.written, f.size, io.ErrUnexpectedEOF)
+				return fmt.Errorf("stream ended at %d of %d bytes: %w", f.written, f.size, io.ErrUnexpectedEOF)
 			}
 			return nil
 		}
@@ -218,15 +261,18 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 	}
 }
 
+// start records the blob's size (or the error that stopped it) the first time it is known.
 func (f *fill) start(size int64, err error) {
-	f.mu.Lock()
-	f.size = size
-	if err != nil {
-		f.done, f.err = true, err
-	}
-	f.broadcast()
-	f.mu.Unlock()
-	close(f.started)
+	f.startOnce.Do(func() {
+		f.mu.Lock()
+		f.size = size
+		if err != nil {
+			f.done, f.err = true, err
+		}
+		f.broadcast()
+		f.mu.Unlock()
+		close(f.started)
+	})
 }
 
 // broadcast wakes every waiting reader; f.mu is held.
@@ -235,7 +281,7 @@ func (f *fill) broadcast() {
 	f.changed = make(chan struct{})
 }
 
-// release drops one reference; the last one closes the temp file.
+// release drops one reference; the last one closes the temp files.
 func (f *fill) release() {
 	f.mu.Lock()
 	f.refs--
@@ -243,10 +289,13 @@ func (f *fill) release() {
 	f.mu.Unlock()
 	if last {
 		_ = f.w.Close()
+		for _, w := range f.discarded {
+			_ = w.Close()
+		}
 	}
 }
 
-// waitStarted blocks until the upstream answered (size known) or failed.
+// waitStarted blocks until the first source answered (size known) or the fill failed.
 func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 	select {
 	case <-f.started:
@@ -261,25 +310,28 @@ func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 	return f.size, nil
 }
 
-// readAt reads verified-or-in-flight bytes at off, waiting for them to arrive. Until the fill
-// is committed, the last byte is never handed out, so no reader sees the end of a blob whose
-// digest has not been checked.
-func (f *fill) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+// readAt reads bytes at off as they become readable, waiting for them. Until the fill is
+// verified, its last byte is never handed out; for a local client (gated), neither is any byte
+// that came from a peer.
+func (f *fill) readAt(ctx context.Context, p []byte, off int64, gated bool) (int, error) {
 	for {
 		f.mu.Lock()
-		done, err, limit, ch := f.done || f.verified, f.err, f.written, f.changed
+		done, err, limit, ch, w := f.done || f.verified, f.err, f.written, f.changed, f.w
 		if f.verified {
 			err = nil
+		}
+		if !done {
+			limit--
+			if gated && f.peerFrom >= 0 && limit > f.peerFrom {
+				limit = f.peerFrom
+			}
 		}
 		f.mu.Unlock()
 		if done && err != nil {
 			return 0, err
 		}
-		if !done {
-			limit--
-		}
 		if off < limit {
-			return f.w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
+			return w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
 		}
 		if done {
 			return 0, io.EOF
@@ -292,11 +344,13 @@ func (f *fill) readAt(ctx context.Context, p []byte, off int64) (int, error) {
 	}
 }
 
-// fillReader reads a fill sequentially from an offset up to an end (exclusive; -1 = to the end).
+// fillReader reads a fill sequentially from an offset up to an end (exclusive; -1 = to the
+// end). gated is for this node's own clients (see fill).
 type fillReader struct {
 	ctx      context.Context
 	f        *fill
 	off, end int64
+	gated    bool
 }
 
 func (r *fillReader) Read(p []byte) (int, error) {
@@ -308,7 +362,7 @@ func (r *fillReader) Read(p []byte) (int, error) {
 			p = p[:rem]
 		}
 	}
-	n, err := r.f.readAt(r.ctx, p, r.off)
+	n, err := r.f.readAt(r.ctx, p, r.off, r.gated)
 	r.off += int64(n)
 	return n, err
 }
