@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "crypto/sha256" // digest algorithms must be linked in to be Available
 	_ "crypto/sha512"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,10 +64,14 @@ type Client struct {
 
 	// Hooks, replaced only by tests: the clock, the wait between retries, name resolution
 	// and a check on every address about to be dialled.
-	now      func() time.Time
-	sleep    func(ctx context.Context, d time.Duration) error
-	resolve  resolver
-	dialHook func(network, addr string) error
+	now       func() time.Time
+	sleep     func(ctx context.Context, d time.Duration) error
+	resolve   resolver
+	dialHook  func(network, addr string) error
+	tlsConfig *tls.Config // nil: the system's roots (tests trust their own CA)
+
+	egress    *egress // upstream proxy, if any (proxy.go)
+	cooldowns cooldowns
 
 	tokenFlight singleflight.Group
 
@@ -110,6 +115,21 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 		challenges:     map[string]challenge{},
 		rateLimits:     map[string]RateLimit{},
 		private:        map[string]bool{},
+	}
+	if cfg.Resolver != nil {
+		c.resolve = cfg.Resolver
+	}
+	c.dialHook = cfg.DialCheck
+	eg, err := newEgress(cfg.Proxy, os.Getenv)
+	if err != nil {
+		if cfg.Proxy == "" {
+			return nil, fmt.Errorf("HTTPS_PROXY/HTTP_PROXY environment: %v", err)
+		}
+		return nil, err
+	}
+	c.egress = eg
+	if eg.fn != nil {
+		c.log.Info("upstream requests go through a proxy", "proxy", eg.shown)
 	}
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
@@ -155,8 +175,9 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 
 	transport := func(allow dialPolicy) *http.Transport {
 		return &http.Transport{
-			Proxy:                 nil, // egress proxies are not supported yet: the dial checks would judge the proxy
+			Proxy:                 c.proxyFunc(allow),
 			DialContext:           c.guardedDialer(allow),
+			TLSClientConfig:       c.tlsConfig.Clone(),
 			ForceAttemptHTTP2:     true,
 			TLSHandshakeTimeout:   c.timeout,
 			ResponseHeaderTimeout: c.timeout,
@@ -269,6 +290,9 @@ func (c *Client) do(ctx context.Context, host string, r request) (*http.Response
 	u.Path = reg.endpoint.Path + "/v2/" + r.repo + "/" + r.subpath
 	u.RawQuery = r.rawQuery
 	ctx = withRegistry(ctx, reg)
+	if e := c.cooldowns.check(reg.host, c.now()); e != nil {
+		return nil, e // the registry said 429: do not ask again until the back-off ends
+	}
 
 	for attempt := 0; ; attempt++ {
 		resp, err := c.doAuthed(ctx, reg, r, &u)
@@ -284,10 +308,15 @@ func (c *Client) do(ctx context.Context, host string, r request) (*http.Response
 			wait = c.backoff(attempt)
 			c.log.Warn("upstream request failed, retrying", "registry", reg.host, "path", u.Path, "attempt", attempt+1, "wait", wait, "err", err)
 		case resp.StatusCode >= 200 && resp.StatusCode < 300:
+			c.cooldowns.answered(reg.host)
 			return resp, nil
 		default:
 			e := newError(reg.host, resp, c.now())
+			e.Message = reg.creds.redact(e.Message)
 			if !retryableStatus(e.Status) || attempt >= c.retries || e.RetryAfter > maxRetryWait {
+				if e.Status == http.StatusTooManyRequests {
+					c.cooldowns.tooMany(reg.host, e.RetryAfter, c.now())
+				}
 				return nil, e
 			}
 			wait = e.RetryAfter

@@ -1,12 +1,14 @@
 package upstream
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -44,6 +46,17 @@ type Config struct {
 	// Retries is how many times an idempotent request is retried after a network error,
 	// a 5xx or a 429 (DefaultConfig: DefaultRetries; 0: never).
 	Retries int `yaml:"retries"`
+	// Proxy routes upstream requests through an HTTP, HTTPS or SOCKS5 proxy
+	// ("http://proxy:3128", "socks5://127.0.0.1:1080"). Empty: HTTPS_PROXY, HTTP_PROXY and
+	// NO_PROXY from the environment; ProxyNone: always direct. Realm and redirect targets
+	// are still judged before the proxy is asked to connect to them.
+	Proxy string `yaml:"proxy"`
+
+	// Resolver, when set, replaces the system resolver for upstream host names, and
+	// DialCheck is called with every address about to be dialled (an error refuses the
+	// dial). Tests use them to keep every packet on loopback; they are not configuration.
+	Resolver  func(ctx context.Context, host string) ([]netip.Addr, error) `yaml:"-"`
+	DialCheck func(network, addr string) error                             `yaml:"-"`
 }
 
 // RegistryConfig is one upstream registry.
@@ -112,6 +125,11 @@ func (c Config) Validate() error {
 	}
 	if c.Retries < 0 || c.Retries > 100 {
 		return fmt.Errorf("retries: must be between 0 and 100, got %d", c.Retries)
+	}
+	if c.Proxy != "" && c.Proxy != ProxyNone {
+		if _, err := parseProxyURL(c.Proxy); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -153,12 +153,18 @@ func checkTarget(reg *registry, u *url.URL, realm bool) error {
 	return refuse("not on the site of %s (add it to realm_hosts to allow)", reg.endpoint.Host)
 }
 
-// dialPolicy says which resolved addresses a transport may connect to.
-type dialPolicy func(netip.Addr) bool
+// dialPolicy says which addresses a transport may connect to: the most local class it
+// accepts. Being a class rather than a function, it can also judge a host that a proxy will
+// resolve (see checkViaProxy).
+type dialPolicy addrClass
 
-func allowAll(netip.Addr) bool           { return true }
-func allowPrivate(ip netip.Addr) bool    { return classify(ip) != classForbidden }
-func allowPublicOnly(ip netip.Addr) bool { return classify(ip) == classPublic }
+const (
+	allowPublicOnly = dialPolicy(classPublic)
+	allowPrivate    = dialPolicy(classPrivate)
+	allowAll        = dialPolicy(classForbidden)
+)
+
+func (p dialPolicy) allows(ip netip.Addr) bool { return classify(ip) <= addrClass(p) }
 
 // resolver resolves a host name; tests replace it so that no public name is ever looked up.
 type resolver func(ctx context.Context, host string) ([]netip.Addr, error)
@@ -183,9 +189,13 @@ func (c *Client) guardedDialer(allow dialPolicy) func(ctx context.Context, netwo
 		} else if ips, err = c.resolve(ctx, host); err != nil {
 			return nil, err
 		}
+		policy := allow
+		if c.egress.isProxy(addr) {
+			policy = allowAll // the operator named this proxy; the target was judged before CONNECT
+		}
 		var errs []error
 		for _, ip := range ips {
-			if !allow(ip) {
+			if !policy.allows(ip) {
 				errs = append(errs, fmt.Errorf("%w: %s resolves to %s, which this upstream may not reach", ErrRefused, host, ip))
 				continue
 			}
