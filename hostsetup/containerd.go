@@ -1,0 +1,490 @@
+package hostsetup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+)
+
+const (
+	// DefaultMirror is where shoal listens on every node.
+	DefaultMirror = "http://127.0.0.1:5000"
+	// DefaultHostsDir is containerd's conventional hosts directory (config_path).
+	DefaultHostsDir = "/etc/containerd/certs.d"
+	// DefaultContainerdConfig is containerd's configuration file.
+	DefaultContainerdConfig = "/etc/containerd/config.toml"
+	// DefaultRegistry is the hosts directory entry that applies to every registry without one
+	// of its own.
+	DefaultRegistry = "_default"
+)
+
+// ContainerdOptions say where and how to point containerd at shoal.
+type ContainerdOptions struct {
+	// HostRoot is where this process sees the host's file system: "/" (or "") on the host,
+	// "/host" in a pod that mounts it there. Paths named inside containerd's configuration are
+	// taken relative to it; HostsDir and ContainerdConfig are not.
+	HostRoot string
+	// HostsDir is the hosts directory to edit. "" = the config_path of ContainerdConfig (its
+	// first entry), else DefaultHostsDir, under HostRoot.
+	HostsDir string
+	// Registries are the registries whose pulls go to shoal: host names (docker.io,
+	// ghcr.io, registry.local:5000) or "_default". Empty = "_default" plus every registry that
+	// already has a hosts.toml in HostsDir (its own file would otherwise bypass _default).
+	Registries []string
+	// Mirror is shoal's URL as containerd reaches it; "" = DefaultMirror.
+	Mirror string
+	// ContainerdConfig is containerd's config.toml to check; "" = DefaultContainerdConfig under
+	// HostRoot, "-" = skip the checks.
+	ContainerdConfig string
+	// ContainerdVersion, e.g. "2.1.4", sharpens the checks; "" = unknown.
+	ContainerdVersion string
+}
+
+var registryName = regexp.MustCompile(`^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]{1,5})?$`)
+
+// ValidateMirror checks a mirror URL: http or https, a host, no credentials, query or fragment,
+// and nothing that would need escaping in TOML or JSON.
+func ValidateMirror(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("mirror %q: %w", s, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("mirror %q: want an http:// or https:// URL", s)
+	case u.Host == "":
+		return fmt.Errorf("mirror %q: no host", s)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("mirror %q: credentials, query and fragment are not allowed", s)
+	case strings.ContainsAny(s, "\"\\' \t\r\n"):
+		return fmt.Errorf("mirror %q: quotes, backslashes and spaces are not allowed", s)
+	}
+	return nil
+}
+
+// validateRegistry checks a --registries entry.
+func validateRegistry(r string) error {
+	if r == DefaultRegistry {
+		return nil
+	}
+	if !registryName.MatchString(r) {
+		return fmt.Errorf("registry %q: want a host name such as docker.io or registry.local:5000, or %s", r, DefaultRegistry)
+	}
+	return nil
+}
+
+// resolvedContainerd is ContainerdOptions with the defaults applied.
+type resolvedContainerd struct {
+	ContainerdOptions
+	cfg *containerdConfig // nil when not checked or not found
+}
+
+func (o ContainerdOptions) resolve() (resolvedContainerd, []Finding, error) {
+	r := resolvedContainerd{ContainerdOptions: o}
+	if r.Mirror == "" {
+		r.Mirror = DefaultMirror
+	}
+	if err := ValidateMirror(r.Mirror); err != nil {
+		return r, nil, err
+	}
+	for _, reg := range r.Registries {
+		if err := validateRegistry(reg); err != nil {
+			return r, nil, err
+		}
+	}
+	var (
+		findings []Finding
+		err      error
+	)
+	if r.ContainerdConfig != "-" {
+		if r.ContainerdConfig == "" {
+			r.ContainerdConfig = under(r.HostRoot, DefaultContainerdConfig)
+		}
+		cfg, err := readContainerdConfig(r.ContainerdConfig)
+		if err != nil {
+			return r, nil, err
+		}
+		r.cfg = cfg
+	}
+	if r.HostsDir == "" {
+		r.HostsDir = under(r.HostRoot, DefaultHostsDir)
+		if r.cfg != nil {
+			if paths := r.cfg.hostsPaths(); len(paths) > 0 {
+				r.HostsDir = under(r.HostRoot, paths[0])
+			}
+		}
+	}
+	if r.HostsDir, err = filepath.Abs(r.HostsDir); err != nil {
+		return r, nil, err
+	}
+	if r.ContainerdConfig != "-" {
+		findings = append(findings, r.cfg.check(r.ContainerdConfig, r.HostsDir, r.HostRoot, r.ContainerdVersion)...)
+	}
+	return r, findings, nil
+}
+
+// registryDirs lists the registries that have a directory in the hosts directory, as containerd
+// names them ("host_port_" directories are reported as "host:port").
+func registryDirs(hostsDir string) (withHostsTOML, certsOnly []string, err error) {
+	ents, err := os.ReadDir(hostsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range ents {
+		if !e.IsDir() || e.Name() == DefaultRegistry {
+			continue
+		}
+		name := e.Name()
+		if m := portDir.FindStringSubmatch(name); m != nil {
+			name = m[1] + ":" + m[2]
+		}
+		if _, err := os.Stat(filepath.Join(hostsDir, e.Name(), "hosts.toml")); err == nil {
+			withHostsTOML = append(withHostsTOML, name)
+		} else {
+			certsOnly = append(certsOnly, name)
+		}
+	}
+	return withHostsTOML, certsOnly, nil
+}
+
+var portDir = regexp.MustCompile(`^(.+)_([0-9]+)_$`)
+
+// registryFile returns where the hosts.toml of reg lives: its existing directory (containerd
+// looks for "host_port_" before "host:port"), else "host:port".
+func registryFile(hostsDir, reg string) string {
+	if h, p, err := net.SplitHostPort(reg); err == nil {
+		alt := filepath.Join(hostsDir, h+"_"+p+"_")
+		if st, err := os.Stat(alt); err == nil && st.IsDir() {
+			return filepath.Join(alt, "hosts.toml")
+		}
+	}
+	return filepath.Join(hostsDir, reg, "hosts.toml")
+}
+
+// createdHostsTOML is the file setup writes for a registry that has none.
+func createdHostsTOML(reg, mirror string, certs []string) []byte {
+	var b strings.Builder
+	b.WriteString("# Written by `shoal setup containerd`: containerd tries shoal, the node-local mirror, first\n")
+	b.WriteString("# and falls back to the registry itself (server) when shoal cannot answer.\n")
+	switch {
+	case reg == "docker.io":
+		b.WriteString("server = \"https://registry-1.docker.io\"\n")
+	case reg == DefaultRegistry || docker.IsLocalhost(reg):
+		// No server: containerd falls back to the registry named in the image reference, with
+		// its usual scheme rules.
+	default:
+		b.WriteString("server = " + tomlQuote("https://"+reg) + "\n")
+	}
+	b.WriteString(strings.Join(certs, ""))
+	b.WriteString("\n")
+	b.WriteString(mirrorBlock(mirror))
+	return []byte(b.String())
+}
+
+// dirCerts turns Docker-style certificate files in a registry directory (which containerd reads
+// only while there is no hosts.toml) into root keys of a new hosts.toml, so creating the file
+// keeps the registry's TLS settings.
+func dirCerts(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var cas, clients []string
+	for _, e := range ents {
+		n := e.Name()
+		switch {
+		case e.IsDir():
+		case strings.HasSuffix(n, ".crt"):
+			cas = append(cas, tomlQuote(n))
+		case strings.HasSuffix(n, ".cert"):
+			key := strings.TrimSuffix(n, ".cert") + ".key"
+			if _, err := os.Stat(filepath.Join(dir, key)); err == nil {
+				clients = append(clients, "["+tomlQuote(n)+", "+tomlQuote(key)+"]")
+			} else {
+				clients = append(clients, tomlQuote(n))
+			}
+		}
+	}
+	var out []string
+	if len(cas) > 0 {
+		out = append(out, "ca = ["+strings.Join(cas, ", ")+"]\n")
+	}
+	if len(clients) > 0 {
+		out = append(out, "client = ["+strings.Join(clients, ", ")+"]\n")
+	}
+	return out, nil
+}
+
+// PlanContainerd computes the hosts.toml files that send pulls to shoal first.
+func PlanContainerd(o ContainerdOptions) (*Plan, error) {
+	r, findings, err := o.resolve()
+	if err != nil {
+		return nil, err
+	}
+	existing, certsOnly, err := registryDirs(r.HostsDir)
+	if err != nil {
+		return nil, err
+	}
+	regs := r.Registries
+	if len(regs) == 0 {
+		regs = append([]string{DefaultRegistry}, existing...)
+	}
+	plan := &Plan{}
+	for _, reg := range dedupe(regs) {
+		c, err := planRegistry(r.HostsDir, reg, r.Mirror)
+		if err != nil {
+			return nil, err
+		}
+		plan.add(c)
+	}
+	// Registries that keep their own configuration without shoal: _default does not apply to them.
+	for _, reg := range append(existing, certsOnly...) {
+		if slices.Contains(regs, reg) {
+			continue
+		}
+		findings = append(findings, Finding{
+			Severity: Warning,
+			Message: fmt.Sprintf("pulls from %s bypass shoal: %s has its own configuration, so containerd does not read %s for it",
+				reg, filepath.Dir(registryFile(r.HostsDir, reg)), DefaultRegistry),
+			Fix: fmt.Sprintf("add %s to --registries", reg),
+		})
+	}
+	plan.Findings = sortFindings(findings)
+	return plan, nil
+}
+
+func planRegistry(hostsDir, reg, mirror string) (Change, error) {
+	path := registryFile(hostsDir, reg)
+	old, err := readOptional(path)
+	if err != nil {
+		return Change{}, err
+	}
+	c := Change{Path: path, Old: old}
+	if old == nil {
+		certs, err := dirCerts(filepath.Dir(path))
+		if err != nil {
+			return Change{}, err
+		}
+		c.New, c.Note = createdHostsTOML(reg, mirror, certs), "created"
+	} else {
+		merged, err := mergeHostsTOML(old, mirror)
+		if err != nil {
+			return Change{}, fmt.Errorf("%s is not a valid hosts.toml (containerd ignores it too): %w; fix or remove it, then run setup again", path, err)
+		}
+		c.New, c.Note = merged, "merged"
+		c.Backup = path + BackupSuffix
+	}
+	if err := checkMergedHosts(reg, filepath.Dir(path), old, c.New, mirror); err != nil {
+		return Change{}, fmt.Errorf("%s: %w (nothing was written)", path, err)
+	}
+	return c, nil
+}
+
+// PlanContainerdUninstall computes how to take shoal out of every hosts.toml in the hosts
+// directory: a file still as setup left it gets its backup back (or goes away when setup created
+// it); a file edited since keeps the edits and loses only shoal's entry.
+func PlanContainerdUninstall(o ContainerdOptions) (*Plan, error) {
+	o.ContainerdConfig = "-" // nothing to check when leaving
+	r, _, err := o.resolve()
+	if err != nil {
+		return nil, err
+	}
+	existing, _, err := registryDirs(r.HostsDir)
+	if err != nil {
+		return nil, err
+	}
+	regs := r.Registries
+	if len(regs) == 0 {
+		regs = append([]string{DefaultRegistry}, existing...)
+	}
+	plan := &Plan{}
+	for _, reg := range dedupe(regs) {
+		path := registryFile(r.HostsDir, reg)
+		cur, err := readOptional(path)
+		if err != nil {
+			return nil, err
+		}
+		backup := path + BackupSuffix
+		orig, err := readOptional(backup)
+		if err != nil {
+			return nil, err
+		}
+		if cur == nil {
+			if orig != nil { // the file went away but the backup is there: give it back
+				plan.add(Change{Path: path, New: orig, Backup: backup, RemoveBackup: true, Note: "restored from backup"})
+			}
+			continue
+		}
+		if orig != nil {
+			if merged, err := mergeHostsTOML(orig, r.Mirror); err == nil && string(merged) == string(cur) {
+				plan.add(Change{Path: path, Old: cur, New: orig, Backup: backup, RemoveBackup: true, Note: "restored from backup"})
+				continue
+			}
+		} else if certs, err := dirCerts(filepath.Dir(path)); err == nil && string(createdHostsTOML(reg, r.Mirror, certs)) == string(cur) {
+			plan.add(Change{Path: path, Old: cur, New: nil, Note: "removed (setup created it)"})
+			continue
+		}
+		stripped, had, err := stripHostsTOML(cur, r.Mirror)
+		if err != nil {
+			return nil, fmt.Errorf("%s is not a valid hosts.toml: %w", path, err)
+		}
+		if !had {
+			plan.Unchanged = append(plan.Unchanged, path)
+			continue
+		}
+		note := "shoal's entry removed"
+		if orig != nil {
+			note += fmt.Sprintf(" (the file changed since setup; %s kept)", filepath.Base(backup))
+		}
+		plan.add(Change{Path: path, Old: cur, New: stripped, Note: note})
+	}
+	return plan, nil
+}
+
+// checkMergedHosts reads the old and new file with containerd's own hosts.toml code and insists
+// that the new one makes containerd try the mirror first, then exactly the hosts the old one
+// named (in order), and that the old file is not one that containerd would reject.
+func checkMergedHosts(reg, dir string, old, merged []byte, mirror string) error {
+	before, err := resolveHostsContent(reg, dir, old)
+	if err != nil {
+		return err
+	}
+	after, err := resolveHostsContent(reg, dir, merged)
+	if err != nil {
+		return err
+	}
+	want, _ := parseHostID(mirror)
+	if len(after) == 0 || after[0] != want {
+		return fmt.Errorf("containerd would not try shoal first: it reads %s", describeHosts(after))
+	}
+	var rest []hostID
+	for _, h := range before {
+		if h != want {
+			rest = append(rest, h)
+		}
+	}
+	if !slices.Equal(after[1:], rest) {
+		return fmt.Errorf("containerd would try %s after shoal, the file had %s", describeHosts(after[1:]), describeHosts(rest))
+	}
+	return nil
+}
+
+// resolveHostsContent is what containerd makes of a hosts.toml with the given content for
+// registry reg (nil content = no file), in a scratch copy of the registry directory dir (its
+// certificate files linked in, since containerd loads the ca/client files a hosts.toml names).
+func resolveHostsContent(reg, dir string, content []byte) ([]hostID, error) {
+	tmp, err := os.MkdirTemp("", "shoal-hosts-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "hosts.toml") {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(dir, e.Name()), filepath.Join(tmp, e.Name())); err != nil {
+			return nil, err
+		}
+	}
+	if content != nil {
+		if err := os.WriteFile(filepath.Join(tmp, "hosts.toml"), content, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return resolveHosts(func(string) (string, error) { return tmp, nil }, reg)
+}
+
+// resolveHosts asks containerd's hosts.toml code which hosts it would try for reg. It logs
+// through logrus; that output is discarded (a broken file shows as the wrong host list).
+func resolveHosts(hostDir func(string) (string, error), reg string) ([]hostID, error) {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	ctx := log.WithLogger(context.Background(), logrus.NewEntry(l))
+	name := reg
+	if reg == DefaultRegistry {
+		name = "registry.invalid" // any name: _default applies to every registry without a directory
+	}
+	hosts, err := config.ConfigureHosts(ctx, config.HostOptions{HostDir: hostDir})(name)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]hostID, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, hostID{scheme: h.Scheme, host: strings.ToLower(h.Host), path: h.Path})
+	}
+	return out, nil
+}
+
+// VerifyContainerd reads the hosts directory as containerd does and returns an error naming
+// every registry whose pulls would not try mirror first.
+func VerifyContainerd(hostsDir string, registries []string, mirror string) error {
+	if mirror == "" {
+		mirror = DefaultMirror
+	}
+	want, err := parseHostID(mirror)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, reg := range registries {
+		hosts, err := resolveHosts(config.HostDirFromRoot(hostsDir), reg)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", reg, err))
+			continue
+		}
+		if len(hosts) == 0 || hosts[0] != want {
+			errs = append(errs, fmt.Errorf("%s: containerd would try %s", reg, describeHosts(hosts)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func describeHosts(hs []hostID) string {
+	if len(hs) == 0 {
+		return "no host"
+	}
+	var s []string
+	for _, h := range hs {
+		s = append(s, h.scheme+"://"+h.host+h.path)
+	}
+	return strings.Join(s, ", then ")
+}
+
+func dedupe(s []string) []string {
+	var out []string
+	for _, v := range s {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func sortFindings(f []Finding) []Finding {
+	slices.SortStableFunc(f, func(a, b Finding) int { return int(b.Severity) - int(a.Severity) })
+	return f
+}
