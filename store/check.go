@@ -18,7 +18,7 @@ func (w *Writer) Check(size int64) error {
 	if n := w.written.Load(); size >= 0 && n != size {
 		return fmt.Errorf("%w: %s: got %d bytes, expected %d", ErrDigestMismatch, w.d, n, size)
 	}
-	if got := digest.NewDigest(w.d.Algorithm(), w.h); got != w.d {
+	if got := digest.NewDigestFromBytes(w.d.Algorithm(), w.h.sum()); got != w.d {
 		return fmt.Errorf("%w: expected %s, got %s", ErrDigestMismatch, w.d, got)
 	}
 	return nil

@@ -652,3 +652,30 @@ func (h *countingHandler) count(sub string) int {
 	}
 	return n
 }
+
+// Check verifies the bytes before Commit makes them durable; both agree.
+func TestCheckBeforeCommit(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := newStore(t)
+	data, d := randomBlob(t, 700_000)
+	w, err := s.Writer(ctx, d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.Write(data[:300_000])
+	if err := w.Check(int64(len(data))); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Check of a partial write = %v, want ErrDigestMismatch", err)
+	}
+	w.Write(data[300_000:]) // bytes after a Check are hashed too
+	if err := w.Check(int64(len(data))); err != nil {
+		t.Fatalf("Check = %v", err)
+	}
+	if err := w.Commit(ctx, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, s, d); !bytes.Equal(got, data) {
+		t.Fatal("content differs")
+	}
+}
