@@ -37,6 +37,8 @@ type Config struct {
 	LogLevel        string
 	Upstream        upstream.Config
 	Store           store.Config
+	// Guard is the mirror listener's access controls and limits (guard.go).
+	Guard GuardConfig
 	// P2P is the libp2p node; P2PEnabled turns it off for a purely local mirror.
 	P2P        p2p.Config
 	P2PEnabled bool
@@ -68,6 +70,7 @@ type fileConfig struct {
 		OnlyConfigured *bool          `yaml:"only_configured"`
 		Timeout        *time.Duration `yaml:"timeout"`
 		Retries        *int           `yaml:"retries"`
+		Proxy          *string        `yaml:"proxy"`
 	} `yaml:"upstream"`
 	P2P struct {
 		Enabled        *bool          `yaml:"enabled"`
@@ -89,12 +92,13 @@ type fileConfig struct {
 		TTL        *time.Duration `yaml:"ttl"`
 		GCInterval *time.Duration `yaml:"gc_interval"`
 	} `yaml:"store"`
+	Security securityFile `yaml:"security"` // guard_config.go
 }
 
 // DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
 // which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig()}
 	if err := c.apply(defaultsYAML, "defaults.yaml"); err != nil {
 		panic("embedded defaults.yaml: " + err.Error())
 	}
@@ -186,6 +190,10 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.Upstream.OnlyConfigured, f.Upstream.OnlyConfigured)
 	set(&c.Upstream.Timeout, f.Upstream.Timeout)
 	set(&c.Upstream.Retries, f.Upstream.Retries)
+	set(&c.Upstream.Proxy, f.Upstream.Proxy)
+	if err := f.Security.apply(&c.Guard); err != nil {
+		return err
+	}
 	for host, rc := range f.Registries {
 		c.SetRegistry(host, rc)
 	}
@@ -298,6 +306,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Upstream.Validate(); err != nil {
 		return &ConfigError{Key: "upstream", Err: err}
+	}
+	if err := c.validateSecurity(); err != nil { // guard_config.go
+		return err
 	}
 	if c.P2PEnabled {
 		if err := c.P2P.Validate(); err != nil {

@@ -24,6 +24,7 @@ type Daemon struct {
 	srv   *http.Server
 	ln    net.Listener
 	node  *p2p.Node // nil when P2P is disabled
+	guard *guard    // access controls and limits of the mirror API (guard.go)
 	hist  *history
 }
 
@@ -39,6 +40,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	up, err := upstream.New(cfg.Upstream, log.With("component", "upstream"))
 	if err != nil {
 		return nil, &ConfigError{Key: "registries", Err: err}
+	}
+	g, err := newGuard(cfg, log.With("component", "guard")) // guard.go
+	if err != nil {
+		return nil, err
 	}
 	st, err := store.Open(ctx, cfg.Store, log.With("component", "store"))
 	if err != nil {
@@ -91,12 +96,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           accessLog(mlog, routeRoot(mux, m)),
+		Handler:           accessLog(mlog, g.wrap(routeRoot(mux, m))), // guard.go: access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(mlog.Handler(), slog.LevelDebug),
 	}
+	// guard.go: header/idle limits from the config, TLS on the listener.
+	d.guard = g
+	g.configure(d.srv, cfg.Guard)
+	d.ln = g.listener(d.ln)
 	return d, nil
 }
 

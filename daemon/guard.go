@@ -1,0 +1,638 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
+)
+
+// GuardConfig is the mirror listener's exposure and abuse controls: who may connect, what
+// they may pull, how fast, and how long a slow or stalled client may hold a connection.
+// Empty lists and zero rates switch a control off.
+type GuardConfig struct {
+	// AllowCIDR, if not empty, lists the only client networks served; DenyCIDR lists
+	// networks refused (deny wins). A bare address means just that address. The client is
+	// the TCP peer: X-Forwarded-For is never trusted.
+	AllowCIDR []string
+	DenyCIDR  []string
+	// AllowRepo, if not empty, lists the only repositories served; DenyRepo lists
+	// repositories refused (deny wins). Patterns name REGISTRY/REPO after routing and
+	// normalisation ("docker.io/library/*", "ghcr.io/myorg/*"); * matches any run of
+	// characters, slashes included, ? one character.
+	AllowRepo []string
+	DenyRepo  []string
+	// RateLimit is each client's sustained request rate (requests per second) and RateBurst
+	// the bucket size; a client is an IPv4 address or an IPv6 /64. 0 = no limit; a zero
+	// burst becomes max(10, 2×RateLimit).
+	RateLimit float64
+	RateBurst int
+	// MaxConcurrent bounds a client's requests in progress under /v2/ (0 = no bound).
+	MaxConcurrent int
+	// Htpasswd is an htpasswd file with bcrypt hashes; when set, clients other than
+	// loopback must authenticate with HTTP Basic.
+	Htpasswd string
+	// TLSCert and TLSKey serve the mirror API over TLS (both or neither; re-read on reload).
+	TLSCert, TLSKey string
+	// AllowInsecureListen silences the warning for a non-loopback listener without TLS.
+	AllowInsecureListen bool
+	// ReadHeaderTimeout bounds reading a request's headers (slowloris); IdleTimeout a
+	// keep-alive connection's wait for the next request; WriteTimeout how long a single
+	// write to a client may block (a client that stops reading); RequestTimeout a whole
+	// request (0 = no bound: a large layer on a slow link takes what it takes).
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	WriteTimeout      time.Duration
+	RequestTimeout    time.Duration
+	// MaxHeaderBytes bounds a request's header block; MaxURILength its request target.
+	MaxHeaderBytes int
+	MaxURILength   int
+}
+
+// DefaultGuardConfig is the guard with every access control off and the connection limits on.
+func DefaultGuardConfig() GuardConfig {
+	return GuardConfig{
+		MaxConcurrent:     128,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		WriteTimeout:      2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+		MaxURILength:      4096,
+	}
+}
+
+// guardPolicy is the reloadable part of the guard, compiled.
+type guardPolicy struct {
+	allowNets, denyNets []netip.Prefix
+	allowRepo, denyRepo []*regexp.Regexp
+	rate                rate.Limit
+	burst               int
+	maxConcurrent       int
+	users               map[string][]byte // htpasswd: user → bcrypt hash; nil = no auth
+	cert                *tls.Certificate
+	requestTimeout      time.Duration
+	writeTimeout        time.Duration
+	maxURI              int
+}
+
+// guard wraps the mirror's handler with the access controls and limits, and the listener
+// with TLS. Its policy can be swapped at run time (SIGHUP); per-client state survives that.
+type guard struct {
+	log             *slog.Logger
+	defaultRegistry string
+	policy          atomic.Pointer[guardPolicy]
+	tlsOn           bool // fixed at start: a listener cannot switch to TLS
+
+	mu        sync.Mutex
+	clients   map[netip.Prefix]*clientState
+	lastSweep time.Time
+
+	authOK  sync.Map      // user → sha256(user:password) of the last password that matched
+	hashing chan struct{} // bounds concurrent bcrypt comparisons (each costs ~50 ms of CPU)
+}
+
+// clientState is one client's token bucket and requests in flight.
+type clientState struct {
+	lim      *rate.Limiter
+	inflight atomic.Int32
+	seen     atomic.Int64 // unix nanoseconds of the last request
+}
+
+// newGuard compiles the daemon configuration's guard and warns about exposure: a listener
+// beyond loopback without TLS, a secret file anyone may read.
+func newGuard(cfg Config, log *slog.Logger) (*guard, error) {
+	p, err := compileGuard(cfg.Guard, log)
+	if err != nil {
+		return nil, err
+	}
+	g := &guard{log: log, defaultRegistry: canonicalRegistry(cfg.DefaultRegistry), tlsOn: p.cert != nil,
+		clients: map[netip.Prefix]*clientState{}, hashing: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))}
+	g.policy.Store(p)
+	if !listensOnLoopback(cfg.Listen) && !g.tlsOn && !cfg.Guard.AllowInsecureListen {
+		log.Warn("the mirror API listens beyond loopback without TLS: clients and credentials travel in clear text; set tls_cert/tls_key, or allow_insecure_listen to silence this",
+			"listen", cfg.Listen, "htpasswd", p.users != nil, "allow_cidr", len(p.allowNets))
+	}
+	if k := cfg.P2P.SwarmKeyFile; cfg.P2PEnabled && k != "" { // password files: upstream warns
+		if err := checkSecretFile(log, "p2p.swarm_key_file", k); err != nil {
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+// compileGuard validates the configuration and reads the files it names. Errors name the
+// YAML key.
+func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
+	p := &guardPolicy{maxConcurrent: cfg.MaxConcurrent, requestTimeout: cfg.RequestTimeout,
+		writeTimeout: cfg.WriteTimeout, maxURI: cfg.MaxURILength}
+	var err error
+	if p.allowNets, err = parseNets("security.allow_cidr", cfg.AllowCIDR); err != nil {
+		return nil, err
+	}
+	if p.denyNets, err = parseNets("security.deny_cidr", cfg.DenyCIDR); err != nil {
+		return nil, err
+	}
+	if p.allowRepo, err = compileRepoPatterns("security.allow_repo", cfg.AllowRepo); err != nil {
+		return nil, err
+	}
+	if p.denyRepo, err = compileRepoPatterns("security.deny_repo", cfg.DenyRepo); err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.RateLimit < 0 || math.IsNaN(cfg.RateLimit) || math.IsInf(cfg.RateLimit, 0):
+		return nil, &ConfigError{Key: "security.rate_limit", Err: errors.New("must be a non-negative number of requests per second")}
+	case cfg.RateBurst < 0:
+		return nil, &ConfigError{Key: "security.rate_burst", Err: errors.New("must not be negative")}
+	case cfg.MaxConcurrent < 0:
+		return nil, &ConfigError{Key: "security.max_concurrent_per_client", Err: errors.New("must not be negative")}
+	case cfg.ReadHeaderTimeout < 0 || cfg.IdleTimeout < 0 || cfg.WriteTimeout < 0 || cfg.RequestTimeout < 0:
+		return nil, &ConfigError{Key: "security", Err: errors.New("timeouts must not be negative")}
+	case cfg.MaxHeaderBytes < 0 || cfg.MaxURILength < 0:
+		return nil, &ConfigError{Key: "security", Err: errors.New("size limits must not be negative")}
+	}
+	if cfg.RateLimit > 0 {
+		p.rate = rate.Limit(cfg.RateLimit)
+		p.burst = cfg.RateBurst
+		if p.burst == 0 {
+			p.burst = max(10, int(math.Ceil(2*cfg.RateLimit)))
+		}
+	}
+	if cfg.Htpasswd != "" {
+		if err := checkSecretFile(log, "security.htpasswd", cfg.Htpasswd); err != nil {
+			return nil, err
+		}
+		b, err := os.ReadFile(cfg.Htpasswd)
+		if err != nil {
+			return nil, &ConfigError{Key: "security.htpasswd", Err: err}
+		}
+		if p.users, err = parseHtpasswd(b); err != nil {
+			return nil, &ConfigError{Key: "security.htpasswd", Err: fmt.Errorf("%s: %w", cfg.Htpasswd, err)}
+		}
+	}
+	switch {
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return nil, &ConfigError{Key: "security.tls_cert", Err: errors.New("tls_cert and tls_key go together")}
+	case cfg.TLSCert != "":
+		if err := checkSecretFile(log, "security.tls_key", cfg.TLSKey); err != nil {
+			return nil, err
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			// The error may quote PEM, never the key itself; keep it short anyway.
+			return nil, &ConfigError{Key: "security.tls_cert", Err: fmt.Errorf("loading %s and %s: %w", cfg.TLSCert, cfg.TLSKey, err)}
+		}
+		p.cert = &cert
+	}
+	return p, nil
+}
+
+func parseNets(key string, ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, &ConfigError{Key: key, Err: fmt.Errorf("%q is neither a CIDR (10.0.0.0/8) nor an address", s)}
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// compileRepoPatterns turns REGISTRY/REPO globs into anchored regular expressions, with the
+// registry canonicalised and Docker Hub's library/ added the way routing does.
+func compileRepoPatterns(key string, ss []string) ([]*regexp.Regexp, error) {
+	var out []*regexp.Regexp
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		reg, repo, ok := strings.Cut(s, "/")
+		if !ok || reg == "" || repo == "" || len(s) > 512 {
+			return nil, &ConfigError{Key: key, Err: fmt.Errorf("%q: want REGISTRY/REPO, e.g. docker.io/library/* or ghcr.io/myorg/*", s)}
+		}
+		reg = canonicalRegistry(strings.ToLower(reg))
+		if reg == "docker.io" && !strings.ContainsAny(repo, "/*?") {
+			repo = "library/" + repo
+		}
+		var b strings.Builder
+		b.WriteString("^")
+		for _, part := range strings.SplitAfter(regexp.QuoteMeta(reg+"/"+repo), `\*`) {
+			part = strings.ReplaceAll(part, `\?`, ".")
+			if strings.HasSuffix(part, `\*`) {
+				part = strings.TrimSuffix(part, `\*`) + ".*"
+			}
+			b.WriteString(part)
+		}
+		b.WriteString("$")
+		re, err := regexp.Compile(b.String())
+		if err != nil {
+			return nil, &ConfigError{Key: key, Err: fmt.Errorf("%q: %v", s, err)}
+		}
+		out = append(out, re)
+	}
+	return out, nil
+}
+
+// parseHtpasswd reads "user:hash" lines (blank lines and # comments skipped). Only bcrypt
+// hashes ($2y$, $2b$, $2a$, as `htpasswd -B` writes) are accepted: the others are too weak
+// or too fast to guess. Errors name the line, never its content.
+func parseHtpasswd(b []byte) (map[string][]byte, error) {
+	users := map[string][]byte{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 4096), 4096)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, hash, ok := strings.Cut(line, ":")
+		if !ok || user == "" {
+			return nil, fmt.Errorf("line %d: want user:bcrypt-hash", n)
+		}
+		if !strings.HasPrefix(hash, "$2y$") && !strings.HasPrefix(hash, "$2b$") && !strings.HasPrefix(hash, "$2a$") {
+			return nil, fmt.Errorf("line %d (user %q): only bcrypt hashes are accepted (htpasswd -B)", n, user)
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("line %d (user %q): malformed bcrypt hash", n, user)
+		}
+		if _, dup := users[user]; dup {
+			return nil, fmt.Errorf("line %d: user %q appears twice", n, user)
+		}
+		users[user] = []byte(hash)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("line too long or unreadable: %v", err)
+	}
+	if len(users) == 0 {
+		return nil, errors.New("no users")
+	}
+	return users, nil
+}
+
+// checkSecretFile refuses a secret file anyone may write (anyone could then replace the
+// credentials or key) and warns when anyone may read it.
+func checkSecretFile(log *slog.Logger, key, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return &ConfigError{Key: key, Err: err}
+	}
+	switch perm := fi.Mode().Perm(); {
+	case perm&0o002 != 0:
+		return &ConfigError{Key: key, Err: fmt.Errorf("%s is world-writable (mode %04o): chmod o-w it", path, perm)}
+	case perm&0o004 != 0:
+		log.Warn("file with secrets is world-readable; chmod o-r it", "key", key, "path", path)
+	}
+	return nil
+}
+
+// listensOnLoopback reports whether a listen address only accepts loopback connections.
+func listensOnLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// configure applies the connection limits to the mirror's server.
+func (g *guard) configure(srv *http.Server, cfg GuardConfig) {
+	srv.ReadHeaderTimeout = cfg.ReadHeaderTimeout
+	srv.IdleTimeout = cfg.IdleTimeout
+	srv.MaxHeaderBytes = cfg.MaxHeaderBytes
+}
+
+// listener wraps ln with TLS when a certificate is configured. The certificate is looked
+// up per handshake, so a reload takes effect for new connections.
+func (g *guard) listener(ln net.Listener) net.Listener {
+	if !g.tlsOn {
+		return ln
+	}
+	return tls.NewListener(ln, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return g.policy.Load().cert, nil
+		},
+	})
+}
+
+// reload swaps in a new policy. TLS cannot be switched on or off without a restart.
+func (g *guard) reload(cfg GuardConfig) error {
+	p, err := compileGuard(cfg, g.log)
+	if err != nil {
+		return err
+	}
+	if (p.cert != nil) != g.tlsOn {
+		return &ConfigError{Key: "security.tls_cert", Err: errors.New("switching TLS on or off needs a restart")}
+	}
+	g.policy.Store(p)
+	g.mu.Lock()
+	for _, c := range g.clients {
+		c.lim.SetLimit(p.limit())
+		c.lim.SetBurst(p.burst)
+	}
+	g.mu.Unlock()
+	g.authOK.Clear()
+	return nil
+}
+
+func (p *guardPolicy) limit() rate.Limit {
+	if p.rate == 0 {
+		return rate.Inf
+	}
+	return p.rate
+}
+
+// clientKey groups addresses the way one client holds them: an IPv4 address, or the /64 an
+// IPv6 host picks its addresses from.
+func clientKey(ip netip.Addr) netip.Prefix {
+	if ip.Is4() {
+		return netip.PrefixFrom(ip, 32)
+	}
+	p, _ := ip.Prefix(64)
+	return p
+}
+
+func (g *guard) client(key netip.Prefix, p *guardPolicy, now time.Time) *clientState {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now.Sub(g.lastSweep) > time.Minute || len(g.clients) > 100_000 {
+		g.lastSweep = now
+		idle := now.Add(-10 * time.Minute).UnixNano()
+		for k, c := range g.clients {
+			if c.inflight.Load() == 0 && c.seen.Load() < idle {
+				delete(g.clients, k)
+			}
+		}
+	}
+	c, ok := g.clients[key]
+	if !ok {
+		c = &clientState{lim: rate.NewLimiter(p.limit(), p.burst)}
+		g.clients[key] = c
+	}
+	c.seen.Store(now.UnixNano())
+	return c
+}
+
+// Errors the guard answers with, in the mirror's OCI error format.
+var (
+	errClientDenied = &ociError{Status: http.StatusForbidden, Code: "DENIED", Message: "this mirror does not serve your address"}
+	errRepoDenied   = &ociError{Status: http.StatusForbidden, Code: "DENIED", Message: "this mirror's policy does not allow this repository"}
+	errUnauthorized = &ociError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required"}
+	errURITooLong   = &ociError{Status: http.StatusRequestURITooLong, Code: "NAME_INVALID", Message: "request URI too long"}
+)
+
+func tooMany(msg string) *ociError {
+	return &ociError{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", Message: msg}
+}
+
+// wrap puts the controls in front of next, cheapest first: address lists, the rate limit
+// (before any password is checked, so guessing is rate limited too), authentication, the
+// repository policy, the concurrency bound, then the timeouts around the request itself.
+func (g *guard) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := g.policy.Load()
+		ip := remoteIP(r)
+		if !p.clientAllowed(ip) {
+			writeError(w, r, g.log, errClientDenied)
+			return
+		}
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if p.maxURI > 0 && len(r.RequestURI) > p.maxURI {
+			writeError(w, r, g.log, errURITooLong)
+			return
+		}
+		now := time.Now()
+		c := g.client(clientKey(ip), p, now)
+		if p.rate > 0 {
+			res := c.lim.ReserveN(now, 1)
+			if delay := res.DelayFrom(now); !res.OK() || delay > 0 {
+				res.CancelAt(now)
+				w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(delay.Seconds())))))
+				writeError(w, r, g.log, tooMany("too many requests from your address; slow down"))
+				return
+			}
+		}
+		if p.users != nil && !ip.IsLoopback() && !g.authenticated(r, p) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="shoal"`)
+			writeError(w, r, g.log, errUnauthorized)
+			return
+		}
+		if len(p.allowRepo) > 0 || len(p.denyRepo) > 0 {
+			if rt, err := parseRoute(r, g.defaultRegistry); err == nil && !p.repoAllowed(rt.registry, rt.repo) {
+				writeError(w, r, g.log, errRepoDenied)
+				return
+			}
+		}
+		if p.maxConcurrent > 0 && strings.HasPrefix(r.URL.Path, "/v2/") && len(r.URL.Path) > len("/v2/") {
+			if n := c.inflight.Add(1); int(n) > p.maxConcurrent {
+				c.inflight.Add(-1)
+				w.Header().Set("Retry-After", "1")
+				writeError(w, r, g.log, tooMany(fmt.Sprintf("more than %d requests in progress from your address", p.maxConcurrent)))
+				return
+			}
+			defer c.inflight.Add(-1)
+		}
+		if p.requestTimeout > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), p.requestTimeout)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
+		if p.writeTimeout > 0 || p.requestTimeout > 0 {
+			dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: p.writeTimeout}
+			if p.requestTimeout > 0 {
+				dw.end = now.Add(p.requestTimeout)
+			}
+			dw.extend()
+			defer dw.extend() // the server flushes the response after the handler returns
+			w = dw
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func remoteIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func (p *guardPolicy) clientAllowed(ip netip.Addr) bool {
+	in := func(nets []netip.Prefix) bool {
+		for _, n := range nets {
+			if n.Contains(ip) {
+				return true
+			}
+		}
+		return false
+	}
+	if !ip.IsValid() || in(p.denyNets) {
+		return false
+	}
+	return len(p.allowNets) == 0 || in(p.allowNets)
+}
+
+// repoAllowed applies the repository patterns to a routed request.
+func (p *guardPolicy) repoAllowed(registry, repo string) bool {
+	name := registry + "/" + repo
+	match := func(res []*regexp.Regexp) bool {
+		for _, re := range res {
+			if re.MatchString(name) {
+				return true
+			}
+		}
+		return false
+	}
+	if match(p.denyRepo) {
+		return false
+	}
+	return len(p.allowRepo) == 0 || match(p.allowRepo)
+}
+
+// authenticated checks HTTP Basic credentials against the htpasswd users. A password that
+// matched before is recognised by its SHA-256 without another bcrypt round.
+func (g *guard) authenticated(r *http.Request, p *guardPolicy) bool {
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		return false
+	}
+	hash, known := p.users[user]
+	if !known {
+		// Spend the same time as for a real user so that names cannot be probed.
+		hash = dummyHash()
+	}
+	sum := sha256.Sum256([]byte(user + ":" + pass))
+	if v, ok := g.authOK.Load(user); ok && known && subtle.ConstantTimeCompare(v.([]byte), sum[:]) == 1 {
+		return true
+	}
+	select {
+	case g.hashing <- struct{}{}:
+	case <-r.Context().Done():
+		return false
+	}
+	err := bcrypt.CompareHashAndPassword(hash, []byte(pass))
+	<-g.hashing
+	if err != nil || !known {
+		return false
+	}
+	g.authOK.Store(user, sum[:])
+	return true
+}
+
+// dummyHash is a bcrypt hash of nothing anyone types, compared against for unknown users.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("shoal: no such user"), bcrypt.DefaultCost)
+	return h
+})
+
+// deadlineWriter gives every write to the client its own deadline, so a client that stops
+// reading is cut off after the write timeout while a slow but steady one is served in full.
+// It keeps io.ReaderFrom (in bounded chunks) so that stored blobs still go out by sendfile.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+	end  time.Time // zero: no total bound
+}
+
+// readFromChunk is how much one ReadFrom step may send under one deadline.
+const readFromChunk = 8 << 20
+
+func (w *deadlineWriter) extend() {
+	var d time.Time
+	if w.idle > 0 {
+		d = time.Now().Add(w.idle)
+	}
+	if !w.end.IsZero() && (d.IsZero() || w.end.Before(d)) {
+		d = w.end
+	}
+	_ = w.rc.SetWriteDeadline(d)
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	w.extend()
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *deadlineWriter) ReadFrom(src io.Reader) (int64, error) {
+	rf, ok := w.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(writerOnly{w}, src)
+	}
+	// Feed the underlying ReaderFrom one level of LimitedReader over the original source,
+	// which is what sendfile recognises.
+	inner, left := src, int64(-1)
+	if lr, ok := src.(*io.LimitedReader); ok {
+		inner, left = lr.R, lr.N
+	}
+	var total int64
+	for left != 0 {
+		step := int64(readFromChunk)
+		if left > 0 && left < step {
+			step = left
+		}
+		w.extend()
+		n, err := rf.ReadFrom(&io.LimitedReader{R: inner, N: step})
+		total += n
+		if left > 0 {
+			left -= n
+		}
+		if err != nil {
+			return total, err
+		}
+		if n < step { // the source ended
+			break
+		}
+	}
+	if lr, ok := src.(*io.LimitedReader); ok {
+		lr.N = left
+	}
+	return total, nil
+}
+
+func (w *deadlineWriter) Flush() {
+	w.extend()
+	_ = w.rc.Flush()
+}
+
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
