@@ -56,8 +56,9 @@ type Client struct {
 	timeout        time.Duration
 	retries        int
 	onlyConfigured bool
-	regs           map[string]*registry   // configured, by canonical host
-	dockerCreds    map[string]credentials // from DockerConfig, by canonical host
+	// regs holds the configured registries and Docker-config credentials; Reload swaps it
+	// whole, so a request sees one consistent set (reload.go).
+	regs atomic.Pointer[registrySet]
 
 	http      *http.Client // registry requests: redirects checked, Authorization dropped off-host
 	tokenHTTP *http.Client // token requests: same, bodies capped
@@ -106,8 +107,6 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 		timeout:        cfg.Timeout,
 		retries:        cfg.Retries,
 		onlyConfigured: cfg.OnlyConfigured,
-		regs:           map[string]*registry{},
-		dockerCreds:    map[string]credentials{},
 		now:            time.Now,
 		sleep:          sleepCtx,
 		resolve:        systemResolver,
@@ -134,41 +133,11 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
 	}
-	if cfg.DockerConfig != "" {
-		creds, helpers, err := readDockerConfig(cfg.DockerConfig)
-		if err != nil {
-			return nil, fmt.Errorf("docker_config: %v", err)
-		}
-		if helpers {
-			c.log.Warn("docker_config names credential helpers (credsStore/credHelpers); shoal only reads \"auths\"", "path", cfg.DockerConfig)
-		}
-		c.dockerCreds = creds
-		warnIfWorldReadable(c.log, "docker_config", cfg.DockerConfig)
+	set, err := buildRegistries(cfg, c.log)
+	if err != nil {
+		return nil, err
 	}
-	for key, rc := range cfg.Registries {
-		name := fmt.Sprintf("registries.%q", key)
-		host := canonicalHost(key)
-		raw := rc.URL
-		if raw == "" {
-			raw = defaultEndpoint(host)
-		}
-		ep, err := parseEndpoint(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%s.url: %v", name, err)
-		}
-		creds, err := rc.credentials(name)
-		if err != nil {
-			return nil, err
-		}
-		if rc.PasswordFile != "" {
-			warnIfWorldReadable(c.log, name+".password_file", rc.PasswordFile)
-		}
-		if creds.anonymous() {
-			creds = c.dockerCreds[host]
-		}
-		c.regs[host] = &registry{host: host, endpoint: ep, creds: creds, trusted: true,
-			private: endpointIsPrivate(ep), realmHosts: rc.RealmHosts}
-	}
+	c.regs.Store(set)
 	if setup != nil {
 		setup(c)
 	}
@@ -230,7 +199,8 @@ func (c *Client) Endpoint(host string) (*url.URL, error) {
 
 func (c *Client) registry(host string) (*registry, error) {
 	h := canonicalHost(host)
-	if reg, ok := c.regs[h]; ok {
+	set := c.regs.Load()
+	if reg, ok := set.regs[h]; ok {
 		return reg, nil
 	}
 	if c.onlyConfigured {
@@ -253,7 +223,7 @@ func (c *Client) registry(host string) (*registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnknownRegistry, err)
 	}
-	return &registry{host: h, endpoint: ep, creds: c.dockerCreds[h]}, nil
+	return &registry{host: h, endpoint: ep, creds: set.dockerCreds[h]}, nil
 }
 
 func truncate(s string) string {
