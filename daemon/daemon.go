@@ -24,8 +24,10 @@ type Daemon struct {
 	srv   *http.Server
 	ln    net.Listener
 	node  *p2p.Node // nil when P2P is disabled
+	src   *sources
 	guard *guard    // access controls and limits of the mirror API (guard.go)
 	hist  *history
+	ops   *ops // admin API and metrics (admin.go, metrics.go)
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -90,13 +92,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		log:             mlog,
 		staleLog:        logEvery{every: time.Minute},
 	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist}
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src}
+	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
+		d.abortNew()
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           accessLog(mlog, g.wrap(routeRoot(mux, m))), // guard.go: access controls, limits
+		Handler:           accessLog(mlog, g.wrap(routeRoot(mux, m)), d.ops.observeRequest), // guard.go: access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
@@ -134,10 +140,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
+	stopOps := d.ops.start() // admin.go
 	var err error
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
+		stopOps()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		err = d.srv.Shutdown(sctx)
 		cancel()
@@ -145,6 +153,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
+	stopOps()
 	if d.node != nil {
 		if cerr := d.node.Close(); cerr != nil {
 			d.log.Warn("closing the p2p node", "err", cerr)
