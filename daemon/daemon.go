@@ -25,7 +25,7 @@ type Daemon struct {
 	ln    net.Listener
 	node  *p2p.Node // nil when P2P is disabled
 	src   *sources
-	guard *guard    // access controls and limits of the mirror API (guard.go)
+	guard *guard // access controls and limits of the mirror API (guard.go)
 	hist  *history
 	ops   *ops // admin API and metrics (admin.go, metrics.go)
 }
