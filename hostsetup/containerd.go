@@ -251,9 +251,12 @@ func PlanContainerd(o ContainerdOptions) (*Plan, error) {
 	}
 	plan := &Plan{}
 	for _, reg := range dedupe(regs) {
-		c, err := planRegistry(r.HostsDir, reg, r.Mirror)
+		c, f, err := planRegistry(r.HostsDir, reg, r.Mirror)
 		if err != nil {
 			return nil, err
+		}
+		if f != nil {
+			findings = append(findings, *f)
 		}
 		plan.add(c)
 	}
@@ -273,31 +276,32 @@ func PlanContainerd(o ContainerdOptions) (*Plan, error) {
 	return plan, nil
 }
 
-func planRegistry(hostsDir, reg, mirror string) (Change, error) {
+func planRegistry(hostsDir, reg, mirror string) (Change, *Finding, error) {
 	path := registryFile(hostsDir, reg)
 	old, err := readOptional(path)
 	if err != nil {
-		return Change{}, err
+		return Change{}, nil, err
 	}
 	c := Change{Path: path, Old: old}
 	if old == nil {
 		certs, err := dirCerts(filepath.Dir(path))
 		if err != nil {
-			return Change{}, err
+			return Change{}, nil, err
 		}
 		c.New, c.Note = createdHostsTOML(reg, mirror, certs), "created"
 	} else {
 		merged, err := mergeHostsTOML(old, mirror)
 		if err != nil {
-			return Change{}, fmt.Errorf("%s is not a valid hosts.toml (containerd ignores it too): %w; fix or remove it, then run setup again", path, err)
+			return Change{}, nil, fmt.Errorf("%s is not a valid hosts.toml (containerd ignores it too): %w; fix or remove it, then run setup again", path, err)
 		}
 		c.New, c.Note = merged, "merged"
 		c.Backup = path + BackupSuffix
 	}
-	if err := checkMergedHosts(reg, filepath.Dir(path), old, c.New, mirror); err != nil {
-		return Change{}, fmt.Errorf("%s: %w (nothing was written)", path, err)
+	f, err := checkMergedHosts(reg, filepath.Dir(path), old, c.New, mirror)
+	if err != nil {
+		return Change{}, nil, fmt.Errorf("%s: %w (nothing was written)", path, err)
 	}
-	return c, nil
+	return c, f, nil
 }
 
 // PlanContainerdUninstall computes how to take shoal out of every hosts.toml in the hosts
@@ -363,30 +367,39 @@ func PlanContainerdUninstall(o ContainerdOptions) (*Plan, error) {
 
 // checkMergedHosts reads the old and new file with containerd's own hosts.toml code and insists
 // that the new one makes containerd try the mirror first, then exactly the hosts the old one
-// named (in order), and that the old file is not one that containerd would reject.
-func checkMergedHosts(reg, dir string, old, merged []byte, mirror string) error {
+// named, in order. When containerd cannot use the old file as it is (a certificate it names does
+// not load), the order cannot be checked that way; the finding says so.
+func checkMergedHosts(reg, dir string, old, merged []byte, mirror string) (*Finding, error) {
 	before, err := resolveHostsContent(reg, dir, old)
+	var ignored *ignoredError
+	if errors.As(err, &ignored) {
+		return nil, fmt.Errorf("not a valid hosts.toml (%w); fix or remove it, then run setup again", err)
+	}
 	if err != nil {
-		return err
+		return &Finding{
+			Severity: Warning,
+			Message:  fmt.Sprintf("containerd cannot use %s as it is (%v): pulls from %s fail until that is fixed", filepath.Join(dir, "hosts.toml"), err, reg),
+			Fix:      "fix the certificate files the hosts.toml names",
+		}, nil
 	}
 	after, err := resolveHostsContent(reg, dir, merged)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	want, _ := parseHostID(mirror)
-	if len(after) == 0 || after[0] != want {
-		return fmt.Errorf("containerd would not try shoal first: it reads %s", describeHosts(after))
+	if len(after) == 0 || after[0].canon() != want.canon() {
+		return nil, fmt.Errorf("containerd would not try shoal first: it reads %s", describeHosts(after))
 	}
 	var rest []hostID
 	for _, h := range before {
-		if h != want {
+		if h.canon() != want.canon() {
 			rest = append(rest, h)
 		}
 	}
 	if !slices.Equal(after[1:], rest) {
-		return fmt.Errorf("containerd would try %s after shoal, the file had %s", describeHosts(after[1:]), describeHosts(rest))
+		return nil, fmt.Errorf("containerd would try %s after shoal, the file had %s", describeHosts(after[1:]), describeHosts(rest))
 	}
-	return nil
+	return nil, nil
 }
 
 // resolveHostsContent is what containerd makes of a hosts.toml with the given content for
@@ -418,11 +431,32 @@ func resolveHostsContent(reg, dir string, content []byte) ([]hostID, error) {
 	return resolveHosts(func(string) (string, error) { return tmp, nil }, reg)
 }
 
-// resolveHosts asks containerd's hosts.toml code which hosts it would try for reg. It logs
-// through logrus; that output is discarded (a broken file shows as the wrong host list).
+// ignoredError is a hosts.toml that containerd reads and then ignores: it logs the error and
+// falls back to the registry itself, so a pull silently bypasses every host in the file.
+type ignoredError struct{ msg string }
+
+func (e *ignoredError) Error() string { return "containerd ignores it: " + e.msg }
+
+// errorHook collects what containerd logs at error level while it reads a hosts directory.
+type errorHook struct{ msgs []string }
+
+func (h *errorHook) Levels() []logrus.Level { return []logrus.Level{logrus.ErrorLevel} }
+func (h *errorHook) Fire(e *logrus.Entry) error {
+	msg := e.Message
+	if err, ok := e.Data[logrus.ErrorKey].(error); ok {
+		msg += ": " + err.Error()
+	}
+	h.msgs = append(h.msgs, msg)
+	return nil
+}
+
+// resolveHosts asks containerd's hosts.toml code which hosts it would try for reg. containerd
+// logs a file it cannot use and goes on without it; that log is turned into an *ignoredError.
 func resolveHosts(hostDir func(string) (string, error), reg string) ([]hostID, error) {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
+	hook := &errorHook{}
+	l.AddHook(hook)
 	ctx := log.WithLogger(context.Background(), logrus.NewEntry(l))
 	name := reg
 	if reg == DefaultRegistry {
@@ -431,6 +465,9 @@ func resolveHosts(hostDir func(string) (string, error), reg string) ([]hostID, e
 	hosts, err := config.ConfigureHosts(ctx, config.HostOptions{HostDir: hostDir})(name)
 	if err != nil {
 		return nil, err
+	}
+	if len(hook.msgs) > 0 {
+		return nil, &ignoredError{msg: strings.Join(hook.msgs, "; ")}
 	}
 	out := make([]hostID, 0, len(hosts))
 	for _, h := range hosts {
@@ -456,7 +493,7 @@ func VerifyContainerd(hostsDir string, registries []string, mirror string) error
 			errs = append(errs, fmt.Errorf("%s: %w", reg, err))
 			continue
 		}
-		if len(hosts) == 0 || hosts[0] != want {
+		if len(hosts) == 0 || hosts[0].canon() != want.canon() {
 			errs = append(errs, fmt.Errorf("%s: containerd would try %s", reg, describeHosts(hosts)))
 		}
 	}

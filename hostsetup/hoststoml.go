@@ -82,6 +82,13 @@ func sectionStart(b []byte, offset int) int {
 // hostID is how containerd identifies a [host."…"] entry: scheme, host and API path.
 type hostID struct{ scheme, host, path string }
 
+// canon folds repeated leading slashes: containerd turns "http://h:5000/" into the path "//v2",
+// which is the same server as "/v2" for a user who meant shoal.
+func (h hostID) canon() hostID {
+	h.path = "/" + strings.TrimLeft(h.path, "/")
+	return h
+}
+
 // parseHostID reads a host key the way containerd's parseHostConfig does (a missing scheme
 // means https, the path gets /v2 appended); override_path is not considered.
 func parseHostID(s string) (hostID, error) {
@@ -121,7 +128,7 @@ func isMirrorSection(s tomlSection, mirror hostID) bool {
 		return false
 	}
 	id, err := parseHostID(s.key[1])
-	return err == nil && id == mirror
+	return err == nil && id.canon() == mirror.canon()
 }
 
 // withoutMirror removes every section of the mirror's host entry from b.
