@@ -174,9 +174,9 @@ func TestContainerdCreateAndUninstall(t *testing.T) {
 		t.Fatalf("want 4 files created, got %+v", p.Changes)
 	}
 	cases := map[string][]string{
-		"docker.io":      {"http://127.0.0.1:5000/v2", "https://registry-1.docker.io/v2"},
-		"ghcr.io":        {"http://127.0.0.1:5000/v2", "https://ghcr.io/v2"},
-		"_default":       {"http://127.0.0.1:5000/v2", "https://registry.invalid/v2"},
+		"docker.io": {"http://127.0.0.1:5000/v2", "https://registry-1.docker.io/v2"},
+		"ghcr.io":   {"http://127.0.0.1:5000/v2", "https://ghcr.io/v2"},
+		"_default":  {"http://127.0.0.1:5000/v2", "https://registry.invalid/v2"},
 		// containerd's own default for a loopback registry: HTTPS first, falling back to HTTP.
 		"localhost:5001": {"http://127.0.0.1:5000/v2", "https://localhost:5001/v2"},
 	}
