@@ -26,7 +26,7 @@ func main() {
 		Usage:   "node-local, P2P-assisted container registry mirror",
 		Version: version,
 		Commands: []*cli.Command{
-			daemonCommand(),
+			withSecurityFlags(daemonCommand()), // security.go
 			{
 				Name:  "config",
 				Usage: "configuration helpers",
@@ -165,6 +165,9 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 			return cfg, err
 		}
 	}
+	if err := applySecurityFlags(c, &cfg); err != nil { // security.go
+		return cfg, err
+	}
 	return cfg, cfg.Validate()
 }
 
@@ -194,6 +197,7 @@ func runDaemon(c *cli.Context) error {
 		}
 		return cli.Exit(err.Error(), 1)
 	}
+	reloadOnHangup(ctx, c, d, log) // security.go: SIGHUP reloads the reloadable settings
 	if err := d.Run(ctx); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
