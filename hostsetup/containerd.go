@@ -249,8 +249,9 @@ func PlanContainerd(o ContainerdOptions) (*Plan, error) {
 	if len(regs) == 0 {
 		regs = append([]string{DefaultRegistry}, existing...)
 	}
-	plan := &Plan{}
-	for _, reg := range dedupe(regs) {
+	regs = dedupe(regs)
+	plan := &Plan{HostsDir: r.HostsDir, Registries: regs}
+	for _, reg := range regs {
 		c, f, err := planRegistry(r.HostsDir, reg, r.Mirror)
 		if err != nil {
 			return nil, err

@@ -124,7 +124,7 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 			return fmt.Sprintf("version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = %q", want)
 		}
 	}
-	restart := "then restart containerd (hosts.toml files themselves are read on every pull, no restart needed for them)"
+	restart := "then restart containerd"
 
 	switch {
 	case c == nil:
@@ -176,7 +176,7 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 		out = append(out, Finding{
 			Severity: Problem,
 			Message:  fmt.Sprintf("%s has config_path = %q, but shoal wrote its hosts.toml files under %s", path, c.configPath, want),
-			Fix:      fmt.Sprintf("set config_path = %q in %s (%s), or run setup with --hosts-dir %s", want, c.registrySection, restart, under(hostRoot, firstOr(paths, DefaultHostsDir))),
+			Fix:      fmt.Sprintf("set config_path = %q in %s and restart containerd, or run setup with --hosts-dir %s", want, c.registrySection, under(hostRoot, firstOr(paths, DefaultHostsDir))),
 		})
 	case len(paths) > 1 && transfer:
 		out = append(out, Finding{

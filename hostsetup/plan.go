@@ -77,6 +77,10 @@ type Plan struct {
 	Unchanged []string
 	// Findings are checks of the runtime's configuration, worst first.
 	Findings []Finding
+	// HostsDir and Registries are what a containerd plan resolved its options to (for
+	// VerifyContainerd once the plan is applied).
+	HostsDir   string
+	Registries []string
 }
 
 // Worst returns the highest severity among the findings (Info when there are none).

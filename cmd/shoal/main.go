@@ -27,6 +27,7 @@ func main() {
 		Version: version,
 		Commands: []*cli.Command{
 			withSecurityFlags(daemonCommand()), // security.go
+			setupCommand(), healthcheckCommand(),
 			{
 				Name:  "config",
 				Usage: "configuration helpers",
@@ -39,19 +40,19 @@ func main() {
 					},
 				}},
 			},
-			{
-				Name:  "version",
-				Usage: "print the version",
-				Action: func(c *cli.Context) error {
-					fmt.Println(version)
-					return nil
-				},
-			},
 		},
+		Flags:                clientFlags(), // admin_cli.go: --admin, --json for the operator commands
 		EnableBashCompletion: true,
+		// An unknown command is a usage error (2); urfave/cli would exit 3, which means "daemon
+		// not reachable" for the operator commands.
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "shoal: no such command %q (see shoal --help)\n", name)
+			os.Exit(exitUsage)
+		},
 		// Exit codes are handled below, once, so that every failure is one line on stderr.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	app.Commands = append(app.Commands, operatorCommands()...) // admin_*.go
 	if err := app.Run(os.Args); err != nil {
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
@@ -91,9 +92,12 @@ func daemonCommand() *cli.Command {
 			&cli.BoolFlag{Name: "mdns", EnvVars: env("MDNS"), Usage: "discover peers with multicast DNS on the local link (default false)"},
 			&cli.StringFlag{Name: "swarm-key", EnvVars: env("SWARM_KEY"), Usage: "libp2p private-network key `FILE`: only nodes with the same key can join"},
 			&cli.DurationFlag{Name: "p2p-lookup-timeout", EnvVars: env("P2P_LOOKUP_TIMEOUT"), Usage: "budget for finding a peer before going upstream (default 300ms)"},
+			&cli.DurationFlag{Name: "p2p-designated-timeout", EnvVars: env("P2P_DESIGNATED_TIMEOUT"), Usage: "wait this long for the swarm's designated fetcher before going upstream (default 500ms)"},
 			&cli.BoolFlag{Name: "p2p-share-private", EnvVars: env("P2P_SHARE_PRIVATE"), Usage: "share content from repositories that needed credentials (default false)"},
 			&cli.StringFlag{Name: "log-format", EnvVars: env("LOG_FORMAT"), Usage: "text or json (default text)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
+			&cli.StringFlag{Name: "admin-listen", EnvVars: env("ADMIN_LISTEN"), Usage: "admin API `ADDR`: unix:/path, HOST:PORT or off (default unix:<data-dir>/admin.sock)"},
+			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "Prometheus /metrics, /healthz, /readyz on `HOST:PORT`, or off (default 127.0.0.1:9095)"},
 		},
 		Action: runDaemon,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
@@ -123,6 +127,9 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 	str("store-min-free", &cfg.Store.MinFree)
 	str("log-format", &cfg.LogFormat)
 	str("log-level", &cfg.LogLevel)
+	str("admin-listen", &cfg.AdminListen)
+	str("metrics-listen", &cfg.MetricsListen)
+	cfg.Version = version
 	if c.IsSet("tag-ttl") {
 		cfg.TagTTL = c.Duration("tag-ttl")
 	}
@@ -156,6 +163,9 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 	}
 	if c.IsSet("p2p-lookup-timeout") {
 		cfg.P2P.LookupTimeout = c.Duration("p2p-lookup-timeout")
+	}
+	if c.IsSet("p2p-designated-timeout") {
+		cfg.P2P.DesignatedTimeout = c.Duration("p2p-designated-timeout")
 	}
 	if c.IsSet("p2p-share-private") {
 		cfg.P2PSharePrivate = c.Bool("p2p-share-private")
