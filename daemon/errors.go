@@ -100,6 +100,10 @@ func classify(err error) *ociError {
 		return &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "registry not served by this mirror", Err: err}
 	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, store.ErrDigestMismatch):
 		return &ociError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "upstream sent content that does not match its digest; nothing was stored", Err: err}
+	case errors.Is(err, upstream.ErrRefused): // guard.go's brief: hostile upstreams get a clear 502
+		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream registry pointed shoal at an address it may not reach (token realm or redirect)", Err: err}
+	case errors.Is(err, upstream.ErrManifestTooLarge), errors.Is(err, upstream.ErrBodyTooLarge):
+		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream registry's answer is larger than shoal accepts", Err: err}
 	case errors.As(err, &ue):
 		switch {
 		case ue.Status == http.StatusNotFound:

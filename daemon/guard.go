@@ -50,9 +50,10 @@ type GuardConfig struct {
 	RateBurst int
 	// MaxConcurrent bounds a client's requests in progress under /v2/ (0 = no bound).
 	MaxConcurrent int
-	// Htpasswd is an htpasswd file with bcrypt hashes; when set, clients other than
-	// loopback must authenticate with HTTP Basic.
-	Htpasswd string
+	// Htpasswd is an htpasswd file with bcrypt hashes; when set, clients outside
+	// AuthExemptCIDR (default: loopback) must authenticate with HTTP Basic.
+	Htpasswd       string
+	AuthExemptCIDR []string
 	// TLSCert and TLSKey serve the mirror API over TLS (both or neither; re-read on reload).
 	TLSCert, TLSKey string
 	// AllowInsecureListen silences the warning for a non-loopback listener without TLS.
@@ -74,6 +75,7 @@ type GuardConfig struct {
 func DefaultGuardConfig() GuardConfig {
 	return GuardConfig{
 		MaxConcurrent:     128,
+		AuthExemptCIDR:    []string{"127.0.0.0/8", "::1/128"},
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		WriteTimeout:      2 * time.Minute,
@@ -85,6 +87,7 @@ func DefaultGuardConfig() GuardConfig {
 // guardPolicy is the reloadable part of the guard, compiled.
 type guardPolicy struct {
 	allowNets, denyNets []netip.Prefix
+	authExempt          []netip.Prefix
 	allowRepo, denyRepo []*regexp.Regexp
 	rate                rate.Limit
 	burst               int
@@ -151,6 +154,9 @@ func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
 		return nil, err
 	}
 	if p.denyNets, err = parseNets("security.deny_cidr", cfg.DenyCIDR); err != nil {
+		return nil, err
+	}
+	if p.authExempt, err = parseNets("security.auth_exempt_cidr", cfg.AuthExemptCIDR); err != nil {
 		return nil, err
 	}
 	if p.allowRepo, err = compileRepoPatterns("security.allow_repo", cfg.AllowRepo); err != nil {
@@ -451,7 +457,7 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 				return
 			}
 		}
-		if p.users != nil && !ip.IsLoopback() && !g.authenticated(r, p) {
+		if p.users != nil && !inNets(p.authExempt, ip) && !g.authenticated(r, p) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="shoal"`)
 			writeError(w, r, g.log, errUnauthorized)
 			return
@@ -498,18 +504,19 @@ func remoteIP(r *http.Request) netip.Addr {
 }
 
 func (p *guardPolicy) clientAllowed(ip netip.Addr) bool {
-	in := func(nets []netip.Prefix) bool {
-		for _, n := range nets {
-			if n.Contains(ip) {
-				return true
-			}
+	if !ip.IsValid() || inNets(p.denyNets, ip) {
+		return false
+	}
+	return len(p.allowNets) == 0 || inNets(p.allowNets, ip)
+}
+
+func inNets(nets []netip.Prefix, ip netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
 		}
-		return false
 	}
-	if !ip.IsValid() || in(p.denyNets) {
-		return false
-	}
-	return len(p.allowNets) == 0 || in(p.allowNets)
+	return false
 }
 
 // repoAllowed applies the repository patterns to a routed request.

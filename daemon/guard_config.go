@@ -19,6 +19,7 @@ type securityFile struct {
 	RateBurst           *int           `yaml:"rate_burst"`
 	MaxConcurrent       *int           `yaml:"max_concurrent_per_client"`
 	Htpasswd            *string        `yaml:"htpasswd"`
+	AuthExemptCIDR      []string       `yaml:"auth_exempt_cidr"`
 	TLSCert             *string        `yaml:"tls_cert"`
 	TLSKey              *string        `yaml:"tls_key"`
 	AllowInsecureListen *bool          `yaml:"allow_insecure_listen"`
@@ -34,6 +35,7 @@ type securityFile struct {
 func (f *securityFile) apply(g *GuardConfig) error {
 	for _, l := range []struct{ dst, src *[]string }{
 		{&g.AllowCIDR, &f.AllowCIDR}, {&g.DenyCIDR, &f.DenyCIDR}, {&g.AllowRepo, &f.AllowRepo}, {&g.DenyRepo, &f.DenyRepo},
+		{&g.AuthExemptCIDR, &f.AuthExemptCIDR},
 	} {
 		if *l.src != nil {
 			*l.dst = *l.src

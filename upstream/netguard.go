@@ -296,7 +296,11 @@ func (l limitBody) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-var errBodyTooLarge = errors.New("response body too large")
+// ErrBodyTooLarge is returned when an upstream response (a token response) is larger than
+// shoal reads.
+var ErrBodyTooLarge = errors.New("upstream response body too large")
+
+var errBodyTooLarge = ErrBodyTooLarge
 
 type cappedBody struct {
 	rc   io.ReadCloser
