@@ -44,6 +44,13 @@ type Config struct {
 	P2PEnabled bool
 	// P2PSharePrivate lets peers fetch content that came from repositories needing credentials.
 	P2PSharePrivate bool
+	// AdminListen is the admin API's address: "" = unix socket <DataDir>/admin.sock,
+	// "unix:/path", or HOST:PORT; "off" disables it. MetricsListen is the Prometheus and probe
+	// endpoint, HOST:PORT or "off". See admin.go and metrics.go.
+	AdminListen   string
+	MetricsListen string
+	// Version is what the admin API and metrics report; main sets it from its build stamp.
+	Version string
 }
 
 // ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
@@ -64,6 +71,8 @@ type fileConfig struct {
 	TagTTL          *time.Duration                     `yaml:"tag_ttl"`
 	LogFormat       *string                            `yaml:"log_format"`
 	LogLevel        *string                            `yaml:"log_level"`
+	AdminListen     *string                            `yaml:"admin_listen"`
+	MetricsListen   *string                            `yaml:"metrics_listen"`
 	Registries      map[string]upstream.RegistryConfig `yaml:"registries"`
 	DockerConfig    *string                            `yaml:"docker_config"`
 	Upstream        struct {
@@ -85,6 +94,7 @@ type fileConfig struct {
 		StallTimeout   *time.Duration `yaml:"stall_timeout"`
 		RecordTTL      *time.Duration `yaml:"record_ttl"`
 		BanDuration    *time.Duration `yaml:"ban_duration"`
+		Designated     *time.Duration `yaml:"designated_timeout"`
 	} `yaml:"p2p"`
 	Store struct {
 		MaxSize    *string        `yaml:"max_size"`
@@ -186,6 +196,8 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.TagTTL, f.TagTTL)
 	set(&c.LogFormat, f.LogFormat)
 	set(&c.LogLevel, f.LogLevel)
+	set(&c.AdminListen, f.AdminListen)
+	set(&c.MetricsListen, f.MetricsListen)
 	set(&c.Upstream.DockerConfig, f.DockerConfig)
 	set(&c.Upstream.OnlyConfigured, f.Upstream.OnlyConfigured)
 	set(&c.Upstream.Timeout, f.Upstream.Timeout)
@@ -218,6 +230,7 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.P2P.StallTimeout, f.P2P.StallTimeout)
 	set(&c.P2P.RecordTTL, f.P2P.RecordTTL)
 	set(&c.P2P.BanDuration, f.P2P.BanDuration)
+	set(&c.P2P.DesignatedTimeout, f.P2P.Designated)
 	set(&c.Store.MinFree, f.Store.MinFree)
 	set(&c.Store.TTL, f.Store.TTL)
 	set(&c.Store.GCInterval, f.Store.GCInterval)
@@ -293,6 +306,9 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		return &ConfigError{Key: "log_format", Err: fmt.Errorf("%q: want text or json", c.LogFormat)}
+	}
+	if err := c.validateOps(); err != nil { // admin.go
+		return err
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

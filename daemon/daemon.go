@@ -63,7 +63,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	src := &sources{up: up, private: priv, hist: hist, log: mlog, sharePrivate: cfg.P2PSharePrivate}
 	var node *p2p.Node
 	if cfg.P2PEnabled {
-		content := &peerContent{store: st, spool: sp, private: priv, sharePrivate: cfg.P2PSharePrivate}
+		content := &peerContent{store: st, spool: sp, private: priv, sharePrivate: cfg.P2PSharePrivate, src: src, log: log.With("component", "p2p")}
 		node, err = p2p.New(ctx, cfg.P2P, cfg.DataDir, content, log.With("component", "p2p"))
 		if err != nil {
 			ln.Close()
@@ -80,7 +80,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		})
 	}
 	sp.onMismatch = src.banLiars
+	// Advertise a blob as soon as its download starts: peers follow it as it grows
+	// (serve-while-downloading), so a rollout pays the upstream once per cluster.
+	sp.onStarted = func(f *fill) { src.advertise(context.Background(), f.d) }
 	sp.onFilled = func(f *fill) { src.advertise(context.Background(), f.d) }
+	sp.onFailed = func(f *fill) { src.withdraw(f.d) }
 	m := &mirror{
 		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),
 		tagTTL:          cfg.TagTTL,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"sync"
 	"time"
 
@@ -22,6 +23,8 @@ type peerNode interface {
 	Withdraw(d digest.Digest)
 	FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error)
 	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
+	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
+	Designated(d digest.Digest) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
 }
 
@@ -38,9 +41,47 @@ type peerContent struct {
 	spool        *spool
 	private      *privateSet
 	sharePrivate bool
+	src          *sources // for FetchForSwarm: the upstream only
+	log          *slog.Logger
 }
 
-var _ p2p.Content = (*peerContent)(nil)
+var (
+	_ p2p.Content      = (*peerContent)(nil)
+	_ p2p.SwarmFetcher = (*peerContent)(nil)
+)
+
+// FetchForSwarm downloads d from the upstream for a peer that designated this node, once for
+// the whole swarm (coalesced with every local and remote request), and streams it as it
+// arrives. It never asks another peer: a request from a peer is never forwarded.
+func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
+	registry = canonicalRegistry(registry)
+	if !validHost(registry) || oci.ValidateRepo(repo) != nil {
+		return nil, 0, fmt.Errorf("%w: bad repository %s/%s", p2p.ErrNotFound, registry, repo)
+	}
+	if _, err := c.src.up.Endpoint(registry); err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", p2p.ErrNotFound, err)
+	}
+	rt := route{kind: "blob", registry: registry, repo: repo}
+	f, started, err := c.spool.join(ctx, rt, d, c.src.upstreamOpener(rt, d, "fetched for the swarm"))
+	if err != nil {
+		return nil, 0, err
+	}
+	if f == nil { // committed meanwhile
+		return c.OpenForPeer(ctx, d, offset)
+	}
+	if started {
+		c.log.Info("fetching for the swarm", "digest", d, "registry", registry, "repo", repo)
+	}
+	size, err := f.waitStarted(ctx)
+	if err == nil && (size < 0 || !c.shareable(ctx, d)) {
+		err = fmt.Errorf("%w: %s may not be shared", p2p.ErrNotFound, d)
+	}
+	if err != nil {
+		f.release()
+		return nil, 0, err
+	}
+	return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
+}
 
 func (c *peerContent) shareable(ctx context.Context, d digest.Digest) bool {
 	return c.sharePrivate || !c.private.has(ctx, d)
@@ -151,23 +192,48 @@ type sources struct {
 type upstreamClient interface {
 	GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	Private(host, repo string) bool
+	Endpoint(host string) (*url.URL, error)
 }
 
 // blobOpener returns the opener a fill uses for one blob. Each call (the first, and each
 // resume after a broken stream) tries providers not tried before, then the upstream.
 func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 	tried := map[string]bool{}
+	up := s.upstreamOpener(rt, d, "")
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		if s.node != nil {
-			rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried)
+		if s.node == nil {
+			return up(ctx, offset)
+		}
+		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried)
+		if err == nil {
+			s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "provided by peer " + peerID})
+			return rc, size, peerID, nil
+		}
+		if ctx.Err() != nil {
+			return nil, 0, "", ctx.Err()
+		}
+		// Nobody has it or is fetching it: ask the peer the swarm designates for this
+		// digest, so that the upstream is paid once for everyone.
+		if dp, self, derr := s.node.Designated(d); derr == nil && !self && !tried[dp.ID] {
+			tried[dp.ID] = true
+			rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.registry, rt.repo)
 			if err == nil {
-				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "provided by peer " + peerID})
-				return rc, size, peerID, nil
+				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: "nobody had it; designated peer " + dp.ID + " fetched it for the swarm"})
+				return rc, size, dp.ID, nil
 			}
+			s.log.Debug("designated peer did not answer; going to the upstream", "digest", d, "peer", dp.ID, "err", err)
 			if ctx.Err() != nil {
 				return nil, 0, "", ctx.Err()
 			}
 		}
+		return up(ctx, offset)
+	}
+}
+
+// upstreamOpener opens d from the upstream only, recording whether the repository needed
+// credentials (its content is then kept from peers).
+func (s *sources) upstreamOpener(rt route, d digest.Digest, why string) blobOpener {
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
 		rc, size, err := s.up.GetBlob(ctx, rt.registry, rt.repo, d, offset)
 		if err != nil {
 			return nil, 0, "", err
@@ -175,9 +241,13 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		if s.up.Private(rt.registry, rt.repo) {
 			s.private.add(ctx, d)
 		}
-		reason := "no peer provides it"
-		if s.node == nil {
+		reason := why
+		switch {
+		case reason != "":
+		case s.node == nil:
 			reason = "P2P disabled"
+		default:
+			reason = "no peer had it and this node is its designated fetcher (or the designated peer did not answer)"
 		}
 		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "upstream", Reason: reason})
 		return rc, size, "upstream", nil
@@ -257,6 +327,13 @@ func (s *sources) advertise(ctx context.Context, d digest.Digest) {
 			s.log.Debug("provide failed", "digest", d, "err", err)
 		}
 	}()
+}
+
+// withdraw stops advertising d (a download that failed).
+func (s *sources) withdraw(d digest.Digest) {
+	if s.node != nil {
+		s.node.Withdraw(d)
+	}
 }
 
 // banLiars bans every peer that contributed to a download whose bytes did not verify: we

@@ -266,3 +266,42 @@ func (u *upstreamLog) basicAuth(prefix, user, pass string) {
 		inner.ServeHTTP(w, r)
 	})
 }
+
+// Every node pulls the same cold image at the same instant: the swarm agrees on one designated
+// fetcher per digest, so the upstream serves each blob once.
+func TestSimultaneousColdPullsFetchEachBlobOnce(t *testing.T) {
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/rollout", 4<<20, 3)
+	first := startNode(t, up, nil)
+	nodes := []*Daemon{first}
+	for range 3 {
+		nodes = append(nodes, startNode(t, up, first.node.Addrs()))
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return n.node.Status().RoutingTableSize >= len(nodes)-1 })
+	}
+	up.reset()
+	start := make(chan struct{})
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		go func() {
+			<-start
+			got, err := pullThrough(t, n, "test/rollout:latest")
+			if err == nil && mustDigest(t, got) != mustDigest(t, img) {
+				err = fmt.Errorf("wrong image")
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for range nodes {
+		if err := <-errs; err != nil {
+			t.Fatalf("pull: %v", err)
+		}
+	}
+	for _, d := range layerDigests(t, img) {
+		if n := up.count("GET", "/blobs/"+d.String()); n != 1 {
+			t.Errorf("blob %s: %d upstream GETs for %d simultaneous pulls, want 1", d, n, len(nodes))
+		}
+	}
+}

@@ -75,6 +75,9 @@ type spool struct {
 	onMismatch func(*fill) bool
 	// onFilled hears of fills that were verified and committed (to advertise them).
 	onFilled func(*fill)
+	// onStarted hears of fills whose first source answered: peers may follow them from now
+	// on. onFailed hears of fills that ended without content.
+	onStarted, onFailed func(*fill)
 }
 
 // lookup returns the fill in flight for d with a reference held, or nil.
@@ -169,6 +172,9 @@ func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
 	if err == nil && s.onFilled != nil {
 		s.onFilled(f)
 	}
+	if err != nil && s.onFailed != nil {
+		s.onFailed(f)
+	}
 	f.release()
 }
 
@@ -216,7 +222,9 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 			f.peerFrom = f.written
 		}
 		f.mu.Unlock()
-		f.start(size, nil)
+		if f.start(size, nil) && s.onStarted != nil {
+			s.onStarted(f)
+		}
 		err = s.drain(f, rc, buf)
 		rc.Close()
 		if err == nil {
@@ -261,9 +269,11 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 	}
 }
 
-// start records the blob's size (or the error that stopped it) the first time it is known.
-func (f *fill) start(size int64, err error) {
+// start records the blob's size (or the error that stopped it) the first time it is known,
+// and reports whether this call was the first.
+func (f *fill) start(size int64, err error) (first bool) {
 	f.startOnce.Do(func() {
+		first = true
 		f.mu.Lock()
 		f.size = size
 		if err != nil {
@@ -273,6 +283,7 @@ func (f *fill) start(size int64, err error) {
 		f.mu.Unlock()
 		close(f.started)
 	})
+	return first
 }
 
 // broadcast wakes every waiting reader; f.mu is held.

@@ -38,6 +38,9 @@ type Config struct {
 	RecordTTL time.Duration `yaml:"record_ttl"`
 	// BanDuration is how long a peer stays banned after Ban.
 	BanDuration time.Duration `yaml:"ban_duration"`
+	// DesignatedTimeout bounds the wait for a designated fetcher's first answer (FetchVia)
+	// before the caller goes to the upstream itself.
+	DesignatedTimeout time.Duration `yaml:"designated_timeout"`
 }
 
 // DefaultPort is the TCP port of the default listen address.
@@ -53,6 +56,8 @@ func DefaultConfig() Config {
 		StallTimeout:   5 * time.Second,
 		RecordTTL:      30 * time.Minute,
 		BanDuration:    10 * time.Minute,
+		// Well under a second: long enough for a registry's token round trip and first byte.
+		DesignatedTimeout: 500 * time.Millisecond,
 	}
 }
 
@@ -86,6 +91,7 @@ func (c Config) Validate() error {
 		{"p2p.stall_timeout", c.StallTimeout},
 		{"p2p.record_ttl", c.RecordTTL},
 		{"p2p.ban_duration", c.BanDuration},
+		{"p2p.designated_timeout", c.DesignatedTimeout},
 	} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be a positive duration, got %v", d.key, d.v))

@@ -47,6 +47,13 @@ type Content interface {
 	ShareList(ctx context.Context) ([]digest.Digest, error)
 }
 
+// SwarmFetcher is implemented by Content that downloads on the swarm's behalf when this node is
+// the designated fetcher of a digest (FetchVia). It fetches from the upstream only, never from
+// another peer, and must refuse (ErrNotFound) what it may not share.
+type SwarmFetcher interface {
+	FetchForSwarm(ctx context.Context, d digest.Digest, offset int64, registry, repo string) (rc io.ReadCloser, size int64, err error)
+}
+
 // Sentinel errors, compared with errors.Is.
 var (
 	// ErrNotFound means the content is absent (or withdrawn) on the asked node.

@@ -22,29 +22,37 @@ import (
 // The blob protocol: one request and one response per stream, over an authenticated (and,
 // with a swarm key, private) libp2p connection.
 //
-//	request:  "<digest> <offset> local\n"          at most maxRequestLine bytes
+//	request:  "<digest> <offset> local\n"                      at most maxRequestLine bytes
+//	          "<digest> <offset> fetch <registry> <repo>\n"     (ask a designated fetcher)
 //	response: "OK <size>\n" then size-offset bytes  (size is the full content size)
 //	          "NOTFOUND\n" | "RANGE <size>\n" | "BADREQUEST\n" | "BUSY\n" | "ERROR\n"
 //
 // "local" marks the request as coming from a peer: it is answered from the node's own
-// content only and never forwarded to an upstream or another peer (no loops). It is the only
-// mode today; a later mode (for example asking a designated fetcher) gets its own word.
+// content only and never forwarded to an upstream or another peer (no loops). "fetch" asks the
+// peer that the swarm designated for the digest to download it from the named upstream
+// repository (once, for everyone) and stream it as it arrives; it too is never forwarded to
+// another peer. Only Content that implements SwarmFetcher answers it.
 // The response carries the full size, so a body cut short (the server's content failed, or
 // the connection dropped) is always seen as an error, never mistaken for a complete one.
 const (
 	blobProtocol    = "/shoal/blob/1.0.0"
-	maxRequestLine  = 256
+	maxRequestLine  = 1024
 	maxResponseLine = 64
 	modeLocal       = "local"
+	modeFetch       = "fetch"
+	maxRegistryLen  = 255
+	maxRepoLen      = 255
 	// maxOffset keeps offsets far from int64 overflow in size arithmetic.
 	maxOffset = 1 << 62
 )
 
 // request is a parsed blob request.
 type request struct {
-	Digest digest.Digest
-	Offset int64
-	Mode   string
+	Digest   digest.Digest
+	Offset   int64
+	Mode     string
+	Registry string // fetch mode
+	Repo     string // fetch mode
 }
 
 // errBadRequest classifies every parse failure.
@@ -60,8 +68,8 @@ func parseRequest(line []byte) (request, error) {
 		return request{}, fmt.Errorf("%w: missing newline", errBadRequest)
 	}
 	fields := bytes.Split(body, []byte(" "))
-	if len(fields) != 3 {
-		return request{}, fmt.Errorf("%w: want 3 space-separated fields, got %d", errBadRequest, len(fields))
+	if len(fields) != 3 && len(fields) != 5 {
+		return request{}, fmt.Errorf("%w: want 3 or 5 space-separated fields, got %d", errBadRequest, len(fields))
 	}
 	d, err := parseDigestStrict(fields[0])
 	if err != nil {
@@ -71,10 +79,30 @@ func parseRequest(line []byte) (request, error) {
 	if err != nil {
 		return request{}, fmt.Errorf("%w: offset: %v", errBadRequest, err)
 	}
-	if string(fields[2]) != modeLocal {
-		return request{}, fmt.Errorf("%w: unknown mode", errBadRequest)
+	switch {
+	case len(fields) == 3 && string(fields[2]) == modeLocal:
+		return request{Digest: d, Offset: off, Mode: modeLocal}, nil
+	case len(fields) == 5 && string(fields[2]) == modeFetch:
+		reg, repo := fields[3], fields[4]
+		if !token(reg, maxRegistryLen) || !token(repo, maxRepoLen) {
+			return request{}, fmt.Errorf("%w: registry or repository", errBadRequest)
+		}
+		return request{Digest: d, Offset: off, Mode: modeFetch, Registry: string(reg), Repo: string(repo)}, nil
 	}
-	return request{Digest: d, Offset: off, Mode: modeLocal}, nil
+	return request{}, fmt.Errorf("%w: unknown mode", errBadRequest)
+}
+
+// token accepts 1..max printable ASCII bytes without spaces; the Content checks the grammar.
+func token(b []byte, max int) bool {
+	if len(b) == 0 || len(b) > max {
+		return false
+	}
+	for _, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // parseDigestStrict accepts only canonical sha256/sha512 digests: lower-case hex of the
@@ -126,6 +154,9 @@ func parseUint(b []byte, max int64) (int64, error) {
 }
 
 func (r request) marshal() []byte {
+	if r.Mode == modeFetch {
+		return fmt.Appendf(nil, "%s %d %s %s %s\n", r.Digest, r.Offset, r.Mode, r.Registry, r.Repo)
+	}
 	return fmt.Appendf(nil, "%s %d %s\n", r.Digest, r.Offset, r.Mode)
 }
 
@@ -211,7 +242,19 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rc, size, err := n.content.OpenForPeer(ctx, req.Digest, req.Offset)
+	var rc io.ReadCloser
+	var size int64
+	if req.Mode == modeFetch {
+		sf, ok := n.content.(SwarmFetcher)
+		if !ok {
+			n.reply(s, statusNotFound)
+			s.Close()
+			return
+		}
+		rc, size, err = sf.FetchForSwarm(ctx, req.Digest, req.Offset, req.Registry, req.Repo)
+	} else {
+		rc, size, err = n.content.OpenForPeer(ctx, req.Digest, req.Offset)
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			n.reply(s, statusNotFound)
@@ -288,6 +331,24 @@ func (n *Node) reply(s network.Stream, line string) bool {
 // when the stream ends early, and with ctx's error once ctx ends. Close before the end
 // aborts the transfer. A peer without the content answers an error wrapping ErrNotFound.
 func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	return n.fetch(ctx, p, request{Digest: d, Offset: offset, Mode: modeLocal}, n.cfg.StallTimeout)
+}
+
+// FetchVia asks p, the peer designated for d (see Designated), to download d from the
+// upstream repository registry/repo for the swarm and stream it from offset as it arrives.
+// The peer must answer within DesignatedTimeout, or the caller should go to the upstream
+// itself. Like Fetch, the caller verifies the digest.
+func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
+	req := request{Digest: d, Offset: offset, Mode: modeFetch, Registry: registry, Repo: repo}
+	if !token([]byte(registry), maxRegistryLen) || !token([]byte(repo), maxRepoLen) {
+		return nil, 0, fmt.Errorf("p2p: fetch %s via %s: invalid registry or repository", d, p.ID)
+	}
+	return n.fetch(ctx, p, req, min(n.cfg.DesignatedTimeout, n.cfg.StallTimeout))
+}
+
+// fetch sends req to p; answer bounds the wait for the response line.
+func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Duration) (io.ReadCloser, int64, error) {
+	d, offset := req.Digest, req.Offset
 	if _, err := parseDigestStrict([]byte(d)); err != nil {
 		return nil, 0, fmt.Errorf("p2p: fetch %q: invalid digest", d)
 	}
@@ -349,11 +410,11 @@ func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64)
 		return fail(fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, err))
 	}
 	_ = s.SetWriteDeadline(time.Now().Add(stall))
-	if _, err := s.Write(request{Digest: d, Offset: offset, Mode: modeLocal}.marshal()); err != nil {
+	if _, err := s.Write(req.marshal()); err != nil {
 		return abort(err)
 	}
 	_ = s.CloseWrite()
-	_ = s.SetReadDeadline(time.Now().Add(stall))
+	_ = s.SetReadDeadline(time.Now().Add(answer))
 	br := bufio.NewReaderSize(s, 64<<10)
 	line, err := readLine(br, maxResponseLine)
 	if err != nil {
