@@ -5,18 +5,38 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/shoal-mirror/shoal/upstream"
 )
 
-// accessLog writes one line per request: route, status, bytes, duration and where the answer
-// came from. It never logs headers (they may carry credentials).
-func accessLog(log *slog.Logger, next http.Handler) http.Handler {
+// requestDone describes a finished request to the access log's observers (the metrics).
+type requestDone struct {
+	path           string
+	status         int
+	bytes          int64
+	source         string
+	duration       time.Duration
+	upstreamStatus int // last upstream HTTP status for this request, 0 if the upstream was not asked
+}
+
+// accessLog writes one line per request: route, status, bytes, duration, where the answer
+// came from and the upstream's status when it was asked, then tells the observers. It never
+// logs headers or the query beyond ns (they may carry credentials).
+func accessLog(log *slog.Logger, next http.Handler, observers ...func(requestDone)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		note := &upstream.StatusNote{}
+		r = r.WithContext(upstream.WithStatusNote(r.Context(), note))
 		defer func() {
+			rd := requestDone{path: r.URL.Path, status: rec.status, bytes: rec.bytes, source: w.Header().Get(hdrSource),
+				duration: time.Since(start), upstreamStatus: note.Status()}
 			log.Info("request", "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"),
-				"status", rec.status, "bytes", rec.bytes, "source", w.Header().Get(hdrSource),
-				"duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr)
+				"status", rd.status, "bytes", rd.bytes, "source", rd.source, "upstream_status", rd.upstreamStatus,
+				"duration", rd.duration.Round(time.Microsecond), "remote", r.RemoteAddr)
+			for _, o := range observers {
+				o(rd)
+			}
 		}()
 		next.ServeHTTP(rec, r)
 	})

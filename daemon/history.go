@@ -60,3 +60,22 @@ func (h *history) recent(d digest.Digest) []decision {
 	}
 	return out
 }
+
+// size is how many decisions the ring holds now.
+func (h *history) size() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.full {
+		return len(h.ring)
+	}
+	return h.next
+}
+
+// recentN is recent limited to n decisions (n <= 0: all).
+func (h *history) recentN(d digest.Digest, n int) []decision {
+	out := h.recent(d)
+	if n > 0 && len(out) > n {
+		out = out[:n]
+	}
+	return out
+}

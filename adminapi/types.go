@@ -1,0 +1,258 @@
+package adminapi
+
+import "time"
+
+// Error codes of API errors; the CLI turns them into exit codes.
+const (
+	CodeNotFound   = "not_found"   // the image, digest or peer is unknown (HTTP 404)
+	CodeBadRequest = "bad_request" // the request is malformed (HTTP 400)
+	CodeDisabled   = "p2p_disabled"
+	CodeInternal   = "internal"
+)
+
+// ErrorBody is the JSON body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// Status is `shoal status`: who the daemon is, how full its store is, where answers came
+// from, how the upstreams fare and what the swarm looks like.
+type Status struct {
+	Version         string    `json:"version"`
+	PID             int       `json:"pid"`
+	StartedAt       time.Time `json:"started_at"`
+	UptimeSeconds   float64   `json:"uptime_seconds"`
+	Listen          string    `json:"listen"`
+	Admin           string    `json:"admin"`
+	Metrics         string    `json:"metrics,omitempty"`
+	DataDir         string    `json:"data_dir"`
+	DefaultRegistry string    `json:"default_registry"`
+	Ready           bool      `json:"ready"`
+
+	Store StoreStatus `json:"store"`
+	// Sources counts manifest and blob answers (2xx) by where they came from: store, inflight
+	// (joined a download under way), peer, upstream, passthrough (store full).
+	Sources []SourceCount `json:"sources"`
+	// HitRatio is the share of those answers that did not go to the upstream (store, inflight
+	// and peer), 0 when there were none.
+	HitRatio       float64          `json:"hit_ratio"`
+	InFlight       int              `json:"inflight_fetches"`
+	Upstreams      []UpstreamStatus `json:"upstreams"`
+	P2P            *P2PStatus       `json:"p2p"` // null: P2P disabled
+	HistoryEntries int              `json:"history_entries"`
+}
+
+// StoreStatus is the store's usage against its budget.
+type StoreStatus struct {
+	BytesUsed      int64            `json:"bytes_used"`
+	MaxSize        int64            `json:"max_size"`
+	Items          int64            `json:"items"`
+	Hits           int64            `json:"hits"`
+	Misses         int64            `json:"misses"`
+	VerifyFailures int64            `json:"verify_failures"`
+	Evictions      map[string]int64 `json:"evictions"`
+}
+
+// SourceCount is how many answers (and bytes) came from one source.
+type SourceCount struct {
+	Source   string `json:"source"`
+	Requests int64  `json:"requests"`
+	Bytes    int64  `json:"bytes"`
+}
+
+// UpstreamStatus is one upstream registry's traffic and health.
+type UpstreamStatus struct {
+	Registry        string           `json:"registry"`
+	Responses       map[string]int64 `json:"responses"` // by HTTP status code
+	TransportErrors int64            `json:"transport_errors"`
+	TokensFetched   int64            `json:"tokens_fetched"`
+	TokenErrors     int64            `json:"token_errors"`
+	LastOK          *time.Time       `json:"last_ok,omitempty"`
+	LastError       *time.Time       `json:"last_error,omitempty"`
+	LastErrorText   string           `json:"last_error_text,omitempty"`
+	// Healthy: the last thing heard from the registry was not an error.
+	Healthy   bool       `json:"healthy"`
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+}
+
+// RateLimit is the last rate-limit state a registry reported; -1 means not given.
+type RateLimit struct {
+	Limit         int       `json:"limit"`
+	Remaining     int       `json:"remaining"`
+	WindowSeconds int64     `json:"window_seconds"`
+	Seen          time.Time `json:"seen"`
+}
+
+// P2PStatus summarises the node's place in the swarm.
+type P2PStatus struct {
+	PeerID           string   `json:"peer_id"`
+	Addrs            []string `json:"addrs"`
+	Peers            int      `json:"peers"`  // connected
+	Banned           int      `json:"banned"` // currently banned
+	RoutingTableSize int      `json:"routing_table_size"`
+	Provided         int      `json:"provided"`
+	Lookups          int64    `json:"lookups"`
+	LookupHits       int64    `json:"lookup_hits"`
+	LookupP50Ms      float64  `json:"lookup_p50_ms"`
+	LookupP99Ms      float64  `json:"lookup_p99_ms"`
+	Bans             int64    `json:"bans"`
+}
+
+// Peers is `shoal peers`.
+type Peers struct {
+	Enabled bool   `json:"enabled"`
+	Self    string `json:"self,omitempty"`
+	Peers   []Peer `json:"peers"`
+}
+
+// Peer is one connected or banned peer.
+type Peer struct {
+	ID          string     `json:"id"`
+	Addrs       []string   `json:"addrs"`
+	LatencyMs   float64    `json:"latency_ms"`
+	BytesIn     int64      `json:"bytes_in"`
+	BytesOut    int64      `json:"bytes_out"`
+	Failures    int64      `json:"failures"`
+	Banned      bool       `json:"banned"`
+	BannedUntil *time.Time `json:"banned_until,omitempty"`
+}
+
+// Ping is `shoal peers ping ID`.
+type Ping struct {
+	Peer  string  `json:"peer"`
+	RTTMs float64 `json:"rtt_ms"`
+}
+
+// CacheEntry is one piece of content in the store.
+type CacheEntry struct {
+	Digest    string    `json:"digest"`
+	Size      int64     `json:"size"`
+	MediaType string    `json:"media_type,omitempty"`
+	Kind      string    `json:"kind"` // index, manifest or blob
+	Created   time.Time `json:"created"`
+	Accessed  time.Time `json:"accessed"`
+	Pinned    bool      `json:"pinned"`
+}
+
+// CacheList is `shoal cache ls`.
+type CacheList struct {
+	Entries   []CacheEntry `json:"entries"`
+	BytesUsed int64        `json:"bytes_used"`
+	MaxSize   int64        `json:"max_size"`
+}
+
+// RemoveResult is `shoal cache rm`.
+type RemoveResult struct {
+	Target  string       `json:"target"`
+	Removed []CacheEntry `json:"removed"`
+	Bytes   int64        `json:"bytes"`
+	// Shared lists content of the image that stays because other cached images use it.
+	Shared []string `json:"shared,omitempty"`
+}
+
+// GCResult is `shoal cache gc`.
+type GCResult struct {
+	Evicted     int            `json:"evicted"`
+	Bytes       int64          `json:"bytes"`
+	ByReason    map[string]int `json:"by_reason"`
+	TagsDropped int            `json:"tags_dropped"`
+}
+
+// VerifyResult is `shoal cache verify`. Corrupt and missing content has been removed.
+type VerifyResult struct {
+	Checked int      `json:"checked"`
+	Bytes   int64    `json:"bytes"`
+	Corrupt []string `json:"corrupt"`
+	Missing []string `json:"missing"`
+}
+
+// PinResult is `shoal cache pin|unpin`.
+type PinResult struct {
+	Image  string `json:"image"`
+	Digest string `json:"digest"`
+	Pinned bool   `json:"pinned"`
+}
+
+// PullRequest asks the daemon to warm its cache with images, pulled through its own mirror
+// API. Platform ("os/arch[/variant]") limits an index to one platform; "" pulls all.
+type PullRequest struct {
+	Images   []string `json:"images"`
+	Platform string   `json:"platform,omitempty"`
+}
+
+// Pull event types, in the order they come for one image.
+const (
+	EventImage    = "image"    // an image reference was resolved
+	EventManifest = "manifest" // a platform manifest was fetched
+	EventBlob     = "blob"     // a config or layer: State says how far
+	EventDone     = "done"     // the last event of a pull: totals
+)
+
+// Blob states.
+const (
+	StateStart    = "start"
+	StateProgress = "progress"
+	StateDone     = "done"
+	StateError    = "error"
+)
+
+// PullEvent is one line of a pull's progress stream.
+type PullEvent struct {
+	Type      string `json:"type"`
+	Image     string `json:"image,omitempty"`
+	Digest    string `json:"digest,omitempty"`
+	MediaType string `json:"media_type,omitempty"`
+	Platform  string `json:"platform,omitempty"`
+	Kind      string `json:"kind,omitempty"` // config or layer
+	State     string `json:"state,omitempty"`
+	Size      int64  `json:"size,omitempty"`
+	Done      int64  `json:"done,omitempty"`
+	Source    string `json:"source,omitempty"` // store, inflight, peer, upstream, passthrough
+	Error     string `json:"error,omitempty"`
+	// Totals, on the done event.
+	Images int   `json:"images,omitempty"`
+	Blobs  int   `json:"blobs,omitempty"`
+	Bytes  int64 `json:"bytes,omitempty"`
+	Errors int   `json:"errors,omitempty"`
+}
+
+// Explain is `shoal explain`: where each piece of an image is, where the next pull of it
+// would come from, and what recent pulls did.
+type Explain struct {
+	Target     string         `json:"target"`
+	Digest     string         `json:"digest"`
+	MediaType  string         `json:"media_type,omitempty"`
+	Resolution string         `json:"resolution"` // how the target became a digest
+	P2P        bool           `json:"p2p"`
+	Blobs      []ExplainEntry `json:"blobs"`
+	History    []Decision     `json:"history"`
+}
+
+// ExplainEntry is one manifest, config or layer of an explained image.
+type ExplainEntry struct {
+	Digest    string   `json:"digest"`
+	Kind      string   `json:"kind"` // index, manifest, config, layer
+	Platform  string   `json:"platform,omitempty"`
+	Size      int64    `json:"size"`
+	InStore   bool     `json:"in_store"`
+	Pinned    bool     `json:"pinned,omitempty"`
+	Providers []string `json:"providers,omitempty"` // peers that advertise it
+	// Next is where the next request for it would be answered from: store, peer or upstream.
+	Next   string `json:"next"`
+	Reason string `json:"reason"`
+	// Last is the newest recorded decision for it, if any.
+	Last *Decision `json:"last,omitempty"`
+}
+
+// Decision is one recorded answer: where content came from and why.
+type Decision struct {
+	Time     time.Time `json:"time"`
+	Registry string    `json:"registry"`
+	Repo     string    `json:"repo"`
+	Digest   string    `json:"digest"`
+	Kind     string    `json:"kind"`
+	Source   string    `json:"source"`
+	Reason   string    `json:"reason,omitempty"`
+	Bytes    int64     `json:"bytes,omitempty"`
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-mirror/shoal/adminapi"
+)
+
+// Exit codes of the operator commands, for scripts (README "Operating shoal").
+const (
+	exitFailure     = 1 // the operation failed (the message says why)
+	exitUsage       = 2 // bad flags, arguments or configuration
+	exitUnreachable = 3 // no daemon answers on the admin address
+	exitNotFound    = 4 // the image, digest or peer is unknown to the daemon
+	exitDamaged     = 5 // cache verify found (and removed) content that did not match its digest
+)
+
+// defaultAdminAddr is the daemon's default socket: <data dir>/admin.sock, with the data dir
+// from SHOAL_DATA_DIR when set (the same variable the daemon reads).
+func defaultAdminAddr() string {
+	dir := os.Getenv("SHOAL_DATA_DIR")
+	if dir == "" {
+		dir = "/var/lib/shoal"
+	}
+	return "unix:" + filepath.Join(dir, adminapi.DefaultSocketName)
+}
+
+// clientFlags are on the app and on every operator command, so that both `shoal --json
+// status` and `shoal status --json` work.
+func clientFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "admin", EnvVars: env("ADMIN"), Usage: "admin API of the daemon: `ADDR` = unix:/path/admin.sock or HOST:PORT (default unix:$SHOAL_DATA_DIR/admin.sock, else unix:/var/lib/shoal/admin.sock)"},
+		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of text"},
+	}
+}
+
+// withClientFlags adds clientFlags to a command and its subcommands, and turns usage errors
+// into exit code 2.
+func withClientFlags(cmd *cli.Command) *cli.Command {
+	cmd.Flags = append(cmd.Flags, clientFlags()...)
+	if cmd.OnUsageError == nil {
+		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return cli.Exit(cmd.Name+": "+err.Error(), exitUsage) }
+	}
+	for _, sub := range cmd.Subcommands {
+		withClientFlags(sub)
+	}
+	return cmd
+}
+
+// lineageString returns the first value set for a flag from the command up to the app.
+func lineageString(c *cli.Context, name string) string {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet(name) {
+			return cc.String(name)
+		}
+	}
+	return ""
+}
+
+func jsonOut(c *cli.Context) bool {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet("json") {
+			return cc.Bool("json")
+		}
+	}
+	return false
+}
+
+func adminClient(c *cli.Context) (*adminapi.Client, error) {
+	addr := lineageString(c, "admin")
+	if addr == "" {
+		addr = defaultAdminAddr()
+	}
+	cl, err := adminapi.NewClient(addr)
+	if err != nil {
+		return nil, cli.Exit(err.Error(), exitUsage)
+	}
+	return cl, nil
+}
+
+// cmdContext is cancelled by Ctrl-C or SIGTERM.
+func cmdContext(c *cli.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+}
+
+// exitFor turns an admin API error into a one-line message and an exit code.
+func exitFor(err error) error {
+	var ue *adminapi.UnreachableError
+	var ae *adminapi.APIError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ue):
+		return cli.Exit(fmt.Sprintf("%v (is `shoal daemon` running? point --admin or SHOAL_ADMIN at its admin_listen)", ue), exitUnreachable)
+	case errors.As(err, &ae):
+		switch ae.Code {
+		case adminapi.CodeNotFound:
+			return cli.Exit(ae.Message, exitNotFound)
+		case adminapi.CodeBadRequest:
+			return cli.Exit(ae.Message, exitUsage)
+		}
+		return cli.Exit(ae.Message, exitFailure)
+	case errors.Is(err, context.Canceled):
+		return cli.Exit("interrupted", exitFailure)
+	}
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return err
+	}
+	return cli.Exit(err.Error(), exitFailure)
+}
+
+// adminAction wraps an operator command: client, context, and error mapping.
+func adminAction(fn func(c *cli.Context, ctx context.Context, cl *adminapi.Client) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		cl, err := adminClient(c)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := cmdContext(c)
+		defer cancel()
+		return exitFor(fn(c, ctx, cl))
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// needArgs checks the number of positional arguments.
+func needArgs(c *cli.Context, min int, what string) error {
+	if c.NArg() < min {
+		return cli.Exit(fmt.Sprintf("%s: missing %s (see `shoal %s --help`)", c.Command.FullName(), what, c.Command.FullName()), exitUsage)
+	}
+	return nil
+}
+
+// ---- formatting ----
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func humanDuration(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	default:
+		return d.Round(time.Minute).String()
+	}
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return humanDuration(time.Since(t)) + " ago"
+}
+
+// shortDigest keeps the algorithm and 12 hex digits, like docker does for image IDs.
+func shortDigest(d string) string {
+	alg, hex, ok := strings.Cut(d, ":")
+	if !ok || len(hex) <= 12 {
+		return d
+	}
+	return alg + ":" + hex[:12]
+}
+
+// isTerminal reports whether f is a terminal (the TCGETS ioctl succeeds, as
+// golang.org/x/term's IsTerminal does on Linux).
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// termWidth is the terminal's width in columns, 80 if unknown.
+func termWidth(f *os.File) int {
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	if err != nil || ws.Col == 0 {
+		return 80
+	}
+	return int(ws.Col)
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/shoal-mirror/shoal/adminapi"
+)
+
+func pullCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "pull",
+		Usage:     "warm this node's cache (and so its peers') with images, through the daemon's own mirror",
+		ArgsUsage: "IMAGE[:TAG|@DIGEST]...",
+		Description: "Every platform of a multi-platform image is pulled unless --platform names one. On a terminal\n" +
+			"each layer gets a progress bar; otherwise one line per manifest and layer is printed\n" +
+			"(--json: the daemon's progress events, one JSON object per line).",
+		Flags: []cli.Flag{&cli.StringFlag{Name: "platform", Usage: "only this platform of an index, `OS/ARCH[/VARIANT]`"}},
+		Action: adminAction(func(c *cli.Context, ctx context.Context, cl *adminapi.Client) error {
+			if err := needArgs(c, 1, "IMAGE"); err != nil {
+				return err
+			}
+			req := adminapi.PullRequest{Images: c.Args().Slice(), Platform: c.String("platform")}
+			var r pullRenderer
+			switch {
+			case jsonOut(c):
+				r = &jsonRenderer{enc: json.NewEncoder(os.Stdout)}
+			case isTerminal(os.Stdout) && os.Getenv("TERM") != "dumb":
+				r = newBarRenderer(os.Stdout, termWidth(os.Stdout))
+			default:
+				r = &lineRenderer{w: os.Stdout}
+			}
+			done, err := cl.Pull(ctx, req, r.event)
+			r.close()
+			if err != nil {
+				return err
+			}
+			if done.Errors > 0 {
+				return cli.Exit(fmt.Sprintf("pull: %d error(s)", done.Errors), exitFailure)
+			}
+			return nil
+		}),
+	}
+}
+
+// pullRenderer shows a pull's progress events.
+type pullRenderer interface {
+	event(adminapi.PullEvent)
+	close()
+}
+
+type jsonRenderer struct{ enc *json.Encoder }
+
+func (r *jsonRenderer) event(ev adminapi.PullEvent) { _ = r.enc.Encode(ev) }
+func (r *jsonRenderer) close()                      {}
+
+// lineRenderer prints one line per finished step, for logs and pipes.
+type lineRenderer struct{ w io.Writer }
+
+func (r *lineRenderer) event(ev adminapi.PullEvent) {
+	switch {
+	case ev.Type == adminapi.EventImage && ev.State == adminapi.StateError:
+		fmt.Fprintf(r.w, "%s: error: %s\n", ev.Image, ev.Error)
+	case ev.Type == adminapi.EventImage:
+		fmt.Fprintf(r.w, "%s: resolved to %s (%s)\n", ev.Image, ev.Digest, ev.Source)
+	case ev.Type == adminapi.EventManifest:
+		fmt.Fprintf(r.w, "%s: manifest %s for %s (%s)\n", ev.Image, ev.Digest, ev.Platform, ev.Source)
+	case ev.Type == adminapi.EventBlob && ev.State == adminapi.StateDone:
+		fmt.Fprintf(r.w, "%s: %s %s %s from %s\n", ev.Image, ev.Kind, ev.Digest, humanBytes(ev.Size), ev.Source)
+	case ev.Type == adminapi.EventBlob && ev.State == adminapi.StateError:
+		fmt.Fprintf(r.w, "%s: %s %s failed: %s\n", ev.Image, ev.Kind, ev.Digest, ev.Error)
+	case ev.Type == adminapi.EventDone:
+		fmt.Fprintln(r.w, doneLine(ev))
+	}
+}
+
+func (r *lineRenderer) close() {}
+
+func doneLine(ev adminapi.PullEvent) string {
+	s := fmt.Sprintf("pulled %d image(s): %d blobs, %s fetched", ev.Images, ev.Blobs, humanBytes(ev.Bytes))
+	if ev.Errors > 0 {
+		s += fmt.Sprintf(", %d error(s)", ev.Errors)
+	}
+	return s
+}
+
+// barRenderer redraws a block of lines on a terminal: one per image and manifest, and a
+// progress bar per blob. Lines never wrap (they are cut to the terminal's width), so moving
+// the cursor up by the number of lines drawn always returns to the block's start.
+type barRenderer struct {
+	w     io.Writer
+	width int
+
+	mu     sync.Mutex
+	rows   []*barRow
+	byKey  map[string]*barRow
+	drawn  int // lines drawn last time
+	last   time.Time
+	footer string
+}
+
+type barRow struct {
+	text  string // static rows
+	blob  bool
+	kind  string
+	dgst  string
+	size  int64
+	done  int64
+	state string
+	src   string
+	err   string
+}
+
+func newBarRenderer(w io.Writer, width int) *barRenderer {
+	return &barRenderer{w: w, width: width, byKey: map[string]*barRow{}}
+}
+
+func (r *barRenderer) event(ev adminapi.PullEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch ev.Type {
+	case adminapi.EventImage:
+		if ev.State == adminapi.StateError {
+			r.rows = append(r.rows, &barRow{text: fmt.Sprintf("%s: error: %s", ev.Image, ev.Error)})
+		} else {
+			r.rows = append(r.rows, &barRow{text: fmt.Sprintf("%s: %s (%s)", ev.Image, shortDigest(ev.Digest), ev.Source)})
+		}
+	case adminapi.EventManifest:
+		r.rows = append(r.rows, &barRow{text: fmt.Sprintf("  manifest %s %s (%s)", shortDigest(ev.Digest), ev.Platform, ev.Source)})
+	case adminapi.EventBlob:
+		key := ev.Image + " " + ev.Digest
+		row := r.byKey[key]
+		if row == nil {
+			row = &barRow{blob: true, kind: ev.Kind, dgst: ev.Digest}
+			r.byKey[key] = row
+			r.rows = append(r.rows, row)
+		}
+		row.state, row.err = ev.State, ev.Error
+		if ev.Size > 0 {
+			row.size = ev.Size
+		}
+		if ev.Done > row.done {
+			row.done = ev.Done
+		}
+		if ev.Source != "" {
+			row.src = ev.Source
+		}
+	case adminapi.EventDone:
+		r.footer = doneLine(ev)
+		r.drawLocked()
+		return
+	}
+	// Redraw at most every 100 ms, but always when something finished.
+	if ev.State == adminapi.StateProgress && time.Since(r.last) < 100*time.Millisecond {
+		return
+	}
+	r.drawLocked()
+}
+
+func (r *barRenderer) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.drawLocked()
+}
+
+func (r *barRenderer) drawLocked() {
+	r.last = time.Now()
+	var b strings.Builder
+	if r.drawn > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA", r.drawn)
+	}
+	lines := 0
+	put := func(s string) {
+		if rs := []rune(s); len(rs) > r.width-1 {
+			s = string(rs[:r.width-1])
+		}
+		b.WriteString("\r\x1b[2K" + s + "\n")
+		lines++
+	}
+	for _, row := range r.rows {
+		if !row.blob {
+			put(row.text)
+			continue
+		}
+		put(row.render())
+	}
+	if r.footer != "" {
+		put(r.footer)
+	}
+	r.drawn = lines
+	_, _ = io.WriteString(r.w, b.String())
+}
+
+const barWidth = 30
+
+func (row *barRow) render() string {
+	frac := 0.0
+	switch {
+	case row.state == adminapi.StateDone:
+		frac = 1
+	case row.size > 0:
+		frac = float64(row.done) / float64(row.size)
+	}
+	frac = min(max(frac, 0), 1)
+	full := int(frac * barWidth)
+	bar := strings.Repeat("=", full)
+	if full < barWidth {
+		bar += ">" + strings.Repeat(" ", barWidth-full-1)
+	}
+	status := ""
+	switch row.state {
+	case adminapi.StateDone:
+		status = "done, from " + row.src
+	case adminapi.StateError:
+		status = "error: " + row.err
+	case adminapi.StateStart:
+		status = "waiting"
+	default:
+		status = row.src
+	}
+	done := row.done
+	if row.state == adminapi.StateDone {
+		done = row.size
+	}
+	return fmt.Sprintf("  %-6s %s [%s] %3.0f%% %10s / %-10s %s", row.kind, shortDigest(row.dgst), bar, 100*frac, humanBytes(done), humanBytes(row.size), status)
+}

@@ -1,0 +1,223 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/adminapi"
+)
+
+// explainLookups bounds the provider lookups of one explain that run at once.
+const explainLookups = 8
+
+// explain says, for each manifest, config and layer of an image (or one digest), whether the
+// store has it, which peers advertise it and where the next request for it would be answered
+// from, with the recent decisions for them. It never fetches a blob; a manifest the store
+// lacks is fetched through the mirror (as a pull would), since without it the layers are
+// unknown.
+func (a *admin) explain(r *http.Request) (any, error) {
+	ctx := r.Context()
+	target := r.URL.Query().Get("target")
+	if target == "" {
+		return nil, badRequest("explain: name an image or a digest")
+	}
+	res := adminapi.Explain{Target: target, P2P: a.node != nil, Blobs: []adminapi.ExplainEntry{}, History: []adminapi.Decision{}}
+	var entries []adminapi.ExplainEntry
+	add := func(d digest.Digest, kind, plat string, size int64) int {
+		e := adminapi.ExplainEntry{Digest: d.String(), Kind: kind, Platform: plat, Size: size}
+		if info, err := a.store.Stat(ctx, d); err == nil {
+			e.InStore, e.Pinned, e.Size = true, info.Pinned, info.Size
+		}
+		entries = append(entries, e)
+		return len(entries) - 1
+	}
+	// manifest returns a manifest's bytes from the store, or through the mirror.
+	var ref *imageRef
+	manifest := func(d digest.Digest) ([]byte, string, bool) {
+		if data, info, err := a.readStored(ctx, d); err == nil && data != nil {
+			return data, info.MediaType, false
+		}
+		if ref == nil {
+			return nil, "", false
+		}
+		fm, err := a.self.manifest(ctx, *ref, d.String())
+		if err != nil {
+			return nil, "", false
+		}
+		return fm.data, fm.mediaType, true
+	}
+
+	if d, err := digest.Parse(target); err == nil {
+		res.Digest, res.Resolution = d.String(), "digest given"
+		info, serr := a.store.Stat(ctx, d)
+		kind := "blob"
+		if serr == nil {
+			res.MediaType = info.MediaType
+			kind = cacheEntry(info).Kind
+		}
+		add(d, kind, "", info.Size)
+		if kind == "index" || kind == "manifest" {
+			a.explainChildren(ctx, d, manifest, add)
+		}
+	} else {
+		r, err := parseImageRef(target, a.cfg.DefaultRegistry)
+		if err != nil {
+			return nil, err
+		}
+		ref = &r
+		top, how, err := a.resolveForExplain(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		res.Digest, res.Resolution = top.String(), how
+		data, mt, fetched := manifest(top)
+		if data == nil {
+			return nil, fmt.Errorf("explain: manifest %s of %s is not available", top, r)
+		}
+		res.MediaType = mt
+		kind := "manifest"
+		if isIndexType(mt) {
+			kind = "index"
+		}
+		i := add(top, kind, "", int64(len(data)))
+		if fetched {
+			entries[i].Reason = "fetched now through the mirror for explain"
+		}
+		a.explainChildren(ctx, top, manifest, add)
+	}
+	a.locate(ctx, entries)
+	res.Blobs = entries
+	seen := map[string]bool{}
+	for _, e := range entries {
+		if seen[e.Digest] {
+			continue
+		}
+		seen[e.Digest] = true
+		res.History = append(res.History, toDecisions(a.hist.recentN(digest.Digest(e.Digest), 5))...)
+	}
+	sort.SliceStable(res.History, func(i, j int) bool { return res.History[i].Time.After(res.History[j].Time) })
+	if len(res.History) > 50 {
+		res.History = res.History[:50]
+	}
+	return res, nil
+}
+
+// resolveForExplain finds an image's digest: given, from the store's tag record, or by asking
+// the mirror (which revalidates the tag as a client's pull would).
+func (a *admin) resolveForExplain(ctx context.Context, r imageRef) (digest.Digest, string, error) {
+	if r.digest != "" {
+		return r.digest, "digest given in the reference", nil
+	}
+	if t, err := a.store.GetTag(ctx, r.tagKey()); err == nil {
+		return t.Digest, fmt.Sprintf("tag %s known to the store (last checked upstream %s ago)", r.tag, time.Since(t.Checked).Round(time.Second)), nil
+	}
+	fm, err := a.self.manifest(ctx, r, r.tag)
+	if err != nil {
+		return "", "", err
+	}
+	return fm.digest, fmt.Sprintf("tag %s was not cached: resolved through the mirror now (source %s)", r.tag, fm.source), nil
+}
+
+// explainChildren adds the platform manifests of an index, and configs and layers.
+func (a *admin) explainChildren(ctx context.Context, d digest.Digest, manifest func(digest.Digest) ([]byte, string, bool), add func(digest.Digest, string, string, int64) int) {
+	data, _, _ := manifest(d)
+	if data == nil {
+		return
+	}
+	doc, err := parseManifest(data)
+	if err != nil {
+		return
+	}
+	layers := func(doc manifestDoc, plat string) {
+		if doc.Config != nil {
+			add(doc.Config.Digest, "config", plat, doc.Config.Size)
+		}
+		for _, l := range doc.Layers {
+			add(l.Digest, "layer", plat, l.Size)
+		}
+	}
+	if !doc.isIndex() {
+		layers(doc, "")
+		return
+	}
+	for _, child := range doc.Manifests {
+		plat := child.Platform.String()
+		add(child.Digest, "manifest", plat, child.Size)
+		cdata, _, _ := manifest(child.Digest)
+		if cdata == nil {
+			continue
+		}
+		if cdoc, err := parseManifest(cdata); err == nil {
+			layers(cdoc, plat)
+		}
+	}
+}
+
+// locate fills in providers, the next source and the last decision of each entry.
+func (a *admin) locate(ctx context.Context, entries []adminapi.ExplainEntry) {
+	type found struct {
+		peers []string
+		err   error
+	}
+	results := make([]found, len(entries))
+	if a.node != nil {
+		sem := make(chan struct{}, explainLookups)
+		var wg sync.WaitGroup
+		for i := range entries {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				ps, err := a.node.FindProviders(ctx, digest.Digest(entries[i].Digest), 8)
+				results[i].err = err
+				for _, p := range ps {
+					results[i].peers = append(results[i].peers, p.ID)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for i := range entries {
+		e := &entries[i]
+		d := digest.Digest(e.Digest)
+		e.Providers = results[i].peers
+		switch {
+		case e.InStore:
+			e.Next = "store"
+			if e.Reason == "" {
+				e.Reason = "in the store"
+				if e.Pinned {
+					e.Reason = "in the store (pinned)"
+				}
+			}
+		case a.spool.has(d):
+			e.Next, e.Reason = "inflight", "a download is under way"
+		case len(e.Providers) > 0:
+			e.Next, e.Reason = "peer", fmt.Sprintf("not in the store; %d peer(s) provide it", len(e.Providers))
+		case a.node == nil:
+			e.Next, e.Reason = "upstream", "not in the store; P2P disabled"
+		case results[i].err != nil:
+			e.Next, e.Reason = "upstream", "not in the store; provider lookup failed: "+results[i].err.Error()
+		default:
+			e.Next, e.Reason = "upstream", "not in the store; no peer provides it"
+		}
+		if last := a.hist.recentN(d, 1); len(last) > 0 {
+			dec := toDecision(last[0])
+			e.Last = &dec
+		}
+	}
+}
+
+// has reports whether a download of d is in flight.
+func (s *spool) has(d digest.Digest) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.fills[d]
+	return ok
+}

@@ -1,0 +1,300 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/adminapi"
+)
+
+// pullConcurrency is how many blobs of one image a warm-up fetches at once.
+const pullConcurrency = 4
+
+// progressEvery spaces out progress events of one blob.
+const progressEvery = 150 * time.Millisecond
+
+// eventStream writes pull events as JSON lines, flushed one by one.
+type eventStream struct {
+	mu  sync.Mutex
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	enc *json.Encoder
+}
+
+func (s *eventStream) send(ev adminapi.PullEvent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.enc.Encode(ev)
+	_ = s.rc.Flush()
+}
+
+// pullTotals add up a pull.
+type pullTotals struct {
+	mu     sync.Mutex
+	images int
+	blobs  int
+	bytes  int64
+	errors int
+}
+
+func (t *pullTotals) add(blobs int, bytes int64, errs int) {
+	t.mu.Lock()
+	t.blobs += blobs
+	t.bytes += bytes
+	t.errors += errs
+	t.mu.Unlock()
+}
+
+// pull warms the cache with images through the daemon's own mirror API, streaming progress.
+func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		writeAPIError(w, &apiError{status: http.StatusMethodNotAllowed, code: adminapi.CodeBadRequest, err: errors.New("pull: use POST")})
+		return
+	}
+	var req adminapi.PullRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeAPIError(w, badRequest("pull: bad request body: %v", err))
+		return
+	}
+	if len(req.Images) == 0 {
+		writeAPIError(w, badRequest("pull: name at least one image"))
+		return
+	}
+	var want *platform
+	if req.Platform != "" {
+		p, err := parsePlatform(req.Platform)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		want = p
+	}
+	refs := make([]imageRef, 0, len(req.Images))
+	for _, s := range req.Images {
+		ref, err := parseImageRef(s, a.cfg.DefaultRegistry)
+		if err != nil {
+			writeAPIError(w, err)
+			return
+		}
+		refs = append(refs, ref)
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	ev := &eventStream{w: w, rc: http.NewResponseController(w), enc: json.NewEncoder(w)}
+	var tot pullTotals
+	for _, ref := range refs {
+		a.pullImage(r.Context(), ref, want, ev, &tot)
+		tot.images++
+	}
+	ev.send(adminapi.PullEvent{Type: adminapi.EventDone, Images: tot.images, Blobs: tot.blobs, Bytes: tot.bytes, Errors: tot.errors})
+}
+
+// blobJob is one config or layer to fetch.
+type blobJob struct {
+	desc     descriptor
+	kind     string
+	platform string
+}
+
+// platformManifests fetches the manifests an image stands for: itself, or the children of an
+// index (those matching want, or all). It reports each child as a manifest event.
+func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetchedManifest, want *platform, onChild func(descriptor, fetchedManifest)) ([]manifestDoc, []string, error) {
+	doc, err := parseManifest(top.data)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !doc.isIndex() {
+		return []manifestDoc{doc}, []string{""}, nil
+	}
+	var docs []manifestDoc
+	var plats []string
+	for _, child := range doc.Manifests {
+		if want != nil && !want.matches(child.Platform) {
+			continue
+		}
+		fm, err := a.self.manifest(ctx, ref, child.Digest.String())
+		if err != nil {
+			return nil, nil, fmt.Errorf("manifest %s (%s): %w", child.Digest, child.Platform, err)
+		}
+		cd, err := parseManifest(fm.data)
+		if err != nil {
+			return nil, nil, err
+		}
+		if onChild != nil {
+			onChild(child, fm)
+		}
+		docs = append(docs, cd)
+		plats = append(plats, child.Platform.String())
+	}
+	if len(docs) == 0 {
+		return nil, nil, notFound("%s has no manifest for platform %s", ref, want)
+	}
+	return docs, plats, nil
+}
+
+func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev *eventStream, tot *pullTotals) {
+	fail := func(err error) {
+		ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), State: adminapi.StateError, Error: err.Error()})
+		tot.add(0, 0, 1)
+	}
+	top, err := a.self.manifest(ctx, ref, ref.ref())
+	if err != nil {
+		fail(err)
+		return
+	}
+	ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), Digest: top.digest.String(), MediaType: top.mediaType, Source: top.source, State: adminapi.StateDone})
+	docs, plats, err := a.platformManifests(ctx, ref, top, want, func(child descriptor, fm fetchedManifest) {
+		ev.send(adminapi.PullEvent{Type: adminapi.EventManifest, Image: ref.String(), Digest: fm.digest.String(), MediaType: fm.mediaType,
+			Platform: child.Platform.String(), Source: fm.source, State: adminapi.StateDone})
+	})
+	if err != nil {
+		fail(err)
+		return
+	}
+	var jobs []blobJob
+	seen := map[digest.Digest]bool{}
+	for i, doc := range docs {
+		var all []blobJob
+		if doc.Config != nil {
+			all = append(all, blobJob{desc: *doc.Config, kind: "config", platform: plats[i]})
+		}
+		for _, l := range doc.Layers {
+			all = append(all, blobJob{desc: l, kind: "layer", platform: plats[i]})
+		}
+		for _, j := range all {
+			if j.desc.Digest.Validate() != nil || seen[j.desc.Digest] {
+				continue
+			}
+			seen[j.desc.Digest] = true
+			jobs = append(jobs, j)
+		}
+	}
+	work := make(chan blobJob)
+	var wg sync.WaitGroup
+	for range min(pullConcurrency, len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				n, err := a.warmBlob(ctx, ref, j, ev)
+				errs := 0
+				if err != nil {
+					errs = 1
+				}
+				tot.add(1, n, errs)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+}
+
+// warmBlob makes sure one blob is in the store, fetching it through the mirror if it is not.
+// It returns the bytes fetched.
+func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev *eventStream) (int64, error) {
+	base := adminapi.PullEvent{Type: adminapi.EventBlob, Image: ref.String(), Digest: j.desc.Digest.String(), Kind: j.kind,
+		Platform: j.platform, Size: j.desc.Size}
+	if info, err := a.store.Stat(ctx, j.desc.Digest); err == nil {
+		e := base
+		e.State, e.Source, e.Size, e.Done = adminapi.StateDone, "store", info.Size, info.Size
+		ev.send(e)
+		return 0, nil
+	}
+	fail := func(err error) (int64, error) {
+		e := base
+		e.State, e.Error = adminapi.StateError, err.Error()
+		ev.send(e)
+		return 0, err
+	}
+	start := base
+	start.State = adminapi.StateStart
+	ev.send(start)
+	rc, source, err := a.self.blob(ctx, ref, j.desc.Digest)
+	if err != nil {
+		return fail(err)
+	}
+	defer rc.Close()
+	h := j.desc.Digest.Algorithm().Hash()
+	buf := make([]byte, 256<<10)
+	var n int64
+	last := time.Now()
+	for {
+		k, rerr := rc.Read(buf)
+		if k > 0 {
+			h.Write(buf[:k])
+			n += int64(k)
+			if time.Since(last) >= progressEvery {
+				last = time.Now()
+				e := base
+				e.State, e.Source, e.Done = adminapi.StateProgress, source, n
+				ev.send(e)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fail(fmt.Errorf("reading %s from the mirror: %w", j.desc.Digest, rerr))
+		}
+	}
+	if got := digest.NewDigest(j.desc.Digest.Algorithm(), h); got != j.desc.Digest || (j.desc.Size > 0 && n != j.desc.Size) {
+		return fail(fmt.Errorf("%s: got %d bytes hashing to %s", j.desc.Digest, n, got))
+	}
+	if source != "passthrough" { // passthrough: the store is full, nothing to wait for
+		if err := a.waitStored(ctx, j.desc.Digest); err != nil {
+			return fail(err)
+		}
+	}
+	e := base
+	e.State, e.Source, e.Done = adminapi.StateDone, source, n
+	if e.Size == 0 {
+		e.Size = n
+	}
+	ev.send(e)
+	return n, nil
+}
+
+// waitStored waits until a blob just read through the mirror is committed: the mirror sends the
+// last byte as soon as the digest is verified, before the store has made the blob durable.
+func (a *admin) waitStored(ctx context.Context, d digest.Digest) error {
+	for {
+		if _, err := a.store.Stat(ctx, d); err == nil {
+			return nil
+		}
+		f := a.spool.lookup(d)
+		if f == nil {
+			if _, err := a.store.Stat(ctx, d); err == nil {
+				return nil
+			}
+			return fmt.Errorf("%s was served but could not be stored (see the daemon's log)", d)
+		}
+		f.mu.Lock()
+		done, ferr, changed := f.done, f.err, f.changed
+		f.mu.Unlock()
+		if done {
+			f.release()
+			if ferr != nil {
+				return fmt.Errorf("storing %s: %w", d, ferr)
+			}
+			continue
+		}
+		select {
+		case <-changed:
+			f.release()
+		case <-ctx.Done():
+			f.release()
+			return ctx.Err()
+		}
+	}
+}

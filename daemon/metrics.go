@@ -1,0 +1,297 @@
+package daemon
+
+import (
+	"context"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/store"
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+// metrics is shoal's Prometheus registry (its own, never the global one, so that two daemons
+// in one process, as in tests, do not collide). Request counters are recorded by the access
+// log; everything the store, the upstream client and the P2P node already count is read at
+// scrape time by stateCollector.
+type metrics struct {
+	reg *prometheus.Registry
+
+	requests *prometheus.CounterVec   // route, source, status
+	bytes    *prometheus.CounterVec   // route, source
+	duration *prometheus.HistogramVec // route
+	lookups  *prometheus.HistogramVec // result
+	provides *prometheus.CounterVec   // result
+
+	mu       sync.Mutex
+	bySource map[string]*adminapi.SourceCount // manifest and blob answers, for `shoal status`
+}
+
+func newMetrics(version string, state *stateCollector) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_http_requests_total",
+			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, upstream, passthrough, none) and HTTP status.",
+		}, []string{"route", "source", "status"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_http_response_bytes_total",
+			Help: "Response body bytes sent by the mirror API, by route and source.",
+		}, []string{"route", "source"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "shoal_http_request_duration_seconds",
+			Help:    "Time from request to the last byte of the answer, by route.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"route"}),
+		lookups: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "shoal_p2p_lookup_duration_seconds",
+			Help:    "Provider lookups made on a cache miss, by result (found, none, error).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .2, .3, .5, 1, 2.5},
+		}, []string{"result"}),
+		provides: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_provides_total",
+			Help: "Provider records announced after a commit, by result (ok, error).",
+		}, []string{"result"}),
+		bySource: map[string]*adminapi.SourceCount{},
+	}
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "shoal_build_info", Help: "Always 1; the version label says which shoal runs.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	info.Set(1)
+	m.reg.MustRegister(m.requests, m.bytes, m.duration, m.lookups, m.provides, info, state,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// routeOf names a mirror path's route without parsing it fully (the label set must stay small
+// whatever clients send).
+func routeOf(path string) string {
+	switch {
+	case path == "/v2/" || path == "/v2":
+		return "base"
+	case !strings.HasPrefix(path, "/v2/"):
+		if path == "/healthz" || path == "/readyz" {
+			return "health"
+		}
+		return "other"
+	case strings.HasSuffix(path, "/tags/list"):
+		return "tags"
+	case strings.Contains(path, "/manifests/"):
+		return "manifest"
+	case strings.Contains(path, "/blobs/"):
+		return "blob"
+	case strings.Contains(path, "/referrers/"):
+		return "referrers"
+	}
+	return "other"
+}
+
+var knownSources = map[string]bool{"store": true, "inflight": true, "peer": true, "upstream": true, "passthrough": true}
+
+// observeRequest records one finished mirror request.
+func (m *metrics) observeRequest(rd requestDone) {
+	route := routeOf(rd.path)
+	source := rd.source
+	if !knownSources[source] {
+		source = "none"
+	}
+	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.status)).Inc()
+	m.bytes.WithLabelValues(route, source).Add(float64(rd.bytes))
+	m.duration.WithLabelValues(route).Observe(rd.duration.Seconds())
+	if (route == "manifest" || route == "blob") && rd.status < 300 && source != "none" {
+		m.mu.Lock()
+		sc := m.bySource[source]
+		if sc == nil {
+			sc = &adminapi.SourceCount{Source: source}
+			m.bySource[source] = sc
+		}
+		sc.Requests++
+		sc.Bytes += rd.bytes
+		m.mu.Unlock()
+	}
+}
+
+// sources returns the answers by source, largest first.
+func (m *metrics) sources() []adminapi.SourceCount {
+	m.mu.Lock()
+	out := make([]adminapi.SourceCount, 0, len(m.bySource))
+	for _, sc := range m.bySource {
+		out = append(out, *sc)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Requests != out[j].Requests {
+			return out[i].Requests > out[j].Requests
+		}
+		return out[i].Source < out[j].Source
+	})
+	return out
+}
+
+// routes serves /metrics and the probes. /healthz answers while the process serves HTTP at
+// all; /readyz only while the mirror and admin listeners serve and the store is open.
+func (m *metrics) routes(ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready: starting or shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// stateCollector reads counters the daemon's parts keep themselves, at scrape time.
+type stateCollector struct {
+	store *store.Store
+	up    *upstream.Client
+	node  p2pNode // nil: P2P disabled
+	spool *spool
+}
+
+var (
+	descStoreBytes    = prometheus.NewDesc("shoal_store_bytes", "Bytes of content in the store.", nil, nil)
+	descStoreMax      = prometheus.NewDesc("shoal_store_max_bytes", "The store's budget in bytes.", nil, nil)
+	descStoreBlobs    = prometheus.NewDesc("shoal_store_blobs", "Pieces of content (blobs and manifests) in the store.", nil, nil)
+	descStoreEvict    = prometheus.NewDesc("shoal_store_evictions_total", "Content removed from the store, by reason (lru, min-free, no-space, ttl, corrupt, missing, deleted).", []string{"reason"}, nil)
+	descStoreHits     = prometheus.NewDesc("shoal_store_hits_total", "Store reads that found the content.", nil, nil)
+	descStoreMisses   = prometheus.NewDesc("shoal_store_misses_total", "Store reads that did not find the content.", nil, nil)
+	descStoreVerify   = prometheus.NewDesc("shoal_store_verify_failures_total", "Content found corrupt by verification.", nil, nil)
+	descUpRequests    = prometheus.NewDesc("shoal_upstream_requests_total", "Upstream registry responses by registry and HTTP status (\"error\": no response).", []string{"registry", "status"}, nil)
+	descUpTokens      = prometheus.NewDesc("shoal_upstream_tokens_fetched_total", "Tokens fetched from upstream token servers, by registry.", []string{"registry"}, nil)
+	descUpTokenErrors = prometheus.NewDesc("shoal_upstream_token_errors_total", "Failed token fetches, by registry.", []string{"registry"}, nil)
+	descUpRemaining   = prometheus.NewDesc("shoal_upstream_ratelimit_remaining", "Pulls left in the registry's rate-limit window, as it last reported.", []string{"registry"}, nil)
+	descUpLimit       = prometheus.NewDesc("shoal_upstream_ratelimit_limit", "The registry's rate limit per window, as it last reported.", []string{"registry"}, nil)
+	descInflight      = prometheus.NewDesc("shoal_inflight_fetches", "Blob downloads in flight (each shared by every client that wants the blob).", nil, nil)
+	descP2PEnabled    = prometheus.NewDesc("shoal_p2p_enabled", "1 when the P2P node runs.", nil, nil)
+	descP2PPeers      = prometheus.NewDesc("shoal_p2p_peers", "Connected peers.", nil, nil)
+	descP2PBanned     = prometheus.NewDesc("shoal_p2p_banned_peers", "Peers banned right now.", nil, nil)
+	descP2PRouting    = prometheus.NewDesc("shoal_p2p_routing_table_peers", "Peers in the DHT routing table.", nil, nil)
+	descP2PProvided   = prometheus.NewDesc("shoal_p2p_provided_digests", "Digests this node advertises.", nil, nil)
+	descP2PLookups    = prometheus.NewDesc("shoal_p2p_lookups_total", "Provider lookups (all callers).", nil, nil)
+	descP2PHits       = prometheus.NewDesc("shoal_p2p_lookup_hits_total", "Provider lookups that found a provider.", nil, nil)
+	descP2PBans       = prometheus.NewDesc("shoal_p2p_bans_total", "Peers banned (for sending bytes that do not match their digest).", nil, nil)
+	descP2PBytesIn    = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
+	descP2PBytesOut   = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
+		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
+		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PBytesIn, descP2PBytesOut} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	st := c.store.Stats()
+	gauge(descStoreBytes, float64(st.BytesUsed))
+	gauge(descStoreMax, float64(st.MaxSize))
+	gauge(descStoreBlobs, float64(st.Blobs))
+	for _, reason := range []string{store.ReasonLRU, store.ReasonMinFree, store.ReasonNoSpace, store.ReasonTTL, store.ReasonCorrupt, store.ReasonMissing, store.ReasonDeleted} {
+		counter(descStoreEvict, float64(st.Evictions[reason]), reason)
+	}
+	counter(descStoreHits, float64(st.Hits))
+	counter(descStoreMisses, float64(st.Misses))
+	counter(descStoreVerify, float64(st.VerifyFailures))
+	for _, u := range c.up.Stats() {
+		for code, n := range u.Responses {
+			counter(descUpRequests, float64(n), u.Registry, strconv.Itoa(code))
+		}
+		if u.TransportErrors > 0 {
+			counter(descUpRequests, float64(u.TransportErrors), u.Registry, "error")
+		}
+		counter(descUpTokens, float64(u.TokensFetched), u.Registry)
+		counter(descUpTokenErrors, float64(u.TokenErrors), u.Registry)
+		if rl := u.RateLimit; rl != nil {
+			if rl.Remaining >= 0 {
+				gauge(descUpRemaining, float64(rl.Remaining), u.Registry)
+			}
+			if rl.Limit >= 0 {
+				gauge(descUpLimit, float64(rl.Limit), u.Registry)
+			}
+		}
+	}
+	gauge(descInflight, float64(c.spool.inflight()))
+	if c.node == nil {
+		gauge(descP2PEnabled, 0)
+		return
+	}
+	gauge(descP2PEnabled, 1)
+	ns := c.node.Status()
+	var peers, banned int
+	for _, p := range ns.Peers {
+		switch {
+		case p.Banned:
+			banned++
+		case len(p.Addrs) > 0:
+			peers++
+			gauge(descP2PBytesIn, float64(p.BytesIn), p.ID)
+			gauge(descP2PBytesOut, float64(p.BytesOut), p.ID)
+		}
+	}
+	gauge(descP2PPeers, float64(peers))
+	gauge(descP2PBanned, float64(banned))
+	gauge(descP2PRouting, float64(ns.RoutingTableSize))
+	gauge(descP2PProvided, float64(ns.Provided))
+	counter(descP2PLookups, float64(ns.Lookups))
+	counter(descP2PHits, float64(ns.LookupHits))
+	counter(descP2PBans, float64(ns.Bans))
+}
+
+// inflight is the number of blob downloads under way.
+func (s *spool) inflight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.fills)
+}
+
+// timedPeerNode times the mirror's provider lookups and counts its provides for the metrics.
+type timedPeerNode struct {
+	peerNode
+	m *metrics
+}
+
+func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error) {
+	start := time.Now()
+	peers, err := t.peerNode.FindProviders(ctx, d, max)
+	result := "found"
+	switch {
+	case err != nil:
+		result = "error"
+	case len(peers) == 0:
+		result = "none"
+	}
+	t.m.lookups.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	return peers, err
+}
+
+func (t *timedPeerNode) Provide(ctx context.Context, d digest.Digest) error {
+	err := t.peerNode.Provide(ctx, d)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	t.m.provides.WithLabelValues(result).Inc()
+	return err
+}
