@@ -1,0 +1,655 @@
+package daemon
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+// clientFrom is an HTTP client whose connections leave from a given loopback address, so
+// one test can be several clients (127.0.0.1, 127.0.0.2, …) to the guard.
+func clientFrom(src string, tlsCfg *tls.Config) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: d.DialContext, TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: 64,
+	}}
+}
+
+// ociAnswer is what a client sees of one request: status, OCI error code, headers.
+type ociAnswer struct {
+	status int
+	code   string
+	header http.Header
+}
+
+func ask(t *testing.T, c *http.Client, method, url string, hdr http.Header) ociAnswer {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	a := ociAnswer{status: resp.StatusCode, header: resp.Header}
+	var e struct {
+		Errors []struct{ Code string } `json:"errors"`
+	}
+	if resp.StatusCode >= 400 && method != http.MethodHead {
+		if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
+			t.Fatalf("%s %s: status %d with a body that is not OCI error JSON: %q", method, url, resp.StatusCode, body)
+		}
+		a.code = e.Errors[0].Code
+	}
+	return a
+}
+
+func TestGuardClientAddressLists(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	pushRandom(t, up, "test/app", 1024, 1)
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.AllowCIDR = []string{"127.0.0.0/29"}
+		c.Guard.DenyCIDR = []string{"127.0.0.2"}
+	})
+	for _, tc := range []struct {
+		src    string
+		status int
+		code   string
+	}{
+		{"127.0.0.1", 200, ""},
+		{"127.0.0.3", 200, ""},
+		{"127.0.0.2", 403, "DENIED"},  // denied, although inside the allowed /29
+		{"127.0.0.20", 403, "DENIED"}, // outside the allowed /29
+	} {
+		for _, path := range []string{"/v2/", "/v2/test/app/manifests/latest"} {
+			a := ask(t, clientFrom(tc.src, nil), "GET", "http://"+d.Addr()+path, nil)
+			if a.status != tc.status || a.code != tc.code {
+				t.Errorf("from %s GET %s: %d %s, want %d %s", tc.src, path, a.status, a.code, tc.status, tc.code)
+			}
+		}
+	}
+}
+
+func TestGuardRepositoryPatterns(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	for _, repo := range []string{"team/app", "team/secret-db", "other/app"} {
+		pushRandom(t, up, repo, 1024, 1)
+	}
+	h := up.host()
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.AllowRepo = []string{h + "/team/*"}
+		c.Guard.DenyRepo = []string{h + "/team/secret*"}
+	})
+	base := "http://" + d.Addr()
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{
+		{"/v2/team/app/manifests/latest", 200},
+		{"/v2/team/app/manifests/latest?ns=" + h, 200},
+		{"/v2/" + h + "/team/app/manifests/latest", 200},
+		{"/v2/team/app/tags/list", 200},
+		{"/v2/team/secret-db/manifests/latest", 403},
+		{"/v2/" + h + "/team/secret-db/manifests/latest", 403},
+		{"/v2/team/secret-db/blobs/sha256:" + strings.Repeat("0", 64), 403},
+		{"/v2/other/app/manifests/latest", 403},
+		{"/v2/", 200}, // the ping names no repository
+	} {
+		a := ask(t, http.DefaultClient, "GET", base+tc.path, nil)
+		if a.status != tc.status || (tc.status == 403 && a.code != "DENIED") {
+			t.Errorf("GET %s: %d %s, want %d", tc.path, a.status, a.code, tc.status)
+		}
+	}
+	if _, err := pullThrough(t, d, "team/app:latest"); err != nil {
+		t.Fatalf("allowed pull: %v", err)
+	}
+	if _, err := pullThrough(t, d, "team/secret-db:latest"); err == nil {
+		t.Fatal("denied repository pulled")
+	}
+}
+
+func TestRepoPatternMatching(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		pattern, registry, repo string
+		match                   bool
+	}{
+		{"docker.io/library/*", "docker.io", "library/alpine", true},
+		{"docker.io/library/*", "docker.io", "bitnami/redis", false},
+		{"docker.io/alpine", "docker.io", "library/alpine", true}, // library/ added as routing does
+		{"index.docker.io/library/alp?ne", "docker.io", "library/alpine", true},
+		{"ghcr.io/myorg/*", "ghcr.io", "myorg/tools/builder", true},
+		{"ghcr.io/myorg/*", "ghcr.io", "myorgx/tools", false},
+		{"ghcr.io/myorg/*", "ghcr.io.evil.com", "myorg/x", false},
+		{"GHCR.io/myorg/*", "ghcr.io", "myorg/x", true},
+		{"quay.io/a.b/*", "quay.io", "aXb/c", false}, // dots are literal
+		{"127.0.0.1:5000/*", "127.0.0.1:5000", "x/y", true},
+	}
+	for _, tc := range cases {
+		res, err := compileRepoPatterns("k", []string{tc.pattern})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.pattern, err)
+		}
+		p := &guardPolicy{allowRepo: res}
+		if got := p.repoAllowed(tc.registry, tc.repo); got != tc.match {
+			t.Errorf("%s vs %s/%s: %v, want %v", tc.pattern, tc.registry, tc.repo, got, tc.match)
+		}
+	}
+	for _, bad := range []string{"alpine", "docker.io/", "/x"} {
+		if _, err := compileRepoPatterns("security.allow_repo", []string{bad}); err == nil || !strings.Contains(err.Error(), "security.allow_repo") {
+			t.Errorf("pattern %q: err %v, want a ConfigError naming the key", bad, err)
+		}
+	}
+}
+
+func TestClientKeyGroupsIPv6By64(t *testing.T) {
+	t.Parallel()
+	k := func(s string) netip.Prefix { return clientKey(netip.MustParseAddr(s)) }
+	if k("2001:db8:1:2::1") != k("2001:db8:1:2:ffff::9") {
+		t.Error("two addresses of one /64 are different clients")
+	}
+	if k("2001:db8:1:2::1") == k("2001:db8:1:3::1") {
+		t.Error("two /64s are one client")
+	}
+	if k("192.0.2.1") == k("192.0.2.2") {
+		t.Error("two IPv4 addresses are one client")
+	}
+}
+
+func TestGuardRateLimit(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.RateLimit = 2
+		c.Guard.RateBurst = 3
+	})
+	url := "http://" + d.Addr() + "/v2/"
+	a1 := clientFrom("127.0.0.1", nil)
+	for i := range 3 {
+		if a := ask(t, a1, "GET", url, nil); a.status != 200 {
+			t.Fatalf("request %d within the burst: %d", i+1, a.status)
+		}
+	}
+	a := ask(t, a1, "GET", url, nil)
+	ra, err := strconv.Atoi(a.header.Get("Retry-After"))
+	if a.status != http.StatusTooManyRequests || a.code != "TOOMANYREQUESTS" || err != nil || ra < 1 || ra > 1 {
+		t.Fatalf("over the limit: %d %s Retry-After %q; want 429 TOOMANYREQUESTS with Retry-After 1", a.status, a.code, a.header.Get("Retry-After"))
+	}
+	// Another address has its own bucket.
+	if a := ask(t, clientFrom("127.0.0.2", nil), "GET", url, nil); a.status != 200 {
+		t.Fatalf("another client was limited too: %d", a.status)
+	}
+	// Retry-After is honest: after it, the client is served again.
+	deadline := time.Now().Add(time.Duration(ra)*time.Second + 500*time.Millisecond)
+	for ask(t, a1, "GET", url, nil).status != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still limited %ds after Retry-After said %d", ra, ra)
+		}
+		time.Sleep(50 * time.Millisecond) // polling; a refused request costs no token
+	}
+	// /healthz is never limited (probes).
+	for range 5 {
+		if a := ask(t, a1, "GET", "http://"+d.Addr()+"/healthz", nil); a.status != 200 {
+			t.Fatalf("/healthz limited: %d", a.status)
+		}
+	}
+}
+
+// gate holds upstream requests whose path contains "/blobs/" until released.
+type gate struct {
+	mu      sync.Mutex
+	waiting int
+	release chan struct{}
+}
+
+func holdBlobs(up *upstreamLog) *gate {
+	g := &gate{release: make(chan struct{})}
+	inner := up.srv.Config.Handler
+	up.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			g.mu.Lock()
+			g.waiting++
+			g.mu.Unlock()
+			select {
+			case <-g.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		inner.ServeHTTP(w, r)
+	})
+	return g
+}
+
+func (g *gate) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.waiting
+}
+
+func TestGuardConcurrencyPerClient(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/conc", 1024, 2)
+	layers, _ := img.Layers()
+	g := holdBlobs(up)
+	d := startDaemon(t, up, func(c *Config) { c.Guard.MaxConcurrent = 2 })
+	base := "http://" + d.Addr() + "/v2/test/conc/blobs/"
+	c1 := clientFrom("127.0.0.1", nil)
+	var wg sync.WaitGroup
+	results := make(chan int, 2)
+	for _, l := range layers {
+		dg, _ := l.Digest()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c1.Get(base + dg.String())
+			if err != nil {
+				results <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			results <- resp.StatusCode
+		}()
+	}
+	waitFor(t, func() bool { return g.count() == 2 })
+	a := ask(t, c1, "GET", "http://"+d.Addr()+"/v2/test/conc/manifests/latest", nil)
+	if a.status != http.StatusTooManyRequests || a.code != "TOOMANYREQUESTS" || a.header.Get("Retry-After") == "" {
+		t.Errorf("third request in flight: %d %s Retry-After %q; want 429 with Retry-After", a.status, a.code, a.header.Get("Retry-After"))
+	}
+	if a := ask(t, clientFrom("127.0.0.2", nil), "GET", "http://"+d.Addr()+"/v2/test/conc/manifests/latest", nil); a.status != 200 {
+		t.Errorf("another client was held back: %d", a.status)
+	}
+	if a := ask(t, c1, "GET", "http://"+d.Addr()+"/v2/", nil); a.status != 200 {
+		t.Errorf("the ping counts against the bound: %d", a.status)
+	}
+	close(g.release)
+	wg.Wait()
+	close(results)
+	for s := range results {
+		if s != 200 {
+			t.Errorf("held blob request ended with %d", s)
+		}
+	}
+	if a := ask(t, c1, "GET", "http://"+d.Addr()+"/v2/test/conc/manifests/latest", nil); a.status != 200 {
+		t.Errorf("after the others finished: %d", a.status)
+	}
+}
+
+// writeHtpasswd writes an htpasswd file with bcrypt hashes, in $2y$ form like `htpasswd -B`.
+func writeHtpasswd(t *testing.T, users map[string]string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("# shoal test users\n\n")
+	for u, p := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s:$2y$%s\n", u, strings.TrimPrefix(string(h), "$2a$"))
+	}
+	path := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestGuardHtpasswd(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/auth", 2048, 2)
+	hp := writeHtpasswd(t, map[string]string{"alice": "wonderland", "bob": "builder"})
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.Htpasswd = hp
+		c.Guard.AuthExemptCIDR = []string{"127.0.0.1/32"} // 127.0.0.2 plays a remote client
+	})
+	url := "http://" + d.Addr() + "/v2/test/auth/manifests/latest"
+	remoteC := clientFrom("127.0.0.2", nil)
+	basic := func(u, p string) http.Header {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.SetBasicAuth(u, p)
+		return r.Header
+	}
+	for _, tc := range []struct {
+		name   string
+		hdr    http.Header
+		status int
+	}{
+		{"no credentials", nil, 401},
+		{"wrong password", basic("alice", "looking-glass"), 401},
+		{"unknown user", basic("mallory", "wonderland"), 401},
+		{"bearer instead of basic", http.Header{"Authorization": {"Bearer abc"}}, 401},
+		{"right password", basic("alice", "wonderland"), 200},
+		{"right password again (cached)", basic("alice", "wonderland"), 200},
+		{"second user", basic("bob", "builder"), 200},
+	} {
+		a := ask(t, remoteC, "GET", url, tc.hdr)
+		if a.status != tc.status {
+			t.Errorf("%s: %d, want %d", tc.name, a.status, tc.status)
+		}
+		if tc.status == 401 && (a.code != "UNAUTHORIZED" || a.header.Get("WWW-Authenticate") != `Basic realm="shoal"`) {
+			t.Errorf("%s: code %s, WWW-Authenticate %q; want UNAUTHORIZED and a Basic challenge", tc.name, a.code, a.header.Get("WWW-Authenticate"))
+		}
+	}
+	// The exempt address needs no login; /healthz never does.
+	if a := ask(t, clientFrom("127.0.0.1", nil), "GET", url, nil); a.status != 200 {
+		t.Errorf("exempt client: %d", a.status)
+	}
+	if a := ask(t, remoteC, "GET", "http://"+d.Addr()+"/healthz", nil); a.status != 200 {
+		t.Errorf("/healthz behind auth: %d", a.status)
+	}
+	// A real client answers the challenge the way it would for any registry.
+	ref, _ := name.ParseReference(d.Addr()+"/test/auth:latest", name.Insecure)
+	got, err := remote.Image(ref, remote.WithTransport(remoteC.Transport), remote.WithAuth(&authn.Basic{Username: "alice", Password: "wonderland"}))
+	if err != nil {
+		t.Fatalf("pull with credentials: %v", err)
+	}
+	if err := validate.Image(got); err != nil || mustDigest(t, got) != mustDigest(t, img) {
+		t.Fatalf("pulled image: %v", err)
+	}
+	if _, err := remote.Image(ref, remote.WithTransport(remoteC.Transport)); err == nil {
+		t.Fatal("pull without credentials succeeded")
+	}
+}
+
+func TestHtpasswdParsing(t *testing.T) {
+	t.Parallel()
+	h, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	for _, tc := range []struct{ name, file, err string }{
+		{"ok", "alice:" + string(h) + "\n", ""},
+		{"md5 refused", "alice:$apr1$abc$def\n", "only bcrypt"},
+		{"sha1 refused", "alice:{SHA}abc=\n", "only bcrypt"},
+		{"plain refused", "alice:pw\n", "only bcrypt"},
+		{"no colon", "alice\n", "line 1"},
+		{"duplicate", "a:" + string(h) + "\na:" + string(h) + "\n", "twice"},
+		{"empty", "# nothing\n", "no users"},
+		{"broken bcrypt", "alice:$2y$10$short\n", "malformed"},
+	} {
+		users, err := parseHtpasswd([]byte(tc.file))
+		switch {
+		case tc.err == "" && (err != nil || len(users) != 1):
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
+		case err != nil && strings.Contains(err.Error(), "$"):
+			t.Errorf("%s: error quotes the hash: %v", tc.name, err)
+		}
+	}
+}
+
+// testCA is a certificate authority made for one test, and a server certificate it signed
+// for 127.0.0.1.
+type testCA struct {
+	pool              *x509.CertPool
+	certFile, keyFile string
+	key               *ecdsa.PrivateKey
+	cert              *x509.Certificate
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "shoal test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{pool: x509.NewCertPool(), key: key, cert: cert}
+	ca.pool.AddCert(cert)
+	ca.certFile, ca.keyFile = ca.issue(t, "server-1")
+	return ca
+}
+
+// issue writes a server certificate for 127.0.0.1 (key mode 0600) and returns the files.
+func (ca *testCA) issue(t *testing.T, cn string) (certFile, keyFile string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+func TestGuardTLS(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/tls", 4096, 2)
+	ca := newTestCA(t)
+	var cfg Config
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.TLSCert, c.Guard.TLSKey = ca.certFile, ca.keyFile
+		cfg = *c
+	})
+	tlsCfg := &tls.Config{RootCAs: ca.pool}
+	url := "https://" + d.Addr() + "/v2/"
+	if a := ask(t, clientFrom("127.0.0.1", tlsCfg), "GET", url, nil); a.status != 200 {
+		t.Fatalf("GET over TLS: %d", a.status)
+	}
+	// A client that does not trust the CA, or speaks plain HTTP, gets nothing.
+	if _, err := clientFrom("127.0.0.1", &tls.Config{}).Get(url); err == nil {
+		t.Error("a client without the CA was served")
+	}
+	if resp, err := http.Get("http://" + d.Addr() + "/v2/"); err == nil {
+		if resp.StatusCode == 200 {
+			t.Error("plain HTTP was served on the TLS listener")
+		}
+		resp.Body.Close()
+	}
+	// A real client pulls over TLS and verifies what it gets.
+	ref, _ := name.ParseReference(d.Addr() + "/test/tls:latest")
+	got, err := remote.Image(ref, remote.WithTransport(clientFrom("127.0.0.1", tlsCfg).Transport))
+	if err != nil {
+		t.Fatalf("pull over TLS: %v", err)
+	}
+	if err := validate.Image(got); err != nil || mustDigest(t, got) != mustDigest(t, img) {
+		t.Fatalf("pulled image: %v", err)
+	}
+	// Reload with a new certificate: new connections get it.
+	cfg.Guard.TLSCert, cfg.Guard.TLSKey = ca.issue(t, "server-2")
+	if err := d.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := clientFrom("127.0.0.1", tlsCfg).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if cn := resp.TLS.PeerCertificates[0].Subject.CommonName; cn != "server-2" {
+		t.Errorf("after reload the server presents %q, want server-2", cn)
+	}
+	// TLS cannot be switched off by a reload.
+	cfg.Guard.TLSCert, cfg.Guard.TLSKey = "", ""
+	if err := d.Reload(cfg); err == nil {
+		t.Error("reload switched TLS off")
+	}
+}
+
+func TestInsecureListenWarning(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t)
+	for _, tc := range []struct {
+		name   string
+		listen string
+		mod    func(*GuardConfig)
+		warn   bool
+	}{
+		{"loopback", "127.0.0.1:5000", nil, false},
+		{"localhost", "localhost:5000", nil, false},
+		{"all interfaces", "0.0.0.0:5000", nil, true},
+		{"all interfaces v6", "[::]:5000", nil, true},
+		{"LAN address", "10.1.2.3:5000", nil, true},
+		{"with TLS", "0.0.0.0:5000", func(g *GuardConfig) { g.TLSCert, g.TLSKey = ca.certFile, ca.keyFile }, false},
+		{"allowed", "0.0.0.0:5000", func(g *GuardConfig) { g.AllowInsecureListen = true }, false},
+	} {
+		cfg := DefaultConfig()
+		cfg.Listen = tc.listen
+		if tc.mod != nil {
+			tc.mod(&cfg.Guard)
+		}
+		var buf bytes.Buffer
+		if _, err := newGuard(cfg, slog.New(slog.NewTextHandler(&buf, nil))); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := strings.Contains(buf.String(), "without TLS"); got != tc.warn {
+			t.Errorf("%s: warned %v, want %v (log %q)", tc.name, got, tc.warn, buf.String())
+		}
+	}
+}
+
+func TestSecretFileModes(t *testing.T) {
+	t.Parallel()
+	hp := writeHtpasswd(t, map[string]string{"alice": "x"})
+	for _, tc := range []struct {
+		mode os.FileMode
+		err  bool
+		warn bool
+	}{{0o600, false, false}, {0o644, false, true}, {0o666, true, false}} {
+		if err := os.Chmod(hp, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		cfg := DefaultConfig()
+		cfg.Listen = "127.0.0.1:5000"
+		cfg.Guard.Htpasswd = hp
+		var buf bytes.Buffer
+		_, err := newGuard(cfg, slog.New(slog.NewTextHandler(&buf, nil)))
+		var ce *ConfigError
+		if tc.err != (err != nil) || (err != nil && (!errors.As(err, &ce) || ce.Key != "security.htpasswd")) {
+			t.Errorf("mode %04o: err %v, want error=%v naming security.htpasswd", tc.mode, err, tc.err)
+		}
+		if got := strings.Contains(buf.String(), "world-readable"); got != tc.warn {
+			t.Errorf("mode %04o: warned %v, want %v", tc.mode, got, tc.warn)
+		}
+	}
+	// Config.Validate refuses a world-writable password file or swarm key too.
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	os.Chmod(pw, 0o666)
+	cfg := DefaultConfig()
+	cfg.SetRegistry("ghcr.io", upstream.RegistryConfig{Username: "bob", PasswordFile: pw})
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "password_file") || strings.Contains(err.Error(), "secret\n") {
+		t.Errorf("world-writable password file: %v", err)
+	}
+}
+
+// TestSlowClientsAreCutOff: a client that never finishes its headers, and one that stops
+// reading a large blob, lose their connections after the configured timeouts, while the
+// daemon goes on serving others.
+func TestSlowClientsAreCutOff(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/slow", 8<<20, 1)
+	layers, _ := img.Layers()
+	dg, _ := layers[0].Digest()
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.ReadHeaderTimeout = 300 * time.Millisecond
+		c.Guard.WriteTimeout = 300 * time.Millisecond
+	})
+	path := "/v2/test/slow/blobs/" + dg.String()
+	if _, err := pullThrough(t, d, "test/slow:latest"); err != nil { // cache it
+		t.Fatal(err)
+	}
+
+	// Slowloris: headers trickle in and never end.
+	c, err := net.Dial("tcp", d.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	io.WriteString(c, "GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, err := io.WriteString(c, "X-Slow: 1\r\n"); err != nil {
+			break
+		}
+		var b [1]byte
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Read(b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			break // the server closed the connection
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("a client trickling headers was not cut off in 10s")
+		}
+	}
+
+	// A reader that stops: a 4 KiB receive window (set before connecting) and no reads.
+	small := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := small.Dial("tcp", d.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+	// Meanwhile others are served.
+	if a := ask(t, http.DefaultClient, "GET", "http://"+d.Addr()+"/v2/", nil); a.status != 200 {
+		t.Fatalf("others not served while a client stalls: %d", a.status)
+	}
+	// The client deliberately reads nothing for 2 s (the behaviour under test, not a wait
+	// for something else); the server must give up after its 300 ms write timeout, so
+	// reading afterwards ends well short of 8 MiB.
+	<-time.After(2 * time.Second)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _ := io.Copy(io.Discard, conn)
+	if n >= 8<<20 {
+		t.Fatalf("a client that stopped reading for 3s still got all %d bytes (write timeout 300ms)", n)
+	}
+}
