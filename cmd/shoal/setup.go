@@ -46,6 +46,16 @@ func setupCommand() *cli.Command {
 				OnUsageError: usageErr,
 			},
 			{
+				Name:      "data-dir",
+				Usage:     "create the state directory and hand it to the daemon's user (a Kubernetes init container, for a hostPath)",
+				ArgsUsage: "DIR",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "owner", Value: "65532:65532", Usage: "`UID:GID` to own DIR and everything in it"},
+				},
+				Action:       runSetupDataDir,
+				OnUsageError: usageErr,
+			},
+			{
 				Name:      "docker",
 				Usage:     "add shoal first to registry-mirrors in dockerd's daemon.json (Docker Hub pulls)",
 				ArgsUsage: " ",
@@ -101,6 +111,21 @@ func runSetupDocker(c *cli.Context) error {
 		return cli.Exit("setup docker: "+err.Error(), 1)
 	}
 	return finishSetup(c, plan, nil, "")
+}
+
+func runSetupDataDir(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("setup data-dir: want one argument, the directory", 2)
+	}
+	var uid, gid int
+	if n, err := fmt.Sscanf(c.String("owner"), "%d:%d", &uid, &gid); err != nil || n != 2 || uid < 0 || gid < 0 {
+		return cli.Exit("setup data-dir: --owner: want UID:GID, e.g. 65532:65532", 2)
+	}
+	if err := hostsetup.PrepareDataDir(c.Args().First(), uid, gid); err != nil {
+		return cli.Exit("setup data-dir: "+err.Error(), 1)
+	}
+	fmt.Fprintf(c.App.Writer, "%s owned by %d:%d\n", c.Args().First(), uid, gid)
+	return nil
 }
 
 // finishSetup prints the plan (a diff on --dry-run), applies it, checks the result and the
