@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -165,12 +166,16 @@ func TestAdminExplainNamesProviders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The swarm's designated fetcher of a digest may be B itself: then B holds it already.
 	for _, x := range e.Blobs {
 		if x.Kind != "layer" {
 			continue
 		}
-		if x.Next != "peer" || len(x.Providers) == 0 || x.Providers[0] != a.node.ID() {
-			t.Errorf("layer %s on B: next %s, providers %v; want peer %s", x.Digest, x.Next, x.Providers, a.node.ID())
+		if !slices.Contains(x.Providers, a.node.ID()) {
+			t.Errorf("layer %s on B: providers %v, want A (%s) among them", x.Digest, x.Providers, a.node.ID())
+		}
+		if want := map[bool]string{true: "store", false: "peer"}[x.InStore]; x.Next != want {
+			t.Errorf("layer %s on B (in store: %v): next %s, want %s", x.Digest, x.InStore, x.Next, want)
 		}
 	}
 	ps, err := adminFor(t, b).Peers(t.Context())
