@@ -27,6 +27,7 @@ type upstreamProxy struct {
 	corrupt map[string]bool  // blob digest -> flip one byte of its body
 	rate    int64            // blob body bytes per second; 0 = unlimited
 	holds   map[string]*hold // blob digest -> stop after some bytes until released
+	link    *linkShaper      // one slow link shared by all blob bodies (swarm_link_test.go); nil = none
 }
 
 // proxyReq is one request seen by the proxy. Status, Bytes and Done are filled in when the
@@ -121,7 +122,7 @@ func (p *upstreamProxy) modifyResponse(resp *http.Response) error {
 		return nil
 	}
 	p.mu.Lock()
-	corrupt, rate, h := p.corrupt[d], p.rate, p.holds[d]
+	corrupt, rate, h, link := p.corrupt[d], p.rate, p.holds[d], p.link
 	p.mu.Unlock()
 	if corrupt {
 		at := resp.ContentLength / 2
@@ -132,6 +133,9 @@ func (p *upstreamProxy) modifyResponse(resp *http.Response) error {
 	}
 	if rate > 0 {
 		resp.Body = &rateReader{r: resp.Body, rate: rate, start: time.Now()}
+	}
+	if link != nil {
+		resp.Body = &linkReader{r: resp.Body, l: link}
 	}
 	return nil
 }
