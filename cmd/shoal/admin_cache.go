@@ -51,7 +51,7 @@ func cacheCommand() *cli.Command {
 						return err
 					}
 					var all []adminapi.RemoveResult
-					for _, t := range c.Args().Slice() {
+					for _, t := range posArgs(c) {
 						r, err := cl.CacheRemove(ctx, t)
 						if err != nil {
 							return err
@@ -141,7 +141,7 @@ func pinCommand(name string, pin bool) *cli.Command {
 				return err
 			}
 			var all []adminapi.PinResult
-			for _, img := range c.Args().Slice() {
+			for _, img := range posArgs(c) {
 				r, err := cl.CachePin(ctx, img, pin)
 				if err != nil {
 					return err

@@ -60,17 +60,43 @@ func withClientFlags(cmd *cli.Command) *cli.Command {
 	return cmd
 }
 
-// lineageString returns the first value set for a flag from the command up to the app.
+// lineageString returns the first non-empty value set for a flag from the command up to the
+// app (an empty SHOAL_ADMIN counts as unset).
 func lineageString(c *cli.Context, name string) string {
 	for _, cc := range c.Lineage() {
-		if cc.IsSet(name) {
+		if cc.IsSet(name) && cc.String(name) != "" {
 			return cc.String(name)
 		}
 	}
 	return ""
 }
 
+// posArgs are the positional arguments. urfave/cli stops parsing flags at the first
+// argument; --json is common enough at the end of a line ("shoal explain IMG --json") to be
+// honoured there too.
+func posArgs(c *cli.Context) []string {
+	var out []string
+	for _, a := range c.Args().Slice() {
+		if a != "--json" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func firstArg(c *cli.Context) string {
+	if a := posArgs(c); len(a) > 0 {
+		return a[0]
+	}
+	return ""
+}
+
 func jsonOut(c *cli.Context) bool {
+	for _, a := range c.Args().Slice() {
+		if a == "--json" {
+			return true
+		}
+	}
 	for _, cc := range c.Lineage() {
 		if cc.IsSet("json") {
 			return cc.Bool("json")
@@ -144,7 +170,7 @@ func printJSON(w io.Writer, v any) error {
 
 // needArgs checks the number of positional arguments.
 func needArgs(c *cli.Context, min int, what string) error {
-	if c.NArg() < min {
+	if len(posArgs(c)) < min {
 		return cli.Exit(fmt.Sprintf("%s: missing %s (see `shoal %s --help`)", c.Command.FullName(), what, c.Command.FullName()), exitUsage)
 	}
 	return nil

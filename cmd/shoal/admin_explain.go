@@ -21,7 +21,7 @@ func explainCommand() *cli.Command {
 			if err := needArgs(c, 1, "IMAGE or DIGEST"); err != nil {
 				return err
 			}
-			e, err := cl.Explain(ctx, c.Args().First())
+			e, err := cl.Explain(ctx, firstArg(c))
 			if err != nil {
 				return err
 			}

@@ -34,7 +34,7 @@ func exportCommand() *cli.Command {
 			if out == "-" && isTerminal(os.Stdout) {
 				return cli.Exit("export: refusing to write a tarball to a terminal; use -o FILE or a pipe", exitUsage)
 			}
-			body, err := cl.Export(ctx, adminapi.ExportRequest{Images: c.Args().Slice(), Platform: c.String("platform"), AllPlatforms: c.Bool("all-platforms")})
+			body, err := cl.Export(ctx, adminapi.ExportRequest{Images: posArgs(c), Platform: c.String("platform"), AllPlatforms: c.Bool("all-platforms")})
 			if err != nil {
 				return err
 			}
@@ -52,7 +52,7 @@ func exportCommand() *cli.Command {
 				File   string   `json:"file"`
 				Bytes  int64    `json:"bytes"`
 				Images []string `json:"images"`
-			}{out, n, c.Args().Slice()}
+			}{out, n, posArgs(c)}
 			switch {
 			case jsonOut(c):
 				return printJSON(os.Stderr, res)

@@ -28,7 +28,7 @@ func pullCommand() *cli.Command {
 			if err := needArgs(c, 1, "IMAGE"); err != nil {
 				return err
 			}
-			req := adminapi.PullRequest{Images: c.Args().Slice(), Platform: c.String("platform")}
+			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform")}
 			var r pullRenderer
 			switch {
 			case jsonOut(c):

@@ -198,7 +198,7 @@ func peersCommand() *cli.Command {
 				if err := needArgs(c, 1, "PEER-ID"); err != nil {
 					return err
 				}
-				p, err := cl.Ping(ctx, c.Args().First())
+				p, err := cl.Ping(ctx, firstArg(c))
 				if err != nil {
 					return err
 				}
