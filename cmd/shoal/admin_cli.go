@@ -117,6 +117,66 @@ func adminClient(c *cli.Context) (*adminapi.Client, error) {
 	return cl, nil
 }
 
+// hoistFlags moves the flags of an operator command that follow its arguments in front of
+// them: urfave/cli stops parsing flags at the first argument, and `shoal export IMG -o FILE`
+// is how people type. Other commands' arguments are left alone.
+func hoistFlags(cmds []*cli.Command, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") { // global flags
+		if args[i] == "--admin" || args[i] == "-admin" {
+			i++
+		}
+		i++
+	}
+	var cmd *cli.Command
+	for list := cmds; i < len(args); {
+		var next *cli.Command
+		for _, c := range list {
+			if c.HasName(args[i]) {
+				next = c
+			}
+		}
+		if next == nil {
+			break
+		}
+		cmd, list = next, next.Subcommands
+		i++
+	}
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, pos []string
+	for j := i; j < len(args); j++ {
+		a := args[j]
+		switch {
+		case a == "--":
+			pos = append(pos, args[j:]...)
+			j = len(args)
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			flags = append(flags, a)
+			name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if !hasValue && takesValue[name] && j+1 < len(args) {
+				j++
+				flags = append(flags, args[j])
+			}
+		default:
+			pos = append(pos, a)
+		}
+	}
+	out := append([]string{}, args[:i]...)
+	return append(append(out, flags...), pos...)
+}
+
 // cmdContext is cancelled by Ctrl-C or SIGTERM.
 func cmdContext(c *cli.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)

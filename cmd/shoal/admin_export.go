@@ -22,7 +22,7 @@ func exportCommand() *cli.Command {
 			"platform with --all-platforms. Content comes through the daemon's mirror, so exporting also\n" +
 			"warms the cache.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the tarball to `FILE` (\"-\" for standard output)", Required: true},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the tarball to `FILE` (\"-\" for standard output); required"},
 			&cli.StringFlag{Name: "platform", Usage: "platform of multi-platform images, `OS/ARCH[/VARIANT]`"},
 			&cli.BoolFlag{Name: "all-platforms", Usage: "include every platform of multi-platform images"},
 		},
@@ -31,6 +31,9 @@ func exportCommand() *cli.Command {
 				return err
 			}
 			out := c.String("output")
+			if out == "" {
+				return cli.Exit("export: name the tarball with -o FILE (or -o - for standard output)", exitUsage)
+			}
 			if out == "-" && isTerminal(os.Stdout) {
 				return cli.Exit("export: refusing to write a tarball to a terminal; use -o FILE or a pipe", exitUsage)
 			}

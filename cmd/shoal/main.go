@@ -52,8 +52,9 @@ func main() {
 		// Exit codes are handled below, once, so that every failure is one line on stderr.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	app.Commands = append(app.Commands, operatorCommands()...) // admin_*.go
-	if err := app.Run(os.Args); err != nil {
+	ops := operatorCommands() // admin_*.go
+	app.Commands = append(app.Commands, ops...)
+	if err := app.Run(hoistFlags(ops, os.Args)); err != nil {
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			if msg := ec.Error(); msg != "" {
