@@ -354,3 +354,60 @@ COMP_WORDS=(shoal cache ""); COMP_CWORD=2; _shoal_complete; echo "cache: ${COMPR
 		}
 	}
 }
+
+// TestStatusShowsUpstreamTokensWithoutSecrets: after a credentialed pull from a token-auth
+// upstream, `shoal status` counts the tokens fetched and the upstream's answers, the metrics say
+// the same, and neither they nor the daemon's log carry the password or a token.
+func TestStatusShowsUpstreamTokensWithoutSecrets(t *testing.T) {
+	t.Parallel()
+	up := upstreams(t)
+	reg := up.Token.Addr
+	d := startOpsShoal(t, shoalOpts{defaultRegistry: reg, config: &shoalConfig{Registries: map[string]shoalRegistry{
+		reg: {URL: up.Token.URL, Username: tokenUser, PasswordFile: writeSecret(t, tokenPass)},
+	}}})
+	d.run(t, 0, "pull", up.Img.Private.Ref())
+	var s adminapi.Status
+	d.runJSON(t, &s, "status")
+	var u *adminapi.UpstreamStatus
+	for i := range s.Upstreams {
+		if s.Upstreams[i].Registry == reg {
+			u = &s.Upstreams[i]
+		}
+	}
+	if u == nil || u.TokensFetched < 1 || u.Responses["200"] < 3 || !u.Healthy {
+		t.Fatalf("status: upstream %s: %+v, want tokens fetched and 200s, healthy", reg, u)
+	}
+	human := d.run(t, 0, "status").Stdout
+	if !strings.Contains(human, reg+"  healthy") || !strings.Contains(human, "tokens fetched") {
+		t.Errorf("status does not show the upstream's health and tokens:\n%s", human)
+	}
+	resp, err := http.Get("http://" + d.Metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokens float64
+	for _, m := range mfs["shoal_upstream_tokens_fetched_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "registry" && l.GetValue() == reg {
+				tokens = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if tokens < 1 {
+		t.Errorf("shoal_upstream_tokens_fetched_total{registry=%q} = %v, want ≥ 1", reg, tokens)
+	}
+	d.stop()
+	for what, text := range map[string]string{"daemon log": d.proc.log(), "status": human} {
+		for _, secret := range []string{tokenPass, "Bearer ", "Authorization"} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s contains %q", what, secret)
+			}
+		}
+	}
+}
