@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # shoal's container image: one static Go binary (no cgo, no libc) on distroless/static, which adds
 # only CA certificates, tzdata and /etc/passwd entries (nonroot = 65532). No shell, no package
 # manager. Build:  docker build --build-arg VERSION=$(git describe --tags --always) -t shoal .

@@ -207,13 +207,13 @@ func healthcheckCommand() *cli.Command {
 		Usage:     "exit 0 when the daemon answers /healthz (for container HEALTHCHECKs: the image has no curl)",
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "url", Usage: "`URL` to GET (default http://<SHOAL_LISTEN, loopback for 0.0.0.0>/healthz, else http://127.0.0.1:5000/healthz)"},
+			&cli.StringFlag{Name: "url", Usage: "`URL` to GET (default: /readyz on $SHOAL_METRICS_LISTEN when set, else /healthz on $SHOAL_LISTEN or 127.0.0.1:5000; wildcard hosts are reached on loopback)"},
 			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Second, Usage: "give up after this long"},
 		},
 		Action: func(c *cli.Context) error {
 			url := c.String("url")
 			if url == "" {
-				url = healthURL(os.Getenv("SHOAL_LISTEN"))
+				url = healthURL(os.Getenv("SHOAL_METRICS_LISTEN"), os.Getenv("SHOAL_LISTEN"))
 			}
 			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 			defer cancel()
@@ -236,21 +236,28 @@ func healthcheckCommand() *cli.Command {
 	}
 }
 
-// healthURL turns a listen address into the URL of its /healthz; a wildcard host is reached on
-// loopback.
-func healthURL(listen string) string {
+// healthURL picks what a container health check asks: the metrics listener's /readyz when it is
+// configured (plain HTTP even when the mirror serves TLS, and not in the access log), else the
+// mirror's /healthz. A wildcard host is reached on loopback.
+func healthURL(metricsListen, listen string) string {
+	loopback := func(addr string) string {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "127.0.0.1:5000"
+		}
+		switch host {
+		case "", "0.0.0.0":
+			host = "127.0.0.1"
+		case "::":
+			host = "::1"
+		}
+		return net.JoinHostPort(host, port)
+	}
+	if metricsListen != "" && metricsListen != "off" {
+		return "http://" + loopback(metricsListen) + "/readyz"
+	}
 	if listen == "" {
-		return "http://127.0.0.1:5000/healthz"
+		listen = "127.0.0.1:5000"
 	}
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil {
-		return "http://127.0.0.1:5000/healthz"
-	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return "http://" + net.JoinHostPort(host, port) + "/healthz"
+	return "http://" + loopback(listen) + "/healthz"
 }
