@@ -34,6 +34,7 @@ type upstreamProxy struct {
 // response has been sent (or aborted).
 type proxyReq struct {
 	Method, Path, Query string
+	Local               string // the proxy's address the request came in on (see listenOn)
 	Status              int
 	Bytes               int64
 	Done                bool
@@ -71,14 +72,21 @@ func startUpstreamProxy(s scope, target string) *upstreamProxy {
 	}
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &proxyReq{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			rec.Local = a.String()
+		}
 		p.mu.Lock()
 		p.reqs = append(p.reqs, rec)
 		p.mu.Unlock()
 		cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
+		// Deferred: when the client goes away mid-body, ReverseProxy ends with
+		// panic(http.ErrAbortHandler), and the request must still count as done.
+		defer func() {
+			p.mu.Lock()
+			rec.Status, rec.Bytes, rec.Done = cw.status, cw.n, true
+			p.mu.Unlock()
+		}()
 		rp.ServeHTTP(cw, r)
-		p.mu.Lock()
-		rec.Status, rec.Bytes, rec.Done = cw.status, cw.n, true
-		p.mu.Unlock()
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go p.srv.Serve(ln)
 	s.Cleanup(p.stop)

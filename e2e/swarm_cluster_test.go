@@ -41,6 +41,7 @@ type swarmNode struct {
 	PeerID   string   // from "p2p node up"
 	P2PAddrs []string // full multiaddrs with /p2p/ID
 	DataDir  string
+	Upstream string // the proxy's URL this node was given (one listener per node)
 	proc     *proc
 }
 
@@ -123,7 +124,7 @@ func launchSwarmNode(t *testing.T, name, ip, upstreamURL string, bootstrap []str
 	o := shoalOpts{registries: []string{"docker.io=" + upstreamURL}, args: append(args, extra...)}
 	// Port 0: the daemon picks its ports and logs them, so there is no race for a free port.
 	argv := shoalArgs(t, ip+":0", &o)
-	return &swarmNode{Name: name, IP: ip, DataDir: o.dataDir, proc: startProc(t, name, nil, argv...)}
+	return &swarmNode{Name: name, IP: ip, DataDir: o.dataDir, Upstream: upstreamURL, proc: startProc(t, name, nil, argv...)}
 }
 
 // awaitUp waits for the daemon's start-up lines and its mirror API.
@@ -211,15 +212,19 @@ func (n *swarmNode) routingTableSize() (size int, ok bool) {
 // the admin API tells, every routing table holds all n-1 others: the designated fetcher of a
 // digest is agreed on from the routing table, so a node that does not know everyone yet would
 // pick differently.
-func startSwarm(t *testing.T, n int, upstreamURL string, extra ...string) []*swarmNode {
+func startSwarm(t *testing.T, n int, up *upstreamProxy, extra ...string) []*swarmNode {
 	t.Helper()
 	start := time.Now()
-	first := launchSwarmNode(t, "shoal-1", swarmIP(), upstreamURL, nil, extra)
+	launch := func(i int, boot []string) *swarmNode {
+		ip := swarmIP()
+		return launchSwarmNode(t, fmt.Sprintf("shoal-%d", i), ip, up.listenOn(t, ip), boot, extra)
+	}
+	first := launch(1, nil)
 	first.awaitUp(t)
 	nodes := []*swarmNode{first}
 	boot := []string{first.bootstrapAddr(t)}
 	for i := 2; i <= n; i++ {
-		nodes = append(nodes, launchSwarmNode(t, fmt.Sprintf("shoal-%d", i), swarmIP(), upstreamURL, boot, extra))
+		nodes = append(nodes, launch(i, boot))
 	}
 	for _, nd := range nodes[1:] {
 		nd.awaitUp(t)
@@ -239,6 +244,29 @@ func startSwarm(t *testing.T, n int, upstreamURL string, extra ...string) []*swa
 	}
 	t.Logf("%d shoal nodes up and joined in %s", n, time.Since(start).Round(time.Millisecond))
 	return nodes
+}
+
+// nodeOf returns the node that made an upstream request (by the proxy listener it came in on).
+func nodeOf(nodes []*swarmNode, r proxyReq) *swarmNode {
+	for _, n := range nodes {
+		if "http://"+r.Local == n.Upstream {
+			return n
+		}
+	}
+	return nil
+}
+
+// describeBy formats upstream requests with the node that made each.
+func describeBy(nodes []*swarmNode, reqs []proxyReq) string {
+	var b strings.Builder
+	for _, r := range reqs {
+		who := "?"
+		if n := nodeOf(nodes, r); n != nil {
+			who = n.Name
+		}
+		fmt.Fprintf(&b, "  %s: %s %s -> %d (%d bytes, done=%v)\n", who, r.Method, r.Path, r.Status, r.Bytes, r.Done)
+	}
+	return b.String()
 }
 
 // swarmImage is an image seeded into a test's own upstream registry.
@@ -374,6 +402,14 @@ func logSwarmReport(t *testing.T, nodes []*swarmNode, tr upstreamBlobTraffic, im
 	t.Helper()
 	var b strings.Builder
 	for _, n := range nodes {
+		var upBytes int64
+		var upGETs int
+		for _, r := range tr.Requests {
+			if r.Method == http.MethodGet && strings.Contains(r.Path, "/blobs/") && nodeOf(nodes, r) == n {
+				upBytes += r.Bytes
+				upGETs++
+			}
+		}
 		src := n.blobSources()
 		keys := make([]string, 0, len(src))
 		for k := range src {
@@ -384,8 +420,8 @@ func logSwarmReport(t *testing.T, nodes []*swarmNode, tr upstreamBlobTraffic, im
 		for _, k := range keys {
 			parts = append(parts, fmt.Sprintf("%s×%d", k, src[k]))
 		}
-		fmt.Fprintf(&b, "  %s (%s, %s): blob GETs by source [%s], fetched for the swarm: %d digests\n",
-			n.Name, n.Addr, short(n.PeerID), strings.Join(parts, " "), len(n.swarmFetches()))
+		fmt.Fprintf(&b, "  %s (%s, %s): blob GETs by source [%s], fetched for the swarm: %d digests, upstream blob GETs: %d (%.1f MiB)\n",
+			n.Name, n.Addr, short(n.PeerID), strings.Join(parts, " "), len(n.swarmFetches()), upGETs, float64(upBytes)/(1<<20))
 	}
 	for _, d := range img.Blobs {
 		fmt.Fprintf(&b, "  upstream %s: %d GETs, %.1f MiB (blob %.1f MiB)\n", short(d), tr.GETs[d],

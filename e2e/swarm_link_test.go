@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -62,6 +63,18 @@ func (p *upstreamProxy) shapeLink(bytesPerSec int64) {
 	}
 }
 
+// listenOn makes the proxy also serve on ip (a port of its own) and returns that URL. Each swarm
+// node gets its own, so that every upstream request says which node made it (proxyReq.Local).
+func (p *upstreamProxy) listenOn(t *testing.T, ip string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatalf("proxy listener on %s: %v", ip, err)
+	}
+	go p.srv.Serve(ln) // closed with the proxy (srv.Close closes every listener it serves)
+	return "http://" + ln.Addr().String()
+}
+
 // upstreamBlobTraffic is what the proxy sent for blob GETs: body bytes in total and per digest,
 // and the number of GETs per digest.
 type upstreamBlobTraffic struct {
@@ -102,7 +115,9 @@ func (p *upstreamProxy) blobTraffic(t *testing.T, timeout time.Duration) upstrea
 
 type errStillRunning struct{ r proxyReq }
 
-func (e errStillRunning) Error() string { return "still running: " + e.r.Method + " " + e.r.Path }
+func (e errStillRunning) Error() string {
+	return "still running: " + e.r.Method + " " + e.r.Path + " (came in on " + e.r.Local + ")"
+}
 
 // TestLinkShaperSharesTheRate checks the fixture itself: two blobs fetched at once over a shaped
 // link take about as long as both one after the other (the rate is shared), and the bytes

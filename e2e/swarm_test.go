@@ -1,8 +1,8 @@
 package e2e
 
 import (
-	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,7 +27,7 @@ func TestSwarmColdPullFetchesUpstreamOnce(t *testing.T) {
 	reg, img := seedSwarmImage(t, 51, swarmLayers, swarmLayer)
 	p := startUpstreamProxy(t, reg.URL)
 	p.shapeLink(64 << 20) // ~1.5 s for the image: the five pulls overlap for real
-	nodes := startSwarm(t, swarmNodes, p.URL)
+	nodes := startSwarm(t, swarmNodes, p)
 
 	res := pullAtOnce(t, nodes, img.Ref())
 	for _, r := range res {
@@ -41,7 +41,7 @@ func TestSwarmColdPullFetchesUpstreamOnce(t *testing.T) {
 	logSwarmReport(t, nodes, tr, img)
 	if ratio > 1.1 {
 		t.Errorf("upstream served %.3f× the image's blob bytes (%d of %d) for %d concurrent cold pulls, want ≤ 1.1×; upstream saw:\n%s",
-			ratio, tr.Bytes, img.BlobBytes, len(nodes), describe(tr.Requests))
+			ratio, tr.Bytes, img.BlobBytes, len(nodes), describeBy(nodes, tr.Requests))
 	}
 }
 
@@ -57,7 +57,7 @@ func TestSwarmDesignatedFetcherKilled(t *testing.T) {
 	layer := img.Layers[0]
 	h := p.holdBlob(layer, 8<<20)
 	t.Cleanup(h.Release)
-	nodes := startSwarm(t, swarmNodes, p.URL)
+	nodes := startSwarm(t, swarmNodes, p)
 
 	tool(t, "crane") // here, not in the goroutine below, when a client is missing
 	tool(t, "skopeo")
@@ -72,41 +72,37 @@ func TestSwarmDesignatedFetcherKilled(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("no node fetched 8 MiB of layer %s from the upstream within 2 minutes", short(layer))
 	}
-	// The designated fetcher says so in its log before its upstream GET, so the line is there;
-	// the poll only covers the log's buffering.
+	// The node streaming the layer from the upstream right now is the one the others wait on:
+	// the designated fetcher (whether a peer asked it first, "fetching for the swarm", or its own
+	// client did). The proxy knows which node made each request.
 	var fetchers []*swarmNode
-	_ = poll(5*time.Second, nil, func() error {
-		fetchers = fetchers[:0]
-		for _, n := range nodes {
-			if slices.Contains(n.swarmFetches(), layer) {
+	for _, r := range p.requests() {
+		if r.Method == "GET" && !r.Done && strings.HasSuffix(r.Path, "/blobs/"+layer) {
+			if n := nodeOf(nodes, r); n != nil && !slices.Contains(fetchers, n) {
 				fetchers = append(fetchers, n)
 			}
 		}
-		if len(fetchers) == 0 {
-			return fmt.Errorf("no node logged \"fetching for the swarm\" for %s", layer)
-		}
-		return nil
-	})
-	victim := nodes[0]
-	switch len(fetchers) {
-	case 0:
-		t.Errorf("no node logged \"fetching for the swarm\" for layer %s while its upstream GET was under way: no designated fetcher; killing %s instead",
-			short(layer), victim.Name)
-	case 1:
-		victim = fetchers[0]
-	default:
+	}
+	if len(fetchers) == 0 {
+		t.Fatalf("the upstream sent 8 MiB of layer %s but no node's GET of it is under way:\n%s", short(layer), describeBy(nodes, p.requests()))
+	}
+	if len(fetchers) > 1 {
 		var names []string
 		for _, f := range fetchers {
 			names = append(names, f.Name)
 		}
-		t.Errorf("several nodes fetch layer %s for the swarm: %v, want one", short(layer), names)
-		victim = fetchers[0]
+		t.Errorf("%d nodes fetch layer %s from the upstream at once (%v), want one designated fetcher", len(fetchers), short(layer), names)
 	}
+	victim := fetchers[0]
 	mark := len(p.requests())
 	victim.kill(t)
 	killedAt := time.Now()
 	h.Release()
-	t.Logf("SIGKILLed %s (%s), the designated fetcher of layer %s, with 8 MiB of it fetched", victim.Name, victim.Addr, short(layer))
+	asked := "its own client asked first"
+	if slices.Contains(victim.swarmFetches(), layer) {
+		asked = "it logged \"fetching for the swarm\""
+	}
+	t.Logf("SIGKILLed %s (%s), the node fetching layer %s from the upstream (%s), with 8 MiB of it fetched", victim.Name, victim.Addr, short(layer), asked)
 
 	res = <-results
 	var survivors []*swarmNode
@@ -122,17 +118,22 @@ func TestSwarmDesignatedFetcherKilled(t *testing.T) {
 	tr := p.blobTraffic(t, time.Minute)
 	ratio := float64(tr.Bytes) / float64(img.BlobBytes)
 	after := 0
-	for _, r := range p.since(mark) {
+	var layerGETs []proxyReq
+	for i, r := range tr.Requests {
 		if r.Method == "GET" && r.Path == "/v2/"+img.Repo+"/blobs/"+layer {
-			after++
+			layerGETs = append(layerGETs, r)
+			if i >= mark {
+				after++
+			}
 		}
 	}
+	t.Logf("upstream GETs of layer %s:\n%s", short(layer), describeBy(nodes, layerGETs))
 	t.Logf("designated fetcher killed: upstream blob bytes %d = %.3f× the image (limit 2×); layer %s fetched upstream %d times (%d after the kill); pulls p50 %.2fs max %.2fs, %.2fs after the kill (%s)",
 		tr.Bytes, ratio, short(layer), tr.GETs[layer], after, p50.Seconds(), slowest.Seconds(), time.Since(killedAt).Seconds(), times)
 	logSwarmReport(t, survivors, tr, img)
 	if ratio > 2 {
 		t.Errorf("upstream served %.3f× the image's blob bytes (%d of %d) with the designated fetcher killed, want ≤ 2×; upstream saw:\n%s",
-			ratio, tr.Bytes, img.BlobBytes, describe(tr.Requests))
+			ratio, tr.Bytes, img.BlobBytes, describeBy(nodes, tr.Requests))
 	}
 }
 
@@ -146,7 +147,7 @@ func TestSwarmColdPullTime(t *testing.T) {
 
 	pa := startUpstreamProxy(t, reg.URL)
 	pa.shapeLink(link)
-	alone := startSwarm(t, 1, pa.URL)
+	alone := startSwarm(t, 1, pa)
 	res1 := pullAtOnce(t, alone, img.Ref())
 	checkPull(t, res1[0], img)
 	alone[0].proc.stop()
@@ -155,7 +156,7 @@ func TestSwarmColdPullTime(t *testing.T) {
 
 	pb := startUpstreamProxy(t, reg.URL)
 	pb.shapeLink(link)
-	nodes := startSwarm(t, swarmNodes, pb.URL)
+	nodes := startSwarm(t, swarmNodes, pb)
 	res := pullAtOnce(t, nodes, img.Ref())
 	for _, r := range res {
 		checkPull(t, r, img)
