@@ -1,12 +1,19 @@
 package upstream
 
-import "strings"
+import (
+	"encoding/base64"
+	"strings"
+)
 
 // redact removes the secret from a string an upstream sent back (an error message that
-// echoes what it was given), so that it cannot reach a log line, an error or a client.
+// echoes what it was given), in clear and as the Basic credentials it travelled in, so that
+// it cannot reach a log line, an error or a client.
 func (c credentials) redact(s string) string {
-	if c.secret == "" || !strings.Contains(s, c.secret) {
+	if c.secret == "" {
 		return s
 	}
-	return strings.ReplaceAll(s, c.secret, "[redacted]")
+	for _, v := range []string{c.secret, base64.StdEncoding.EncodeToString([]byte(c.username + ":" + c.secret))} {
+		s = strings.ReplaceAll(s, v, "[redacted]")
+	}
+	return s
 }
