@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,5 +216,60 @@ func TestDeployRegistriesConf(t *testing.T) {
 	}
 	if n := count(hub.requests(), http.MethodGet, ""); n == 0 {
 		t.Errorf("the pull did not go through shoal:\n%s", out)
+	}
+}
+
+// TestDeploySetupDockerThenPull: `shoal setup docker` merges shoal into the daemon.json of a
+// running dockerd (keeping its other settings and mirrors), the reload README advises
+// (SIGHUP, what `systemctl reload docker` sends) makes dockerd use it, and `docker pull` of a
+// Docker Hub name then goes through shoal.
+func TestDeploySetupDockerThenPull(t *testing.T) {
+	t.Parallel()
+	up := upstreams(t)
+	hub := startUpstreamProxy(t, up.Open.URL)
+	s := startShoal(t, shoalOpts{registries: []string{"docker.io=" + hub.URL}})
+	c := startContainerd(t)
+	d := startDockerd(t, c, unreachableURL) // a mirror that does not answer: until setup, pulls fail
+	cfg := ""
+	for i, a := range d.proc.cmd.Args {
+		if a == "--config-file" && i+1 < len(d.proc.cmd.Args) {
+			cfg = d.proc.cmd.Args[i+1]
+		}
+	}
+	if cfg == "" {
+		t.Fatalf("dockerd runs without --config-file: %v", d.proc.cmd.Args)
+	}
+	before := readText(t, cfg)
+
+	out, err := runCmd(t.Context(), time.Minute, nil, shoalBin, "setup", "docker", "--daemon-json", cfg, "--mirror", s.URL)
+	if err != nil {
+		t.Fatalf("shoal setup docker: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "systemctl reload docker") {
+		t.Errorf("setup docker does not say how to make dockerd read the file:\n%s", out)
+	}
+	after := readText(t, cfg)
+	wantLine := fmt.Sprintf(`"registry-mirrors": ["%s", "%s"]`, s.URL, unreachableURL)
+	if !strings.Contains(after, wantLine) {
+		t.Errorf("daemon.json after setup lacks %s:\n%s", wantLine, after)
+	}
+	if readText(t, cfg+".shoal-backup") != before {
+		t.Error("no backup of the original daemon.json")
+	}
+	if err := d.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, d.proc, "dockerd reloads registry-mirrors", func() error {
+		info, err := d.docker(t.Context(), t, "info", "--format", "{{json .RegistryConfig.Mirrors}}")
+		if err != nil || !strings.Contains(info, s.URL) {
+			return fmt.Errorf("docker info mirrors: %s %v", strings.TrimSpace(info), err)
+		}
+		return nil
+	})
+	if out, err := d.docker(t.Context(), t, "pull", up.Img.Hello.Ref()); err != nil {
+		t.Fatalf("docker pull after setup docker: %v\n%s", err, out)
+	}
+	if n := count(hub.requests(), http.MethodGet, ""); n == 0 {
+		t.Error("docker pull did not go through shoal")
 	}
 }
