@@ -88,4 +88,28 @@ func TestPullProgressBarsInTerminal(t *testing.T) {
 	if !strings.Contains(screen, "pulled 1 image(s): 4 blobs") {
 		t.Errorf("no summary line on screen:\n%s", screen)
 	}
+
+	// A terminal too short for the block: finished lines scroll out above it, each blob still
+	// shows exactly once (in the scrollback or on screen).
+	script = fmt.Sprintf("%s --admin %s pull %s; echo EXIT=$?; sleep 600", shoalBin, d.Admin, img.Ref())
+	if out, err := tm("new-session", "-d", "-s", "short", "-x", "200", "-y", "4", "sh", "-c", script); err != nil {
+		t.Fatalf("tmux new-session: %v\n%s", err, out)
+	}
+	eventually(t, 60*time.Second, nil, "pull in a 4-line terminal", func() error {
+		out, err := tm("capture-pane", "-p", "-S", "-100", "-t", "short")
+		if err != nil {
+			return err
+		}
+		screen = out
+		if !strings.Contains(screen, "EXIT=") {
+			return fmt.Errorf("not finished:\n%s", screen)
+		}
+		return nil
+	})
+	for _, b := range img.Blobs {
+		short := b[:len("sha256:")+12]
+		if n := strings.Count(screen, short); n != 1 || !strings.Contains(screen, "EXIT=0") {
+			t.Errorf("4-line terminal: blob %s shows %d times, want 1:\n%s", short, n, screen)
+		}
+	}
 }

@@ -285,11 +285,11 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
-// termWidth is the terminal's width in columns, 80 if unknown.
-func termWidth(f *os.File) int {
+// termSize is the terminal's width and height, 80×24 if unknown.
+func termSize(f *os.File) (int, int) {
 	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
-	if err != nil || ws.Col == 0 {
-		return 80
+	if err != nil || ws.Col == 0 || ws.Row == 0 {
+		return 80, 24
 	}
-	return int(ws.Col)
+	return int(ws.Col), int(ws.Row)
 }

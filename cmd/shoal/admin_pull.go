@@ -34,7 +34,8 @@ func pullCommand() *cli.Command {
 			case jsonOut(c):
 				r = &jsonRenderer{enc: json.NewEncoder(os.Stdout)}
 			case isTerminal(os.Stdout) && os.Getenv("TERM") != "dumb":
-				r = newBarRenderer(os.Stdout, termWidth(os.Stdout))
+				w, h := termSize(os.Stdout)
+				r = newBarRenderer(os.Stdout, w, h)
 			default:
 				r = &lineRenderer{w: os.Stdout}
 			}
@@ -94,10 +95,11 @@ func doneLine(ev adminapi.PullEvent) string {
 
 // barRenderer redraws a block of lines on a terminal: one per image and manifest, and a
 // progress bar per blob. Lines never wrap (they are cut to the terminal's width), so moving
-// the cursor up by the number of lines drawn always returns to the block's start.
+// the cursor up by the number of lines drawn always returns to the block's start. When the
+// block would not fit the screen, finished lines at its top are printed for good and leave it.
 type barRenderer struct {
-	w     io.Writer
-	width int
+	w             io.Writer
+	width, height int
 
 	mu     sync.Mutex
 	rows   []*barRow
@@ -119,8 +121,12 @@ type barRow struct {
 	err   string
 }
 
-func newBarRenderer(w io.Writer, width int) *barRenderer {
-	return &barRenderer{w: w, width: width, byKey: map[string]*barRow{}}
+func newBarRenderer(w io.Writer, width, height int) *barRenderer {
+	return &barRenderer{w: w, width: width, height: height, byKey: map[string]*barRow{}}
+}
+
+func (row *barRow) finished() bool {
+	return !row.blob || row.state == adminapi.StateDone || row.state == adminapi.StateError
 }
 
 func (r *barRenderer) event(ev adminapi.PullEvent) {
@@ -185,12 +191,19 @@ func (r *barRenderer) drawLocked() {
 		b.WriteString("\r\x1b[2K" + s + "\n")
 		lines++
 	}
-	for _, row := range r.rows {
+	text := func(row *barRow) string {
 		if !row.blob {
-			put(row.text)
-			continue
+			return row.text
 		}
-		put(row.render())
+		return row.render()
+	}
+	for len(r.rows) > max(r.height-2, 1) && r.rows[0].finished() {
+		put(text(r.rows[0]))
+		r.rows = r.rows[1:]
+	}
+	lines = 0 // what scrolled out above is not redrawn
+	for _, row := range r.rows {
+		put(text(row))
 	}
 	if r.footer != "" {
 		put(r.footer)
