@@ -17,7 +17,7 @@ import (
 )
 
 // exitFindings is the exit code of `setup --strict` when a check found a problem.
-const exitFindings = 3
+const exitFindings = 6
 
 func setupCommand() *cli.Command {
 	common := []cli.Flag{
