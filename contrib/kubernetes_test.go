@@ -269,6 +269,11 @@ func checkPodSpec(t *testing.T, ds map[string]any) {
 			if field == "initContainers" && (c["livenessProbe"] != nil || c["readinessProbe"] != nil) {
 				t.Errorf("%s/%s: init containers may not have probes", name, cn)
 			}
+			// `shoal setup containerd` checks its result in a scratch directory under /tmp.
+			if args := fmt.Sprint(c["args"]); strings.HasPrefix(args, "[setup containerd") && dig(c, "securityContext", "readOnlyRootFilesystem") == true &&
+				!slices.ContainsFunc(list(c["volumeMounts"]), func(m map[string]any) bool { return m["mountPath"] == "/tmp" }) {
+				t.Errorf("%s/%s: read-only root file system and no writable /tmp for setup's scratch files", name, cn)
+			}
 			if dig(c, "resources", "limits", "memory") == nil {
 				t.Errorf("%s/%s: no memory limit", name, cn)
 			}
@@ -302,7 +307,7 @@ func checkDaemonSet(t *testing.T, ds map[string]any) {
 			t.Errorf("init container args %s lack %s", args, want)
 		}
 	}
-	if m := list(init["volumeMounts"]); len(m) != 1 || m[0]["mountPath"] != "/host/etc/containerd" ||
+	if m := list(init["volumeMounts"]); len(m) == 0 || m[0]["mountPath"] != "/host/etc/containerd" ||
 		dig(volumeByName(t, ds, m[0]["name"].(string)), "hostPath", "path") != "/etc/containerd" {
 		t.Errorf("init container must see the node's /etc/containerd at /host/etc/containerd: %v", m)
 	}
