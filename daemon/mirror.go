@@ -28,6 +28,10 @@ const (
 	hdrStale  = "X-Shoal-Stale"  // "true": tag served from cache because the upstream failed
 )
 
+// firstByteWait bounds how long a blob response waits for its first byte before it commits to
+// a status line.
+const firstByteWait = 2 * time.Second
+
 // errAborted means the response was already under way when it failed: the connection is cut
 // so the client sees a broken transfer, never a short body taken for a whole one.
 var errAborted = errors.New("response aborted after headers were sent")
@@ -204,15 +208,20 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if rng != nil {
 		start, end = rng.start, rng.end+1
 	}
-	// Wait for the first byte before the status line, so that a download that fails early
-	// (not found, wrong bytes) still gets a proper OCI error instead of a cut connection.
-	fr := &fillReader{ctx: ctx, f: f, off: start, end: end, gated: true}
+	// Wait briefly for the first byte before the status line, so that a download that fails
+	// early (not found, wrong bytes) still gets a proper OCI error instead of a cut
+	// connection. Not longer: bytes from a peer are held back until the whole blob is
+	// verified, and a client must not sit without response headers meanwhile.
 	buf := make([]byte, 256<<10) // net/http's ReadFrom would use 32 KiB: more syscalls per byte
-	n, err := fr.Read(buf)
-	if errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0 {
+	pctx, cancel := context.WithTimeout(ctx, firstByteWait)
+	n, err := (&fillReader{ctx: pctx, f: f, off: start, end: end, gated: true}).Read(buf)
+	cancel()
+	fr := &fillReader{ctx: ctx, f: f, off: start + int64(n), end: end, gated: true}
+	switch {
+	case errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0:
 		return m.serveDirect(w, r, d, open)
-	}
-	if err != nil && err != io.EOF {
+	case err == nil, err == io.EOF, errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+	default:
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
 	if _, _, err := writeBlobHead(w, r, size); err != nil {
