@@ -31,7 +31,10 @@ func run(m *testing.M) int {
 		return 1
 	}
 	shoalBin = filepath.Join(dir, "shoal")
-	build := exec.Command("go", "build", "-o", shoalBin, "./cmd/shoal")
+	// Built like the Dockerfile builds it (static, -trimpath), so that the deploy tests' own
+	// build of that line reuses this compile instead of redoing it.
+	build := exec.Command("go", "build", "-trimpath", "-o", shoalBin, "./cmd/shoal")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		shoalBuildErr = fmt.Errorf("go build ./cmd/shoal: %v\n%s", err, out)
