@@ -16,6 +16,9 @@ package bench
 //   - BenchmarkMirrorColdPull: a cold pull (HEAD tag, GET manifest, config and 4 × 128 MiB layers,
 //     3 in parallel, as containerd does) through a fresh shoal vs directly from the same upstream,
 //     alternating; reports shoal-s, direct-s and shoal/direct (goal ≤ 1.10).
+//   - BenchmarkMirrorColdPullShaped: the same over a link paced to 100 MiB/s (one token bucket
+//     for all connections), the case a mirror exists for; on loopback the unshaped run is
+//     CPU-bound on 2 cores (shoal hashes every byte at ~1 GB/s and writes it to disk).
 
 import (
 	"bufio"
