@@ -40,6 +40,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -591,10 +592,35 @@ type swarmRun struct {
 	amp           float64 // upstream blob bytes / image blob bytes
 	p50, p99, max time.Duration
 	failed        int
+	cpu           float64 // share of the machine's CPU used from the barrier to the last exit
 }
 
-// pullAll execs one crane pull per node at the same instant and returns each one's duration.
-func (e *swarmEnv) pullAll(b *testing.B, dir string, nodes []*benchNode, img swarmImg) ([]time.Duration, []error) {
+// procCPU returns a live process's user+system CPU time so far (Linux /proc, 100 ticks/s).
+func procCPU(pid int) time.Duration {
+	bs, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which is in parentheses and may hold spaces).
+	f := strings.Fields(string(bs[strings.LastIndexByte(string(bs), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// selfCPU is this process's CPU time (the link proxy runs in it).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// pullAll execs one crane pull per node at the same instant and returns each one's duration and
+// the CPU time all processes involved used meanwhile (mirrors, clients, this process).
+func (e *swarmEnv) pullAll(b *testing.B, dir string, nodes []*benchNode, img swarmImg) ([]time.Duration, []error, time.Duration) {
 	b.Helper()
 	n := len(nodes)
 	took := make([]time.Duration, n)
@@ -630,12 +656,25 @@ func (e *swarmEnv) pullAll(b *testing.B, dir string, nodes []*benchNode, img swa
 		}()
 	}
 	ready.Wait()
+	cpu0 := selfCPU()
+	for _, nd := range nodes {
+		cpu0 += procCPU(nd.proc.cmd.Process.Pid)
+	}
 	close(barrier)
 	done.Wait()
+	cpu := selfCPU() - cpu0
+	for _, nd := range nodes {
+		cpu += procCPU(nd.proc.cmd.Process.Pid)
+	}
+	for _, c := range cmds {
+		if c.ProcessState != nil {
+			cpu += c.ProcessState.UserTime() + c.ProcessState.SystemTime()
+		}
+	}
 	for _, d := range dsts {
 		os.RemoveAll(d)
 	}
-	return took, errs
+	return took, errs, cpu
 }
 
 // checkLayout checks the OCI layout names the image's manifest (crane verified every blob's
@@ -708,18 +747,17 @@ func BenchmarkSwarm(b *testing.B) {
 			var sb strings.Builder
 			fmt.Fprintf(&sb, "N=%d, image %.0f MiB (4 layers), upstream link %.0f Mbit/s (%.1f MiB/s); one line per system and run:\n",
 				n, float64(img.blobBytes)/(1<<20), mbit, rate/(1<<20))
-			fmt.Fprintf(&sb, "  %-15s %10s %8s %8s %8s %7s %s\n", "system", "upstream×", "p50 s", "p99 s", "max s", "failed", "p99/(N=1 shoal-p2p)")
+			fmt.Fprintf(&sb, "  %-15s %10s %8s %8s %8s %7s %5s %s\n", "system", "upstream×", "p50 s", "p99 s", "max s", "failed", "cpu%", "p99/(N=1 shoal-p2p)")
 			for _, r := range runs {
 				ref := "-"
 				if singleP2P > 0 && n > 1 {
 					ref = fmt.Sprintf("%.2f", r.p99.Seconds()/singleP2P.Seconds())
 				}
-				fmt.Fprintf(&sb, "  %-15s %10.3f %8.2f %8.2f %8.2f %7d %s\n", r.system, r.amp, r.p50.Seconds(), r.p99.Seconds(), r.max.Seconds(), r.failed, ref)
+				fmt.Fprintf(&sb, "  %-15s %10.3f %8.2f %8.2f %8.2f %7d %5.0f %s\n", r.system, r.amp, r.p50.Seconds(), r.p99.Seconds(), r.max.Seconds(), r.failed, 100*r.cpu, ref)
 				b.ReportMetric(r.amp, r.system+"-upstream-x")
 				b.ReportMetric(r.p99.Seconds(), r.system+"-p99-s")
 			}
 			b.Log(sb.String())
-			fmt.Print(sb.String()) // also visible without -v
 		})
 	}
 }
@@ -734,7 +772,7 @@ func (e *swarmEnv) runSystem(b *testing.B, sys system, n int, img swarmImg, rate
 	defer os.RemoveAll(dir)
 	proxy := startLinkProxy(b, e.upstream, rate)
 	nodes := sys.start(b, e, dir, n, proxy.URL)
-	took, errs := e.pullAll(b, dir, nodes, img)
+	took, errs, cpu := e.pullAll(b, dir, nodes, img)
 	if err := proxy.settled(2 * time.Minute); err != nil {
 		b.Log(err)
 	}
@@ -749,6 +787,9 @@ func (e *swarmEnv) runSystem(b *testing.B, sys system, n int, img swarmImg, rate
 		ok = append(ok, took[i])
 	}
 	run.p50, run.p99, run.max = percentile(ok, 0.5), percentile(ok, 0.99), percentile(ok, 1)
+	if wall := percentile(took, 1); wall > 0 {
+		run.cpu = cpu.Seconds() / (wall.Seconds() * float64(runtime.NumCPU()))
+	}
 	if sys.name == "shoal-p2p" && n == 1 && run.failed == 0 {
 		singleP2P = run.max
 	}
