@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -363,6 +365,21 @@ func TestAdminExportTarball(t *testing.T) {
 		}
 	}
 	_ = two
+
+	// The same tarball under /_shoal/export?images=A,B on the admin socket.
+	sock := strings.TrimPrefix(d.AdminAddr(), "unix:")
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://admin/_shoal/export?images=test/one,test/two")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/x-tar" || err != nil || n < 1024 {
+		t.Errorf("GET /_shoal/export: %s %s, %d bytes, %v", resp.Status, resp.Header.Get("Content-Type"), n, err)
+	}
 
 	_, err = cl.Export(t.Context(), adminapi.ExportRequest{Images: []string{"test/none"}})
 	if !isAPICode(err, adminapi.CodeNotFound) {
