@@ -93,6 +93,7 @@ type guardPolicy struct {
 	burst               int
 	maxConcurrent       int
 	users               map[string][]byte // htpasswd: user → bcrypt hash; nil = no auth
+	dummy               []byte            // bcrypt hash at the users' cost, for unknown names
 	cert                *tls.Certificate
 	requestTimeout      time.Duration
 	writeTimeout        time.Duration
@@ -194,6 +195,17 @@ func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
 		}
 		if p.users, err = parseHtpasswd(b); err != nil {
 			return nil, &ConfigError{Key: "security.htpasswd", Err: fmt.Errorf("%s: %w", cfg.Htpasswd, err)}
+		}
+		cost := bcrypt.MinCost
+		for _, h := range p.users {
+			if c, err := bcrypt.Cost(h); err == nil && c > cost {
+				cost = c
+			}
+		}
+		// An unknown name is compared against this hash, so that it takes as long as a known
+		// one and names cannot be probed by timing.
+		if p.dummy, err = bcrypt.GenerateFromPassword([]byte("shoal: no such user"), cost); err != nil {
+			return nil, &ConfigError{Key: "security.htpasswd", Err: err}
 		}
 	}
 	switch {
@@ -546,7 +558,7 @@ func (g *guard) authenticated(r *http.Request, p *guardPolicy) bool {
 	hash, known := p.users[user]
 	if !known {
 		// Spend the same time as for a real user so that names cannot be probed.
-		hash = dummyHash()
+		hash = p.dummy
 	}
 	sum := sha256.Sum256([]byte(user + ":" + pass))
 	if v, ok := g.authOK.Load(user); ok && known && subtle.ConstantTimeCompare(v.([]byte), sum[:]) == 1 {
@@ -565,12 +577,6 @@ func (g *guard) authenticated(r *http.Request, p *guardPolicy) bool {
 	g.authOK.Store(user, sum[:])
 	return true
 }
-
-// dummyHash is a bcrypt hash of nothing anyone types, compared against for unknown users.
-var dummyHash = sync.OnceValue(func() []byte {
-	h, _ := bcrypt.GenerateFromPassword([]byte("shoal: no such user"), bcrypt.DefaultCost)
-	return h
-})
 
 // deadlineWriter gives every write to the client its own deadline, so a client that stops
 // reading is cut off after the write timeout while a slow but steady one is served in full.
