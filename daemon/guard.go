@@ -118,7 +118,7 @@ type guard struct {
 
 // clientState is one client's token bucket and requests in flight.
 type clientState struct {
-	lim      *rate.Limiter
+	lim      atomic.Pointer[rate.Limiter]
 	inflight atomic.Int32
 	seen     atomic.Int64 // unix nanoseconds of the last request
 }
@@ -380,9 +380,8 @@ func (g *guard) reload(cfg GuardConfig) error {
 	}
 	g.policy.Store(p)
 	g.mu.Lock()
-	for _, c := range g.clients {
-		c.lim.SetLimit(p.limit())
-		c.lim.SetBurst(p.burst)
+	for _, c := range g.clients { // a fresh, full bucket under the new limit
+		c.lim.Store(rate.NewLimiter(p.limit(), p.burst))
 	}
 	g.mu.Unlock()
 	g.authOK.Clear()
@@ -420,7 +419,8 @@ func (g *guard) client(key netip.Prefix, p *guardPolicy, now time.Time) *clientS
 	}
 	c, ok := g.clients[key]
 	if !ok {
-		c = &clientState{lim: rate.NewLimiter(p.limit(), p.burst)}
+		c = &clientState{}
+		c.lim.Store(rate.NewLimiter(p.limit(), p.burst))
 		g.clients[key] = c
 	}
 	c.seen.Store(now.UnixNano())
@@ -461,7 +461,7 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 		now := time.Now()
 		c := g.client(clientKey(ip), p, now)
 		if p.rate > 0 {
-			res := c.lim.ReserveN(now, 1)
+			res := c.lim.Load().ReserveN(now, 1)
 			if delay := res.DelayFrom(now); !res.OK() || delay > 0 {
 				res.CancelAt(now)
 				w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(delay.Seconds())))))

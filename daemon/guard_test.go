@@ -713,3 +713,56 @@ func runDaemon(t *testing.T, cfg Config) (*Daemon, *syncBuffer) {
 	})
 	return d, logs
 }
+
+// TestReloadAppliesLimitsUsersAndRepos: Reload swaps the rate limit (for clients already
+// known), the htpasswd users and the repository patterns of a running daemon; a bad file
+// changes nothing.
+func TestReloadAppliesLimitsUsersAndRepos(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	pushRandom(t, up, "team/app", 1024, 1)
+	hp := writeHtpasswd(t, map[string]string{"alice": "one"})
+	var cfg Config
+	d := startDaemon(t, up, func(c *Config) {
+		c.Guard.Htpasswd = hp
+		c.Guard.AuthExemptCIDR = []string{"127.0.0.1/32"}
+		cfg = *c
+	})
+	url := "http://" + d.Addr() + "/v2/team/app/manifests/latest"
+	remoteC := clientFrom("127.0.0.2", nil)
+	login := func(pw string) http.Header {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.SetBasicAuth("alice", pw)
+		return r.Header
+	}
+	if a := ask(t, remoteC, "GET", url, login("one")); a.status != 200 {
+		t.Fatalf("before reload: %d", a.status)
+	}
+	// New password, a rate limit of one request per minute, and the repository denied.
+	cfg.Guard.Htpasswd = writeHtpasswd(t, map[string]string{"alice": "two"})
+	cfg.Guard.RateLimit, cfg.Guard.RateBurst = 1.0/60, 1
+	cfg.Guard.DenyRepo = []string{up.host() + "/team/*"}
+	if err := d.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if a := ask(t, remoteC, "GET", url, login("one")); a.status != 401 {
+		t.Errorf("old password after reload: %d, want 401", a.status)
+	}
+	local := clientFrom("127.0.0.1", nil)
+	if a := ask(t, local, "GET", url, nil); a.status != 403 || a.code != "DENIED" {
+		t.Errorf("denied repository after reload: %d %s", a.status, a.code)
+	}
+	if a := ask(t, local, "GET", url, nil); a.status != 429 {
+		t.Errorf("second request within a minute after reload: %d, want 429", a.status)
+	}
+	// A reload with an unreadable htpasswd is refused and changes nothing.
+	bad := cfg
+	bad.Guard.Htpasswd = filepath.Join(t.TempDir(), "missing")
+	bad.Guard.RateLimit = 0
+	if err := d.Reload(bad); err == nil {
+		t.Fatal("reload with a missing htpasswd accepted")
+	}
+	if a := ask(t, local, "GET", url, nil); a.status != 429 {
+		t.Errorf("after a refused reload the rate limit changed: %d", a.status)
+	}
+}
