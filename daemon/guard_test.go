@@ -766,3 +766,29 @@ func TestReloadAppliesLimitsUsersAndRepos(t *testing.T) {
 		t.Errorf("after a refused reload the rate limit changed: %d", a.status)
 	}
 }
+
+func TestGuardSizeLimits(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	d := startDaemon(t, up)
+	base := "http://" + d.Addr()
+	if a := ask(t, http.DefaultClient, "GET", base+"/v2/"+strings.Repeat("a/", 2100)+"manifests/latest", nil); a.status != http.StatusRequestURITooLong {
+		t.Errorf("5 KB request target: %d, want 414", a.status)
+	}
+	req, _ := http.NewRequest("GET", base+"/v2/", nil)
+	req.Header.Set("X-Big", strings.Repeat("x", 40<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("40 KiB header: %d, want 431", resp.StatusCode)
+	}
+	if a := ask(t, http.DefaultClient, "GET", base+"/v2/a/manifests/"+strings.Repeat("t", 129), nil); a.status != 400 {
+		t.Errorf("129-character tag: %d, want 400", a.status)
+	}
+	if a := ask(t, http.DefaultClient, "GET", base+"/v2/", nil); a.status != 200 {
+		t.Errorf("ordinary request: %d", a.status)
+	}
+}
