@@ -200,11 +200,20 @@ type upstreamClient interface {
 func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 	tried := map[string]bool{}
 	up := s.upstreamOpener(rt, d, "")
+	calls := 0
 	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		if s.node == nil {
+		calls++
+		// A resume (the stream broke) tries one more provider at most, then the upstream:
+		// when the source that died was the one every in-flight copy followed (a killed
+		// designated fetcher), the other providers are stuck at the same offset.
+		if s.node == nil || calls > 2 {
 			return up(ctx, offset)
 		}
-		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried)
+		maxTries := maxPeersPerLookup
+		if calls == 2 {
+			maxTries = 1
+		}
+		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxTries)
 		if err == nil {
 			s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "provided by peer " + peerID})
 			return rc, size, peerID, nil
@@ -214,7 +223,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		}
 		// Nobody has it or is fetching it: ask the peer the swarm designates for this
 		// digest, so that the upstream is paid once for everyone.
-		if dp, self, derr := s.node.Designated(d); derr == nil && !self && !tried[dp.ID] {
+		if dp, self, derr := s.node.Designated(d); calls == 1 && derr == nil && !self && !tried[dp.ID] {
 			tried[dp.ID] = true
 			rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.registry, rt.repo)
 			if err == nil {
@@ -255,7 +264,7 @@ func (s *sources) upstreamOpener(rt route, d digest.Digest, why string) blobOpen
 }
 
 // fromPeers opens d at offset from the first provider that answers.
-func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, tried map[string]bool) (io.ReadCloser, int64, string, error) {
+func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, tried map[string]bool, maxTries int) (io.ReadCloser, int64, string, error) {
 	provs, err := s.node.FindProviders(ctx, d, maxPeersPerLookup)
 	if err != nil {
 		return nil, 0, "", err
@@ -264,6 +273,9 @@ func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, 
 	for _, p := range provs {
 		if tried[p.ID] {
 			continue
+		}
+		if maxTries--; maxTries < 0 {
+			break
 		}
 		tried[p.ID] = true
 		rc, size, err := s.node.Fetch(ctx, p, d, offset)
