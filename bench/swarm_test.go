@@ -12,6 +12,8 @@ package bench
 //
 //	SHOAL_BENCH_LINK_MBIT   upstream link in Mbit/s shared by all blob downloads (default 400)
 //	SHOAL_BENCH_SYSTEMS     comma list of systems to run (default shoal-p2p,shoal-local,registry-proxy)
+//	SHOAL_BENCH_SHOAL_ARGS  extra `shoal daemon` flags for both shoal systems, e.g. "--log-level debug"
+//	SHOAL_BENCH_KEEP=1      keep each run's node directories and logs (path printed) instead of deleting them
 //
 // For each N it runs, one after the other on fresh nodes and a fresh proxy, in the same run:
 //
@@ -271,6 +273,9 @@ type linkProxy struct {
 	blobBytes atomic.Int64
 	active    atomic.Int64
 
+	getsMu sync.Mutex
+	gets   map[string]int // blob GETs per digest
+
 	mu   sync.Mutex
 	rate float64 // bytes/s
 	next time.Time
@@ -283,13 +288,16 @@ func startLinkProxy(b *testing.B, target string, bytesPerSec float64) *linkProxy
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := &linkProxy{URL: "http://" + ln.Addr().String(), rate: bytesPerSec}
+	p := &linkProxy{URL: "http://" + ln.Addr().String(), rate: bytesPerSec, gets: map[string]int{}}
 	rp := &httputil.ReverseProxy{
 		Rewrite:       func(pr *httputil.ProxyRequest) { pr.SetURL(tu); pr.Out.Host = tu.Host },
 		FlushInterval: -1,
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.Request.Method == http.MethodGet && strings.Contains(resp.Request.URL.Path, "/blobs/") {
 				resp.Body = &linkBody{r: resp.Body, p: p}
+				p.getsMu.Lock()
+				p.gets[resp.Request.URL.Path[strings.LastIndex(resp.Request.URL.Path, "/")+1:]]++
+				p.getsMu.Unlock()
 			}
 			return nil
 		},
@@ -430,6 +438,7 @@ func (e *swarmEnv) startShoalNode(b *testing.B, dir, upstream string, extra ...s
 	n.logPath = n.dataDir + ".log"
 	argv := append([]string{e.shoal, "daemon", "--listen", n.ip + ":0", "--data-dir", n.dataDir, "--log-format", "json",
 		"--registry", "docker.io=" + upstream, "--metrics-listen", "off"}, extra...)
+	argv = append(argv, strings.Fields(os.Getenv("SHOAL_BENCH_SHOAL_ARGS"))...)
 	for i, a := range argv {
 		argv[i] = strings.ReplaceAll(a, "{ip}", n.ip)
 	}
@@ -593,6 +602,7 @@ type swarmRun struct {
 	p50, p99, max time.Duration
 	failed        int
 	cpu           float64 // share of the machine's CPU used from the barrier to the last exit
+	notes         string  // what happened: upstream GETs per blob, where nodes' blobs came from, log lines
 }
 
 // procCPU returns a live process's user+system CPU time so far (Linux /proc, 100 ticks/s).
@@ -690,6 +700,19 @@ func checkLayout(dir string, img swarmImg) error {
 	return nil
 }
 
+// keepDir is where runs put their nodes: dir, or with SHOAL_BENCH_KEEP=1 a directory that
+// outlives the benchmark (for reading the nodes' logs afterwards).
+func keepDir(dir string) string {
+	if os.Getenv("SHOAL_BENCH_KEEP") == "" {
+		return dir
+	}
+	d, err := os.MkdirTemp("", "shoal-bench-swarm-kept-")
+	if err != nil {
+		return dir
+	}
+	return d
+}
+
 func percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
@@ -724,6 +747,52 @@ func selectedSystems() []system {
 	return out
 }
 
+// describeRun summarises a run: upstream GETs per blob, and for shoal nodes the sources of the
+// blobs they served (access log) and how often each other log message came up.
+func describeRun(p *linkProxy, nodes []*benchNode) string {
+	var parts []string
+	p.getsMu.Lock()
+	for d, c := range p.gets {
+		parts = append(parts, fmt.Sprintf("%s×%d", strings.TrimPrefix(d, "sha256:")[:8], c))
+	}
+	p.getsMu.Unlock()
+	slices.Sort(parts)
+	out := "upstream GETs per blob: " + strings.Join(parts, " ")
+	sources, msgs := map[string]int{}, map[string]int{}
+	for _, nd := range nodes {
+		for _, m := range nd.logEntries() {
+			msg, _ := m["msg"].(string)
+			if msg == "request" {
+				if path, _ := m["path"].(string); m["method"] == "GET" && strings.Contains(path, "/blobs/") {
+					src, _ := m["source"].(string)
+					sources[src]++
+				}
+				continue
+			}
+			if lvl, _ := m["level"].(string); lvl != "INFO" || msg == "fetching for the swarm" || strings.Contains(msg, "resum") {
+				msgs[msg]++
+			}
+		}
+	}
+	if len(sources) > 0 {
+		parts = parts[:0]
+		for k, v := range sources {
+			parts = append(parts, fmt.Sprintf("%s×%d", k, v))
+		}
+		slices.Sort(parts)
+		out += "\n      blob GETs answered by source: " + strings.Join(parts, " ")
+	}
+	if len(msgs) > 0 {
+		parts = parts[:0]
+		for k, v := range msgs {
+			parts = append(parts, fmt.Sprintf("%q×%d", k, v))
+		}
+		slices.Sort(parts)
+		out += "\n      log lines: " + strings.Join(parts, " ")
+	}
+	return out
+}
+
 // BenchmarkSwarm runs, for N = 1, 5, 10, 20, the cold pull of one image on N nodes at once
 // through shoal's swarm and the two baselines, over the same shaped upstream link.
 func BenchmarkSwarm(b *testing.B) {
@@ -754,6 +823,7 @@ func BenchmarkSwarm(b *testing.B) {
 					ref = fmt.Sprintf("%.2f", r.p99.Seconds()/singleP2P.Seconds())
 				}
 				fmt.Fprintf(&sb, "  %-15s %10.3f %8.2f %8.2f %8.2f %7d %5.0f %s\n", r.system, r.amp, r.p50.Seconds(), r.p99.Seconds(), r.max.Seconds(), r.failed, 100*r.cpu, ref)
+				fmt.Fprintf(&sb, "      %s\n", r.notes)
 				b.ReportMetric(r.amp, r.system+"-upstream-x")
 				b.ReportMetric(r.p99.Seconds(), r.system+"-p99-s")
 			}
@@ -765,11 +835,15 @@ func BenchmarkSwarm(b *testing.B) {
 // runSystem starts n mirrors of one system on a fresh proxy, pulls at once, stops them.
 func (e *swarmEnv) runSystem(b *testing.B, sys system, n int, img swarmImg, rate float64) swarmRun {
 	b.Helper()
-	dir, err := os.MkdirTemp(e.dir, sys.name+"-")
+	dir, err := os.MkdirTemp(keepDir(e.dir), fmt.Sprintf("%s-N%d-", sys.name, n))
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
+	if os.Getenv("SHOAL_BENCH_KEEP") == "" {
+		defer os.RemoveAll(dir)
+	} else {
+		b.Logf("%s N=%d: node logs kept in %s", sys.name, n, dir)
+	}
 	proxy := startLinkProxy(b, e.upstream, rate)
 	nodes := sys.start(b, e, dir, n, proxy.URL)
 	took, errs, cpu := e.pullAll(b, dir, nodes, img)
@@ -790,6 +864,7 @@ func (e *swarmEnv) runSystem(b *testing.B, sys system, n int, img swarmImg, rate
 	if wall := percentile(took, 1); wall > 0 {
 		run.cpu = cpu.Seconds() / (wall.Seconds() * float64(runtime.NumCPU()))
 	}
+	run.notes = describeRun(proxy, nodes)
 	if sys.name == "shoal-p2p" && n == 1 && run.failed == 0 {
 		singleP2P = run.max
 	}
