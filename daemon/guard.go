@@ -347,11 +347,18 @@ func listensOnLoopback(listen string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// configure applies the connection limits to the mirror's server.
+// configure applies the connection limits to the mirror's server; zero keeps the server's
+// own setting (a Config built without DefaultConfig must not lose its header timeout).
 func (g *guard) configure(srv *http.Server, cfg GuardConfig) {
-	srv.ReadHeaderTimeout = cfg.ReadHeaderTimeout
-	srv.IdleTimeout = cfg.IdleTimeout
-	srv.MaxHeaderBytes = cfg.MaxHeaderBytes
+	if cfg.ReadHeaderTimeout > 0 {
+		srv.ReadHeaderTimeout = cfg.ReadHeaderTimeout
+	}
+	if cfg.IdleTimeout > 0 {
+		srv.IdleTimeout = cfg.IdleTimeout
+	}
+	if cfg.MaxHeaderBytes > 0 {
+		srv.MaxHeaderBytes = cfg.MaxHeaderBytes
+	}
 }
 
 // listener wraps ln with TLS when a certificate is configured. The certificate is looked
