@@ -59,7 +59,10 @@ type ConfigError struct {
 	Err error
 }
 
-func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %v", e.Key, e.Err) }
+// Error is one line, whatever the wrapped error: several problems are joined with "; ".
+func (e *ConfigError) Error() string {
+	return strings.ReplaceAll(fmt.Sprintf("config: %s: %v", e.Key, e.Err), "\n", "; ")
+}
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // fileConfig is the YAML file's shape. Sizes stay strings here because they are written like
