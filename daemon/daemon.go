@@ -25,6 +25,7 @@ type Daemon struct {
 	ln    net.Listener
 	node  *p2p.Node // nil when P2P is disabled
 	src   *sources
+	spool *spool
 	guard *guard // access controls and limits of the mirror API (guard.go)
 	hist  *history
 	ops   *ops // admin API and metrics (admin.go, metrics.go)
@@ -96,7 +97,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		log:             mlog,
 		staleLog:        logEvery{every: time.Minute},
 	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src}
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp}
 	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
@@ -158,6 +159,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		err = nil
 	}
 	stopOps()
+	// Downloads outlive their clients: let them finish (bounded) before the store closes.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	d.spool.shutdown(dctx)
+	cancel()
 	if d.node != nil {
 		if cerr := d.node.Close(); cerr != nil {
 			d.log.Warn("closing the p2p node", "err", cerr)

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -510,12 +509,6 @@ func TestGracefulShutdownDrainsDownloads(t *testing.T) {
 // then fails later against the closed store.
 func drainCheck(t *testing.T, logs *syncBuffer, digest string) {
 	t.Helper()
-	if os.Getenv("SHOAL_TEST_STRICT_DRAIN") == "" {
-		// Known gap (reported to the lead, who owns Run and spool.go): Run closes the store
-		// while a fill whose clients hung up still runs; the fill then fails with
-		// "store: closed". Set SHOAL_TEST_STRICT_DRAIN=1 to check it.
-		return
-	}
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		_, after, _ := strings.Cut(logs.String(), "shoal stopped")

@@ -78,6 +78,30 @@ type spool struct {
 	// onStarted hears of fills whose first source answered: peers may follow them from now
 	// on. onFailed hears of fills that ended without content.
 	onStarted, onFailed func(*fill)
+
+	// base is the context of every fill: fills outlive their clients, not the daemon.
+	base    context.Context
+	abort   context.CancelFunc
+	running sync.WaitGroup
+}
+
+// shutdown waits for the downloads in flight to finish (completing the blobs clients are
+// following, and those nobody waits for any more), and aborts what is left when ctx ends, so
+// the store is closed with no half-written content in use.
+func (s *spool) shutdown(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { s.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := len(s.fills)
+	s.mu.Unlock()
+	s.log.Warn("shutdown: aborting downloads still in flight", "count", n)
+	s.abort()
+	<-done
 }
 
 // lookup returns the fill in flight for d with a reference held, or nil.
@@ -95,7 +119,9 @@ func (s *spool) lookup(d digest.Digest) *fill {
 }
 
 func newSpool(st *store.Store, log *slog.Logger) *spool {
-	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*fill{}, noSpace: logEvery{every: time.Minute}}
+	base, abort := context.WithCancel(context.Background())
+	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*fill{},
+		noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
 }
 
 // join returns the fill in flight for d (started reports whether this call started it), or
@@ -122,11 +148,13 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 	}
 	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
-	go s.run(context.WithoutCancel(ctx), f, open)
+	s.running.Add(1)
+	go s.run(s.base, f, open)
 	return f, true, nil
 }
 
 func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
+	defer s.running.Done()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var err error
