@@ -149,14 +149,17 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	s.running.Add(1)
-	go s.run(s.base, f, open)
+	go s.run(ctx, f, open)
 	return f, true, nil
 }
 
-func (s *spool) run(ctx context.Context, f *fill, open blobOpener) {
+func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 	defer s.running.Done()
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	// The fill keeps the values of the request that started it (the access log's notes) but
+	// not its cancellation: it outlives that client, bounded by the timeout and shutdown.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), s.timeout)
 	defer cancel()
+	defer context.AfterFunc(s.base, cancel)()
 	var err error
 	for attempt := 0; ; attempt++ {
 		err = s.copy(ctx, f, open)
