@@ -26,7 +26,7 @@ package bench
 // the instant all N crane processes are exec'd to each one's exit). The image is config + 4
 // random layers: 4 × 52 MiB (208 MiB) for N ≤ 10, and 4 × 26 MiB (104 MiB) for N = 20 (20
 // daemons and 20 clients on two cores). Rows for N > 1 also give each system's p99 over the
-// single-node shoal-p2p pull time of the same image (from the N = 1 run, or a "shoal-p2p N=1"
+// single-node shoal-p2p pull time of the same image (from the N = 1 run, or a "shoal-p2p-single"
 // reference run made first); issue 5 wants ≤ 1.5 for shoal-p2p at N = 20. The cpu% column is the
 // share of the machine's CPU all processes used during the pulls: near 100 the figures measure
 // the machine, not the link. Each run also prints upstream GETs per blob, where the nodes' blobs
@@ -816,7 +816,7 @@ func BenchmarkSwarm(b *testing.B) {
 			if _, ok := singleP2P[layer]; !ok && n > 1 {
 				// No N = 1 run of this image yet: one single-node pull as the reference.
 				r := e.runSystem(b, systems[0], 1, img, rate)
-				r.system = "shoal-p2p N=1"
+				r.system = "shoal-p2p-single"
 				runs = append(runs, r)
 			}
 			for range b.N {
@@ -828,7 +828,7 @@ func BenchmarkSwarm(b *testing.B) {
 			var sb strings.Builder
 			fmt.Fprintf(&sb, "N=%d, image %.0f MiB (4 layers), upstream link %.0f Mbit/s (%.1f MiB/s); one line per system and run:\n",
 				n, float64(img.blobBytes)/(1<<20), mbit, rate/(1<<20))
-			fmt.Fprintf(&sb, "  %-17s %10s %8s %8s %8s %7s %5s %s\n", "system", "upstream×", "p50 s", "p99 s", "max s", "failed", "cpu%", "p99/(shoal-p2p N=1, same image)")
+			fmt.Fprintf(&sb, "  %-17s %10s %8s %8s %8s %7s %5s %s\n", "system", "upstream×", "p50 s", "p99 s", "max s", "failed", "cpu%", "p99/(shoal-p2p at N=1, same image)")
 			for _, r := range runs {
 				ref := "-"
 				if single := singleP2P[layer]; single > 0 && r.n > 1 {
