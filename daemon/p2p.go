@@ -230,7 +230,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: "nobody had it; designated peer " + dp.ID + " fetched it for the swarm"})
 				return rc, size, dp.ID, nil
 			}
-			s.log.Debug("designated peer did not answer; going to the upstream", "digest", d, "peer", dp.ID, "err", err)
+			s.log.Info("designated peer did not answer; going to the upstream", "digest", d, "peer", dp.ID, "err", err)
 			if ctx.Err() != nil {
 				return nil, 0, "", ctx.Err()
 			}

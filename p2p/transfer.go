@@ -26,6 +26,7 @@ import (
 //	          "<digest> <offset> fetch <registry> <repo>\n"     (ask a designated fetcher)
 //	response: "OK <size>\n" then size-offset bytes  (size is the full content size)
 //	          "NOTFOUND\n" | "RANGE <size>\n" | "BADREQUEST\n" | "BUSY\n" | "ERROR\n"
+//	          in fetch mode, "ACCEPTED\n" comes first, at once, then one of the above
 //
 // "local" marks the request as coming from a peer: it is answered from the node's own
 // content only and never forwarded to an upstream or another peer (no loops). "fetch" asks the
@@ -168,6 +169,8 @@ const (
 	statusBadRequest = "BADREQUEST"
 	statusBusy       = "BUSY"
 	statusError      = "ERROR"
+	// statusAccepted precedes the status line in fetch mode.
+	statusAccepted = "ACCEPTED"
 )
 
 // parseResponse parses a response line (with its "\n"); size is set for OK and RANGE.
@@ -249,6 +252,12 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 		if !ok {
 			n.reply(s, statusNotFound)
 			s.Close()
+			return
+		}
+		// Say at once that we are on it: the asker gives up quickly on a peer that does not
+		// answer, but waits (within the stall timeout) for an upstream that is slow to start.
+		if !n.reply(s, statusAccepted) {
+			s.Reset()
 			return
 		}
 		rc, size, err = sf.FetchForSwarm(ctx, req.Digest, req.Offset, req.Registry, req.Repo)
@@ -419,6 +428,22 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	line, err := readLine(br, maxResponseLine)
 	if err != nil {
 		return abort(err)
+	}
+	if req.Mode == modeFetch {
+		// The designated peer accepted within answer; its upstream may take up to the stall
+		// timeout to start.
+		if string(line) != statusAccepted+"\n" {
+			if st, _, perr := parseResponse(line); perr == nil && st == statusNotFound {
+				stop()
+				s.Close()
+				return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, pid, ErrNotFound)
+			}
+			return abort(fmt.Errorf("designated peer answered %q", line))
+		}
+		_ = s.SetReadDeadline(time.Now().Add(stall))
+		if line, err = readLine(br, maxResponseLine); err != nil {
+			return abort(err)
+		}
 	}
 	status, size, err := parseResponse(line)
 	if err != nil {
