@@ -326,36 +326,8 @@ func BenchmarkMirrorRSS50x1GiB(b *testing.B) {
 // the upstream.
 func BenchmarkMirrorColdPull(b *testing.B) {
 	e := getEnv(b)
-	if _, err := pullImage(e.upstream, "bench/cold", "v1"); err != nil { // warm the upstream's page cache
-		b.Fatal(err)
-	}
-	var tShoal, tDirect time.Duration
-	total := int64(coldLayers * layerSize)
-	b.SetBytes(total)
-	b.ResetTimer()
-	for range b.N {
-		b.StopTimer()
-		shoalURL, cmd := e.startShoal(b)
-		b.StartTimer()
-		d, err := pullImage(shoalURL, "bench/cold", "v1")
-		if err != nil {
-			b.Fatal(err)
-		}
-		tShoal += d
-		b.StopTimer()
-		stopProc(cmd)
-		b.StartTimer()
-		if d, err = pullImage(e.upstream, "bench/cold", "v1"); err != nil {
-			b.Fatal(err)
-		}
-		tDirect += d
-	}
-	b.StopTimer()
-	s, dr := tShoal.Seconds()/float64(b.N), tDirect.Seconds()/float64(b.N)
-	b.ReportMetric(s, "shoal-s")
-	b.ReportMetric(dr, "direct-s")
-	b.ReportMetric(s/dr, "shoal/direct")
-	b.Logf("cold pull of %d MiB: through shoal %.2f s, direct %.2f s, ratio %.3f", total>>20, s, dr, s/dr)
+	s, d := coldPulls(b, e, e.upstream)
+	b.Logf("cold pull of %d MiB: through shoal %.2f s, direct %.2f s, ratio %.3f", coldLayers*layerSize>>20, s, d, s/d)
 }
 
 // BenchmarkMirrorColdPullShaped is BenchmarkMirrorColdPull over a link shaped like a fast WAN
@@ -363,8 +335,15 @@ func BenchmarkMirrorColdPull(b *testing.B) {
 // mirror is for, where the network, not the CPU, sets the pace.
 func BenchmarkMirrorColdPullShaped(b *testing.B) {
 	e := getEnv(b)
-	shaped := shapedProxy(b, e.upstream, shapedRate)
-	if _, err := pullImage(e.upstream, "bench/cold", "v1"); err != nil {
+	s, d := coldPulls(b, e, shapedProxy(b, e.upstream, shapedRate))
+	b.Logf("cold pull of %d MiB over a %d MiB/s link: through shoal %.2f s, direct %.2f s, ratio %.3f",
+		coldLayers*layerSize>>20, shapedRate>>20, s, d, s/d)
+}
+
+// coldPulls alternates b.N cold pulls through a fresh shoal in front of upstream with direct
+// pulls from it, reports the mean times and their ratio, and returns them.
+func coldPulls(b *testing.B, e *env, upstream string) (shoalS, directS float64) {
+	if _, err := pullImage(e.upstream, "bench/cold", "v1"); err != nil { // warm the upstream's page cache
 		b.Fatal(err)
 	}
 	var tShoal, tDirect time.Duration
@@ -372,7 +351,7 @@ func BenchmarkMirrorColdPullShaped(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
-		shoalURL, cmd := e.startShoalFor(b, shaped)
+		shoalURL, cmd := e.startShoalFor(b, upstream)
 		b.StartTimer()
 		d, err := pullImage(shoalURL, "bench/cold", "v1")
 		if err != nil {
@@ -382,18 +361,17 @@ func BenchmarkMirrorColdPullShaped(b *testing.B) {
 		b.StopTimer()
 		stopProc(cmd)
 		b.StartTimer()
-		if d, err = pullImage(shaped, "bench/cold", "v1"); err != nil {
+		if d, err = pullImage(upstream, "bench/cold", "v1"); err != nil {
 			b.Fatal(err)
 		}
 		tDirect += d
 	}
 	b.StopTimer()
-	s, dr := tShoal.Seconds()/float64(b.N), tDirect.Seconds()/float64(b.N)
-	b.ReportMetric(s, "shoal-s")
-	b.ReportMetric(dr, "direct-s")
-	b.ReportMetric(s/dr, "shoal/direct")
-	b.Logf("cold pull of %d MiB over a %d MiB/s link: through shoal %.2f s, direct %.2f s, ratio %.3f",
-		coldLayers*layerSize>>20, shapedRate>>20, s, dr, s/dr)
+	shoalS, directS = tShoal.Seconds()/float64(b.N), tDirect.Seconds()/float64(b.N)
+	b.ReportMetric(shoalS, "shoal-s")
+	b.ReportMetric(directS, "direct-s")
+	b.ReportMetric(shoalS/directS, "shoal/direct")
+	return shoalS, directS
 }
 
 // shapedRate is the shaped link's bandwidth: 100 MiB/s, about a gigabit path to a registry.
