@@ -97,7 +97,7 @@ func routeOf(path string) string {
 	return "other"
 }
 
-var knownSources = map[string]bool{"store": true, "inflight": true, "peer": true, "upstream": true, "passthrough": true}
+var knownSources = map[string]bool{"store": true, "inflight": true, "peer": true, "designated": true, "upstream": true, "passthrough": true}
 
 // observeRequest records one finished mirror request.
 func (m *metrics) observeRequest(rd requestDone) {

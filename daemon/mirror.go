@@ -194,8 +194,8 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	source := "inflight" // following a download someone else started
 	if started {
 		source = "upstream"
-		if srcs := f.sourceList(); len(srcs) > 0 && srcs[0] != "upstream" {
-			source = "peer"
+		if srcs := f.sourceList(); len(srcs) > 0 {
+			source, _, _ = strings.Cut(srcs[0], ":") // upstream | peer | designated
 		}
 	}
 	setBlobHeaders(w.Header(), d, source)

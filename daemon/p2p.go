@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -216,7 +217,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxTries)
 		if err == nil {
 			s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "provided by peer " + peerID})
-			return rc, size, peerID, nil
+			return rc, size, "peer:" + peerID, nil
 		}
 		if ctx.Err() != nil {
 			return nil, 0, "", ctx.Err()
@@ -228,7 +229,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.registry, rt.repo)
 			if err == nil {
 				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: "nobody had it; designated peer " + dp.ID + " fetched it for the swarm"})
-				return rc, size, dp.ID, nil
+				return rc, size, "designated:" + dp.ID, nil
 			}
 			s.log.Info("designated peer did not answer; going to the upstream", "digest", d, "peer", dp.ID, "err", err)
 			if ctx.Err() != nil {
@@ -357,9 +358,9 @@ func (s *sources) banLiars(f *fill) bool {
 	}
 	banned := false
 	for _, src := range f.sourceList() {
-		if src != "upstream" {
-			s.node.Ban(src, "sent bytes that do not match the digest")
-			s.log.Warn("peer sent bytes that do not match the digest; banned", "peer", src, "digest", f.d)
+		if _, id, ok := strings.Cut(src, ":"); ok {
+			s.node.Ban(id, "sent bytes that do not match the digest")
+			s.log.Warn("peer sent bytes that do not match the digest; banned", "peer", id, "digest", f.d)
 			banned = true
 		}
 	}

@@ -16,8 +16,8 @@ import (
 )
 
 // blobOpener opens a blob from a remote source at an offset; size is the blob's full size
-// (-1 if the source does not say) and source names where the bytes come from ("upstream" or
-// a peer ID).
+// (-1 if the source does not say) and source names where the bytes come from: "upstream",
+// "peer:<ID>" or "designated:<ID>".
 type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error)
 
 // fill is one download of a blob into the store. Every client that wants the blob while it is
