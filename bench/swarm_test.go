@@ -465,8 +465,8 @@ func (e *swarmEnv) startShoalNode(b *testing.B, dir, upstream string, extra ...s
 	return n
 }
 
-// routingTable asks a shoal node's admin socket for its routing-table size (ok=false: unknown).
-func (n *benchNode) routingTable() (int, bool) {
+// admin GETs path from a shoal node's admin API (unix socket in its data dir) into v.
+func (n *benchNode) admin(path string, v any) error {
 	sock := filepath.Join(n.dataDir, "admin.sock")
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -474,20 +474,45 @@ func (n *benchNode) routingTable() (int, bool) {
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}}
-	resp, err := c.Get("http://admin/v1/status")
+	resp, err := c.Get("http://admin" + path)
 	if err != nil {
-		return 0, false
+		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin %s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// routingTable asks a shoal node's admin API for its routing-table size (ok=false: unknown).
+func (n *benchNode) routingTable() (int, bool) {
 	var st struct {
 		P2P *struct {
 			RoutingTableSize *int `json:"routing_table_size"`
 		} `json:"p2p"`
 	}
-	if json.NewDecoder(resp.Body).Decode(&st) != nil || st.P2P == nil || st.P2P.RoutingTableSize == nil {
+	if n.admin("/v1/status", &st) != nil || st.P2P == nil || st.P2P.RoutingTableSize == nil {
 		return 0, false
 	}
 	return *st.P2P.RoutingTableSize, true
+}
+
+// peerUpload is how many bytes a shoal node has sent to its peers (admin API; -1: unknown).
+func (n *benchNode) peerUpload() int64 {
+	var ps struct {
+		Peers []struct {
+			BytesOut int64 `json:"bytes_out"`
+		} `json:"peers"`
+	}
+	if n.admin("/v1/peers", &ps) != nil {
+		return -1
+	}
+	var sum int64
+	for _, p := range ps.Peers {
+		sum += p.BytesOut
+	}
+	return sum
 }
 
 // system starts N mirrors in front of upstream and returns their addresses.
@@ -780,6 +805,21 @@ func describeRun(p *linkProxy, nodes []*benchNode) string {
 			}
 		}
 	}
+	var ups []int64
+	for _, nd := range nodes {
+		if u := nd.peerUpload(); u > 0 {
+			ups = append(ups, u)
+		}
+	}
+	if len(ups) > 0 {
+		slices.Sort(ups)
+		var sum int64
+		for _, u := range ups {
+			sum += u
+		}
+		out += fmt.Sprintf("\n      sent to peers: %.0f MiB in all by %d nodes, max %.0f MiB by one node, median %.0f MiB",
+			float64(sum)/(1<<20), len(ups), float64(ups[len(ups)-1])/(1<<20), float64(ups[len(ups)/2])/(1<<20))
+	}
 	if len(sources) > 0 {
 		parts = parts[:0]
 		for k, v := range sources {
@@ -839,7 +879,8 @@ func BenchmarkSwarm(b *testing.B) {
 				b.ReportMetric(r.amp, r.system+"-upstream-x")
 				b.ReportMetric(r.p99.Seconds(), r.system+"-p99-s")
 			}
-			b.Log(sb.String())
+			// On stdout, whole: b.Log output of a benchmark is cut to 10 lines without -v.
+			fmt.Print(sb.String())
 		})
 	}
 }
