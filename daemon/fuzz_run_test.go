@@ -58,6 +58,12 @@ func TestFuzzTargetsBriefly(t *testing.T) {
 				"-fuzztime="+fuzztime, "-fuzzminimizetime=1s", "-parallel=1", "./"+tg.pkg)
 			cmd.Dir = root
 			out, err := cmd.CombinedOutput()
+			if err != nil && strings.Contains(string(out), "context deadline exceeded") && !strings.Contains(string(out), "Failing input written") {
+				// The go tool's fuzz time ran out while a slow input (bcrypt) was running and it
+				// reports that as a failure; it found nothing, so this is not a finding.
+				t.Logf("%s (./%s): fuzz time ran out mid-input (no failing input found)\n%s", tg.name, tg.pkg, tail(out, 600))
+				return
+			}
 			if err != nil {
 				t.Fatalf("go test -fuzz %s ./%s: %v\n%s", tg.name, tg.pkg, err, tail(out, 4000))
 			}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -40,14 +41,24 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+	// A lock just released can linger for a moment: a child forked (by this process or a
+	// restarting supervisor) shares the descriptor until its exec closes it. Retry briefly.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
 			return nil, fmt.Errorf("store directory %s is in use by another process", dir)
 		}
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+		time.Sleep(20 * time.Millisecond)
 	}
-	return f, nil
 }
 
 // openBlobFiles lists the content files this process has open, by reading /proc/self/fd. The

@@ -220,7 +220,8 @@ func oauthFallback(status int, username string) bool {
 func (c *Client) tokenError(reg *registry, realm *url.URL, err error) error {
 	if st, ok := errors.AsType[remoteerrors.ErrUnexpectedStatus](err); ok {
 		code, msg := parseOCIError(st.Body)
-		msg = reg.creds.redact(msg) // a token server that echoes the password must not leak it
+		// A token server that echoes the password must not leak it.
+		code, msg = reg.creds.redact(code), reg.creds.redact(msg)
 		if msg == "" {
 			msg = "token server " + realm.Host + " refused the request"
 		} else {

@@ -81,7 +81,21 @@ func parseOCIError(body []byte) (code, message string) {
 	if json.Unmarshal(body, &doc) != nil || len(doc.Errors) == 0 {
 		return "", ""
 	}
-	return clean(doc.Errors[0].Code, 64), clean(doc.Errors[0].Message, 200)
+	return ociCode(doc.Errors[0].Code), clean(doc.Errors[0].Message, 200)
+}
+
+// ociCode keeps an error code only if it looks like one (upper-case letters and underscores,
+// as in MANIFEST_UNKNOWN): a code field is not a place for free text an upstream may echo.
+func ociCode(s string) string {
+	if s == "" || len(s) > 64 {
+		return ""
+	}
+	for _, r := range s {
+		if (r < 'A' || r > 'Z') && r != '_' {
+			return ""
+		}
+	}
+	return s
 }
 
 // clean keeps an upstream-supplied string printable and short before it lands in an error.
