@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"strings"
 	"sync"
@@ -270,6 +271,9 @@ func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, 
 	if err != nil {
 		return nil, 0, "", err
 	}
+	// Any provider will do (bytes are verified): a random one spreads the upload over the
+	// nodes that already follow a download, instead of sending everyone to the first.
+	rand.Shuffle(len(provs), func(i, j int) { provs[i], provs[j] = provs[j], provs[i] })
 	var errs []error
 	for _, p := range provs {
 		if tried[p.ID] {
