@@ -88,21 +88,29 @@ func getEnv(b *testing.B) *env {
 	return theEnv
 }
 
+// buildShoal builds the shoal binary into dir and returns its path.
+func buildShoal(dir string) (string, error) {
+	root, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "shoal")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/shoal")
+	build.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/shoal: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
 func setup() (*env, error) {
 	dir, err := os.MkdirTemp("", "shoal-bench-")
 	if err != nil {
 		return nil, err
 	}
 	e := &env{dir: dir}
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
+	if e.shoal, err = buildShoal(dir); err != nil {
 		return e, err
-	}
-	e.shoal = filepath.Join(dir, "shoal")
-	build := exec.Command("go", "build", "-o", e.shoal, "./cmd/shoal")
-	build.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-	if out, err := build.CombinedOutput(); err != nil {
-		return e, fmt.Errorf("go build ./cmd/shoal: %v\n%s", err, out)
 	}
 	reg, err := exec.LookPath("docker-registry")
 	if err != nil {

@@ -107,15 +107,8 @@ func setupSwarm() (*swarmEnv, error) {
 	if e.crane, err = lookTool("crane"); err != nil {
 		return e, fmt.Errorf("crane not found: go install github.com/google/go-containerregistry/cmd/crane@v0.22.1")
 	}
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
+	if e.shoal, err = buildShoal(dir); err != nil {
 		return e, err
-	}
-	e.shoal = filepath.Join(dir, "shoal")
-	build := exec.Command("go", "build", "-o", e.shoal, "./cmd/shoal")
-	build.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-	if out, err := build.CombinedOutput(); err != nil {
-		return e, fmt.Errorf("go build ./cmd/shoal: %v\n%s", err, out)
 	}
 	addr, err := freeAddr()
 	if err != nil {
