@@ -65,7 +65,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	var node *p2p.Node
 	if cfg.P2PEnabled {
 		content := &peerContent{store: st, spool: sp, private: priv, sharePrivate: cfg.P2PSharePrivate, src: src, log: log.With("component", "p2p")}
-		node, err = p2p.New(ctx, cfg.P2P, cfg.DataDir, content, log.With("component", "p2p"))
+		node, err = p2p.New(ctx, cfg.P2P, cfg.DataDir, content, log) // p2p names its component
 		if err != nil {
 			ln.Close()
 			st.Close()

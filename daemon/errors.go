@@ -36,11 +36,17 @@ var (
 	errNotFound    = &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "no such route"}
 )
 
+// isUpstreamNotFound reports whether err is the upstream's 404: a routine answer (a client
+// asked for what the upstream does not have), not a failure worth a warning.
+func isUpstreamNotFound(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.Status == http.StatusNotFound
+}
+
 // notFoundAs turns a "not found" from any source into the code that fits the route
 // (BLOB_UNKNOWN for blobs, MANIFEST_UNKNOWN for manifests), keeping other errors.
 func notFoundAs(err error, code, what string) error {
-	var ue *upstream.Error
-	if errors.Is(err, store.ErrNotFound) || (errors.As(err, &ue) && ue.Status == http.StatusNotFound) {
+	if errors.Is(err, store.ErrNotFound) || isUpstreamNotFound(err) {
 		return &ociError{Status: http.StatusNotFound, Code: code, Message: what + " unknown to the upstream registry", Err: err}
 	}
 	return err

@@ -75,8 +75,13 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset
 		c.log.Info("fetching for the swarm", "digest", d, "registry", registry, "repo", repo)
 	}
 	size, err := f.waitStarted(ctx)
-	if err == nil && (size < 0 || !c.shareable(ctx, d)) {
+	switch {
+	case err == nil && (size < 0 || !c.shareable(ctx, d)):
 		err = fmt.Errorf("%w: %s may not be shared", p2p.ErrNotFound, d)
+	case isUpstreamNotFound(err):
+		// The asker then tries the upstream itself (it may hold other credentials) and gives
+		// its client the 404; the serving node has nothing to warn about.
+		err = fmt.Errorf("%w: %w", p2p.ErrNotFound, err)
 	}
 	if err != nil {
 		f.release()

@@ -188,6 +188,8 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 			s.noSpace.do(func() {
 				s.log.Warn("store is out of space; serving straight from the upstream", "digest", f.d, "err", err)
 			})
+		} else if isUpstreamNotFound(err) {
+			s.log.Debug("blob not found upstream", "digest", f.d, "err", err)
 		} else {
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
