@@ -97,6 +97,9 @@ type P2PStatus struct {
 	LookupP50Ms      float64  `json:"lookup_p50_ms"`
 	LookupP99Ms      float64  `json:"lookup_p99_ms"`
 	Bans             int64    `json:"bans"`
+	// Redirected counts peer requests sent on to the peers following a download, because
+	// max_uploads_per_blob peers were already streaming that blob from this node.
+	Redirected int64 `json:"redirected"`
 }
 
 // Peers is `shoal peers`.

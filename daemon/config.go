@@ -98,6 +98,7 @@ type fileConfig struct {
 		RecordTTL      *time.Duration `yaml:"record_ttl"`
 		BanDuration    *time.Duration `yaml:"ban_duration"`
 		Designated     *time.Duration `yaml:"designated_timeout"`
+		MaxUploads     *int           `yaml:"max_uploads_per_blob"`
 	} `yaml:"p2p"`
 	Store struct {
 		MaxSize    *string        `yaml:"max_size"`
@@ -234,6 +235,7 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.P2P.RecordTTL, f.P2P.RecordTTL)
 	set(&c.P2P.BanDuration, f.P2P.BanDuration)
 	set(&c.P2P.DesignatedTimeout, f.P2P.Designated)
+	set(&c.P2P.MaxUploadsPerBlob, f.P2P.MaxUploads)
 	set(&c.Store.MinFree, f.Store.MinFree)
 	set(&c.Store.TTL, f.Store.TTL)
 	set(&c.Store.GCInterval, f.Store.GCInterval)

@@ -185,6 +185,7 @@ var (
 	descP2PLookups    = prometheus.NewDesc("shoal_p2p_lookups_total", "Provider lookups (all callers).", nil, nil)
 	descP2PHits       = prometheus.NewDesc("shoal_p2p_lookup_hits_total", "Provider lookups that found a provider.", nil, nil)
 	descP2PBans       = prometheus.NewDesc("shoal_p2p_bans_total", "Peers banned (for sending bytes that do not match their digest).", nil, nil)
+	descP2PRedirected = prometheus.NewDesc("shoal_p2p_redirected_total", "Peer requests redirected to the peers following a download (the node was at p2p.max_uploads_per_blob for that blob).", nil, nil)
 	descP2PBytesIn    = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
 	descP2PBytesOut   = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
 )
@@ -192,7 +193,7 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
-		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PBytesIn, descP2PBytesOut} {
+		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PBytesIn, descP2PBytesOut} {
 		ch <- d
 	}
 }
@@ -257,6 +258,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PLookups, float64(ns.Lookups))
 	counter(descP2PHits, float64(ns.LookupHits))
 	counter(descP2PBans, float64(ns.Bans))
+	counter(descP2PRedirected, float64(ns.Redirected))
 }
 
 // inflight is the number of blob downloads under way.

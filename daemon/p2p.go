@@ -234,6 +234,10 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			tried[dp.ID] = true
 			rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.registry, rt.repo)
 			if err == nil {
+				if from := servedBy(rc, dp.ID); from != dp.ID {
+					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "nobody had it; designated peer " + dp.ID + " was at its upload limit and sent this node to " + from + ", which follows its download"})
+					return rc, size, "peer:" + from, nil
+				}
 				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: "nobody had it; designated peer " + dp.ID + " fetched it for the swarm"})
 				return rc, size, "designated:" + dp.ID, nil
 			}
@@ -290,7 +294,7 @@ func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, 
 		tried[p.ID] = true
 		rc, size, err := s.node.Fetch(ctx, p, d, offset)
 		if err == nil {
-			return rc, size, p.ID, nil
+			return rc, size, servedBy(rc, p.ID), nil
 		}
 		errs = append(errs, err)
 		if ctx.Err() != nil {
@@ -301,6 +305,15 @@ func (s *sources) fromPeers(ctx context.Context, d digest.Digest, offset int64, 
 		return nil, 0, "", p2p.ErrNotFound
 	}
 	return nil, 0, "", errors.Join(errs...)
+}
+
+// servedBy names the peer that sends rc's bytes: asked, unless asked redirected the fetch to
+// a peer that follows its download (then that peer is the one to ban for bad bytes).
+func servedBy(rc io.Reader, asked string) string {
+	if r, ok := rc.(interface{ Peer() string }); ok && r.Peer() != "" {
+		return r.Peer()
+	}
+	return asked
 }
 
 // manifestFromPeers fetches a manifest by digest from providers, verified; ok=false when no

@@ -290,38 +290,53 @@ func (u *upstreamLog) basicAuth(prefix, user, pass string) {
 // Every node pulls the same cold image at the same instant: the swarm agrees on one designated
 // fetcher per digest, so the upstream serves each blob once.
 func TestSimultaneousColdPullsFetchEachBlobOnce(t *testing.T) {
-	up := newUpstream(t)
-	img := pushRandom(t, up, "test/rollout", 4<<20, 3)
-	first := startNode(t, up, nil)
-	nodes := []*Daemon{first}
-	for range 3 {
-		nodes = append(nodes, startNode(t, up, first.node.Addrs()))
-	}
-	for _, n := range nodes {
-		waitFor(t, func() bool { return n.node.Status().RoutingTableSize >= len(nodes)-1 })
-	}
-	up.reset()
-	start := make(chan struct{})
-	errs := make(chan error, len(nodes))
-	for _, n := range nodes {
-		go func() {
-			<-start
-			got, err := pullThrough(t, n, "test/rollout:latest")
-			if err == nil && mustDigest(t, got) != mustDigest(t, img) {
-				err = fmt.Errorf("wrong image")
+	// limit 1: the designated node streams each blob to one peer and redirects the others,
+	// which then chain (C from B from A from the upstream).
+	for _, limit := range []int{4, 1} {
+		t.Run(fmt.Sprintf("max_uploads_per_blob=%d", limit), func(t *testing.T) {
+			up := newUpstream(t)
+			img := pushRandom(t, up, "test/rollout", 4<<20, 3)
+			mod := func(c *Config) { c.P2P.MaxUploadsPerBlob = limit }
+			first := startNode(t, up, nil, mod)
+			nodes := []*Daemon{first}
+			for range 3 {
+				nodes = append(nodes, startNode(t, up, first.node.Addrs(), mod))
 			}
-			errs <- err
-		}()
-	}
-	close(start)
-	for range nodes {
-		if err := <-errs; err != nil {
-			t.Fatalf("pull: %v", err)
-		}
-	}
-	for _, d := range layerDigests(t, img) {
-		if n := up.count("GET", "/blobs/"+d.String()); n != 1 {
-			t.Errorf("blob %s: %d upstream GETs for %d simultaneous pulls, want 1", d, n, len(nodes))
-		}
+			for _, n := range nodes {
+				waitFor(t, func() bool { return n.node.Status().RoutingTableSize >= len(nodes)-1 })
+			}
+			up.reset()
+			start := make(chan struct{})
+			errs := make(chan error, len(nodes))
+			for _, n := range nodes {
+				go func() {
+					<-start
+					got, err := pullThrough(t, n, "test/rollout:latest")
+					if err == nil && mustDigest(t, got) != mustDigest(t, img) {
+						err = fmt.Errorf("wrong image")
+					}
+					errs <- err
+				}()
+			}
+			close(start)
+			for range nodes {
+				if err := <-errs; err != nil {
+					t.Fatalf("pull: %v", err)
+				}
+			}
+			for _, d := range layerDigests(t, img) {
+				if n := up.count("GET", "/blobs/"+d.String()); n != 1 {
+					t.Errorf("blob %s: %d upstream GETs for %d simultaneous pulls, want 1", d, n, len(nodes))
+				}
+			}
+			var redirected int64
+			for _, n := range nodes {
+				redirected += n.node.Status().Redirected
+			}
+			t.Logf("requests redirected at the upload limit: %d", redirected)
+			if limit == 1 && redirected == 0 {
+				t.Error("4 nodes pulled at once with max_uploads_per_blob=1, and no node redirected a peer")
+			}
+		})
 	}
 }

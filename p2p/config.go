@@ -41,6 +41,11 @@ type Config struct {
 	// DesignatedTimeout bounds the wait for a designated fetcher's first answer (FetchVia)
 	// before the caller goes to the upstream itself.
 	DesignatedTimeout time.Duration `yaml:"designated_timeout"`
+	// MaxUploadsPerBlob is how many peers at most stream one blob from this node at once;
+	// the next ones are redirected to those peers, which follow the download and serve it
+	// on. When a whole cluster pulls the same image at once, this turns "everyone from the
+	// designated node" into a tree, spreading the upload over the nodes. 0 means no limit.
+	MaxUploadsPerBlob int `yaml:"max_uploads_per_blob"`
 }
 
 // DefaultPort is the TCP port of the default listen address.
@@ -58,6 +63,9 @@ func DefaultConfig() Config {
 		BanDuration:    10 * time.Minute,
 		// Well under a second: long enough for a registry's token round trip and first byte.
 		DesignatedTimeout: 500 * time.Millisecond,
+		// A tree of fan-out 4 reaches 20 nodes in two hops and 1000 in five, and keeps each
+		// node's upload for a rollout to about 4 copies of the image.
+		MaxUploadsPerBlob: 4,
 	}
 }
 
@@ -96,6 +104,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be a positive duration, got %v", d.key, d.v))
 		}
+	}
+	if c.MaxUploadsPerBlob < 0 {
+		errs = append(errs, fmt.Errorf("p2p.max_uploads_per_blob: must be 0 (no limit) or more, got %d", c.MaxUploadsPerBlob))
 	}
 	if c.RecordTTL > 0 && c.RecordTTL < time.Second {
 		errs = append(errs, fmt.Errorf("p2p.record_ttl: %v is too short (minimum 1s)", c.RecordTTL))

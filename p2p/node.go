@@ -93,6 +93,8 @@ type Node struct {
 	reprovideNow chan struct{}
 	joining      atomic.Bool // a bootstrap round is running
 	serveSlots   chan struct{}
+	uploads      uploadTable
+	redirects    atomic.Int64 // requests answered REDIRECT
 
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing

@@ -148,6 +148,8 @@ type Status struct {
 	// LookupP50 and LookupP99 are over the last 1024 lookups.
 	LookupP50, LookupP99 time.Duration
 	Bans                 int64
+	// Redirected counts peer requests sent on to other peers at the upload limit.
+	Redirected int64
 }
 
 // PeerStatus describes one connected or banned peer. BytesIn/BytesOut count blob bytes
@@ -172,6 +174,7 @@ func (n *Node) Status() Status {
 		Lookups:          n.lookups.Load(),
 		LookupHits:       n.lookupHits.Load(),
 		Bans:             n.peers.bans.Load(),
+		Redirected:       n.redirects.Load(),
 	}
 	st.LookupP50, st.LookupP99 = n.lookupLat.percentiles()
 	seen := map[peer.ID]bool{}

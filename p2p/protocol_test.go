@@ -147,3 +147,31 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzResponseLine: the response parsers never panic; a REDIRECT is accepted only with 1 to
+// maxRedirectPeers valid peer IDs, exactly as they appear on the line.
+func FuzzResponseLine(f *testing.F) {
+	id := "12D3KooWLya2DpJKp19CLAUmsFkWkkxzMSNEQukqFGuTkZBHgbHw"
+	f.Add([]byte("OK 42\n"))
+	f.Add([]byte("REDIRECT " + id + "\n"))
+	f.Add([]byte("REDIRECT " + id + " " + id + "\n"))
+	f.Add([]byte("REDIRECT Qm\n"))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		parseResponse(line)
+		ids, redirect, err := parseRedirect(line)
+		if !redirect || err != nil {
+			return
+		}
+		if len(ids) == 0 || len(ids) > maxRedirectPeers {
+			t.Fatalf("accepted %d peers from %q", len(ids), line)
+		}
+		var b strings.Builder
+		b.WriteString(statusRedirect)
+		for _, x := range ids {
+			b.WriteString(" " + x.String())
+		}
+		if b.String()+"\n" != string(line) {
+			t.Fatalf("accepted %q but its peers print as %q", line, b.String())
+		}
+	})
+}

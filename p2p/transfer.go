@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -26,6 +27,7 @@ import (
 //	          "<digest> <offset> fetch <registry> <repo>\n"     (ask a designated fetcher)
 //	response: "OK <size>\n" then size-offset bytes  (size is the full content size)
 //	          "NOTFOUND\n" | "RANGE <size>\n" | "BADREQUEST\n" | "BUSY\n" | "ERROR\n"
+//	          "REDIRECT <peer ID> [<peer ID>...]\n"   (in either mode, instead of all else)
 //	          in fetch mode, "ACCEPTED\n" comes first, at once, then one of the above
 //
 // "local" marks the request as coming from a peer: it is answered from the node's own
@@ -33,12 +35,21 @@ import (
 // peer that the swarm designated for the digest to download it from the named upstream
 // repository (once, for everyone) and stream it as it arrives; it too is never forwarded to
 // another peer. Only Content that implements SwarmFetcher answers it.
+// REDIRECT says the node already streams this digest to Config.MaxUploadsPerBlob peers and
+// names them: they follow the download and serve what they have so far, so the asker
+// fetches from one of them (in local mode) instead. That is how a cluster pulling the same
+// image at once forms a tree instead of a star around the designated node. An asker follows
+// at most maxRedirectHops redirects and dials only peer IDs whose addresses it already knows.
 // The response carries the full size, so a body cut short (the server's content failed, or
 // the connection dropped) is always seen as an error, never mistaken for a complete one.
 const (
 	blobProtocol    = "/shoal/blob/1.0.0"
 	maxRequestLine  = 1024
-	maxResponseLine = 64
+	maxResponseLine = 1024
+	// maxRedirectPeers bounds the peer IDs in a REDIRECT line.
+	maxRedirectPeers = 8
+	// maxRedirectHops bounds how many redirects one fetch follows.
+	maxRedirectHops = 3
 	modeLocal       = "local"
 	modeFetch       = "fetch"
 	maxRegistryLen  = 255
@@ -171,7 +182,35 @@ const (
 	statusError      = "ERROR"
 	// statusAccepted precedes the status line in fetch mode.
 	statusAccepted = "ACCEPTED"
+	statusRedirect = "REDIRECT"
 )
+
+// parseRedirect parses a REDIRECT line (with its "\n"); ok is false for any other status.
+func parseRedirect(line []byte) (peers []peer.ID, ok bool, err error) {
+	body, found := bytes.CutPrefix(line, []byte(statusRedirect+" "))
+	if !found {
+		return nil, false, nil
+	}
+	body, found = bytes.CutSuffix(body, []byte("\n"))
+	if !found {
+		return nil, true, errors.New("response line without newline")
+	}
+	fields := bytes.Split(body, []byte(" "))
+	if len(fields) > maxRedirectPeers {
+		return nil, true, fmt.Errorf("redirect to %d peers, at most %d", len(fields), maxRedirectPeers)
+	}
+	for _, f := range fields {
+		id, err := peer.Decode(string(f))
+		if err != nil {
+			return nil, true, fmt.Errorf("redirect: peer ID %q: %w", f, err)
+		}
+		if id.String() != string(f) { // a CID or other spelling: only the canonical one
+			return nil, true, fmt.Errorf("redirect: peer ID %q is not in canonical form", f)
+		}
+		peers = append(peers, id)
+	}
+	return peers, true, nil
+}
 
 // parseResponse parses a response line (with its "\n"); size is set for OK and RANGE.
 func parseResponse(line []byte) (status string, size int64, err error) {
@@ -243,6 +282,18 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 		s.Close()
 		return
 	}
+	others, ok := n.uploads.begin(req.Digest, p, n.cfg.MaxUploadsPerBlob)
+	if !ok {
+		n.redirects.Add(1)
+		line := statusRedirect
+		for _, o := range others {
+			line += " " + o.String()
+		}
+		n.reply(s, line)
+		s.Close()
+		return
+	}
+	defer n.uploads.end(req.Digest, p)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var rc io.ReadCloser
@@ -339,8 +390,11 @@ func (n *Node) reply(s network.Stream, line string) bool {
 // error wrapping ErrStalled when no byte arrives for StallTimeout, with io.ErrUnexpectedEOF
 // when the stream ends early, and with ctx's error once ctx ends. Close before the end
 // aborts the transfer. A peer without the content answers an error wrapping ErrNotFound.
+// A peer at its upload limit redirects to peers that follow it, and Fetch follows: the
+// reader's Peer method names the peer that actually sends the bytes.
 func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
-	return n.fetch(ctx, p, request{Digest: d, Offset: offset, Mode: modeLocal}, n.cfg.StallTimeout)
+	tries := maxRedirectPeers
+	return n.fetch(ctx, p, request{Digest: d, Offset: offset, Mode: modeLocal}, n.cfg.StallTimeout, 0, &tries)
 }
 
 // FetchVia asks p, the peer designated for d (see Designated), to download d from the
@@ -352,11 +406,13 @@ func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int
 	if !token([]byte(registry), maxRegistryLen) || !token([]byte(repo), maxRepoLen) {
 		return nil, 0, fmt.Errorf("p2p: fetch %s via %s: invalid registry or repository", d, p.ID)
 	}
-	return n.fetch(ctx, p, req, min(n.cfg.DesignatedTimeout, n.cfg.StallTimeout))
+	tries := maxRedirectPeers
+	return n.fetch(ctx, p, req, min(n.cfg.DesignatedTimeout, n.cfg.StallTimeout), 0, &tries)
 }
 
-// fetch sends req to p; answer bounds the wait for the response line.
-func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Duration) (io.ReadCloser, int64, error) {
+// fetch sends req to p; answer bounds the wait for the response line. hops counts the
+// redirects followed so far, and tries bounds the peers asked after a redirect, in all.
+func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Duration, hops int, tries *int) (io.ReadCloser, int64, error) {
 	d, offset := req.Digest, req.Offset
 	if _, err := parseDigestStrict([]byte(d)); err != nil {
 		return nil, 0, fmt.Errorf("p2p: fetch %q: invalid digest", d)
@@ -429,6 +485,14 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	if err != nil {
 		return abort(err)
 	}
+	if ids, ok, rerr := parseRedirect(line); ok {
+		if rerr != nil {
+			return abort(rerr)
+		}
+		stop()
+		s.Close()
+		return n.followRedirect(ctx, pid, ids, req, hops, tries)
+	}
 	if req.Mode == modeFetch {
 		// The designated peer accepted within answer; its upstream may take up to the stall
 		// timeout to start.
@@ -470,7 +534,41 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 		return abort(fmt.Errorf("peer answered size %d below offset %d", size, offset))
 	}
 	return &blobReader{s: s, br: br, remaining: size - offset, stall: stall, ctx: ctx, stop: stop,
-		stats: stats, what: fmt.Sprintf("%s from %s", d, pid)}, size, nil
+		stats: stats, from: pid, what: fmt.Sprintf("%s from %s", d, pid)}, size, nil
+}
+
+// followRedirect fetches req's digest, in local mode, from one of the peers that from named:
+// they stream it from from, so they have (or are getting) it. Only peers whose addresses this
+// node already knows are dialled: a redirect never makes shoal dial an address it did not
+// learn from its own swarm.
+func (n *Node) followRedirect(ctx context.Context, from peer.ID, ids []peer.ID, req request, hops int, tries *int) (io.ReadCloser, int64, error) {
+	if hops >= maxRedirectHops {
+		return nil, 0, fmt.Errorf("p2p: fetch %s: still redirected after %d hops (by %s)", req.Digest, hops, from)
+	}
+	rand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	var errs []error
+	for _, id := range ids {
+		if id == n.host.ID() || id == from || n.peers.isBanned(id) || len(n.host.Peerstore().Addrs(id)) == 0 {
+			continue
+		}
+		if *tries <= 0 {
+			break
+		}
+		*tries--
+		r := request{Digest: req.Digest, Offset: req.Offset, Mode: modeLocal}
+		rc, size, err := n.fetch(ctx, Peer{ID: id.String()}, r, n.cfg.StallTimeout, hops+1, tries)
+		if err == nil {
+			return rc, size, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, 0, fmt.Errorf("p2p: fetch %s: %s redirected to no peer this node can reach", req.Digest, from)
+	}
+	return nil, 0, fmt.Errorf("p2p: fetch %s: redirected by %s: %w", req.Digest, from, errors.Join(errs...))
 }
 
 // readLine reads up to and including "\n", refusing lines longer than max.
@@ -506,6 +604,7 @@ type blobReader struct {
 	ctx       context.Context
 	stop      func() bool
 	stats     *peerStats
+	from      peer.ID
 	what      string
 	err       error
 	closed    bool
@@ -545,6 +644,9 @@ func (r *blobReader) Read(p []byte) (int, error) {
 	return n, r.err
 }
 
+// Peer is the ID of the peer sending the bytes (after any redirect).
+func (r *blobReader) Peer() string { return r.from.String() }
+
 // Close ends the transfer; before the last byte it aborts the stream.
 func (r *blobReader) Close() error {
 	if r.closed {
@@ -556,4 +658,51 @@ func (r *blobReader) Close() error {
 		return r.s.Reset()
 	}
 	return r.s.Close()
+}
+
+// uploadTable tracks which peers are streaming which digest from this node, so that a
+// node at its limit can send newcomers to the peers it already serves.
+type uploadTable struct {
+	mu sync.Mutex
+	m  map[digest.Digest]map[peer.ID]int // streams per digest per peer
+}
+
+// begin registers a stream of d to p, unless max other peers already stream d (max > 0):
+// it then returns up to maxRedirectPeers of them, chosen at random, and ok=false. A peer
+// that already streams d (a resume) is always let in.
+func (t *uploadTable) begin(d digest.Digest, p peer.ID, max int) (others []peer.ID, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[digest.Digest]map[peer.ID]int{}
+	}
+	cur := t.m[d]
+	if max > 0 && cur[p] == 0 && len(cur) >= max {
+		for o := range cur { // map order is random enough to spread the newcomers
+			others = append(others, o)
+			if len(others) == maxRedirectPeers {
+				break
+			}
+		}
+		return others, false
+	}
+	if cur == nil {
+		cur = map[peer.ID]int{}
+		t.m[d] = cur
+	}
+	cur[p]++
+	return nil, true
+}
+
+// end unregisters one stream of d to p.
+func (t *uploadTable) end(d digest.Digest, p peer.ID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	cur := t.m[d]
+	if cur[p]--; cur[p] <= 0 {
+		delete(cur, p)
+	}
+	if len(cur) == 0 {
+		delete(t.m, d)
+	}
 }

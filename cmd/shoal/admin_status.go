@@ -98,7 +98,7 @@ func printStatus(out io.Writer, s adminapi.Status) {
 			hit = 100 * float64(p.LookupHits) / float64(p.Lookups)
 		}
 		fmt.Fprintf(w, "p2p\tpeer %s: %d peers connected, %d banned, routing table %d, providing %d digests\n", p.PeerID, p.Peers, p.Banned, p.RoutingTableSize, p.Provided)
-		fmt.Fprintf(w, "\tlookups %d (%.0f%% found), p50 %.1fms, p99 %.1fms, bans %d\n", p.Lookups, hit, p.LookupP50Ms, p.LookupP99Ms, p.Bans)
+		fmt.Fprintf(w, "\tlookups %d (%.0f%% found), p50 %.1fms, p99 %.1fms, bans %d, redirected %d\n", p.Lookups, hit, p.LookupP50Ms, p.LookupP99Ms, p.Bans, p.Redirected)
 		for _, a := range p.Addrs {
 			fmt.Fprintf(w, "\t%s\n", a)
 		}
