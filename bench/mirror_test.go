@@ -90,6 +90,9 @@ func getEnv(b *testing.B) *env {
 
 // buildShoal builds the shoal binary into dir and returns its path.
 func buildShoal(dir string) (string, error) {
+	if bin := os.Getenv("SHOAL_BENCH_BINARY"); bin != "" {
+		return bin, nil // a prebuilt shoal, e.g. to profile it with perf
+	}
 	root, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", err

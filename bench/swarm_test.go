@@ -14,6 +14,7 @@ package bench
 //	SHOAL_BENCH_SYSTEMS     comma list of systems to run (default shoal-p2p,shoal-local,registry-proxy)
 //	SHOAL_BENCH_SHOAL_ARGS  extra `shoal daemon` flags for both shoal systems, e.g. "--log-level debug"
 //	SHOAL_BENCH_KEEP=1      keep each run's node directories and logs (path printed) instead of deleting them
+//	SHOAL_BENCH_BINARY      a prebuilt shoal binary to run instead of building one (to profile it, say)
 //
 // For each N it runs, one after the other on fresh nodes and a fresh proxy, in the same run:
 //
