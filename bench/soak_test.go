@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,8 +102,10 @@ func BenchmarkSoak10Nodes(b *testing.B) {
 	}
 }
 
-// soakLoad sends the soak's requests until stop is closed.
+// soakLoad sends the soak's requests until stop is closed, and waits for those in flight.
 func soakLoad(b *testing.B, e *swarmEnv, dir string, nodes []*benchNode, stop chan struct{}, requests, failures, transfers *atomic.Int64) {
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
 	hc := &http.Client{Timeout: 30 * time.Second}
 	get := func(url string, want int) {
 		requests.Add(1)
@@ -131,7 +134,7 @@ func soakLoad(b *testing.B, e *swarmEnv, dir string, nodes []*benchNode, stop ch
 			var d [32]byte
 			rand.Read(d[:])
 			n := nodes[mrand.IntN(len(nodes))]
-			go get(fmt.Sprintf("http://%s/v2/library/soak/blobs/sha256:%x", n.addr, d), http.StatusNotFound)
+			inflight.Go(func() { get(fmt.Sprintf("http://%s/v2/library/soak/blobs/sha256:%x", n.addr, d), http.StatusNotFound) })
 		case <-fresh.C:
 			path := filepath.Join(dir, "blob")
 			dgst, err := writeRandom(path, uint64(i), 1<<20)
@@ -145,11 +148,11 @@ func soakLoad(b *testing.B, e *swarmEnv, dir string, nodes []*benchNode, stop ch
 			}
 			first := mrand.IntN(len(nodes))
 			second := (first + 1 + mrand.IntN(len(nodes)-1)) % len(nodes)
-			go func() {
+			inflight.Go(func() {
 				get("http://"+nodes[first].addr+"/v2/library/soak/blobs/"+dgst, http.StatusOK)
 				get("http://"+nodes[second].addr+"/v2/library/soak/blobs/"+dgst, http.StatusOK)
 				transfers.Add(1)
-			}()
+			})
 		}
 	}
 }
