@@ -53,13 +53,16 @@
 //
 // # Wire protocol /shoal/blob/1.0.0
 //
-// One request per stream, a single text line of at most 256 bytes:
+// One request per stream, a single text line of at most 1024 bytes:
 //
 //	<digest> <offset> local\n
+//	<digest> <offset> fetch <registry> <repository>\n   (to the digest's designated fetcher)
 //
 // with a canonical lower-case sha256 or sha512 digest and a decimal offset without sign or
 // leading zeros. The answer is "OK <size>\n" followed by the bytes from offset to size-1
 // (size is the full content size), or one of "NOTFOUND\n", "RANGE <size>\n",
-// "BADREQUEST\n", "BUSY\n", "ERROR\n". A body that ends before size-offset bytes is an error
-// for the fetcher, which can resume elsewhere from the offset it reached.
+// "BADREQUEST\n", "BUSY\n", "ERROR\n", or "REDIRECT <peer ID>...\n" from a node already
+// streaming the digest to Config.MaxUploadsPerBlob peers (it names them; they follow its
+// download). In fetch mode "ACCEPTED\n" comes first. A body that ends before size-offset bytes
+// is an error for the fetcher, which can resume elsewhere from the offset it reached.
 package p2p
