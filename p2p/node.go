@@ -95,6 +95,7 @@ type Node struct {
 	serveSlots   chan struct{}
 	uploads      uploadTable
 	redirects    atomic.Int64 // requests answered REDIRECT
+	openFailLog  rateLog
 
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing

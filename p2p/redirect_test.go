@@ -97,3 +97,19 @@ func TestParseRedirect(t *testing.T) {
 		t.Error(`parseResponse accepted "REDIRECT\n"`)
 	}
 }
+
+func TestRateLogOncePerMinute(t *testing.T) {
+	var l rateLog
+	t0 := time.Now()
+	if _, ok := l.allow(t0); !ok {
+		t.Fatal("the first warning was held back")
+	}
+	for i := range 5 {
+		if _, ok := l.allow(t0.Add(time.Duration(i) * time.Second)); ok {
+			t.Fatalf("warning %d within the minute let through", i+2)
+		}
+	}
+	if skipped, ok := l.allow(t0.Add(time.Minute)); !ok || skipped != 5 {
+		t.Fatalf("after a minute: ok=%v, skipped=%d, want true, 5", ok, skipped)
+	}
+}

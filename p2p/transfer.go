@@ -319,7 +319,11 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 		if errors.Is(err, ErrNotFound) {
 			n.reply(s, statusNotFound)
 		} else {
-			n.log.Warn("serving peer failed to open content", "peer", p.String(), "digest", req.Digest, "err", err)
+			// During an upstream outage every peer's swarm fetch fails the same way: one line
+			// a minute says so, with how many were not logged.
+			if skipped, ok := n.openFailLog.allow(time.Now()); ok {
+				n.log.Warn("serving peer failed to open content", "peer", p.String(), "digest", req.Digest, "err", err, "similar_not_logged", skipped)
+			}
 			n.reply(s, statusError)
 		}
 		s.Close()
@@ -705,4 +709,23 @@ func (t *uploadTable) end(d digest.Digest, p peer.ID) {
 	if len(cur) == 0 {
 		delete(t.m, d)
 	}
+}
+
+// rateLog lets a repeated warning through once a minute and counts the ones it held back.
+type rateLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// allow reports whether to log now, and how many were held back since the last one.
+func (l *rateLog) allow(now time.Time) (skipped int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < time.Minute {
+		l.skipped++
+		return 0, false
+	}
+	skipped, l.skipped, l.last = l.skipped, 0, now
+	return skipped, true
 }
