@@ -259,6 +259,11 @@ func compileRepoPatterns(key string, ss []string) ([]*regexp.Regexp, error) {
 		if !ok || reg == "" || repo == "" || len(s) > 512 {
 			return nil, &ConfigError{Key: key, Err: fmt.Errorf("%q: want REGISTRY/REPO, e.g. docker.io/library/* or ghcr.io/myorg/*", s)}
 		}
+		// Registry and repository names are printable ASCII; anything else would be matched
+		// as U+FFFD by regexp, so a byte that is not would match names it was not written for.
+		if i := strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }); i >= 0 {
+			return nil, &ConfigError{Key: key, Err: fmt.Errorf("%q: only printable ASCII without spaces (offending byte at %d)", s, i)}
+		}
 		reg = canonicalRegistry(strings.ToLower(reg))
 		if reg == "docker.io" && !strings.ContainsAny(repo, "/*?") {
 			repo = "library/" + repo
