@@ -55,6 +55,7 @@ type coalescingConn struct {
 	deadline time.Time // write deadline set by the user of the connection
 	flushing bool      // the flusher goroutine runs
 	closing  time.Time // set by Close: the flusher stops sending at this time
+	sockDL   time.Time // the write deadline last set on the socket (it outlives a flusher)
 	err      error     // sticky: the first write error, or net.ErrClosed
 }
 
@@ -107,7 +108,6 @@ func (c *coalescingConn) wake() {
 // flush writes what accumulates until nothing is pending, then gives the buffers back.
 func (c *coalescingConn) flush() {
 	var spare *[]byte
-	var applied time.Time // the deadline last set on the socket
 	c.mu.Lock()
 	for c.err == nil && c.pending != nil && len(*c.pending) > 0 {
 		buf, dl := c.pending, c.pendDL
@@ -118,11 +118,12 @@ func (c *coalescingConn) flush() {
 		if !c.closing.IsZero() && (dl.IsZero() || c.closing.Before(dl)) {
 			dl = c.closing
 		}
+		setDL := !dl.Equal(c.sockDL)
+		c.sockDL = dl
 		c.mu.Unlock()
 		var err error
-		if !dl.Equal(applied) {
+		if setDL {
 			err = c.Conn.SetWriteDeadline(dl)
-			applied = dl
 		}
 		if err == nil {
 			_, err = c.Conn.Write(*buf)
@@ -169,6 +170,7 @@ func (c *coalescingConn) Close() error {
 	if c.flushing {
 		c.closing = time.Now().Add(closeFlushTimeout)
 		// Bound the write(2) that may be blocked right now; the flusher keeps the bound.
+		c.sockDL = c.closing
 		c.Conn.SetWriteDeadline(c.closing)
 		for c.flushing {
 			c.cond.Wait()

@@ -185,3 +185,28 @@ func TestCoalescingConnIdleHoldsNoBuffer(t *testing.T) {
 		t.Fatal("an idle connection still holds its write buffer")
 	}
 }
+
+// A deadline the socket got for earlier bytes must not fail later bytes written without one
+// (the upgrader sets a handshake deadline, then clears it).
+func TestCoalescingConnClearedDeadlineStaysCleared(t *testing.T) {
+	c, peer := tcpPair(t)
+	dl := time.Now().Add(200 * time.Millisecond)
+	c.SetWriteDeadline(dl)
+	if _, err := c.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(peer, b); err != nil {
+		t.Fatal(err)
+	}
+	c.SetWriteDeadline(time.Time{})
+	<-time.After(time.Until(dl) + 50*time.Millisecond) // the old deadline must have passed
+	if _, err := c.Write([]byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b = make([]byte, 6)
+	if _, err := io.ReadFull(peer, b); err != nil || string(b) != "second" {
+		t.Fatalf("after clearing the deadline, the peer read %q, %v", b, err)
+	}
+}
