@@ -533,23 +533,27 @@ func startFileServer(b *testing.B, file string) string {
 // vmHWM returns a process's peak resident set size in KiB.
 func vmHWM(b *testing.B, pid int) int64 {
 	b.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := procStatusKiB(pid, "VmHWM")
 	if err != nil {
 		b.Fatal(err)
+	}
+	return kb
+}
+
+// procStatusKiB reads one "Field:   N kB" line of a live process's /proc status.
+func procStatusKiB(pid int, field string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		}
 	}
-	b.Fatal("no VmHWM")
-	return 0
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
 }
 
 // writeRandom writes size seeded random bytes to path and returns their digest.

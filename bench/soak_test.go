@@ -25,7 +25,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -159,15 +158,6 @@ func soakLoad(b *testing.B, e *swarmEnv, dir string, nodes []*benchNode, stop ch
 
 // vmRSS is a live process's resident set in bytes (0 if it is gone).
 func vmRSS(pid int) int64 {
-	bs, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(bs), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	kb, _ := procStatusKiB(pid, "VmRSS")
+	return kb << 10
 }
