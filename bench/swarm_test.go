@@ -653,9 +653,15 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// cpuSplit is the CPU time the processes of one pull used, by role.
+type cpuSplit struct{ mirrors, clients, harness time.Duration }
+
+func (c cpuSplit) total() time.Duration { return c.mirrors + c.clients + c.harness }
+
 // pullAll execs one crane pull per node at the same instant and returns each one's duration and
-// the CPU time all processes involved used meanwhile (mirrors, clients, this process).
-func (e *swarmEnv) pullAll(b *testing.B, dir string, nodes []*benchNode, img swarmImg) ([]time.Duration, []error, time.Duration) {
+// the CPU time all processes involved used meanwhile (mirrors, clients, this process: the link
+// proxy and, for registry-proxy, nothing else).
+func (e *swarmEnv) pullAll(b *testing.B, dir string, nodes []*benchNode, img swarmImg) ([]time.Duration, []error, cpuSplit) {
 	b.Helper()
 	n := len(nodes)
 	took := make([]time.Duration, n)
@@ -691,19 +697,20 @@ func (e *swarmEnv) pullAll(b *testing.B, dir string, nodes []*benchNode, img swa
 		}()
 	}
 	ready.Wait()
-	cpu0 := selfCPU()
+	var cpu cpuSplit
+	self0 := selfCPU()
 	for _, nd := range nodes {
-		cpu0 += procCPU(nd.proc.cmd.Process.Pid)
+		cpu.mirrors -= procCPU(nd.proc.cmd.Process.Pid)
 	}
 	close(barrier)
 	done.Wait()
-	cpu := selfCPU() - cpu0
+	cpu.harness = selfCPU() - self0
 	for _, nd := range nodes {
-		cpu += procCPU(nd.proc.cmd.Process.Pid)
+		cpu.mirrors += procCPU(nd.proc.cmd.Process.Pid)
 	}
 	for _, c := range cmds {
 		if c.ProcessState != nil {
-			cpu += c.ProcessState.UserTime() + c.ProcessState.SystemTime()
+			cpu.clients += c.ProcessState.UserTime() + c.ProcessState.SystemTime()
 		}
 	}
 	for _, d := range dsts {
@@ -909,9 +916,10 @@ func (e *swarmEnv) runSystem(b *testing.B, sys system, n int, img swarmImg, rate
 	}
 	run.p50, run.p99, run.max = percentile(ok, 0.5), percentile(ok, 0.99), percentile(ok, 1)
 	if wall := percentile(took, 1); wall > 0 {
-		run.cpu = cpu.Seconds() / (wall.Seconds() * float64(runtime.NumCPU()))
+		run.cpu = cpu.total().Seconds() / (wall.Seconds() * float64(runtime.NumCPU()))
 	}
-	run.notes = describeRun(proxy, nodes)
+	run.notes = fmt.Sprintf("cpu-s mirrors %.1f, clients %.1f, harness %.1f; %s",
+		cpu.mirrors.Seconds(), cpu.clients.Seconds(), cpu.harness.Seconds(), describeRun(proxy, nodes))
 	if sys.name == "shoal-p2p" && n == 1 && run.failed == 0 {
 		singleP2P[img.layerSize] = run.max
 	}
