@@ -53,6 +53,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"bad log format", "log_format: xml\n", "log_format"},
 		{"bad registry host", "registries:\n  \"a b\": {url: http://x}\n", "registries"},
 		{"bad default registry", "default_registry: \"no such/host\"\n", "default_registry"},
+		// A blank allow entry must not turn into "allow everything".
+		{"blank allow_repo", "security:\n  allow_repo: [\" \"]\n", "security.allow_repo"},
+		{"blank allow_cidr", "security:\n  allow_cidr: [\"10.0.0.0/8\", \"\"]\n", "security.allow_cidr"},
+		{"blank deny_repo", "security:\n  deny_repo: [\"\"]\n", "security.deny_repo"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -225,12 +225,19 @@ func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
 	return p, nil
 }
 
+// blankEntry refuses an empty list entry. Skipping it would fail open: an allow list whose
+// only entry is blank (allow_repo: [""], SHOAL_ALLOW_REPO=" ") would be an empty list, which
+// allows everything, while its author meant to allow something narrow.
+func blankEntry(key string) error {
+	return &ConfigError{Key: key, Err: errors.New("blank entry: name a value, or leave the key out to not restrict anything")}
+}
+
 func parseNets(key string, ss []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range ss {
 		s = strings.TrimSpace(s)
 		if s == "" {
-			continue
+			return nil, blankEntry(key)
 		}
 		if p, err := netip.ParsePrefix(s); err == nil {
 			out = append(out, p.Masked())
@@ -253,7 +260,7 @@ func compileRepoPatterns(key string, ss []string) ([]*regexp.Regexp, error) {
 	for _, s := range ss {
 		s = strings.TrimSpace(s)
 		if s == "" {
-			continue
+			return nil, blankEntry(key)
 		}
 		reg, repo, ok := strings.Cut(s, "/")
 		if !ok || reg == "" || repo == "" || len(s) > 512 {

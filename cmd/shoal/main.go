@@ -21,6 +21,7 @@ import (
 var version = "dev"
 
 func main() {
+	unsetEmptyEnv(os.Environ())
 	app := &cli.App{
 		Name:    "shoal",
 		Usage:   "node-local, P2P-assisted container registry mirror",
@@ -68,6 +69,18 @@ func main() {
 }
 
 func env(name string) []string { return []string{"SHOAL_" + name} }
+
+// unsetEmptyEnv makes an empty (or blank) SHOAL_* variable mean "not set". urfave/cli counts it
+// as set, so SHOAL_HTPASSWD= or SHOAL_ALLOW_REPO= left empty in a manifest template would
+// override the config file with nothing: authentication or an allow list gone without a word.
+func unsetEmptyEnv(environ []string) {
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "SHOAL_") && strings.TrimSpace(v) == "" {
+			os.Unsetenv(k)
+		}
+	}
+}
 
 func daemonCommand() *cli.Command {
 	return &cli.Command{

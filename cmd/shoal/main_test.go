@@ -62,6 +62,7 @@ func TestBadConfigExitsTwoWithOneLine(t *testing.T) {
 		{"bad registry flag", nil, []string{"daemon", "--registry", "docker.io"}, "--registry"},
 		{"bad size flag", nil, []string{"daemon", "--store-max-size", "huge"}, "--store-max-size"},
 		{"bad env", []string{"SHOAL_LOG_FORMAT=xml"}, []string{"daemon"}, "log_format"},
+		{"blank list entry", []string{"SHOAL_ALLOW_REPO=docker.io/library/*,"}, []string{"daemon"}, "security.allow_repo"},
 		{"unknown flag", nil, []string{"daemon", "--no-such-flag"}, "no-such-flag"},
 		{"unreadable password file", nil, []string{"daemon", "--config", pwMissing, "--data-dir", dir}, "password_file"},
 	}

@@ -43,26 +43,19 @@ func statusFrom(src, url string) int {
 	return resp.StatusCode
 }
 
-// TestSIGHUPReloadsSecurity runs the daemon binary, changes its config file's address lists,
-// sends SIGHUP and sees the new lists applied; a broken file on SIGHUP is refused and the
-// running settings stay.
-func TestSIGHUPReloadsSecurity(t *testing.T) {
-	dir := t.TempDir()
+// startDaemon runs the shoal binary with config file cfg on a free loopback port (P2P, metrics
+// and admin off) and returns its mirror address and output; it is stopped at cleanup.
+func startDaemon(t *testing.T, cfg string, env ...string) (string, *lockedBuffer, *exec.Cmd) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cfg := filepath.Join(dir, "shoal.yaml")
-	write := func(s string) {
-		if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("security:\n  deny_cidr: [127.0.0.2]\n")
-	cmd := exec.Command(shoalBin, "daemon", "--config", cfg, "--listen", addr, "--data-dir", filepath.Join(dir, "data"),
+	cmd := exec.Command(shoalBin, "daemon", "--config", cfg, "--listen", addr, "--data-dir", filepath.Join(t.TempDir(), "data"),
 		"--p2p=false", "--metrics-listen", "off", "--admin-listen", "off")
+	cmd.Env = append(os.Environ(), env...)
 	logs := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -75,21 +68,39 @@ func TestSIGHUPReloadsSecurity(t *testing.T) {
 			t.Logf("daemon output:\n%s", logs)
 		}
 	})
-	url := "http://" + addr + "/v2/"
-	waitStatus := func(src string, want int) {
-		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			got := statusFrom(src, url)
-			if got == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("GET /v2/ from %s: %d, want %d", src, got, want)
-			}
-			time.Sleep(50 * time.Millisecond)
+	return addr, logs, cmd
+}
+
+// waitStatus polls GET url from src until it answers want (15 s at most).
+func waitStatus(t *testing.T, src, url string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got := statusFrom(src, url)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s from %s: %d, want %d", url, src, got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSIGHUPReloadsSecurity runs the daemon binary, changes its config file's address lists,
+// sends SIGHUP and sees the new lists applied; a broken file on SIGHUP is refused and the
+// running settings stay.
+func TestSIGHUPReloadsSecurity(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "shoal.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
 		}
 	}
+	write("security:\n  deny_cidr: [127.0.0.2]\n")
+	addr, logs, cmd := startDaemon(t, cfg)
+	url := "http://" + addr + "/v2/"
+	waitStatus := func(src string, want int) { t.Helper(); waitStatus(t, src, url, want) }
 	waitStatus("127.0.0.1", 200)
 	waitStatus("127.0.0.2", 403)
 
@@ -112,5 +123,20 @@ func TestSIGHUPReloadsSecurity(t *testing.T) {
 	}
 	if cmd.ProcessState != nil {
 		t.Fatal("the daemon exited")
+	}
+}
+
+// An empty SHOAL_* variable (an unset value in a manifest template) must not override the
+// config file: here SHOAL_DENY_CIDR= would otherwise empty the deny list.
+func TestEmptyEnvDoesNotOverrideConfig(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "shoal.yaml")
+	if err := os.WriteFile(cfg, []byte("security:\n  deny_cidr: [127.0.0.2]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, _, _ := startDaemon(t, cfg, "SHOAL_DENY_CIDR=", "SHOAL_ALLOW_CIDR= ", "SHOAL_HTPASSWD=")
+	url := "http://" + addr + "/v2/"
+	waitStatus(t, "127.0.0.1", url, 200)
+	if got := statusFrom("127.0.0.2", url); got != 403 {
+		t.Fatalf("127.0.0.2 got %d, want 403: an empty SHOAL_DENY_CIDR emptied the config file's deny list", got)
 	}
 }
