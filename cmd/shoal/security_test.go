@@ -100,14 +100,14 @@ func TestSIGHUPReloadsSecurity(t *testing.T) {
 	write("security:\n  deny_cidr: [127.0.0.2]\n")
 	addr, logs, cmd := startDaemon(t, cfg)
 	url := "http://" + addr + "/v2/"
-	waitStatus := func(src string, want int) { t.Helper(); waitStatus(t, src, url, want) }
-	waitStatus("127.0.0.1", 200)
-	waitStatus("127.0.0.2", 403)
+	expect := func(src string, want int) { t.Helper(); waitStatus(t, src, url, want) }
+	expect("127.0.0.1", 200)
+	expect("127.0.0.2", 403)
 
 	write("security:\n  deny_cidr: [127.0.0.3]\n")
 	cmd.Process.Signal(syscall.SIGHUP)
-	waitStatus("127.0.0.2", 200)
-	waitStatus("127.0.0.3", 403)
+	expect("127.0.0.2", 200)
+	expect("127.0.0.3", 403)
 
 	write("security:\n  deny_cidr: [not-an-address]\n")
 	cmd.Process.Signal(syscall.SIGHUP)
