@@ -62,8 +62,14 @@ func (c *Config) validateOps() error {
 	switch c.AdminListen {
 	case "", "off":
 	default:
-		if _, err := adminapi.ParseAddr(c.AdminListen); err != nil {
+		a, err := adminapi.ParseAddr(c.AdminListen)
+		if err != nil {
 			return &ConfigError{Key: "admin_listen", Err: err}
+		}
+		// The admin API has no authentication and can remove, pin and pull content: on TCP
+		// it may listen on loopback only (a unix socket's file mode is its access control).
+		if a.Network == "tcp" && !listensOnLoopback(a.Address) {
+			return &ConfigError{Key: "admin_listen", Err: fmt.Errorf("%q is not a loopback address: the admin API has no authentication; use unix:/path or 127.0.0.1:PORT", c.AdminListen)}
 		}
 	}
 	if c.MetricsListen != "off" && c.MetricsListen != "" {
@@ -485,3 +491,4 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+

@@ -57,6 +57,9 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"blank allow_repo", "security:\n  allow_repo: [\" \"]\n", "security.allow_repo"},
 		{"blank allow_cidr", "security:\n  allow_cidr: [\"10.0.0.0/8\", \"\"]\n", "security.allow_cidr"},
 		{"blank deny_repo", "security:\n  deny_repo: [\"\"]\n", "security.deny_repo"},
+		// No authentication on the admin API: TCP on loopback only.
+		{"admin on all interfaces", "admin_listen: 0.0.0.0:7000\n", "admin_listen"},
+		{"admin on a LAN address", "admin_listen: \"10.1.2.3:7000\"\n", "admin_listen"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

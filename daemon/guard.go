@@ -356,7 +356,7 @@ func listensOnLoopback(listen string) bool {
 		return true
 	}
 	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.IsLoopback()
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // configure applies the connection limits to the mirror's server; zero keeps the server's
