@@ -90,7 +90,7 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 	if d.node != nil {
 		node = d.node
 	}
-	o.metrics = newMetrics(d.cfg.Version, &stateCollector{store: d.store, up: d.up, node: node, spool: sp})
+	o.metrics = newMetrics(d.cfg.Version, &stateCollector{store: d.store, up: d.up, node: node, spool: sp, guard: d.guard})
 	if src != nil && src.node != nil {
 		src.node = &timedPeerNode{peerNode: src.node, m: o.metrics}
 	}

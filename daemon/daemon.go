@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		log:             mlog,
 		staleLog:        logEvery{every: time.Minute},
 	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp}
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g}
 	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
@@ -114,7 +114,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		ErrorLog:          slog.NewLogLogger(mlog.Handler(), slog.LevelDebug),
 	}
 	// guard.go: header/idle limits from the config, TLS on the listener.
-	d.guard = g
 	g.configure(d.srv, cfg.Guard)
 	d.ln = g.listener(d.ln)
 	return d, nil

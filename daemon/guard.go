@@ -114,6 +114,36 @@ type guard struct {
 
 	authOK  sync.Map      // user → sha256(user:password) of the last password that matched
 	hashing chan struct{} // bounds concurrent bcrypt comparisons (each costs ~50 ms of CPU)
+
+	refused [len(refusalReasons)]atomic.Int64 // requests refused, by reason
+}
+
+// Why the guard refused a request (shoal_guard_refused_total's reason label): a 403 or a 429
+// alone does not tell an address list from a repository policy, or a rate from a bound.
+const (
+	refusedAddress = iota
+	refusedURI
+	refusedRate
+	refusedAuth
+	refusedRepository
+	refusedConcurrency
+)
+
+var refusalReasons = [...]string{"address", "uri_too_long", "rate", "auth", "repository", "concurrency"}
+
+// refuse answers err and counts the refusal.
+func (g *guard) refuse(w http.ResponseWriter, r *http.Request, reason int, err *ociError) {
+	g.refused[reason].Add(1)
+	writeError(w, r, g.log, err)
+}
+
+// refusals returns the refusal counts by reason.
+func (g *guard) refusals() map[string]int64 {
+	m := make(map[string]int64, len(refusalReasons))
+	for i, name := range refusalReasons {
+		m[name] = g.refused[i].Load()
+	}
+	return m
 }
 
 // clientState is one client's token bucket and requests in flight.
@@ -466,7 +496,7 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 		p := g.policy.Load()
 		ip := remoteIP(r)
 		if !p.clientAllowed(ip) {
-			writeError(w, r, g.log, errClientDenied)
+			g.refuse(w, r, refusedAddress, errClientDenied)
 			return
 		}
 		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
@@ -474,7 +504,7 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		if p.maxURI > 0 && len(r.RequestURI) > p.maxURI {
-			writeError(w, r, g.log, errURITooLong)
+			g.refuse(w, r, refusedURI, errURITooLong)
 			return
 		}
 		now := time.Now()
@@ -484,18 +514,18 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 			if delay := res.DelayFrom(now); !res.OK() || delay > 0 {
 				res.CancelAt(now)
 				w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(delay.Seconds())))))
-				writeError(w, r, g.log, tooMany("too many requests from your address; slow down"))
+				g.refuse(w, r, refusedRate, tooMany("too many requests from your address; slow down"))
 				return
 			}
 		}
 		if p.users != nil && !inNets(p.authExempt, ip) && !g.authenticated(r, p) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="shoal"`)
-			writeError(w, r, g.log, errUnauthorized)
+			g.refuse(w, r, refusedAuth, errUnauthorized)
 			return
 		}
 		if len(p.allowRepo) > 0 || len(p.denyRepo) > 0 {
 			if rt, err := parseRoute(r, g.defaultRegistry); err == nil && !p.repoAllowed(rt.registry, rt.repo) {
-				writeError(w, r, g.log, errRepoDenied)
+				g.refuse(w, r, refusedRepository, errRepoDenied)
 				return
 			}
 		}
@@ -503,7 +533,7 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 			if n := c.inflight.Add(1); int(n) > p.maxConcurrent {
 				c.inflight.Add(-1)
 				w.Header().Set("Retry-After", "1")
-				writeError(w, r, g.log, tooMany(fmt.Sprintf("more than %d requests in progress from your address", p.maxConcurrent)))
+				g.refuse(w, r, refusedConcurrency, tooMany(fmt.Sprintf("more than %d requests in progress from your address", p.maxConcurrent)))
 				return
 			}
 			defer c.inflight.Add(-1)

@@ -88,6 +88,7 @@ func TestGuardClientAddressLists(t *testing.T) {
 	d := startDaemon(t, up, func(c *Config) {
 		c.Guard.AllowCIDR = []string{"127.0.0.0/29"}
 		c.Guard.DenyCIDR = []string{"127.0.0.2"}
+		withOps(c)
 	})
 	for _, tc := range []struct {
 		src    string
@@ -106,6 +107,14 @@ func TestGuardClientAddressLists(t *testing.T) {
 			}
 		}
 	}
+	// An operator tells an address refusal from a repository one by the reason label.
+	mfs := scrape(t, d.MetricsAddr())
+	if v, _ := metricValue(mfs, "shoal_guard_refused_total", map[string]string{"reason": "address"}); v != 4 {
+		t.Errorf("shoal_guard_refused_total{reason=address} = %v, want 4", v)
+	}
+	if v, ok := metricValue(mfs, "shoal_guard_refused_total", map[string]string{"reason": "repository"}); !ok || v != 0 {
+		t.Errorf("shoal_guard_refused_total{reason=repository} = %v (present %v), want 0", v, ok)
+	}
 }
 
 func TestGuardRepositoryPatterns(t *testing.T) {
@@ -118,6 +127,7 @@ func TestGuardRepositoryPatterns(t *testing.T) {
 	d := startDaemon(t, up, func(c *Config) {
 		c.Guard.AllowRepo = []string{h + "/team/*"}
 		c.Guard.DenyRepo = []string{h + "/team/secret*"}
+		withOps(c)
 	})
 	base := "http://" + d.Addr()
 	for _, tc := range []struct {
@@ -138,6 +148,9 @@ func TestGuardRepositoryPatterns(t *testing.T) {
 		if a.status != tc.status || (tc.status == 403 && a.code != "DENIED") {
 			t.Errorf("GET %s: %d %s, want %d", tc.path, a.status, a.code, tc.status)
 		}
+	}
+	if v, _ := metricValue(scrape(t, d.MetricsAddr()), "shoal_guard_refused_total", map[string]string{"reason": "repository"}); v != 4 {
+		t.Errorf("shoal_guard_refused_total{reason=repository} = %v, want 4", v)
 	}
 	if _, err := pullThrough(t, d, "team/app:latest"); err != nil {
 		t.Fatalf("allowed pull: %v", err)

@@ -161,6 +161,7 @@ type stateCollector struct {
 	up    *upstream.Client
 	node  p2pNode // nil: P2P disabled
 	spool *spool
+	guard *guard
 }
 
 var (
@@ -185,6 +186,7 @@ var (
 	descP2PLookups    = prometheus.NewDesc("shoal_p2p_lookups_total", "Provider lookups (all callers).", nil, nil)
 	descP2PHits       = prometheus.NewDesc("shoal_p2p_lookup_hits_total", "Provider lookups that found a provider.", nil, nil)
 	descP2PBans       = prometheus.NewDesc("shoal_p2p_bans_total", "Peers banned (for sending bytes that do not match their digest).", nil, nil)
+	descGuardRefused  = prometheus.NewDesc("shoal_guard_refused_total", "Mirror API requests refused by the access controls, by reason (address, uri_too_long, rate, auth, repository, concurrency).", []string{"reason"}, nil)
 	descP2PRedirected = prometheus.NewDesc("shoal_p2p_redirected_total", "Peer requests redirected to the peers following a download (the node was at p2p.max_uploads_per_blob for that blob).", nil, nil)
 	descP2PBytesIn    = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
 	descP2PBytesOut   = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
@@ -193,7 +195,7 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
-		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PBytesIn, descP2PBytesOut} {
+		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PBytesIn, descP2PBytesOut, descGuardRefused} {
 		ch <- d
 	}
 }
@@ -234,6 +236,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	gauge(descInflight, float64(c.spool.inflight()))
+	for reason, n := range c.guard.refusals() {
+		counter(descGuardRefused, float64(n), reason)
+	}
 	if c.node == nil {
 		gauge(descP2PEnabled, 0)
 		return
