@@ -52,7 +52,7 @@ func BenchmarkSoak10Nodes(b *testing.B) {
 		b.Logf("soak: node logs kept in %s", dir)
 	}
 	for range b.N {
-		nodes := startShoalSwarm(b, e, dir, 10, e.upstream)
+		nodes := shoalSwarm(b, e, dir, 10, e.upstream, nil)
 		var requests, failures, transfers atomic.Int64
 		stop := make(chan struct{})
 		done := make(chan struct{})

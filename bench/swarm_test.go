@@ -11,7 +11,7 @@ package bench
 // `go install github.com/google/go-containerregistry/cmd/crane@v0.22.1`). Knobs (environment):
 //
 //	SHOAL_BENCH_LINK_MBIT   upstream link in Mbit/s shared by all blob downloads (default 400)
-//	SHOAL_BENCH_SYSTEMS     comma list of systems to run (default shoal-p2p,shoal-local,registry-proxy)
+//	SHOAL_BENCH_SYSTEMS     comma list of systems to run (default shoal-p2p,shoal-p2p-eager,shoal-local,registry-proxy)
 //	SHOAL_BENCH_SHOAL_ARGS  extra `shoal daemon` flags for both shoal systems, e.g. "--log-level debug"
 //	SHOAL_BENCH_KEEP=1      keep each run's node directories and logs (path printed) instead of deleting them
 //	SHOAL_BENCH_BINARY      a prebuilt shoal binary to run instead of building one (to profile it, say)
@@ -20,6 +20,8 @@ package bench
 //
 //   - shoal-p2p: N shoal daemons with P2P on, each on its own loopback address (127.92.x.y), all
 //     bootstrapping from the first;
+//   - shoal-p2p-eager: the same with --p2p-verify-before-serving=false (clients get peer bytes
+//     as they arrive instead of once the whole blob verified);
 //   - shoal-local: N independent shoal caches (--p2p=false), the baseline without the swarm;
 //   - registry-proxy: N docker-registry instances in proxy mode (proxy: remoteurl:), one per node.
 //
@@ -516,7 +518,9 @@ type system struct {
 }
 
 var systems = []system{
-	{"shoal-p2p", startShoalSwarm},
+	{"shoal-p2p", startShoalSwarm()},
+	// The same with p2p.verify_before_serving off: clients get peer bytes as they arrive.
+	{"shoal-p2p-eager", startShoalSwarm("--p2p-verify-before-serving=false")},
 	{"shoal-local", func(b *testing.B, e *swarmEnv, dir string, n int, upstream string) []*benchNode {
 		nodes := make([]*benchNode, n)
 		for i := range nodes {
@@ -528,10 +532,16 @@ var systems = []system{
 }
 
 // startShoalSwarm starts node 1, then the others bootstrapping from it, and waits until every
-// node has joined and (where the admin API says) knows all the others.
-func startShoalSwarm(b *testing.B, e *swarmEnv, dir string, n int, upstream string) []*benchNode {
+// node has joined and (where the admin API says) knows all the others; extra are more flags.
+func startShoalSwarm(extra ...string) func(b *testing.B, e *swarmEnv, dir string, n int, upstream string) []*benchNode {
+	return func(b *testing.B, e *swarmEnv, dir string, n int, upstream string) []*benchNode {
+		return shoalSwarm(b, e, dir, n, upstream, extra)
+	}
+}
+
+func shoalSwarm(b *testing.B, e *swarmEnv, dir string, n int, upstream string, extra []string) []*benchNode {
 	b.Helper()
-	p2p := []string{"--p2p=true", "--p2p-listen", "/ip4/{ip}/tcp/0"}
+	p2p := append([]string{"--p2p=true", "--p2p-listen", "/ip4/{ip}/tcp/0"}, extra...)
 	first := e.startShoalNode(b, dir, upstream, p2p...)
 	var boot string
 	if err := pollNode(first, 30*time.Second, func() error {

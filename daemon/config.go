@@ -44,6 +44,9 @@ type Config struct {
 	P2PEnabled bool
 	// P2PSharePrivate lets peers fetch content that came from repositories needing credentials.
 	P2PSharePrivate bool
+	// P2PVerifyBeforeServing holds bytes that came from a peer back from this node's clients
+	// until the whole blob verified (spool.go: fill).
+	P2PVerifyBeforeServing bool
 	// AdminListen is the admin API's address: "" = unix socket <DataDir>/admin.sock,
 	// "unix:/path", or HOST:PORT; "off" disables it. MetricsListen is the Prometheus and probe
 	// endpoint, HOST:PORT or "off". See admin.go and metrics.go.
@@ -87,6 +90,7 @@ type fileConfig struct {
 	P2P struct {
 		Enabled        *bool          `yaml:"enabled"`
 		SharePrivate   *bool          `yaml:"share_private"`
+		VerifyBefore   *bool          `yaml:"verify_before_serving"`
 		Listen         []string       `yaml:"listen"`
 		Bootstrap      []string       `yaml:"bootstrap"`
 		BootstrapDNS   *string        `yaml:"bootstrap_dns"`
@@ -220,6 +224,7 @@ func (c *Config) apply(b []byte, name string) error {
 	}
 	set(&c.P2PEnabled, f.P2P.Enabled)
 	set(&c.P2PSharePrivate, f.P2P.SharePrivate)
+	set(&c.P2PVerifyBeforeServing, f.P2P.VerifyBefore)
 	if f.P2P.Listen != nil {
 		c.P2P.Listen = f.P2P.Listen
 	}

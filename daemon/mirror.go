@@ -47,6 +47,7 @@ type mirror struct {
 	hist            *history
 	log             *slog.Logger
 	flight          singleflight.Group // manifests and tag lookups, keyed by digest or name
+	verifyFirst     bool               // p2p.verify_before_serving: peer bytes wait for the digest check
 	staleLog        logEvery
 }
 
@@ -214,9 +215,10 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	// verified, and a client must not sit without response headers meanwhile.
 	buf := make([]byte, 256<<10) // net/http's ReadFrom would use 32 KiB: more syscalls per byte
 	pctx, cancel := context.WithTimeout(ctx, firstByteWait)
-	n, err := (&fillReader{ctx: pctx, f: f, off: start, end: end, gated: true}).Read(buf)
+	fr := clientReader(pctx, f, start, end, m.verifyFirst)
+	n, err := fr.Read(buf)
 	cancel()
-	fr := &fillReader{ctx: ctx, f: f, off: start + int64(n), end: end, gated: true}
+	fr.ctx = ctx
 	switch {
 	case errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0:
 		return m.serveDirect(w, r, d, open)
@@ -226,6 +228,11 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	}
 	if _, _, err := writeBlobHead(w, r, size); err != nil {
 		return err
+	}
+	if n == 0 {
+		// Nothing to send yet (peer bytes wait for the digest check): send the headers now,
+		// or net/http would hold them until the first body byte.
+		_ = http.NewResponseController(w).Flush()
 	}
 	if _, err := w.Write(buf[:n]); err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)

@@ -27,7 +27,9 @@ type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size 
 // held back until the digest is verified, so no reader ever gets a complete-looking blob with
 // wrong bytes. Bytes from a peer are held back from this node's own clients until the whole blob
 // is verified (peers of this node may follow them, since they verify for themselves): if a peer
-// lied, the fill starts again from other sources and the clients never notice.
+// lied, the fill starts again from other sources and the clients never notice. With
+// p2p.verify_before_serving off, clients get peer bytes as they arrive (eager readers) and a
+// restart cuts those that were handed peer bytes: they retry, and get verified bytes.
 type fill struct {
 	d  digest.Digest
 	rt route // the request that started it: where to refetch from
@@ -43,6 +45,7 @@ type fill struct {
 	verified bool
 	// peerFrom is the offset of the first byte that came from a peer (-1: none yet).
 	peerFrom  int64
+	restarts  int // attempts discarded after a digest mismatch
 	w         *store.Writer
 	discarded []*store.Writer // writers of refills, closed with the last reference
 	refs      int             // fill goroutine + readers holding w
@@ -223,6 +226,7 @@ func (s *spool) restart(ctx context.Context, f *fill) error {
 	old := f.w
 	f.discarded = append(f.discarded, old)
 	f.w, f.written, f.peerFrom, f.sources = nw, 0, -1, nil
+	f.restarts++
 	f.broadcast()
 	f.mu.Unlock()
 	return old.Abort()
@@ -354,47 +358,74 @@ func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 	return f.size, nil
 }
 
-// readAt reads bytes at off as they become readable, waiting for them. Until the fill is
-// verified, its last byte is never handed out; for a local client (gated), neither is any byte
-// that came from a peer.
-func (f *fill) readAt(ctx context.Context, p []byte, off int64, gated bool) (int, error) {
+// errRetracted cuts an eager reader's download: it was handed bytes of an attempt that did not
+// verify (a peer lied), so what it has cannot become the blob.
+var errRetracted = errors.New("bytes already sent came from a peer whose download did not verify; retry")
+
+// readAt reads bytes at r.off as they become readable, waiting for them. Until the fill is
+// verified, its last byte is never handed out; for a gated reader (a client of this node),
+// neither is any byte that came from a peer. An eager reader (a client of this node, with
+// p2p.verify_before_serving off) gets peer bytes too, and errRetracted if the attempt that
+// handed them out is discarded.
+func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 	for {
 		f.mu.Lock()
 		done, err, limit, ch, w := f.done || f.verified, f.err, f.written, f.changed, f.w
+		peerFrom := f.peerFrom
+		if r.eager {
+			if r.tainted && r.attempt != f.restarts {
+				f.mu.Unlock()
+				return 0, errRetracted
+			}
+			r.attempt = f.restarts
+		}
 		if f.verified {
 			err = nil
 		}
 		if !done {
 			limit--
-			if gated && f.peerFrom >= 0 && limit > f.peerFrom {
-				limit = f.peerFrom
+			if r.gated && peerFrom >= 0 && limit > peerFrom {
+				limit = peerFrom
 			}
 		}
 		f.mu.Unlock()
 		if done && err != nil {
 			return 0, err
 		}
-		if off < limit {
-			return w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
+		if off := r.off; off < limit {
+			n, err := w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
+			if r.eager && peerFrom >= 0 && off+int64(n) > peerFrom {
+				r.tainted = true
+			}
+			return n, err
 		}
 		if done {
 			return 0, io.EOF
 		}
 		select {
 		case <-ch:
-		case <-ctx.Done():
-			return 0, ctx.Err()
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
 		}
 	}
 }
 
 // fillReader reads a fill sequentially from an offset up to an end (exclusive; -1 = to the
-// end). gated is for this node's own clients (see fill).
+// end). A peer's reader is neither gated nor eager (peers verify for themselves); a client of
+// this node's is one of the two (see fill).
 type fillReader struct {
 	ctx      context.Context
 	f        *fill
 	off, end int64
 	gated    bool
+	eager    bool
+	attempt  int  // eager: the fill attempt it reads
+	tainted  bool // eager: it was handed bytes that came from a peer
+}
+
+// clientReader reads f for a client of this node, from off to end.
+func clientReader(ctx context.Context, f *fill, off, end int64, verifyFirst bool) *fillReader {
+	return &fillReader{ctx: ctx, f: f, off: off, end: end, gated: verifyFirst, eager: !verifyFirst}
 }
 
 func (r *fillReader) Read(p []byte) (int, error) {
@@ -406,7 +437,7 @@ func (r *fillReader) Read(p []byte) (int, error) {
 			p = p[:rem]
 		}
 	}
-	n, err := r.f.readAt(r.ctx, p, r.off, r.gated)
+	n, err := r.f.readAt(p, r)
 	r.off += int64(n)
 	return n, err
 }

@@ -1,0 +1,222 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/p2p"
+)
+
+// halfwayContent serves one blob to peers: the first half at once, the rest once release is
+// closed; with corrupt, the byte at 3/4 is flipped (a lie told after the client got bytes).
+type halfwayContent struct {
+	d       digest.Digest
+	data    []byte
+	corrupt bool
+	release chan struct{}
+}
+
+func (h *halfwayContent) OpenForPeer(ctx context.Context, d digest.Digest, off int64) (io.ReadCloser, int64, error) {
+	if d != h.d {
+		return nil, 0, p2p.ErrNotFound
+	}
+	data := bytes.Clone(h.data)
+	if h.corrupt {
+		data[len(data)*3/4] ^= 0x55
+	}
+	half := int64(len(data) / 2)
+	var r io.Reader = bytes.NewReader(data[off:])
+	if off < half {
+		r = io.MultiReader(bytes.NewReader(data[off:half]), waitRelease{ctx, h.release}, bytes.NewReader(data[half:]))
+	}
+	return io.NopCloser(r), int64(len(data)), nil
+}
+
+func (h *halfwayContent) ShareList(context.Context) ([]digest.Digest, error) {
+	return []digest.Digest{h.d}, nil
+}
+
+// waitRelease reads nothing until release is closed (or ctx ends).
+type waitRelease struct {
+	ctx     context.Context
+	release chan struct{}
+}
+
+func (w waitRelease) Read([]byte) (int, error) {
+	select {
+	case <-w.release:
+	case <-w.ctx.Done():
+	}
+	return 0, io.EOF
+}
+
+// eagerSetup starts a peer that serves one layer of a fresh image halfway and a node with
+// p2p.verify_before_serving off that finds it; it returns the node, the layer and its bytes.
+func eagerSetup(t *testing.T, corrupt bool) (*Daemon, *upstreamLog, *halfwayContent) {
+	return halfwaySetup(t, corrupt, false)
+}
+
+func halfwaySetup(t *testing.T, corrupt, verifyFirst bool) (*Daemon, *upstreamLog, *halfwayContent) {
+	t.Helper()
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/eager", 1<<20, 1)
+	ls, _ := img.Layers()
+	rc, _ := ls[0].Compressed()
+	data, _ := io.ReadAll(rc)
+	hc := &halfwayContent{d: layerDigests(t, img)[0], data: data, corrupt: corrupt, release: make(chan struct{})}
+	t.Cleanup(func() {
+		select {
+		case <-hc.release:
+		default:
+			close(hc.release)
+		}
+	})
+	pcfg := p2p.DefaultConfig()
+	pcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}
+	peer, err := p2p.New(t.Context(), pcfg, t.TempDir(), hc, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	b := startNode(t, up, peer.Addrs(), func(c *Config) {
+		c.P2PVerifyBeforeServing = verifyFirst
+		// A held peer must not count as stalled: the bytes must come from it.
+		c.P2P.StallTimeout = 2 * time.Minute
+	})
+	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 })
+	if err := peer.Provide(t.Context(), hc.d); err != nil {
+		t.Fatal(err)
+	}
+	waitProvided(t, b.node, hc.d)
+	return b, up, hc
+}
+
+// readWithin reads exactly len(p) bytes of r, failing the test if they take longer than d.
+func readWithin(t *testing.T, r io.Reader, p []byte, d time.Duration, what string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(r, p); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s: nothing within %v", what, d)
+	}
+}
+
+// With p2p.verify_before_serving off, a client gets a peer's bytes while the peer is still
+// sending (with it on, it would get none until the whole blob verified).
+func TestEagerClientGetsPeerBytesBeforeVerification(t *testing.T) {
+	b, up, hc := eagerSetup(t, false)
+	resp, err := http.Get("http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Shoal-Source") != "peer" {
+		t.Fatalf("status %d, source %q; want 200 from a peer", resp.StatusCode, resp.Header.Get("X-Shoal-Source"))
+	}
+	quarter := make([]byte, len(hc.data)/4) // the fill publishes in chunks of at most 256 KiB
+	readWithin(t, resp.Body, quarter, 30*time.Second, "first quarter while the peer holds the second half")
+	if !bytes.Equal(quarter, hc.data[:len(quarter)]) {
+		t.Fatal("first quarter differs from the blob")
+	}
+	close(hc.release)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(append(quarter, rest...), hc.data) {
+		t.Fatalf("whole blob: %d bytes, err %v", len(quarter)+len(rest), err)
+	}
+	if n := up.count("GET", "/blobs/"+hc.d.String()); n != 0 {
+		t.Errorf("upstream GETs for the layer: %d, want 0", n)
+	}
+}
+
+// With p2p.verify_before_serving off, a peer that lies after the client got its bytes: the
+// client's download is cut (never completed with wrong bytes), its retry gets the verified
+// blob, the store holds only verified content and the peer is banned.
+func TestEagerClientCutWhenPeerLied(t *testing.T) {
+	b, _, hc := eagerSetup(t, true)
+	url := "http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quarter := make([]byte, len(hc.data)/4) // the fill publishes in chunks of at most 256 KiB
+	readWithin(t, resp.Body, quarter, 30*time.Second, "first quarter while the peer holds the second half")
+	close(hc.release) // the peer now sends the rest, with a wrong byte
+	rest, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("download completed (%d bytes, right: %v) although the peer lied; want it cut",
+			len(quarter)+len(rest), bytes.Equal(append(quarter, rest...), hc.data))
+	}
+	if len(quarter)+len(rest) >= len(hc.data) {
+		t.Fatalf("client got %d of %d bytes before the cut; the last byte must wait for the check", len(quarter)+len(rest), len(hc.data))
+	}
+
+	resp, err = http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(again, hc.data) {
+		t.Fatalf("retry: %d bytes, err %v; want the verified blob", len(again), err)
+	}
+	banned := false
+	for _, p := range b.node.Status().Peers {
+		banned = banned || p.Banned
+	}
+	if !banned {
+		t.Error("the lying peer is not banned")
+	}
+	waitFor(t, func() bool { _, err := b.store.Stat(t.Context(), hc.d); return err == nil }) // committed
+	res, err := b.store.Verify(t.Context())
+	if err != nil || len(res.Corrupt) != 0 || res.Checked == 0 {
+		t.Fatalf("store verify: %+v %v", res, err)
+	}
+}
+
+// With p2p.verify_before_serving on (the default), a client whose blob is still coming from a
+// peer gets its response headers at once (not after the whole blob verified), then the blob.
+func TestGatedClientGetsHeadersWhilePeerSends(t *testing.T) {
+	b, up, hc := halfwaySetup(t, false, true)
+	type answer struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.Get("http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
+		got <- answer{resp, err}
+	}()
+	var a answer
+	select {
+	case a = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no response headers within 30 s while the peer holds the second half")
+	}
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	defer a.resp.Body.Close()
+	if a.resp.StatusCode != 200 || a.resp.ContentLength != int64(len(hc.data)) {
+		t.Fatalf("status %d, length %d", a.resp.StatusCode, a.resp.ContentLength)
+	}
+	close(hc.release)
+	body, err := io.ReadAll(a.resp.Body)
+	if err != nil || !bytes.Equal(body, hc.data) {
+		t.Fatalf("blob: %d bytes, err %v", len(body), err)
+	}
+	if n := up.count("GET", "/blobs/"+hc.d.String()); n != 0 {
+		t.Errorf("upstream GETs for the layer: %d, want 0", n)
+	}
+}
