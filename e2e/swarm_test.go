@@ -49,15 +49,29 @@ func TestSwarmColdPullFetchesUpstreamOnce(t *testing.T) {
 // the upstream for the swarm is SIGKILLed in the middle of that layer (the upstream holds the
 // layer after its first 8 MiB until the kill, so the kill lands mid-stream, with the other nodes
 // waiting on it). The four other pulls still succeed with the right digests, and the upstream
-// serves at most 2× the image's blob bytes.
+// serves at most 2× the image's blob bytes. Run as shipped, and with
+// p2p.verify_before_serving off, where the clients were already reading the peers' bytes when
+// the fetcher died.
 func TestSwarmDesignatedFetcherKilled(t *testing.T) {
-	reg, img := seedSwarmImage(t, 52, swarmLayers, swarmLayer)
+	for i, mode := range []struct {
+		name  string
+		flags []string
+	}{
+		{"verify-before-serving", nil},
+		{"eager", []string{"--p2p-verify-before-serving=false"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) { designatedFetcherKilled(t, uint64(52+10*i), mode.flags) })
+	}
+}
+
+func designatedFetcherKilled(t *testing.T, seed uint64, flags []string) {
+	reg, img := seedSwarmImage(t, seed, swarmLayers, swarmLayer)
 	p := startUpstreamProxy(t, reg.URL)
 	p.shapeLink(64 << 20)
 	layer := img.Layers[0]
 	h := p.holdBlob(layer, 8<<20)
 	t.Cleanup(h.Release)
-	nodes := startSwarm(t, swarmNodes, p)
+	nodes := startSwarm(t, swarmNodes, p, flags...)
 
 	tool(t, "crane") // here, not in the goroutine below, when a client is missing
 	tool(t, "skopeo")
