@@ -27,6 +27,7 @@ type peerNode interface {
 	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
 	Designated(d digest.Digest) (p2p.Peer, bool, error)
+	DesignatedAmongConnected(d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
 }
 
@@ -71,8 +72,13 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset
 	if f == nil { // committed meanwhile
 		return c.OpenForPeer(ctx, d, offset)
 	}
-	if started {
+	switch {
+	case started:
 		c.log.Info("fetching for the swarm", "digest", d, "registry", registry, "repo", repo)
+	case f.leavePeer():
+		// This node followed a peer for d, and the swarm now designates it (the fetcher it
+		// followed died): that peer may be the asker, waiting on us. Go to the source.
+		c.log.Info("designated for a blob this node followed from a peer: resuming it from the upstream", "digest", d)
 	}
 	size, err := f.waitStarted(ctx)
 	switch {
@@ -208,19 +214,43 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 	tried := map[string]bool{}
 	up := s.upstreamOpener(rt, d, "")
 	calls := 0
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
+	var last string // the peer that sent the bytes so far, if one did
+	return func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error) {
 		calls++
-		// A resume (the stream broke) tries one more provider at most, then the upstream:
-		// when the source that died was the one every in-flight copy followed (a killed
-		// designated fetcher), the other providers are stuck at the same offset.
+		defer func() {
+			_, last, _ = strings.Cut(source, ":")
+		}()
 		if s.node == nil || calls > 2 {
 			return up(ctx, offset)
 		}
-		maxTries := maxPeersPerLookup
 		if calls == 2 {
-			maxTries = 1
+			// A resume: the stream broke. If the source that died was the one every in-flight
+			// copy followed (a killed designated fetcher), the other providers are stuck at the
+			// same offset, and if each node went to the upstream the rest of the blob would be
+			// paid once per node. So the swarm designates again among the peers still connected
+			// (the dead one drops from that list on every node at once): the new designated
+			// fetcher resumes from the upstream, the others ask it. Failing that, one more
+			// provider, then the upstream.
+			rc, size, source, self, err := s.redesignate(ctx, rt, d, offset, tried, last)
+			switch {
+			case err == nil:
+				return rc, size, source, nil
+			case self:
+				return s.upstreamOpener(rt, d, "the stream broke and this node is now the blob's designated fetcher")(ctx, offset)
+			case ctx.Err() != nil:
+				return nil, 0, "", ctx.Err()
+			}
+			rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, 1)
+			if err == nil {
+				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "the stream broke; provided by peer " + peerID})
+				return rc, size, "peer:" + peerID, nil
+			}
+			if ctx.Err() != nil {
+				return nil, 0, "", ctx.Err()
+			}
+			return up(ctx, offset)
 		}
-		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxTries)
+		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup)
 		if err == nil {
 			s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "provided by peer " + peerID})
 			return rc, size, "peer:" + peerID, nil
@@ -230,24 +260,58 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		}
 		// Nobody has it or is fetching it: ask the peer the swarm designates for this
 		// digest, so that the upstream is paid once for everyone.
-		if dp, self, derr := s.node.Designated(d); calls == 1 && derr == nil && !self && !tried[dp.ID] {
-			tried[dp.ID] = true
-			rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.registry, rt.repo)
-			if err == nil {
-				if from := servedBy(rc, dp.ID); from != dp.ID {
-					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: "nobody had it; designated peer " + dp.ID + " was at its upload limit and sent this node to " + from + ", which follows its download"})
-					return rc, size, "peer:" + from, nil
-				}
-				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: "nobody had it; designated peer " + dp.ID + " fetched it for the swarm"})
-				return rc, size, "designated:" + dp.ID, nil
+		dp, self, derr := s.node.Designated(d)
+		if derr == nil && !self && !tried[dp.ID] {
+			if rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer "); err == nil {
+				return rc, size, source, nil
 			}
-			s.log.Info("designated peer did not answer; going to the upstream", "digest", d, "peer", dp.ID, "err", err)
-			if ctx.Err() != nil {
-				return nil, 0, "", ctx.Err()
-			}
+		}
+		if ctx.Err() != nil {
+			return nil, 0, "", ctx.Err()
 		}
 		return up(ctx, offset)
 	}
+}
+
+// redesignate, on a resume, asks the peer the swarm designates among the peers still
+// connected, except broken (the peer whose stream just broke) and peers that fail to answer
+// (at most 3 asked). self reports that this node is now the designated one.
+func (s *sources) redesignate(ctx context.Context, rt route, d digest.Digest, offset int64, tried map[string]bool, broken string) (rc io.ReadCloser, size int64, source string, self bool, err error) {
+	except := []string{broken}
+	for range 3 {
+		dp, self, err := s.node.DesignatedAmongConnected(d, except...)
+		if err != nil || self {
+			return nil, 0, "", self, errors.Join(errNoDesignated, err)
+		}
+		except = append(except, dp.ID)
+		if tried[dp.ID] {
+			continue
+		}
+		rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "the stream broke; the swarm designated peer ")
+		if err == nil || ctx.Err() != nil {
+			return rc, size, source, false, err
+		}
+	}
+	return nil, 0, "", false, errNoDesignated
+}
+
+// errNoDesignated: there is no designated peer left to ask.
+var errNoDesignated = errors.New("no designated peer to ask")
+
+// viaDesignated asks dp, the peer the swarm designates for d, to fetch it for the swarm.
+func (s *sources) viaDesignated(ctx context.Context, rt route, d digest.Digest, dp p2p.Peer, offset int64, tried map[string]bool, why string) (io.ReadCloser, int64, string, error) {
+	tried[dp.ID] = true
+	rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.registry, rt.repo)
+	if err != nil {
+		s.log.Info("designated peer did not answer", "digest", d, "peer", dp.ID, "err", err)
+		return nil, 0, "", err
+	}
+	if from := servedBy(rc, dp.ID); from != dp.ID {
+		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: why + dp.ID + " was at its upload limit and sent this node to " + from + ", which follows its download"})
+		return rc, size, "peer:" + from, nil
+	}
+	s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: why + dp.ID + " fetched it for the swarm"})
+	return rc, size, "designated:" + dp.ID, nil
 }
 
 // upstreamOpener opens d from the upstream only, recording whether the repository needed

@@ -46,6 +46,9 @@ type fill struct {
 	// peerFrom is the offset of the first byte that came from a peer (-1: none yet).
 	peerFrom  int64
 	restarts  int // attempts discarded after a digest mismatch
+	// cur is the stream the fill reads now, fromPeer whether a peer sends it (leavePeer).
+	cur      io.Reader
+	fromPeer bool
 	w         *store.Writer
 	discarded []*store.Writer // writers of refills, closed with the last reference
 	refs      int             // fill goroutine + readers holding w
@@ -232,6 +235,20 @@ func (s *spool) restart(ctx context.Context, f *fill) error {
 	return old.Abort()
 }
 
+// leavePeer breaks the stream the fill reads if a peer sends it, so that the fill resumes from
+// the next source (reporting whether it did). A node the swarm designates for a blob it was
+// following from a peer calls it: that peer may be waiting on the designated node itself.
+func (f *fill) leavePeer() bool {
+	f.mu.Lock()
+	a, ok := f.cur.(interface{ Abort() })
+	ok = ok && f.fromPeer
+	f.mu.Unlock()
+	if ok {
+		a.Abort()
+	}
+	return ok
+}
+
 func (f *fill) currentWriter() *store.Writer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -258,11 +275,15 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if source != "upstream" && f.peerFrom < 0 {
 			f.peerFrom = f.written
 		}
+		f.cur, f.fromPeer = rc, source != "upstream"
 		f.mu.Unlock()
 		if f.start(size, nil) && s.onStarted != nil {
 			s.onStarted(f)
 		}
 		err = s.drain(f, rc, buf)
+		f.mu.Lock()
+		f.cur = nil
+		f.mu.Unlock()
 		rc.Close()
 		if err == nil {
 			return nil

@@ -48,8 +48,9 @@ func TestSwarmColdPullFetchesUpstreamOnce(t *testing.T) {
 // TestSwarmDesignatedFetcherKilled: while five nodes pull at once, the node fetching a layer from
 // the upstream for the swarm is SIGKILLed in the middle of that layer (the upstream holds the
 // layer after its first 8 MiB until the kill, so the kill lands mid-stream, with the other nodes
-// waiting on it). The four other pulls still succeed with the right digests, and the upstream
-// serves at most 2× the image's blob bytes. Run as shipped, and with
+// waiting on it). The four other pulls still succeed with the right digests, the upstream
+// serves at most 2× the image's blob bytes, and the rest of the layer is fetched once more by
+// the fetcher the survivors designate next, not once per survivor. Run as shipped, and with
 // p2p.verify_before_serving off, where the clients were already reading the peers' bytes when
 // the fetcher died.
 func TestSwarmDesignatedFetcherKilled(t *testing.T) {
@@ -148,6 +149,11 @@ func designatedFetcherKilled(t *testing.T, seed uint64, flags []string) {
 	if ratio > 2 {
 		t.Errorf("upstream served %.3f× the image's blob bytes (%d of %d) with the designated fetcher killed, want ≤ 2×; upstream saw:\n%s",
 			ratio, tr.Bytes, img.BlobBytes, describeBy(nodes, tr.Requests))
+	}
+	// The survivors designate a new fetcher among themselves instead of each going to the
+	// upstream for the rest of the layer (that would be one GET per survivor).
+	if after > 2 {
+		t.Errorf("layer %s fetched from the upstream %d times after the kill, want the swarm to pay it once (≤ 2)", short(layer), after)
 	}
 }
 
