@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -218,5 +219,61 @@ func TestGatedClientGetsHeadersWhilePeerSends(t *testing.T) {
 	}
 	if n := up.count("GET", "/blobs/"+hc.d.String()); n != 0 {
 		t.Errorf("upstream GETs for the layer: %d, want 0", n)
+	}
+}
+
+// A node following a peer for a blob, asked by another peer to fetch that blob for the swarm
+// (the fetcher it followed died, and the swarm designated it next): it leaves the peer, which
+// may be the asker waiting on it, and resumes from the upstream, so the asker gets the blob
+// without waiting for the stall timeout.
+func TestDesignatedNodeLeavesThePeerItFollowed(t *testing.T) {
+	x, up, hc := halfwaySetup(t, false, true) // hc's peer sends half the layer, then holds
+	resp, err := http.Get("http://" + x.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	waitFor(t, func() bool {
+		f := x.spool.lookup(hc.d)
+		if f == nil {
+			return false
+		}
+		defer f.release()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.written > 0
+	})
+
+	zcfg := p2p.DefaultConfig()
+	zcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}
+	z, err := p2p.New(t.Context(), zcfg, t.TempDir(), &halfwayContent{}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	rc, size, err := z.FetchVia(t.Context(), p2p.Peer{ID: x.node.ID(), Addrs: x.node.Addrs()}, hc.d, 0, up.host(), "test/eager")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got := make([]byte, size)
+	readWithin(t, rc, got, 30*time.Second, "the swarm fetch from the node that followed a stuck peer")
+	if !bytes.Equal(got, hc.data) {
+		t.Fatal("wrong bytes")
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(body, hc.data) {
+		t.Fatalf("the node's own client: %d bytes, err %v", len(body), err)
+	}
+	// One upstream fetch of the rest. (It is two GETs here: this test registry answers an
+	// open-ended Range with 416, and shoal then asks for the whole blob and skips the prefix.)
+	var fromUpstream []string
+	for _, dec := range x.hist.recent(hc.d) {
+		if dec.Source == "upstream" {
+			fromUpstream = append(fromUpstream, dec.Reason)
+		}
+	}
+	if len(fromUpstream) != 1 || !strings.Contains(fromUpstream[0], "designated") {
+		t.Errorf("upstream fetches of the layer: %q, want one, as the designated fetcher", fromUpstream)
 	}
 }
