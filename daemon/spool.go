@@ -44,11 +44,11 @@ type fill struct {
 	// even if making the blob durable (Commit) fails afterwards.
 	verified bool
 	// peerFrom is the offset of the first byte that came from a peer (-1: none yet).
-	peerFrom  int64
-	restarts  int // attempts discarded after a digest mismatch
+	peerFrom int64
+	restarts int // attempts discarded after a digest mismatch
 	// cur is the stream the fill reads now, fromPeer whether a peer sends it (leavePeer).
-	cur      io.Reader
-	fromPeer bool
+	cur       io.Reader
+	fromPeer  bool
 	w         *store.Writer
 	discarded []*store.Writer // writers of refills, closed with the last reference
 	refs      int             // fill goroutine + readers holding w
