@@ -230,15 +230,17 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			// paid once per node. So the swarm designates again among the peers still connected
 			// (the dead one drops from that list on every node at once): the new designated
 			// fetcher resumes from the upstream, the others ask it. Failing that, one more
-			// provider, then the upstream.
-			rc, size, source, self, err := s.redesignate(ctx, rt, d, offset, tried, last)
-			switch {
-			case err == nil:
-				return rc, size, source, nil
-			case self:
-				return s.upstreamOpener(rt, d, "the stream broke and this node is now the blob's designated fetcher")(ctx, offset)
-			case ctx.Err() != nil:
-				return nil, 0, "", ctx.Err()
+			// provider, then the upstream. (A broken upstream stream resumes from the upstream.)
+			if last != "" {
+				rc, size, source, self, err := s.redesignate(ctx, rt, d, offset, tried, last)
+				switch {
+				case err == nil:
+					return rc, size, source, nil
+				case self:
+					return s.upstreamOpener(rt, d, "the stream broke and this node is now the blob's designated fetcher")(ctx, offset)
+				case ctx.Err() != nil:
+					return nil, 0, "", ctx.Err()
+				}
 			}
 			rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, 1)
 			if err == nil {
