@@ -53,14 +53,7 @@ const (
 )
 
 func BenchmarkLoad500Clients(b *testing.B) {
-	dur := 20 * time.Second
-	if v := os.Getenv("SHOAL_LOAD_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatalf("SHOAL_LOAD_DURATION: %v", err)
-		}
-		dur = d
-	}
+	dur := envDuration(b, "SHOAL_LOAD_DURATION", 20*time.Second)
 	dir := b.TempDir()
 	root, err := runOut("", "go", "env", "GOMOD")
 	if err != nil {

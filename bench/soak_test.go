@@ -34,14 +34,7 @@ import (
 
 func BenchmarkSoak10Nodes(b *testing.B) {
 	e := getSwarmEnv(b)
-	dur := 30 * time.Minute
-	if s := os.Getenv("SHOAL_SOAK"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			b.Fatalf("SHOAL_SOAK: %v", err)
-		}
-		dur = d
-	}
+	dur := envDuration(b, "SHOAL_SOAK", 30*time.Minute)
 	dir, err := os.MkdirTemp(keepDir(e.dir), "soak-")
 	if err != nil {
 		b.Fatal(err)

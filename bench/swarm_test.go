@@ -744,6 +744,19 @@ func checkLayout(dir string, img swarmImg) error {
 
 // keepDir is where runs put their nodes: dir, or with SHOAL_BENCH_KEEP=1 a directory that
 // outlives the benchmark (for reading the nodes' logs afterwards).
+// envDuration reads a duration knob from the environment (def when unset).
+func envDuration(b *testing.B, name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	return d
+}
+
 func keepDir(dir string) string {
 	if os.Getenv("SHOAL_BENCH_KEEP") == "" {
 		return dir

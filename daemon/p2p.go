@@ -217,9 +217,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 	var last string // the peer that sent the bytes so far, if one did
 	return func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error) {
 		calls++
-		defer func() {
-			_, last, _ = strings.Cut(source, ":")
-		}()
+		defer func() { _, last, _ = strings.Cut(source, ":") }() // "peer:ID", "designated:ID" or "upstream"
 		if s.node == nil || calls > 2 {
 			return up(ctx, offset)
 		}
@@ -232,10 +230,10 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			// fetcher resumes from the upstream, the others ask it. Failing that, one more
 			// provider, then the upstream. (A broken upstream stream resumes from the upstream.)
 			if last != "" {
-				rc, size, source, self, err := s.redesignate(ctx, rt, d, offset, tried, last)
+				r, n, src, self, rerr := s.redesignate(ctx, rt, d, offset, tried, last)
 				switch {
-				case err == nil:
-					return rc, size, source, nil
+				case rerr == nil:
+					return r, n, src, nil
 				case self:
 					return s.upstreamOpener(rt, d, "the stream broke and this node is now the blob's designated fetcher")(ctx, offset)
 				case ctx.Err() != nil:
