@@ -543,25 +543,7 @@ func shoalSwarm(b *testing.B, e *swarmEnv, dir string, n int, upstream string, e
 	b.Helper()
 	p2p := append([]string{"--p2p=true", "--p2p-listen", "/ip4/{ip}/tcp/0"}, extra...)
 	first := e.startShoalNode(b, dir, upstream, p2p...)
-	var boot string
-	if err := pollNode(first, 30*time.Second, func() error {
-		m := first.find("p2p node up")
-		if m == nil {
-			return fmt.Errorf("no \"p2p node up\" line")
-		}
-		addrs, _ := m["addrs"].([]any)
-		for _, a := range addrs {
-			if s, _ := a.(string); strings.HasPrefix(s, "/ip4/"+first.ip+"/") {
-				boot = s
-			}
-		}
-		if boot == "" {
-			return fmt.Errorf("no address on %s in %v", first.ip, addrs)
-		}
-		return nil
-	}); err != nil {
-		b.Fatal(err)
-	}
+	boot := p2pAddr(b, first)
 	nodes := []*benchNode{first}
 	for range n - 1 {
 		nodes = append(nodes, e.startShoalNode(b, dir, upstream, append(p2p, "--bootstrap", boot)...))
@@ -570,19 +552,50 @@ func shoalSwarm(b *testing.B, e *swarmEnv, dir string, n int, upstream string, e
 		return nodes
 	}
 	for _, nd := range nodes {
-		if err := pollNode(nd, 60*time.Second, func() error {
-			if nd.find("joined the swarm") == nil {
-				return fmt.Errorf("not joined")
-			}
-			if size, ok := nd.routingTable(); ok && size < n-1 {
-				return fmt.Errorf("routing table %d of %d", size, n-1)
-			}
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
+		waitJoined(b, nd, n-1)
 	}
 	return nodes
+}
+
+// p2pAddr is a shoal node's libp2p address on its loopback IP, for others to bootstrap from.
+func p2pAddr(b *testing.B, nd *benchNode) string {
+	b.Helper()
+	var addr string
+	if err := pollNode(nd, 30*time.Second, func() error {
+		m := nd.find("p2p node up")
+		if m == nil {
+			return fmt.Errorf("no \"p2p node up\" line")
+		}
+		addrs, _ := m["addrs"].([]any)
+		for _, a := range addrs {
+			if s, _ := a.(string); strings.HasPrefix(s, "/ip4/"+nd.ip+"/") {
+				addr = s
+			}
+		}
+		if addr == "" {
+			return fmt.Errorf("no address on %s in %v", nd.ip, addrs)
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return addr
+}
+
+// waitJoined waits until nd has joined the swarm and (where the admin API says) knows peers others.
+func waitJoined(b *testing.B, nd *benchNode, peers int) {
+	b.Helper()
+	if err := pollNode(nd, 60*time.Second, func() error {
+		if nd.find("joined the swarm") == nil {
+			return fmt.Errorf("not joined")
+		}
+		if size, ok := nd.routingTable(); ok && size < peers {
+			return fmt.Errorf("routing table %d of %d", size, peers)
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // startRegistryProxies starts n docker-registry instances in proxy mode, each with its storage.
