@@ -62,33 +62,43 @@ func benchSize(b *testing.B) int64 {
 }
 
 // BenchmarkTransfer: one blob (1 GiB, or SHOAL_BENCH_SIZE bytes) peer to peer over
-// /shoal/blob/1.0.0 (TLS 1.3 + yamux over TCP), next to plain HTTP over loopback and to
-// HTTPS (net/http over Go's crypto/tls 1.3, AES-128-GCM, with the p2p transport's coalesced
-// writes, no libp2p): the last one tells what encryption alone costs on this machine, so
-// p2p/https is what libp2p's stream multiplexing adds. Every
-// iteration runs all three, one after the other, so the ratios compare runs that saw the same
-// machine load (this machine is shared: absolute figures swing by 30%).
+// /shoal/blob/1.0.0 (TLS 1.3 + yamux over TCP), also between two nodes sharing a swarm key
+// (p2p-psk: a libp2p private network adds XSalsa20 under TLS), next to plain HTTP over
+// loopback and HTTPS (net/http over Go's crypto/tls 1.3, AES-128-GCM, with the p2p transport's
+// coalesced writes, no libp2p): HTTPS tells what encryption alone costs on this machine, so
+// p2p/https is what libp2p's stream multiplexing adds. Every iteration runs all four, one
+// after the other, so the ratios compare runs that saw the same machine load (this machine
+// is shared: absolute figures swing by 30%).
 //
 //	go test -run '^$' -bench Transfer -benchtime 5x ./p2p/
 func BenchmarkTransfer(b *testing.B) {
 	size := benchSize(b)
-	ips := loopbackIPs(3)
+	ips := loopbackIPs(5)
 	buf := make([]byte, 1<<20)
 
-	srv := startNode(b, testConfig(ips[0]), nil, nodeOpt{content: patternContent{size}})
-	cli := startNode(b, testConfig(ips[1]), nil)
 	d := digest.FromString("bench")
-	viaP2P := func() {
-		rc, _, err := cli.Fetch(b.Context(), peerOf(srv), d, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		n, err := io.CopyBuffer(discard{io.Discard}, rc, buf)
-		rc.Close()
-		if err != nil || n != size {
-			b.Fatalf("p2p: copied %d: %v", n, err)
+	fetch := func(cfg func(ip string) Config, srvIP, cliIP string) func() {
+		srv := startNode(b, cfg(srvIP), nil, nodeOpt{content: patternContent{size}})
+		cli := startNode(b, cfg(cliIP), nil)
+		return func() {
+			rc, _, err := cli.Fetch(b.Context(), peerOf(srv), d, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := io.CopyBuffer(discard{io.Discard}, rc, buf)
+			rc.Close()
+			if err != nil || n != size {
+				b.Fatalf("p2p: copied %d: %v", n, err)
+			}
 		}
 	}
+	viaP2P := fetch(testConfig, ips[0], ips[1])
+	key := writeSwarmKey(b)
+	viaPSK := fetch(func(ip string) Config {
+		c := testConfig(ip)
+		c.SwarmKeyFile = key
+		return c
+	}, ips[3], ips[4])
 
 	ln, err := net.Listen("tcp", ips[2]+":0")
 	if err != nil {
@@ -114,7 +124,7 @@ func BenchmarkTransfer(b *testing.B) {
 	viaHTTP := get(http.DefaultClient, "http://"+ln.Addr().String()+"/blob")
 	viaHTTPS := get(httpsClient, httpsURL)
 
-	var wall, cpu [3]time.Duration
+	var wall, cpu [4]time.Duration
 	timed := func(i int, f func()) {
 		c0, t0 := cpuTime(), time.Now()
 		f()
@@ -122,6 +132,7 @@ func BenchmarkTransfer(b *testing.B) {
 		cpu[i] += cpuTime() - c0
 	}
 	viaP2P() // connection, handshake and yamux windows warmed up, as between busy peers
+	viaPSK()
 	viaHTTPS()
 	b.SetBytes(size)
 	b.ResetTimer()
@@ -129,16 +140,18 @@ func BenchmarkTransfer(b *testing.B) {
 		timed(0, viaP2P)
 		timed(1, viaHTTP)
 		timed(2, viaHTTPS)
+		timed(3, viaPSK)
 	}
 	mb := float64(size) * float64(b.N) / 1e6
 	gib := float64(size) * float64(b.N) / (1 << 30)
-	for i, name := range []string{"p2p", "http", "https"} {
+	for i, name := range []string{"p2p", "http", "https", "p2p-psk"} {
 		b.ReportMetric(mb/wall[i].Seconds(), name+"-MB/s")
 		b.ReportMetric(cpu[i].Seconds()/gib, name+"-cpu-s/GiB")
 	}
 	b.ReportMetric(wall[1].Seconds()/wall[0].Seconds(), "p2p/http")
 	b.ReportMetric(wall[2].Seconds()/wall[0].Seconds(), "p2p/https")
 	b.ReportMetric(wall[1].Seconds()/wall[2].Seconds(), "https/http")
+	b.ReportMetric(wall[0].Seconds()/wall[3].Seconds(), "psk/p2p")
 }
 
 // patternHandler answers every request with size pattern bytes.

@@ -17,7 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-func writeSwarmKey(t *testing.T) string {
+func writeSwarmKey(t testing.TB) string {
 	t.Helper()
 	k, err := GenerateSwarmKey()
 	if err != nil {
