@@ -100,6 +100,11 @@ type P2PStatus struct {
 	// Redirected counts peer requests sent on to the peers following a download, because
 	// max_uploads_per_blob peers were already streaming that blob from this node.
 	Redirected int64 `json:"redirected"`
+	// SwarmKey is the fingerprint of the swarm key (private network); empty without one.
+	// Nodes that show the same fingerprint hold the same key.
+	SwarmKey string `json:"swarm_key,omitempty"`
+	// BootstrapError says why the last bootstrap round reached no peer; empty once one did.
+	BootstrapError string `json:"bootstrap_error,omitempty"`
 }
 
 // Peers is `shoal peers`.

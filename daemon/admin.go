@@ -375,7 +375,8 @@ func (a *admin) status(r *http.Request) (any, error) {
 	if a.node != nil {
 		ns := a.node.Status()
 		p := &adminapi.P2PStatus{PeerID: ns.ID, Addrs: ns.Addrs, RoutingTableSize: ns.RoutingTableSize, Provided: ns.Provided,
-			Lookups: ns.Lookups, LookupHits: ns.LookupHits, LookupP50Ms: ms(ns.LookupP50), LookupP99Ms: ms(ns.LookupP99), Bans: ns.Bans, Redirected: ns.Redirected}
+			Lookups: ns.Lookups, LookupHits: ns.LookupHits, LookupP50Ms: ms(ns.LookupP50), LookupP99Ms: ms(ns.LookupP99), Bans: ns.Bans, Redirected: ns.Redirected,
+			SwarmKey: ns.SwarmKey, BootstrapError: ns.BootstrapError}
 		for _, ps := range ns.Peers {
 			if ps.Banned {
 				p.Banned++

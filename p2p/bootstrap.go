@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,7 @@ func (n *Node) maintain(ctx context.Context) {
 		switch {
 		case lastSize == 0 && size > 0:
 			n.log.Info("joined the swarm", "routing_table", size)
+			n.bootstrapErr.Store(nil) // whoever connected, the node is in
 			n.triggerReprovide()
 			backoff, warned = 0, false
 		case lastSize > 0 && size == 0:
@@ -66,7 +68,7 @@ func (n *Node) maintain(ctx context.Context) {
 			if ok := n.bootstrap(ctx, false); !ok && ctx.Err() == nil {
 				if !warned {
 					n.log.Warn("no bootstrap peer reachable yet; retrying quietly",
-						"bootstrap", len(n.static), "bootstrap_dns", n.dnsName)
+						"bootstrap", len(n.static), "bootstrap_dns", n.dnsName, "why", n.BootstrapError())
 					warned = true
 				}
 			}
@@ -92,9 +94,10 @@ func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
 	n.joining.Store(true)
 	defer n.joining.Store(false)
 	var (
-		ok  atomic.Int32
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, bootstrapConcurrency)
+		ok    atomic.Int32
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, bootstrapConcurrency)
+		fails failedDials
 	)
 	run := func(f func() error) {
 		wg.Add(1)
@@ -108,6 +111,7 @@ func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
 			defer func() { <-sem }()
 			if err := f(); err != nil {
 				n.log.Debug("bootstrap dial failed", "err", err)
+				fails.add(err)
 				return
 			}
 			ok.Add(1)
@@ -137,10 +141,69 @@ func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
 	}
 	wg.Wait()
 	if ok.Load() == 0 {
+		if !dnsOnly {
+			why := fails.String()
+			n.bootstrapErr.Store(&why)
+		}
 		return false
 	}
+	n.bootstrapErr.Store(nil)
 	_ = n.dht.Bootstrap(ctx)
 	return true
+}
+
+// BootstrapError says why the last bootstrap round reached no peer; "" once one did.
+func (n *Node) BootstrapError() string {
+	if s := n.bootstrapErr.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+// failedDials sums up the failed dials of one bootstrap round for an operator.
+type failedDials struct {
+	mu        sync.Mutex
+	n         int
+	handshake int // a peer answered, the secure handshake failed
+	timeout   int
+	last      error
+}
+
+func (f *failedDials) add(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	f.last = err
+	// libp2p's upgrader wraps every failed security handshake in this text (it has no
+	// typed error). With a swarm key, a peer holding another key (or none) fails here: the
+	// bytes it sees are noise.
+	switch {
+	case strings.Contains(err.Error(), "failed to negotiate security protocol"):
+		f.handshake++
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		f.timeout++
+	}
+}
+
+func (f *failedDials) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		return "no bootstrap address to dial (DNS name resolved to nothing, or only this node)"
+	}
+	last := strings.Join(strings.Fields(f.last.Error()), " ") // libp2p lists failed dials on lines
+	switch {
+	case f.handshake > 0:
+		return fmt.Sprintf("%d of %d bootstrap peers answered but the secure handshake failed: check that every node has the same swarm key (compare the fingerprints in shoal status) or none, and that the /p2p/ ID in each bootstrap address is right; last error: %s",
+			f.handshake, f.n, last)
+	case f.timeout > 0:
+		// Two nodes without the same swarm key often both wait for an answer that makes
+		// sense to them (the bytes decide): it then looks like a peer that is down.
+		return fmt.Sprintf("%d of %d bootstrap dials timed out: the peer is down or frozen, something drops the traffic to its P2P port, or the nodes do not hold the same swarm key (compare the fingerprints in shoal status); last error: %s",
+			f.timeout, f.n, last)
+	default:
+		return fmt.Sprintf("%d bootstrap dials failed; last error: %s", f.n, last)
+	}
 }
 
 func (n *Node) connect(ctx context.Context, ai peer.AddrInfo) error {

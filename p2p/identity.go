@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -95,6 +96,16 @@ func loadSwarmKey(path string) (pnet.PSK, error) {
 		return nil, fmt.Errorf("p2p.swarm_key_file: %s: %w (expected /key/swarm/psk/1.0.0/, /base16/, 64 hex digits)", path, err)
 	}
 	return psk, nil
+}
+
+// swarmKeyFingerprint names a swarm key without revealing it: nodes that show the same
+// fingerprint (shoal status) hold the same key. Domain-separated so it is no general hash of
+// the key.
+func swarmKeyFingerprint(psk pnet.PSK) string {
+	h := sha256.New()
+	h.Write([]byte("shoal swarm key fingerprint\n"))
+	h.Write(psk)
+	return hex.EncodeToString(h.Sum(nil)[:6])
 }
 
 // GenerateSwarmKey returns the contents of a new random swarm key file. Every node of a

@@ -92,6 +92,9 @@ type Node struct {
 
 	reprovideNow chan struct{}
 	joining      atomic.Bool // a bootstrap round is running
+	swarmKey     string      // fingerprint of the swarm key; "" without one
+	// bootstrapErr says why the last bootstrap round reached nobody ("" after one that did).
+	bootstrapErr atomic.Pointer[string]
 	serveSlots   chan struct{}
 	uploads      uploadTable
 	redirects    atomic.Int64 // requests answered REDIRECT
@@ -219,6 +222,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 			return nil, err
 		}
 		lopts = append(lopts, libp2p.PrivateNetwork(psk))
+		n.swarmKey = swarmKeyFingerprint(psk)
 	}
 	h, err := libp2p.New(lopts...)
 	if err != nil {

@@ -150,6 +150,10 @@ type Status struct {
 	Bans                 int64
 	// Redirected counts peer requests sent on to other peers at the upload limit.
 	Redirected int64
+	// SwarmKey is the swarm key's fingerprint ("" without a key): equal on nodes that share it.
+	SwarmKey string
+	// BootstrapError says why the last bootstrap round reached no peer ("" once one did).
+	BootstrapError string
 }
 
 // PeerStatus describes one connected or banned peer. BytesIn/BytesOut count blob bytes
@@ -175,6 +179,8 @@ func (n *Node) Status() Status {
 		LookupHits:       n.lookupHits.Load(),
 		Bans:             n.peers.bans.Load(),
 		Redirected:       n.redirects.Load(),
+		SwarmKey:         n.swarmKey,
+		BootstrapError:   n.BootstrapError(),
 	}
 	st.LookupP50, st.LookupP99 = n.lookupLat.percentiles()
 	seen := map[peer.ID]bool{}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -52,6 +53,13 @@ func TestSwarmKey(t *testing.T) {
 	if err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("member fetch: %d bytes, %v", len(got), err)
 	}
+	// An operator compares nodes by the key's fingerprint.
+	if fa, fb := a.Status().SwarmKey, b.Status().SwarmKey; fa == "" || fa != fb || strings.Contains(string(mustRead(t, key)), fa) {
+		t.Fatalf("members' swarm key fingerprints %q and %q: want equal, set, and not part of the key", fa, fb)
+	}
+	if e := b.Status().BootstrapError; e != "" {
+		t.Fatalf("a member that joined reports a bootstrap error: %s", e)
+	}
 
 	for _, tc := range []struct {
 		name string
@@ -77,6 +85,18 @@ func TestSwarmKey(t *testing.T) {
 			}
 			if e.dht.RoutingTable().Size() != 0 || len(e.host.Network().Peers()) != 0 {
 				t.Fatalf("outsider has peers: rt %d, connected %d", e.dht.RoutingTable().Size(), len(e.host.Network().Peers()))
+			}
+			// The outsider's operator sees why: its status points at the swarm key (a failed
+			// handshake, or a timeout when each side waits for an answer that makes sense to
+			// it: which one depends on the bytes), and the fingerprints differ.
+			waitFor(t, 10*time.Second, "the outsider's bootstrap error", func() bool {
+				return e.Status().BootstrapError != ""
+			})
+			if why := e.Status().BootstrapError; !strings.Contains(why, "swarm key") {
+				t.Fatalf("outsider's bootstrap error does not point at the swarm key: %s", why)
+			}
+			if fe := e.Status().SwarmKey; fe == a.Status().SwarmKey {
+				t.Fatalf("outsider shows the swarm's fingerprint %q", fe)
 			}
 			for _, p := range a.host.Network().Peers() {
 				if p == e.host.ID() {
@@ -192,4 +212,13 @@ func TestSwarmKeyShellRecipe(t *testing.T) {
 	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("recipe key mode %v", fi.Mode().Perm())
 	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
