@@ -105,6 +105,12 @@ type P2PStatus struct {
 	SwarmKey string `json:"swarm_key,omitempty"`
 	// BootstrapError says why the last bootstrap round reached no peer; empty once one did.
 	BootstrapError string `json:"bootstrap_error,omitempty"`
+	// InboundHandshakeFailures counts inbound connections that closed before their secure
+	// handshake completed: a node with another swarm key or none (port scans count too).
+	InboundHandshakeFailures int64 `json:"inbound_handshake_failures"`
+	// LastInboundFailure is the remote address of the latest, with its time.
+	LastInboundFailure   string     `json:"last_inbound_failure,omitempty"`
+	LastInboundFailureAt *time.Time `json:"last_inbound_failure_at,omitempty"`
 }
 
 // Peers is `shoal peers`.

@@ -376,7 +376,12 @@ func (a *admin) status(r *http.Request) (any, error) {
 		ns := a.node.Status()
 		p := &adminapi.P2PStatus{PeerID: ns.ID, Addrs: ns.Addrs, RoutingTableSize: ns.RoutingTableSize, Provided: ns.Provided,
 			Lookups: ns.Lookups, LookupHits: ns.LookupHits, LookupP50Ms: ms(ns.LookupP50), LookupP99Ms: ms(ns.LookupP99), Bans: ns.Bans, Redirected: ns.Redirected,
-			SwarmKey: ns.SwarmKey, BootstrapError: ns.BootstrapError}
+			SwarmKey: ns.SwarmKey, BootstrapError: ns.BootstrapError,
+			InboundHandshakeFailures: ns.InboundHandshakeFailures, LastInboundFailure: ns.LastInboundFailure}
+		if !ns.LastInboundFailureAt.IsZero() {
+			at := ns.LastInboundFailureAt.UTC()
+			p.LastInboundFailureAt = &at
+		}
 		for _, ps := range ns.Peers {
 			if ps.Banned {
 				p.Banned++

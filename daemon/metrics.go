@@ -165,37 +165,38 @@ type stateCollector struct {
 }
 
 var (
-	descStoreBytes    = prometheus.NewDesc("shoal_store_bytes", "Bytes of content in the store.", nil, nil)
-	descStoreMax      = prometheus.NewDesc("shoal_store_max_bytes", "The store's budget in bytes.", nil, nil)
-	descStoreBlobs    = prometheus.NewDesc("shoal_store_blobs", "Pieces of content (blobs and manifests) in the store.", nil, nil)
-	descStoreEvict    = prometheus.NewDesc("shoal_store_evictions_total", "Content removed from the store, by reason (lru, min-free, no-space, ttl, corrupt, missing, deleted).", []string{"reason"}, nil)
-	descStoreHits     = prometheus.NewDesc("shoal_store_hits_total", "Store reads that found the content.", nil, nil)
-	descStoreMisses   = prometheus.NewDesc("shoal_store_misses_total", "Store reads that did not find the content.", nil, nil)
-	descStoreVerify   = prometheus.NewDesc("shoal_store_verify_failures_total", "Content found corrupt by verification.", nil, nil)
-	descUpRequests    = prometheus.NewDesc("shoal_upstream_requests_total", "Upstream registry responses by registry and HTTP status (\"error\": no response).", []string{"registry", "status"}, nil)
-	descUpTokens      = prometheus.NewDesc("shoal_upstream_tokens_fetched_total", "Tokens fetched from upstream token servers, by registry.", []string{"registry"}, nil)
-	descUpTokenErrors = prometheus.NewDesc("shoal_upstream_token_errors_total", "Failed token fetches, by registry.", []string{"registry"}, nil)
-	descUpRemaining   = prometheus.NewDesc("shoal_upstream_ratelimit_remaining", "Pulls left in the registry's rate-limit window, as it last reported.", []string{"registry"}, nil)
-	descUpLimit       = prometheus.NewDesc("shoal_upstream_ratelimit_limit", "The registry's rate limit per window, as it last reported.", []string{"registry"}, nil)
-	descInflight      = prometheus.NewDesc("shoal_inflight_fetches", "Blob downloads in flight (each shared by every client that wants the blob).", nil, nil)
-	descP2PEnabled    = prometheus.NewDesc("shoal_p2p_enabled", "1 when the P2P node runs.", nil, nil)
-	descP2PPeers      = prometheus.NewDesc("shoal_p2p_peers", "Connected peers.", nil, nil)
-	descP2PBanned     = prometheus.NewDesc("shoal_p2p_banned_peers", "Peers banned right now.", nil, nil)
-	descP2PRouting    = prometheus.NewDesc("shoal_p2p_routing_table_peers", "Peers in the DHT routing table.", nil, nil)
-	descP2PProvided   = prometheus.NewDesc("shoal_p2p_provided_digests", "Digests this node advertises.", nil, nil)
-	descP2PLookups    = prometheus.NewDesc("shoal_p2p_lookups_total", "Provider lookups (all callers).", nil, nil)
-	descP2PHits       = prometheus.NewDesc("shoal_p2p_lookup_hits_total", "Provider lookups that found a provider.", nil, nil)
-	descP2PBans       = prometheus.NewDesc("shoal_p2p_bans_total", "Peers banned (for sending bytes that do not match their digest).", nil, nil)
-	descGuardRefused  = prometheus.NewDesc("shoal_guard_refused_total", "Mirror API requests refused by the access controls, by reason (address, uri_too_long, rate, auth, repository, concurrency).", []string{"reason"}, nil)
-	descP2PRedirected = prometheus.NewDesc("shoal_p2p_redirected_total", "Peer requests redirected to the peers following a download (the node was at p2p.max_uploads_per_blob for that blob).", nil, nil)
-	descP2PBytesIn    = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
-	descP2PBytesOut   = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
+	descStoreBytes       = prometheus.NewDesc("shoal_store_bytes", "Bytes of content in the store.", nil, nil)
+	descStoreMax         = prometheus.NewDesc("shoal_store_max_bytes", "The store's budget in bytes.", nil, nil)
+	descStoreBlobs       = prometheus.NewDesc("shoal_store_blobs", "Pieces of content (blobs and manifests) in the store.", nil, nil)
+	descStoreEvict       = prometheus.NewDesc("shoal_store_evictions_total", "Content removed from the store, by reason (lru, min-free, no-space, ttl, corrupt, missing, deleted).", []string{"reason"}, nil)
+	descStoreHits        = prometheus.NewDesc("shoal_store_hits_total", "Store reads that found the content.", nil, nil)
+	descStoreMisses      = prometheus.NewDesc("shoal_store_misses_total", "Store reads that did not find the content.", nil, nil)
+	descStoreVerify      = prometheus.NewDesc("shoal_store_verify_failures_total", "Content found corrupt by verification.", nil, nil)
+	descUpRequests       = prometheus.NewDesc("shoal_upstream_requests_total", "Upstream registry responses by registry and HTTP status (\"error\": no response).", []string{"registry", "status"}, nil)
+	descUpTokens         = prometheus.NewDesc("shoal_upstream_tokens_fetched_total", "Tokens fetched from upstream token servers, by registry.", []string{"registry"}, nil)
+	descUpTokenErrors    = prometheus.NewDesc("shoal_upstream_token_errors_total", "Failed token fetches, by registry.", []string{"registry"}, nil)
+	descUpRemaining      = prometheus.NewDesc("shoal_upstream_ratelimit_remaining", "Pulls left in the registry's rate-limit window, as it last reported.", []string{"registry"}, nil)
+	descUpLimit          = prometheus.NewDesc("shoal_upstream_ratelimit_limit", "The registry's rate limit per window, as it last reported.", []string{"registry"}, nil)
+	descInflight         = prometheus.NewDesc("shoal_inflight_fetches", "Blob downloads in flight (each shared by every client that wants the blob).", nil, nil)
+	descP2PEnabled       = prometheus.NewDesc("shoal_p2p_enabled", "1 when the P2P node runs.", nil, nil)
+	descP2PPeers         = prometheus.NewDesc("shoal_p2p_peers", "Connected peers.", nil, nil)
+	descP2PBanned        = prometheus.NewDesc("shoal_p2p_banned_peers", "Peers banned right now.", nil, nil)
+	descP2PRouting       = prometheus.NewDesc("shoal_p2p_routing_table_peers", "Peers in the DHT routing table.", nil, nil)
+	descP2PProvided      = prometheus.NewDesc("shoal_p2p_provided_digests", "Digests this node advertises.", nil, nil)
+	descP2PLookups       = prometheus.NewDesc("shoal_p2p_lookups_total", "Provider lookups (all callers).", nil, nil)
+	descP2PHits          = prometheus.NewDesc("shoal_p2p_lookup_hits_total", "Provider lookups that found a provider.", nil, nil)
+	descP2PBans          = prometheus.NewDesc("shoal_p2p_bans_total", "Peers banned (for sending bytes that do not match their digest).", nil, nil)
+	descGuardRefused     = prometheus.NewDesc("shoal_guard_refused_total", "Mirror API requests refused by the access controls, by reason (address, uri_too_long, rate, auth, repository, concurrency).", []string{"reason"}, nil)
+	descP2PRedirected    = prometheus.NewDesc("shoal_p2p_redirected_total", "Peer requests redirected to the peers following a download (the node was at p2p.max_uploads_per_blob for that blob).", nil, nil)
+	descP2PInboundFailed = prometheus.NewDesc("shoal_p2p_inbound_handshake_failures_total", "Inbound connections closed before their secure handshake completed (a node with another swarm key or none; port scans count too).", nil, nil)
+	descP2PBytesIn       = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
+	descP2PBytesOut      = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
-		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PBytesIn, descP2PBytesOut, descGuardRefused} {
+		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PInboundFailed, descP2PBytesIn, descP2PBytesOut, descGuardRefused} {
 		ch <- d
 	}
 }
@@ -264,6 +265,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PHits, float64(ns.LookupHits))
 	counter(descP2PBans, float64(ns.Bans))
 	counter(descP2PRedirected, float64(ns.Redirected))
+	counter(descP2PInboundFailed, float64(ns.InboundHandshakeFailures))
 }
 
 // inflight is the number of blob downloads under way.

@@ -219,7 +219,7 @@ func TestSwarmKeyKeepsStrangersOut(t *testing.T) {
 		os.WriteFile(p, k, 0o600)
 	}
 	withKey := func(p string) func(*Config) { return func(c *Config) { c.P2P.SwarmKeyFile = p } }
-	a := startNode(t, up, nil, withKey(key))
+	a := startNode(t, up, nil, withKey(key), withOps)
 	member := startNode(t, up, a.node.Addrs(), withKey(key))
 	outsider := startNode(t, up, a.node.Addrs(), withKey(stranger))
 	if _, err := pullThrough(t, a, "test/key:latest"); err != nil {
@@ -237,6 +237,12 @@ func TestSwarmKeyKeepsStrangersOut(t *testing.T) {
 	if n := outsider.node.Status().RoutingTableSize; n != 0 {
 		t.Fatalf("outsider has %d peers in its routing table", n)
 	}
+	// A's operator sees strangers knock: its metrics count the connections that never
+	// completed the handshake.
+	waitFor(t, func() bool {
+		v, _ := metricValue(scrape(t, a.MetricsAddr()), "shoal_p2p_inbound_handshake_failures_total", nil)
+		return v >= 1
+	})
 }
 
 // Content from a repository that needed credentials is neither advertised nor served.

@@ -17,7 +17,8 @@ import (
 // TestStatusShowsSwarmKeyMismatch: three daemons bootstrap from the first; one of them was
 // given another swarm key. `shoal status` lets an operator see why it stays alone: the members
 // show the same key fingerprint, the outsider another one, and its status says that its
-// bootstrap peer answered but the handshake failed, pointing at the swarm key.
+// bootstrap peer answered but the handshake failed (or timed out), pointing at the swarm key;
+// the member it dials counts the connections that never completed the handshake.
 func TestStatusShowsSwarmKeyMismatch(t *testing.T) {
 	t.Parallel()
 	up := upstreams(t)
@@ -78,6 +79,19 @@ func TestStatusShowsSwarmKeyMismatch(t *testing.T) {
 	}
 	if secret, err := os.ReadFile(k1); err != nil || strings.Contains(string(secret), sa.P2P.SwarmKey) {
 		t.Errorf("the fingerprint %q is part of the key file (err %v)", sa.P2P.SwarmKey, err)
+	}
+	// The member the outsider dials sees it knock.
+	eventually(t, 30*time.Second, a.proc, "member-a counts the outsider's failed handshakes", func() error {
+		if s, _ := status(a); s.P2P.InboundHandshakeFailures == 0 || s.P2P.LastInboundFailureAt == nil {
+			return fmt.Errorf("no failed inbound handshake counted yet: %+v", s.P2P)
+		}
+		return nil
+	})
+	if _, humanA := status(a); !strings.Contains(humanA, "closed before the secure handshake completed") {
+		t.Errorf("member-a's status does not show the failed inbound handshakes:\n%s", humanA)
+	}
+	if sb.P2P.InboundHandshakeFailures != 0 {
+		t.Errorf("member-b counts %d failed inbound handshakes, want 0 (nobody but members dialled it)", sb.P2P.InboundHandshakeFailures)
 	}
 	if sx.P2P.RoutingTableSize != 0 || sb.P2P.BootstrapError != "" {
 		t.Errorf("outsider routing table %d (want 0); member's bootstrap error %q (want none)", sx.P2P.RoutingTableSize, sb.P2P.BootstrapError)

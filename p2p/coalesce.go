@@ -57,6 +57,7 @@ type coalescingConn struct {
 	closing  time.Time // set by Close: the flusher stops sending at this time
 	sockDL   time.Time // the write deadline last set on the socket (it outlives a flusher)
 	err      error     // sticky: the first write error, or net.ErrClosed
+	onClose  func()    // called by the first Close; nil: nothing to tell
 }
 
 func newCoalescingConn(c manet.Conn) *coalescingConn {
@@ -179,31 +180,49 @@ func (c *coalescingConn) Close() error {
 	if c.err == nil {
 		c.err = net.ErrClosed
 	}
+	onClose := c.onClose
+	c.onClose = nil
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	if onClose != nil {
+		onClose()
+	}
 	return c.Conn.Close()
 }
 
 // coalescingUpgrader puts a coalescingConn under the security transport of every TCP
 // connection, dialled or accepted.
-type coalescingUpgrader struct{ transport.Upgrader }
+type coalescingUpgrader struct {
+	transport.Upgrader
+	watch *inboundWatch
+}
 
 func (u coalescingUpgrader) Upgrade(ctx context.Context, t transport.Transport, c manet.Conn, dir network.Direction, p peer.ID, scope network.ConnManagementScope) (transport.CapableConn, error) {
 	return u.Upgrader.Upgrade(ctx, t, newCoalescingConn(c), dir, p, scope)
 }
 
 func (u coalescingUpgrader) UpgradeGatedMaListener(t transport.Transport, l transport.GatedMaListener) transport.Listener {
-	return u.Upgrader.UpgradeGatedMaListener(t, coalescingListener{l})
+	return u.Upgrader.UpgradeGatedMaListener(t, coalescingListener{l, u.watch})
 }
 
-type coalescingListener struct{ transport.GatedMaListener }
+// coalescingListener also notes every accepted connection in watch (nil: no watch).
+type coalescingListener struct {
+	transport.GatedMaListener
+	watch *inboundWatch
+}
 
 func (l coalescingListener) Accept() (manet.Conn, network.ConnManagementScope, error) {
 	c, s, err := l.GatedMaListener.Accept()
 	if err != nil {
 		return c, s, err
 	}
-	return newCoalescingConn(c), s, nil
+	cc := newCoalescingConn(c)
+	if l.watch != nil {
+		remote := c.RemoteMultiaddr().String()
+		l.watch.accepted(remote)
+		cc.onClose = func() { l.watch.closed(remote) }
+	}
+	return cc, s, nil
 }
 
 // newTCPTransport is libp2p's TCP transport with coalesced writes. Without SO_REUSEPORT,
@@ -211,6 +230,8 @@ func (l coalescingListener) Accept() (manet.Conn, network.ConnManagementScope, e
 // (mDNS, a DNS bootstrap of a fresh cluster) get two connections instead of one TCP
 // simultaneous open that both sides try to initiate on, which fails the handshake. Port
 // reuse only matters for NAT traversal, which shoal does not do.
-func newTCPTransport(up transport.Upgrader, rcmgr network.ResourceManager) (*tcp.TcpTransport, error) {
-	return tcp.NewTCPTransport(coalescingUpgrader{up}, rcmgr, nil, tcp.DisableReuseport())
+func newTCPTransport(watch *inboundWatch) func(transport.Upgrader, network.ResourceManager) (*tcp.TcpTransport, error) {
+	return func(up transport.Upgrader, rcmgr network.ResourceManager) (*tcp.TcpTransport, error) {
+		return tcp.NewTCPTransport(coalescingUpgrader{up, watch}, rcmgr, nil, tcp.DisableReuseport())
+	}
 }

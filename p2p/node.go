@@ -93,6 +93,7 @@ type Node struct {
 	reprovideNow chan struct{}
 	joining      atomic.Bool // a bootstrap round is running
 	swarmKey     string      // fingerprint of the swarm key; "" without one
+	inbound      *inboundWatch
 	// bootstrapErr says why the last bootstrap round reached nobody ("" after one that did).
 	bootstrapErr atomic.Pointer[string]
 	serveSlots   chan struct{}
@@ -171,6 +172,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		reprovideNow: make(chan struct{}, 1),
 		serveSlots:   make(chan struct{}, maxConcurrentServes),
 		peers:        newPeerTable(cfg.BanDuration, time.Now),
+		inbound:      newInboundWatch(),
 	}
 	for _, s := range cfg.Bootstrap {
 		ai, _ := bootstrapAddr(s) // validated above
@@ -196,7 +198,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		libp2p.ListenAddrStrings(cfg.Listen...),
 		// TCP only: a private network (PSK) cannot protect QUIC, and one transport keeps the
 		// dialled addresses predictable.
-		libp2p.Transport(newTCPTransport),
+		libp2p.Transport(newTCPTransport(n.inbound)),
 		// TLS 1.3 first: with AES-NI its AES-GCM costs less CPU per byte than Noise's
 		// ChaCha20-Poly1305 (10-30% less for the whole transfer in BenchmarkTransfer here).
 		// Noise stays as a fallback; both authenticate the peer ID.
@@ -209,7 +211,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		libp2p.AddrsFactory(advertisable),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
-		libp2p.ConnectionGater(&gater{banned: n.peers.isBanned, observe: o.observeDial}),
+		libp2p.ConnectionGater(&gater{banned: n.peers.isBanned, observe: o.observeDial, secured: n.inbound.secured}),
 		// The daemon owns the metrics registry; libp2p must not register into the global one.
 		libp2p.DisableMetrics(),
 		libp2p.UserAgent("shoal"),
@@ -334,6 +336,7 @@ func (n *Node) Ping(ctx context.Context, peerID string) (time.Duration, error) {
 type gater struct {
 	banned  func(peer.ID) bool
 	observe func(peer.ID, ma.Multiaddr)
+	secured func(remote string) // an inbound connection completed its secure handshake
 }
 
 var _ connmgr.ConnectionGater = (*gater)(nil)
@@ -349,7 +352,10 @@ func (g *gater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
 
 func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool { return true }
 
-func (g *gater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+func (g *gater) InterceptSecured(dir network.Direction, p peer.ID, cm network.ConnMultiaddrs) bool {
+	if dir == network.DirInbound && g.secured != nil {
+		g.secured(cm.RemoteMultiaddr().String())
+	}
 	return !g.banned(p)
 }
 

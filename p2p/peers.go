@@ -154,6 +154,12 @@ type Status struct {
 	SwarmKey string
 	// BootstrapError says why the last bootstrap round reached no peer ("" once one did).
 	BootstrapError string
+	// InboundHandshakeFailures counts inbound connections that closed before their secure
+	// handshake completed (a node with another swarm key or none; port scans count too); the
+	// last one came from LastInboundFailure at LastInboundFailureAt.
+	InboundHandshakeFailures int64
+	LastInboundFailure       string
+	LastInboundFailureAt     time.Time
 }
 
 // PeerStatus describes one connected or banned peer. BytesIn/BytesOut count blob bytes
@@ -183,6 +189,7 @@ func (n *Node) Status() Status {
 		BootstrapError:   n.BootstrapError(),
 	}
 	st.LookupP50, st.LookupP99 = n.lookupLat.percentiles()
+	st.InboundHandshakeFailures, st.LastInboundFailure, st.LastInboundFailureAt = n.inbound.snapshot()
 	seen := map[peer.ID]bool{}
 	add := func(p peer.ID) {
 		if seen[p] {

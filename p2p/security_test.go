@@ -60,6 +60,9 @@ func TestSwarmKey(t *testing.T) {
 	if e := b.Status().BootstrapError; e != "" {
 		t.Fatalf("a member that joined reports a bootstrap error: %s", e)
 	}
+	if n := a.Status().InboundHandshakeFailures; n != 0 {
+		t.Fatalf("a member's connection counted as %d failed inbound handshakes", n)
+	}
 
 	for _, tc := range []struct {
 		name string
@@ -98,6 +101,18 @@ func TestSwarmKey(t *testing.T) {
 			if fe := e.Status().SwarmKey; fe == a.Status().SwarmKey {
 				t.Fatalf("outsider shows the swarm's fingerprint %q", fe)
 			}
+			// The dialled member sees it too: connections that never completed the handshake
+			// (from 127.0.0.1 here: outgoing connections do not bind the node's own address).
+			before := a.Status().InboundHandshakeFailures
+			dctx, dcancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer dcancel()
+			if err := e.host.Connect(network.WithForceDirectDial(dctx, "test"), peer.AddrInfo{ID: a.host.ID(), Addrs: a.host.Addrs()}); err == nil {
+				t.Fatalf("outsider connected to the swarm")
+			}
+			waitFor(t, 10*time.Second, "the member to count the outsider's failed handshake", func() bool {
+				st := a.Status()
+				return st.InboundHandshakeFailures > before && strings.HasPrefix(st.LastInboundFailure, "/ip4/127.")
+			})
 			for _, p := range a.host.Network().Peers() {
 				if p == e.host.ID() {
 					t.Fatalf("the swarm holds a connection to the outsider")

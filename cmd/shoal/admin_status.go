@@ -107,6 +107,18 @@ func printStatus(out io.Writer, s adminapi.Status) {
 		if p.BootstrapError != "" {
 			fmt.Fprintf(w, "\tbootstrap failing: %s\n", p.BootstrapError)
 		}
+		if p.InboundHandshakeFailures > 0 {
+			ago := ""
+			if p.LastInboundFailureAt != nil {
+				ago = ", " + time.Since(*p.LastInboundFailureAt).Round(time.Second).String() + " ago"
+			}
+			conns := "connections"
+			if p.InboundHandshakeFailures == 1 {
+				conns = "connection"
+			}
+			fmt.Fprintf(w, "\tinbound: %d %s closed before the secure handshake completed (last from %s%s): a node with another swarm key or none, or a port scan\n",
+				p.InboundHandshakeFailures, conns, p.LastInboundFailure, ago)
+		}
 		for _, a := range p.Addrs {
 			fmt.Fprintf(w, "\t%s\n", a)
 		}
