@@ -47,6 +47,11 @@ type Config struct {
 	// P2PVerifyBeforeServing holds bytes that came from a peer back from this node's clients
 	// until the whole blob verified (spool.go: fill).
 	P2PVerifyBeforeServing bool
+	// P2PVerifyMaxWait bounds that hold for a client still waiting for its first byte of peer
+	// bytes: after it, the client gets them as they arrive (the last byte still waits for the
+	// check). Clients such as containerd give up on a pull that makes no progress for a while
+	// (image_pull_progress_timeout: 1 to 5 minutes). 0 = hold for as long as it takes.
+	P2PVerifyMaxWait time.Duration
 	// AdminListen is the admin API's address: "" = unix socket <DataDir>/admin.sock,
 	// "unix:/path", or HOST:PORT; "off" disables it. MetricsListen is the Prometheus and probe
 	// endpoint, HOST:PORT or "off". See admin.go and metrics.go.
@@ -91,6 +96,7 @@ type fileConfig struct {
 		Enabled        *bool          `yaml:"enabled"`
 		SharePrivate   *bool          `yaml:"share_private"`
 		VerifyBefore   *bool          `yaml:"verify_before_serving"`
+		VerifyMaxWait  *time.Duration `yaml:"verify_max_wait"`
 		Listen         []string       `yaml:"listen"`
 		Bootstrap      []string       `yaml:"bootstrap"`
 		BootstrapDNS   *string        `yaml:"bootstrap_dns"`
@@ -225,6 +231,7 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.P2PEnabled, f.P2P.Enabled)
 	set(&c.P2PSharePrivate, f.P2P.SharePrivate)
 	set(&c.P2PVerifyBeforeServing, f.P2P.VerifyBefore)
+	set(&c.P2PVerifyMaxWait, f.P2P.VerifyMaxWait)
 	if f.P2P.Listen != nil {
 		c.P2P.Listen = f.P2P.Listen
 	}
@@ -311,6 +318,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TagTTL < 0 {
 		return &ConfigError{Key: "tag_ttl", Err: errors.New("must not be negative")}
+	}
+	if c.P2PVerifyMaxWait < 0 {
+		return &ConfigError{Key: "p2p.verify_max_wait", Err: errors.New("must not be negative (0 = hold for as long as it takes)")}
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -14,7 +14,8 @@ func TestDefaultsAreValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.1:5000" || c.DataDir != "/var/lib/shoal" || c.DefaultRegistry != "docker.io" || c.TagTTL != 30*time.Second {
+	if c.Listen != "127.0.0.1:5000" || c.DataDir != "/var/lib/shoal" || c.DefaultRegistry != "docker.io" || c.TagTTL != 30*time.Second ||
+		!c.P2PVerifyBeforeServing || c.P2PVerifyMaxWait != 30*time.Second {
 		t.Fatalf("defaults: %+v", c)
 	}
 	if got := c.Upstream.Registries["docker.io"].URL; got != "https://registry-1.docker.io" {
@@ -60,6 +61,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		// No authentication on the admin API: TCP on loopback only.
 		{"admin on all interfaces", "admin_listen: 0.0.0.0:7000\n", "admin_listen"},
 		{"admin on a LAN address", "admin_listen: \"10.1.2.3:7000\"\n", "admin_listen"},
+		{"negative verify_max_wait", "p2p:\n  verify_max_wait: -1s\n", "p2p.verify_max_wait"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

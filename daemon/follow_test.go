@@ -63,7 +63,7 @@ func eagerSetup(t *testing.T, corrupt bool) (*Daemon, *upstreamLog, *halfwayCont
 	return halfwaySetup(t, corrupt, false)
 }
 
-func halfwaySetup(t *testing.T, corrupt, verifyFirst bool) (*Daemon, *upstreamLog, *halfwayContent) {
+func halfwaySetup(t *testing.T, corrupt, verifyFirst bool, mod ...func(*Config)) (*Daemon, *upstreamLog, *halfwayContent) {
 	t.Helper()
 	up := newUpstream(t)
 	img := pushRandom(t, up, "test/eager", 1<<20, 1)
@@ -85,11 +85,11 @@ func halfwaySetup(t *testing.T, corrupt, verifyFirst bool) (*Daemon, *upstreamLo
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { peer.Close() })
-	b := startNode(t, up, peer.Addrs(), func(c *Config) {
+	b := startNode(t, up, peer.Addrs(), append([]func(*Config){func(c *Config) {
 		c.P2PVerifyBeforeServing = verifyFirst
 		// A held peer must not count as stalled: the bytes must come from it.
 		c.P2P.StallTimeout = 2 * time.Minute
-	})
+	}}, mod...)...)
 	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 })
 	if err := peer.Provide(t.Context(), hc.d); err != nil {
 		t.Fatal(err)
@@ -113,38 +113,74 @@ func readWithin(t *testing.T, r io.Reader, p []byte, d time.Duration, what strin
 	}
 }
 
-// With p2p.verify_before_serving off, a client gets a peer's bytes while the peer is still
-// sending (with it on, it would get none until the whole blob verified).
+// A client gets a peer's bytes while the peer is still sending: with
+// p2p.verify_before_serving off, or on once it waited p2p.verify_max_wait without a byte (a
+// client such as containerd, which cancels a pull that makes no progress for a while, keeps
+// seeing progress on a big blob from a slow peer). With it on and no limit, it would get none
+// until the whole blob verified.
 func TestEagerClientGetsPeerBytesBeforeVerification(t *testing.T) {
-	b, up, hc := eagerSetup(t, false)
-	resp, err := http.Get("http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get("X-Shoal-Source") != "peer" {
-		t.Fatalf("status %d, source %q; want 200 from a peer", resp.StatusCode, resp.Header.Get("X-Shoal-Source"))
-	}
-	quarter := make([]byte, len(hc.data)/4) // the fill publishes in chunks of at most 256 KiB
-	readWithin(t, resp.Body, quarter, 30*time.Second, "first quarter while the peer holds the second half")
-	if !bytes.Equal(quarter, hc.data[:len(quarter)]) {
-		t.Fatal("first quarter differs from the blob")
-	}
-	close(hc.release)
-	rest, err := io.ReadAll(resp.Body)
-	if err != nil || !bytes.Equal(append(quarter, rest...), hc.data) {
-		t.Fatalf("whole blob: %d bytes, err %v", len(quarter)+len(rest), err)
-	}
-	if n := up.count("GET", "/blobs/"+hc.d.String()); n != 0 {
-		t.Errorf("upstream GETs for the layer: %d, want 0", n)
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent)
+	}{
+		{"verify_before_serving off", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) { return eagerSetup(t, false) }},
+		{"after verify_max_wait", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) {
+			return halfwaySetup(t, false, true, maxWait(300*time.Millisecond))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, up, hc := tc.setup(t)
+			resp, err := http.Get("http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("X-Shoal-Source") != "peer" {
+				t.Fatalf("status %d, source %q; want 200 from a peer", resp.StatusCode, resp.Header.Get("X-Shoal-Source"))
+			}
+			quarter := make([]byte, len(hc.data)/4) // the fill publishes in chunks of at most 256 KiB
+			readWithin(t, resp.Body, quarter, 30*time.Second, "first quarter while the peer holds the second half")
+			if !bytes.Equal(quarter, hc.data[:len(quarter)]) {
+				t.Fatal("first quarter differs from the blob")
+			}
+			close(hc.release)
+			rest, err := io.ReadAll(resp.Body)
+			if err != nil || !bytes.Equal(append(quarter, rest...), hc.data) {
+				t.Fatalf("whole blob: %d bytes, err %v", len(quarter)+len(rest), err)
+			}
+			if n := up.count("GET", "/blobs/"+hc.d.String()); n != 0 {
+				t.Errorf("upstream GETs for the layer: %d, want 0", n)
+			}
+		})
 	}
 }
 
-// With p2p.verify_before_serving off, a peer that lies after the client got its bytes: the
-// client's download is cut (never completed with wrong bytes), its retry gets the verified
-// blob, the store holds only verified content and the peer is banned.
+// maxWait makes a node's gated clients stream peer bytes after d without one.
+func maxWait(d time.Duration) func(*Config) { return func(c *Config) { c.P2PVerifyMaxWait = d } }
+
+// A peer that lies after the client got its bytes (with p2p.verify_before_serving off, or on
+// once the client waited p2p.verify_max_wait): the client's download is cut (never completed
+// with wrong bytes), its retry gets the verified blob, the store holds only verified content
+// and the peer is banned.
 func TestEagerClientCutWhenPeerLied(t *testing.T) {
-	b, _, hc := eagerSetup(t, true)
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent)
+	}{
+		{"verify_before_serving off", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) { return eagerSetup(t, true) }},
+		{"after verify_max_wait", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) {
+			return halfwaySetup(t, true, true, maxWait(300*time.Millisecond))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, _, hc := tc.setup(t)
+			clientCutWhenPeerLied(t, b, hc)
+		})
+	}
+}
+
+func clientCutWhenPeerLied(t *testing.T, b *Daemon, hc *halfwayContent) {
+	t.Helper()
 	url := "http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String()
 	resp, err := http.Get(url)
 	if err != nil {

@@ -48,6 +48,7 @@ type mirror struct {
 	log             *slog.Logger
 	flight          singleflight.Group // manifests and tag lookups, keyed by digest or name
 	verifyFirst     bool               // p2p.verify_before_serving: peer bytes wait for the digest check
+	verifyMaxWait   time.Duration      // p2p.verify_max_wait: ... but not longer than this without a byte
 	staleLog        logEvery
 }
 
@@ -215,7 +216,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	// verified, and a client must not sit without response headers meanwhile.
 	buf := make([]byte, 256<<10) // net/http's ReadFrom would use 32 KiB: more syscalls per byte
 	pctx, cancel := context.WithTimeout(ctx, firstByteWait)
-	fr := clientReader(pctx, f, start, end, m.verifyFirst)
+	fr := clientReader(pctx, f, start, end, m.verifyFirst, m.verifyMaxWait)
 	n, err := fr.Read(buf)
 	cancel()
 	fr.ctx = ctx

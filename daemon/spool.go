@@ -403,10 +403,26 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 		if f.verified {
 			err = nil
 		}
+		var hold *time.Timer // a gated reader's wait for peer bytes ends (verify_max_wait)
 		if !done {
 			limit--
 			if r.gated && peerFrom >= 0 && limit > peerFrom {
-				limit = peerFrom
+				waited := time.Since(r.progress)
+				switch {
+				case r.off < peerFrom: // bytes before the peer's are free to read
+					limit = peerFrom
+				case r.maxWait > 0 && waited >= r.maxWait:
+					// Only the gate holds this client back, and for too long: its own client
+					// would give up (containerd cancels a pull without progress). From now on
+					// it reads like an eager reader: still never the last byte before the
+					// check, and cut if this attempt is discarded.
+					r.gated, r.eager, r.attempt = false, true, f.restarts
+				default:
+					limit = peerFrom
+					if r.maxWait > 0 {
+						hold = time.NewTimer(r.maxWait - waited)
+					}
+				}
 			}
 		}
 		f.mu.Unlock()
@@ -414,19 +430,36 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 			return 0, err
 		}
 		if off := r.off; off < limit {
+			if hold != nil {
+				hold.Stop()
+			}
 			n, err := w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
 			if r.eager && peerFrom >= 0 && off+int64(n) > peerFrom {
 				r.tainted = true
+			}
+			if n > 0 {
+				r.progress = time.Now()
 			}
 			return n, err
 		}
 		if done {
 			return 0, io.EOF
 		}
+		var holdEnds <-chan time.Time
+		if hold != nil {
+			holdEnds = hold.C
+		}
 		select {
 		case <-ch:
+		case <-holdEnds:
 		case <-r.ctx.Done():
+			if hold != nil {
+				hold.Stop()
+			}
 			return 0, r.ctx.Err()
+		}
+		if hold != nil {
+			hold.Stop()
 		}
 	}
 }
@@ -442,11 +475,17 @@ type fillReader struct {
 	eager    bool
 	attempt  int  // eager: the fill attempt it reads
 	tainted  bool // eager: it was handed bytes that came from a peer
+	// maxWait: a gated reader that got no byte for this long turns eager (0: never);
+	// progress is when it last got one (or was made).
+	maxWait  time.Duration
+	progress time.Time
 }
 
-// clientReader reads f for a client of this node, from off to end.
-func clientReader(ctx context.Context, f *fill, off, end int64, verifyFirst bool) *fillReader {
-	return &fillReader{ctx: ctx, f: f, off: off, end: end, gated: verifyFirst, eager: !verifyFirst}
+// clientReader reads f for a client of this node, from off to end. With verifyFirst, peer
+// bytes wait for the digest check, but not beyond maxWait without a byte (0: no limit).
+func clientReader(ctx context.Context, f *fill, off, end int64, verifyFirst bool, maxWait time.Duration) *fillReader {
+	return &fillReader{ctx: ctx, f: f, off: off, end: end, gated: verifyFirst, eager: !verifyFirst,
+		maxWait: maxWait, progress: time.Now()}
 }
 
 func (r *fillReader) Read(p []byte) (int, error) {

@@ -109,6 +109,7 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "p2p-designated-timeout", EnvVars: env("P2P_DESIGNATED_TIMEOUT"), Usage: "wait this long for the swarm's designated fetcher before going upstream (default 500ms)"},
 			&cli.IntFlag{Name: "p2p-max-uploads-per-blob", EnvVars: env("P2P_MAX_UPLOADS_PER_BLOB"), Usage: "peers streaming one blob from this node at once; more are redirected to them (0 = no limit, default 4)"},
 			&cli.BoolFlag{Name: "p2p-share-private", EnvVars: env("P2P_SHARE_PRIVATE"), Usage: "share content from repositories that needed credentials (default false)"},
+			&cli.DurationFlag{Name: "p2p-verify-max-wait", EnvVars: env("P2P_VERIFY_MAX_WAIT"), Usage: "with --p2p-verify-before-serving, a client waiting this long for peer bytes gets them as they arrive (never the last byte unverified); 0 = no limit (default 30s)"},
 			&cli.BoolFlag{Name: "p2p-verify-before-serving", EnvVars: env("P2P_VERIFY_BEFORE_SERVING"), Usage: "hold bytes from peers back from clients until the blob verified; =false streams them (faster rollouts, a lying peer cuts downloads) (default true)"},
 			&cli.StringFlag{Name: "log-format", EnvVars: env("LOG_FORMAT"), Usage: "text or json (default text)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
@@ -191,6 +192,9 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 	}
 	if c.IsSet("p2p-verify-before-serving") {
 		cfg.P2PVerifyBeforeServing = c.Bool("p2p-verify-before-serving")
+	}
+	if c.IsSet("p2p-verify-max-wait") {
+		cfg.P2PVerifyMaxWait = c.Duration("p2p-verify-max-wait")
 	}
 	for _, v := range c.StringSlice("registry") {
 		if err := cfg.SetRegistryFlag(v); err != nil {
