@@ -119,15 +119,7 @@ func readWithin(t *testing.T, r io.Reader, p []byte, d time.Duration, what strin
 // seeing progress on a big blob from a slow peer). With it on and no limit, it would get none
 // until the whole blob verified.
 func TestEagerClientGetsPeerBytesBeforeVerification(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		setup func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent)
-	}{
-		{"verify_before_serving off", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) { return eagerSetup(t, false) }},
-		{"after verify_max_wait", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) {
-			return halfwaySetup(t, false, true, maxWait(300*time.Millisecond))
-		}},
-	} {
+	for _, tc := range streamingSetups(false) {
 		t.Run(tc.name, func(t *testing.T) {
 			b, up, hc := tc.setup(t)
 			resp, err := http.Get("http://" + b.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
@@ -158,20 +150,29 @@ func TestEagerClientGetsPeerBytesBeforeVerification(t *testing.T) {
 // maxWait makes a node's gated clients stream peer bytes after d without one.
 func maxWait(d time.Duration) func(*Config) { return func(c *Config) { c.P2PVerifyMaxWait = d } }
 
+// streamingSetups are the two ways a node hands its clients peer bytes before the blob
+// verified: p2p.verify_before_serving off, or on with a client that waited verify_max_wait.
+func streamingSetups(corrupt bool) []struct {
+	name  string
+	setup func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent)
+} {
+	return []struct {
+		name  string
+		setup func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent)
+	}{
+		{"verify_before_serving off", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) { return eagerSetup(t, corrupt) }},
+		{"after verify_max_wait", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) {
+			return halfwaySetup(t, corrupt, true, maxWait(300*time.Millisecond))
+		}},
+	}
+}
+
 // A peer that lies after the client got its bytes (with p2p.verify_before_serving off, or on
 // once the client waited p2p.verify_max_wait): the client's download is cut (never completed
 // with wrong bytes), its retry gets the verified blob, the store holds only verified content
 // and the peer is banned.
 func TestEagerClientCutWhenPeerLied(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		setup func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent)
-	}{
-		{"verify_before_serving off", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) { return eagerSetup(t, true) }},
-		{"after verify_max_wait", func(t *testing.T) (*Daemon, *upstreamLog, *halfwayContent) {
-			return halfwaySetup(t, true, true, maxWait(300*time.Millisecond))
-		}},
-	} {
+	for _, tc := range streamingSetups(true) {
 		t.Run(tc.name, func(t *testing.T) {
 			b, _, hc := tc.setup(t)
 			clientCutWhenPeerLied(t, b, hc)

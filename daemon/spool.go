@@ -429,15 +429,12 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 		if done && err != nil {
 			return 0, err
 		}
-		if off := r.off; off < limit {
-			if hold != nil {
-				hold.Stop()
-			}
+		if off := r.off; off < limit { // never with a hold: the gate left nothing to read
 			n, err := w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
 			if r.eager && peerFrom >= 0 && off+int64(n) > peerFrom {
 				r.tainted = true
 			}
-			if n > 0 {
+			if n > 0 && r.gated {
 				r.progress = time.Now()
 			}
 			return n, err
@@ -449,17 +446,18 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 		if hold != nil {
 			holdEnds = hold.C
 		}
+		ctxDone := false
 		select {
 		case <-ch:
 		case <-holdEnds:
 		case <-r.ctx.Done():
-			if hold != nil {
-				hold.Stop()
-			}
-			return 0, r.ctx.Err()
+			ctxDone = true
 		}
 		if hold != nil {
 			hold.Stop()
+		}
+		if ctxDone {
+			return 0, r.ctx.Err()
 		}
 	}
 }

@@ -651,11 +651,11 @@ func (r *blobReader) Read(p []byte) (int, error) {
 // Peer is the ID of the peer sending the bytes (after any redirect).
 func (r *blobReader) Peer() string { return r.from.String() }
 
-// Close ends the transfer; before the last byte it aborts the stream.
 // Abort breaks the transfer from another goroutine than the reader's: a Read blocked on it
 // returns an error (Close is for the reader's own goroutine).
 func (r *blobReader) Abort() { _ = r.s.Reset() }
 
+// Close ends the transfer; before the last byte it aborts the stream.
 func (r *blobReader) Close() error {
 	if r.closed {
 		return nil
