@@ -59,7 +59,13 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		}
 		rd = bytes.NewReader(b)
 	}
-	u := "http://shoal" + path
+	// On TCP the daemon serves only a loopback or localhost Host (a rebound name is refused):
+	// send the address as given. On the socket the name is only a placeholder.
+	host := "shoal"
+	if c.addr.Network == "tcp" {
+		host = c.addr.Address
+	}
+	u := "http://" + host + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -67,6 +73,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	if err != nil {
 		return nil, err
 	}
+	req.Header.Set(Header, "1") // on the socket too, though it does not ask for it
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

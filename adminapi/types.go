@@ -8,7 +8,13 @@ const (
 	CodeBadRequest = "bad_request" // the request is malformed (HTTP 400)
 	CodeDisabled   = "p2p_disabled"
 	CodeInternal   = "internal"
+	CodeForbidden  = "forbidden" // refused as a request a web page made (HTTP 403, or 421 for a foreign Host)
 )
+
+// Header must be set (to "1") on every admin API request over TCP that is not a GET or HEAD.
+// A web page cannot send it to another origin without a CORS preflight, which the daemon never
+// grants, so a page open in a browser on the node cannot pull, remove or pin content.
+const Header = "X-Shoal-Admin"
 
 // ErrorBody is the JSON body of every error answer.
 type ErrorBody struct {

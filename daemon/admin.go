@@ -179,7 +179,7 @@ func (o *ops) start() (stop func()) {
 	o.cancel = cancel
 	if o.adminLn != nil {
 		o.adminSrv = &http.Server{
-			Handler:           o.admin.routes(),
+			Handler:           guardAdmin(o.admin.routes(), o.adminAddr.Network == "tcp"),
 			ReadHeaderTimeout: 30 * time.Second,
 			BaseContext:       func(net.Listener) context.Context { return ctx },
 			ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
