@@ -22,6 +22,10 @@
 //	GET  /v1/export?image=I&image=J&platform=P&all_platforms=true   a tar (streamed)
 //	GET  /_shoal/export?images=I,J       the same tar
 //
+// Over TCP, requests other than GET and HEAD carry the header X-Shoal-Admin: 1 and the Host is
+// the loopback address or localhost; requests a web page made (a foreign Origin or
+// Sec-Fetch-Site) are refused with code "forbidden". The unix socket needs neither.
+//
 // What it must never do: carry a credential. Status and errors hold only what the daemon's
 // own logs may hold.
 package adminapi

@@ -411,3 +411,54 @@ func TestStatusShowsUpstreamTokensWithoutSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestOperatorCLIOverTCP: with --admin-listen on a loopback port the CLI keeps working
+// (status, pull, cache rm), while curl playing a web page (a foreign Origin, a rebound Host,
+// a form POST without the admin header) is refused and changes nothing.
+func TestOperatorCLIOverTCP(t *testing.T) {
+	t.Parallel()
+	up := upstreams(t)
+	admin := freeAddr(t)
+	_, port, _ := strings.Cut(admin, ":")
+	d := startOpsShoal(t, shoalOpts{registries: []string{up.Open.Addr + "=" + up.Open.URL}, defaultRegistry: up.Open.Addr,
+		args: []string{"--admin-listen", admin}})
+	d.Admin = admin
+	small := up.Img.Small
+
+	r := d.run(t, 0, "status")
+	if !strings.Contains(r.Stdout, "ready") || !strings.Contains(r.Stdout, admin) {
+		t.Errorf("status over TCP:\n%s", r.Stdout)
+	}
+	r = d.run(t, 0, "pull", small.Ref())
+	if !strings.Contains(r.Stdout, "pulled 1 image(s)") {
+		t.Errorf("pull over TCP:\n%s", r.Stdout)
+	}
+
+	curl := tool(t, "curl")
+	target := "http://" + admin + "/v1/cache/rm?target=" + small.Ref()
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"rm from a foreign origin", []string{"-X", "POST", "-H", "Origin: http://evil.example", "-H", "X-Shoal-Admin: 1", target}, "403"},
+		{"rm as a form post", []string{"-X", "POST", "-H", "Content-Type: application/x-www-form-urlencoded", target}, "403"},
+		{"status through a rebound name", []string{"--resolve", "rebind.evil.example:" + port + ":127.0.0.1", "http://rebind.evil.example:" + port + "/v1/status"}, "421"},
+		{"status", []string{"http://" + admin + "/v1/status"}, "200"},
+	} {
+		out, err := runCmd(t.Context(), 30*time.Second, nil, append([]string{curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}"}, c.args...)...)
+		if err != nil || out != c.want {
+			t.Errorf("curl %s: %q %v, want %s", c.name, out, err, c.want)
+		}
+	}
+
+	var l adminapi.CacheList
+	d.runJSON(t, &l, "cache", "ls")
+	if len(l.Entries) != len(small.Blobs)+1 {
+		t.Errorf("after refused removals the cache holds %d items, want %d", len(l.Entries), len(small.Blobs)+1)
+	}
+	r = d.run(t, 0, "cache", "rm", small.Ref())
+	if !strings.Contains(r.Stdout, "removed "+small.Ref()) {
+		t.Errorf("cache rm over TCP: %s", r.Stdout)
+	}
+}
