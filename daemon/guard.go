@@ -50,6 +50,9 @@ type GuardConfig struct {
 	RateBurst int
 	// MaxConcurrent bounds a client's requests in progress under /v2/ (0 = no bound).
 	MaxConcurrent int
+	// MaxConnsPerClient bounds a client's open connections; one more is closed as soon as
+	// it is accepted (0 = no bound). See DefaultMaxConnsPerClient.
+	MaxConnsPerClient int
 	// Htpasswd is an htpasswd file with bcrypt hashes; when set, clients outside
 	// AuthExemptCIDR (default: loopback) must authenticate with HTTP Basic.
 	Htpasswd       string
@@ -75,6 +78,7 @@ type GuardConfig struct {
 func DefaultGuardConfig() GuardConfig {
 	return GuardConfig{
 		MaxConcurrent:     128,
+		MaxConnsPerClient: DefaultMaxConnsPerClient,
 		AuthExemptCIDR:    []string{"127.0.0.0/8", "::1/128"},
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -92,6 +96,7 @@ type guardPolicy struct {
 	rate                rate.Limit
 	burst               int
 	maxConcurrent       int
+	maxConns            int
 	users               map[string][]byte // htpasswd: user → bcrypt hash; nil = no auth
 	dummy               []byte            // bcrypt hash at the users' cost, for unknown names
 	cert                *tls.Certificate
@@ -116,6 +121,7 @@ type guard struct {
 	hashing chan struct{} // bounds concurrent bcrypt comparisons (each costs ~50 ms of CPU)
 
 	refused [len(refusalReasons)]atomic.Int64 // requests refused, by reason
+	conns   *connCap                          // open connections per client (conncap.go)
 }
 
 // Why the guard refused a request (shoal_guard_refused_total's reason label): a 403 or a 429
@@ -163,6 +169,7 @@ func newGuard(cfg Config, log *slog.Logger) (*guard, error) {
 	g := &guard{log: log, defaultRegistry: canonicalRegistry(cfg.DefaultRegistry), tlsOn: p.cert != nil,
 		clients: map[netip.Prefix]*clientState{}, hashing: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))}
 	g.policy.Store(p)
+	g.conns = newConnCap(g)
 	if !listensOnLoopback(cfg.Listen) && !g.tlsOn && !cfg.Guard.AllowInsecureListen {
 		log.Warn("the mirror API listens beyond loopback without TLS: clients and credentials travel in clear text; set tls_cert/tls_key, or allow_insecure_listen to silence this",
 			"listen", cfg.Listen, "htpasswd", p.users != nil, "allow_cidr", len(p.allowNets))
@@ -178,7 +185,7 @@ func newGuard(cfg Config, log *slog.Logger) (*guard, error) {
 // compileGuard validates the configuration and reads the files it names. Errors name the
 // YAML key.
 func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
-	p := &guardPolicy{maxConcurrent: cfg.MaxConcurrent, requestTimeout: cfg.RequestTimeout,
+	p := &guardPolicy{maxConcurrent: cfg.MaxConcurrent, maxConns: cfg.MaxConnsPerClient, requestTimeout: cfg.RequestTimeout,
 		writeTimeout: cfg.WriteTimeout, maxURI: cfg.MaxURILength}
 	var err error
 	if p.allowNets, err = parseNets("security.allow_cidr", cfg.AllowCIDR); err != nil {
@@ -203,6 +210,8 @@ func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
 		return nil, &ConfigError{Key: "security.rate_burst", Err: errors.New("must not be negative")}
 	case cfg.MaxConcurrent < 0:
 		return nil, &ConfigError{Key: "security.max_concurrent_per_client", Err: errors.New("must not be negative")}
+	case cfg.MaxConnsPerClient < 0:
+		return nil, &ConfigError{Key: "security.max_conns_per_client", Err: errors.New("must not be negative")}
 	case cfg.ReadHeaderTimeout < 0 || cfg.IdleTimeout < 0 || cfg.WriteTimeout < 0 || cfg.RequestTimeout < 0:
 		return nil, &ConfigError{Key: "security", Err: errors.New("timeouts must not be negative")}
 	case cfg.MaxHeaderBytes < 0 || cfg.MaxURILength < 0:
@@ -403,9 +412,11 @@ func (g *guard) configure(srv *http.Server, cfg GuardConfig) {
 	}
 }
 
-// listener wraps ln with TLS when a certificate is configured. The certificate is looked
-// up per handshake, so a reload takes effect for new connections.
+// listener caps ln's connections per client (below TLS: a refused connection costs no
+// handshake) and wraps it with TLS when a certificate is configured. The certificate is
+// looked up per handshake, so a reload takes effect for new connections.
 func (g *guard) listener(ln net.Listener) net.Listener {
+	ln = g.conns.listener(ln)
 	if !g.tlsOn {
 		return ln
 	}

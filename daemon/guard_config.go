@@ -18,6 +18,7 @@ type securityFile struct {
 	RateLimit           *float64       `yaml:"rate_limit"`
 	RateBurst           *int           `yaml:"rate_burst"`
 	MaxConcurrent       *int           `yaml:"max_concurrent_per_client"`
+	MaxConnsPerClient   *int           `yaml:"max_conns_per_client"`
 	Htpasswd            *string        `yaml:"htpasswd"`
 	AuthExemptCIDR      []string       `yaml:"auth_exempt_cidr"`
 	TLSCert             *string        `yaml:"tls_cert"`
@@ -44,6 +45,7 @@ func (f *securityFile) apply(g *GuardConfig) error {
 	set(&g.RateLimit, f.RateLimit)
 	set(&g.RateBurst, f.RateBurst)
 	set(&g.MaxConcurrent, f.MaxConcurrent)
+	set(&g.MaxConnsPerClient, f.MaxConnsPerClient)
 	set(&g.Htpasswd, f.Htpasswd)
 	set(&g.TLSCert, f.TLSCert)
 	set(&g.TLSKey, f.TLSKey)

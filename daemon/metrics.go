@@ -187,6 +187,8 @@ var (
 	descP2PHits          = prometheus.NewDesc("shoal_p2p_lookup_hits_total", "Provider lookups that found a provider.", nil, nil)
 	descP2PBans          = prometheus.NewDesc("shoal_p2p_bans_total", "Peers banned (for sending bytes that do not match their digest).", nil, nil)
 	descGuardRefused     = prometheus.NewDesc("shoal_guard_refused_total", "Mirror API requests refused by the access controls, by reason (address, uri_too_long, rate, auth, repository, concurrency).", []string{"reason"}, nil)
+	descGuardConnRefused = prometheus.NewDesc("shoal_guard_connections_refused_total", "Mirror connections closed as soon as accepted: the client held security.max_conns_per_client already.", nil, nil)
+	descMirrorConns      = prometheus.NewDesc("shoal_http_open_connections", "Open connections to the mirror API.", nil, nil)
 	descP2PRedirected    = prometheus.NewDesc("shoal_p2p_redirected_total", "Peer requests redirected to the peers following a download (the node was at p2p.max_uploads_per_blob for that blob).", nil, nil)
 	descP2PInboundFailed = prometheus.NewDesc("shoal_p2p_inbound_handshake_failures_total", "Inbound connections closed before their secure handshake completed (a node with another swarm key or none; port scans count too).", nil, nil)
 	descP2PBytesIn       = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
@@ -196,7 +198,8 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
-		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PInboundFailed, descP2PBytesIn, descP2PBytesOut, descGuardRefused} {
+		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PInboundFailed, descP2PBytesIn, descP2PBytesOut, descGuardRefused,
+		descGuardConnRefused, descMirrorConns} {
 		ch <- d
 	}
 }
@@ -240,6 +243,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range c.guard.refusals() {
 		counter(descGuardRefused, float64(n), reason)
 	}
+	counter(descGuardConnRefused, float64(c.guard.conns.refused.Load()))
+	gauge(descMirrorConns, float64(c.guard.conns.total()))
 	if c.node == nil {
 		gauge(descP2PEnabled, 0)
 		return
