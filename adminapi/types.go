@@ -111,6 +111,9 @@ type P2PStatus struct {
 	SwarmKey string `json:"swarm_key,omitempty"`
 	// BootstrapError says why the last bootstrap round reached no peer; empty once one did.
 	BootstrapError string `json:"bootstrap_error,omitempty"`
+	// NotListening says why the node listens for no peer (no listen address given and no way
+	// to find peers); empty when it listens.
+	NotListening string `json:"not_listening,omitempty"`
 	// InboundHandshakeFailures counts inbound connections that closed before their secure
 	// handshake completed: a node with another swarm key or none (port scans count too).
 	InboundHandshakeFailures int64 `json:"inbound_handshake_failures"`

@@ -378,6 +378,9 @@ func (a *admin) status(r *http.Request) (any, error) {
 			Lookups: ns.Lookups, LookupHits: ns.LookupHits, LookupP50Ms: ms(ns.LookupP50), LookupP99Ms: ms(ns.LookupP99), Bans: ns.Bans, Redirected: ns.Redirected,
 			SwarmKey: ns.SwarmKey, BootstrapError: ns.BootstrapError,
 			InboundHandshakeFailures: ns.InboundHandshakeFailures, LastInboundFailure: ns.LastInboundFailure}
+		if ns.Lone {
+			p.NotListening = p2p.LoneNote
+		}
 		if !ns.LastInboundFailureAt.IsZero() {
 			at := ns.LastInboundFailureAt.UTC()
 			p.LastInboundFailureAt = &at

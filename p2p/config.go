@@ -13,7 +13,10 @@ import (
 
 // Config configures a Node. The zero value is not usable: start from DefaultConfig.
 type Config struct {
-	// Listen are the multiaddrs the host listens on (TCP only).
+	// Listen are the multiaddrs the host listens on (TCP only). Empty means DefaultListen when
+	// the node has a way to find peers (Bootstrap, BootstrapDNS or MDNS), and nothing at all
+	// when it has none: such a lone node gains nothing from peers, and listening would only
+	// let anyone on its network fetch what it cached by digest. See ListenAddrs.
 	Listen []string `yaml:"listen"`
 	// Bootstrap are full multiaddrs of peers to join through, each ending in /p2p/<peer ID>.
 	Bootstrap []string `yaml:"bootstrap"`
@@ -51,11 +54,14 @@ type Config struct {
 // DefaultPort is the TCP port of the default listen address.
 const DefaultPort = 5001
 
-// DefaultConfig returns the defaults: listen on TCP 5001 on all IPv4 addresses, no bootstrap
-// source, no mDNS, no swarm key, budgets sized for a LAN.
+// DefaultListen is where a node that has a way to find peers listens unless Listen says.
+var DefaultListen = "/ip4/0.0.0.0/tcp/" + strconv.Itoa(DefaultPort)
+
+// DefaultConfig returns the defaults: no listen address of its own (DefaultListen once a
+// bootstrap source or mDNS is set), no bootstrap source, no mDNS, no swarm key, budgets sized
+// for a LAN.
 func DefaultConfig() Config {
 	return Config{
-		Listen:         []string{"/ip4/0.0.0.0/tcp/" + strconv.Itoa(DefaultPort)},
 		LookupTimeout:  300 * time.Millisecond,
 		ProvideTimeout: 2 * time.Second,
 		StallTimeout:   5 * time.Second,
@@ -69,12 +75,30 @@ func DefaultConfig() Config {
 	}
 }
 
+// ListenAddrs is what the node listens on: Listen if set, else DefaultListen if the node
+// has a way to find peers, else nothing (see Lone).
+func (c Config) ListenAddrs() []string {
+	switch {
+	case len(c.Listen) > 0:
+		return c.Listen
+	case c.Lone():
+		return nil
+	}
+	return []string{DefaultListen}
+}
+
+// LoneNote says why a lone node listens for no peer and how to make it listen.
+const LoneNote = "not listening for peers: no p2p.bootstrap, p2p.bootstrap_dns or p2p.mdns, so no peer can find this node, and a listener would only let anyone on its network fetch its cache by digest; set p2p.listen (--p2p-listen) to listen anyway"
+
+// Lone reports whether the node listens for no peer: no listen address was given and it has
+// no bootstrap source and no mDNS, so no peer would ever learn of it.
+func (c Config) Lone() bool {
+	return len(c.Listen) == 0 && len(c.Bootstrap) == 0 && c.BootstrapDNS == "" && !c.MDNS
+}
+
 // Validate checks every option and names the offending key in its error.
 func (c Config) Validate() error {
 	var errs []error
-	if len(c.Listen) == 0 {
-		errs = append(errs, errors.New("p2p.listen: at least one multiaddr is required"))
-	}
 	for _, s := range c.Listen {
 		if _, err := listenAddr(s); err != nil {
 			errs = append(errs, fmt.Errorf("p2p.listen: %q: %w", s, err))
@@ -171,7 +195,7 @@ func (c Config) dnsTarget() (string, int, error) {
 		}
 		return name, p, nil
 	}
-	for _, s := range c.Listen {
+	for _, s := range c.ListenAddrs() {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
 			continue

@@ -18,7 +18,8 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"defaults", func(*Config) {}, ""},
 		{"ipv6 listen", func(c *Config) { c.Listen = []string{"/ip6/::/tcp/5001"} }, ""},
-		{"no listen", func(c *Config) { c.Listen = nil }, "p2p.listen"},
+		{"no listen (a lone node)", func(c *Config) { c.Listen = nil }, ""},
+		{"no listen, dns without port", func(c *Config) { c.Listen = nil; c.BootstrapDNS = "shoal" }, ""},
 		{"quic listen", func(c *Config) { c.Listen = []string{"/ip4/0.0.0.0/udp/5001/quic-v1"} }, "p2p.listen"},
 		{"garbage listen", func(c *Config) { c.Listen = []string{"0.0.0.0:5001"} }, "p2p.listen"},
 		{"bootstrap with ID", func(c *Config) { c.Bootstrap = []string{"/ip4/10.0.0.1/tcp/5001/p2p/" + peerID} }, ""},
@@ -50,6 +51,37 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("invalid config accepted, want an error naming %q", tc.wantErr)
 			case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
 				t.Fatalf("error %q does not name %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// A node listens where Listen says; without it, on DefaultListen only when it has a way to
+// find peers, and nowhere when it has none.
+func TestListenAddrs(t *testing.T) {
+	const peer = "/ip4/127.0.0.2/tcp/5001/p2p/12D3KooWJbeZdcQBCKkCsZMrH856W55xW6k65DHbyZDkQTbMgwEw"
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want []string
+	}{
+		{"defaults: lone", func(*Config) {}, nil},
+		{"swarm key alone is no way to find peers", func(c *Config) { c.SwarmKeyFile = "/etc/shoal/swarm.key" }, nil},
+		{"bootstrap", func(c *Config) { c.Bootstrap = []string{peer} }, []string{DefaultListen}},
+		{"bootstrap dns", func(c *Config) { c.BootstrapDNS = "shoal-peers" }, []string{DefaultListen}},
+		{"mdns", func(c *Config) { c.MDNS = true }, []string{DefaultListen}},
+		{"explicit, lone", func(c *Config) { c.Listen = []string{"/ip4/127.0.0.1/tcp/6001"} }, []string{"/ip4/127.0.0.1/tcp/6001"}},
+		{"explicit, bootstrap", func(c *Config) {
+			c.Listen = []string{"/ip4/127.0.0.1/tcp/6001"}
+			c.Bootstrap = []string{peer}
+		}, []string{"/ip4/127.0.0.1/tcp/6001"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.mod(&c)
+			got := c.ListenAddrs()
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") || c.Lone() != (len(tc.want) == 0) {
+				t.Errorf("ListenAddrs = %v, Lone = %v; want %v", got, c.Lone(), tc.want)
 			}
 		})
 	}

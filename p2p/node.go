@@ -131,6 +131,15 @@ func New(ctx context.Context, cfg Config, dataDir string, content Content, log *
 	return newNode(ctx, cfg, dataDir, content, log)
 }
 
+// listenOpt listens on addrs, or on nothing for a lone node (libp2p would otherwise pick
+// its own defaults, every interface included).
+func listenOpt(addrs []string) libp2p.Option {
+	if len(addrs) == 0 {
+		return libp2p.NoListenAddrs
+	}
+	return libp2p.ListenAddrStrings(addrs...)
+}
+
 func newNode(ctx context.Context, cfg Config, dataDir string, content Content, log *slog.Logger, opt ...option) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -195,7 +204,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	}
 	lopts := []libp2p.Option{
 		libp2p.Identity(key),
-		libp2p.ListenAddrStrings(cfg.Listen...),
+		listenOpt(cfg.ListenAddrs()),
 		// TCP only: a private network (PSK) cannot protect QUIC, and one transport keeps the
 		// dialled addresses predictable.
 		libp2p.Transport(newTCPTransport(n.inbound)),
@@ -229,7 +238,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	h, err := libp2p.New(lopts...)
 	if err != nil {
 		rm.Close()
-		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.Listen, err)
+		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.ListenAddrs(), err)
 	}
 	n.host = h
 	d, err := dht.New(h,
@@ -265,6 +274,9 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	log.Info("p2p node started", "id", h.ID().String(), "addrs", n.Addrs(),
 		"bootstrap", len(n.static), "bootstrap_dns", cfg.BootstrapDNS, "mdns", cfg.MDNS,
 		"private_network", cfg.SwarmKeyFile != "")
+	if cfg.Lone() {
+		log.Warn(LoneNote)
+	}
 	return n, nil
 }
 
@@ -294,6 +306,9 @@ func (n *Node) ID() string { return n.host.ID().String() }
 // Addrs are the node's listen addresses as full multiaddrs ending in /p2p/<ID>, fit for
 // another node's Bootstrap list.
 func (n *Node) Addrs() []string {
+	if len(n.host.Addrs()) == 0 { // a lone node: a bare /p2p/ID is no address to dial
+		return []string{}
+	}
 	addrs, err := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: n.host.ID(), Addrs: n.host.Addrs()})
 	if err != nil {
 		return nil

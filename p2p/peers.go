@@ -154,6 +154,9 @@ type Status struct {
 	SwarmKey string
 	// BootstrapError says why the last bootstrap round reached no peer ("" once one did).
 	BootstrapError string
+	// Lone is true when the node listens for no peer (Config.Lone): no listen address was
+	// given and it has no way to find peers.
+	Lone bool
 	// InboundHandshakeFailures counts inbound connections that closed before their secure
 	// handshake completed (a node with another swarm key or none; port scans count too); the
 	// last one came from LastInboundFailure at LastInboundFailureAt.
@@ -187,6 +190,7 @@ func (n *Node) Status() Status {
 		Redirected:       n.redirects.Load(),
 		SwarmKey:         n.swarmKey,
 		BootstrapError:   n.BootstrapError(),
+		Lone:             n.cfg.Lone(),
 	}
 	st.LookupP50, st.LookupP99 = n.lookupLat.percentiles()
 	st.InboundHandshakeFailures, st.LastInboundFailure, st.LastInboundFailureAt = n.inbound.snapshot()

@@ -99,7 +99,9 @@ func printStatus(out io.Writer, s adminapi.Status) {
 		}
 		fmt.Fprintf(w, "p2p\tpeer %s: %d peers connected, %d banned, routing table %d, providing %d digests\n", p.PeerID, p.Peers, p.Banned, p.RoutingTableSize, p.Provided)
 		fmt.Fprintf(w, "\tlookups %d (%.0f%% found), p50 %.1fms, p99 %.1fms, bans %d, redirected %d\n", p.Lookups, hit, p.LookupP50Ms, p.LookupP99Ms, p.Bans, p.Redirected)
-		if p.SwarmKey != "" {
+		if p.NotListening != "" {
+			fmt.Fprintf(w, "\tNOT LISTENING for peers: %s\n", strings.TrimPrefix(p.NotListening, "not listening for peers: "))
+		} else if p.SwarmKey != "" {
 			fmt.Fprintf(w, "\tswarm key %s (private network: only nodes showing the same fingerprint can join)\n", p.SwarmKey)
 		} else {
 			fmt.Fprintf(w, "\tno swarm key (any node that reaches the P2P port can join)\n")

@@ -100,7 +100,7 @@ func daemonCommand() *cli.Command {
 			&cli.DurationFlag{Name: "store-ttl", EnvVars: env("STORE_TTL"), Usage: "evict content not read for this long, 0 = never (default 720h)"},
 			&cli.DurationFlag{Name: "store-gc-interval", EnvVars: env("STORE_GC_INTERVAL"), Usage: "how often the TTL sweep runs (default 1h)"},
 			&cli.BoolFlag{Name: "p2p", EnvVars: env("P2P"), Usage: "join the P2P swarm; --p2p=false for a purely local mirror (default true)"},
-			&cli.StringSliceFlag{Name: "p2p-listen", EnvVars: env("P2P_LISTEN"), Usage: "libp2p listen `MULTIADDR` (repeatable, default /ip4/0.0.0.0/tcp/5001)"},
+			&cli.StringSliceFlag{Name: "p2p-listen", EnvVars: env("P2P_LISTEN"), Usage: "libp2p listen `MULTIADDR` (repeatable; default /ip4/0.0.0.0/tcp/5001 with a bootstrap source or mDNS, none without)"},
 			&cli.StringSliceFlag{Name: "bootstrap", EnvVars: env("BOOTSTRAP"), Usage: "peer to join through, full `MULTIADDR` with /p2p/ID (repeatable)"},
 			&cli.StringFlag{Name: "bootstrap-dns", EnvVars: env("BOOTSTRAP_DNS"), Usage: "DNS `NAME[:PORT]` whose addresses are peers (Kubernetes headless Service)"},
 			&cli.BoolFlag{Name: "mdns", EnvVars: env("MDNS"), Usage: "discover peers with multicast DNS on the local link (default false)"},
