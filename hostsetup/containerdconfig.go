@@ -242,7 +242,7 @@ func (c *containerdConfig) judgedRelease(binary string) (r release, known bool, 
 		if bin.atLeast(fileMin) {
 			return bin, true, ""
 		}
-		mismatch = fmt.Sprintf("`containerd --version` says %s, which cannot load a version-%d config (needs containerd ≥ %s)",
+		mismatch = fmt.Sprintf("`containerd --version` (the containerd first on PATH) says %s, which cannot load a version-%d config (containerd ≥ %s)",
 			bin, c.version, fileMin)
 	}
 	switch {
@@ -301,9 +301,8 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 	if mismatch != "" {
 		out = append(out, Finding{
 			Severity: Info,
-			Message: fmt.Sprintf("%s is a version-%d config; %s: checked as a version-%d config (the containerd on PATH is not the one that reads it)",
-				path, c.version, mismatch, c.version),
-			Fix: "pass --containerd-version with the version of the containerd that runs on this node",
+			Message:  fmt.Sprintf("%s: %s is checked as the version-%d config it says it is", mismatch, path, c.version),
+			Fix:      "pass --containerd-version with the version of the containerd that runs on this node",
 		})
 	}
 	transfer := c.version >= 3 && !c.useLocalPull && (!known || rel.atLeast(transferCR))
@@ -343,15 +342,15 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 			Fix:      fmt.Sprintf("run setup with --hosts-dir %s, or %s\n%s", under(hostRoot, firstOr(paths, DefaultHostsDir)), set, restart),
 		})
 	case len(paths) > 1 && transfer:
-		fix := set + "\n" + restart
+		other := ""
 		if c.version >= 3 {
-			fix = fmt.Sprintf("set use_local_image_pull = true in %s, or %s\n%s", c.imagesSection, set, restart)
+			other = fmt.Sprintf(" (use_local_image_pull = true in %s also works: CRI then pulls without the transfer service and reads the list)", c.imagesSection)
 		}
 		out = append(out, Finding{
 			Severity: Problem,
 			Message: fmt.Sprintf("%s has config_path = %q, a list: containerd ≥ 2.1 pulls through the transfer service, which reads config_path "+
-				"as one directory, finds no registry under %q and ignores hosts.toml", path, c.configPath, c.configPath),
-			Fix: fix,
+				"as one directory, finds no registry under %q and ignores hosts.toml%s", path, c.configPath, c.configPath, other),
+			Fix: set + "\n" + restart,
 		})
 	}
 	if c.version >= 3 {

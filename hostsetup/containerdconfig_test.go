@@ -39,7 +39,7 @@ func TestContainerdConfigChecks(t *testing.T) {
 			"[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://mirror.example\"]\n",
 			"2.2.0", Problem, "both config_path and", "delete the"},
 		{"v3-list-transfer-service", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '" + certsD + ":/etc/docker/certs.d'\n",
-			"2.1.4", Problem, "reads config_path as one directory", "use_local_image_pull = true"},
+			"2.1.4", Problem, "use_local_image_pull = true", "replace line 3 of"},
 		{"v3-list-unknown-version", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '" + certsD + ":/etc/docker/certs.d'\n",
 			"", Problem, "containerd ≥ 2.1", `config_path = "` + certsD + `"`},
 		{"v3-list-local-pull", "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n" +
@@ -52,7 +52,7 @@ func TestContainerdConfigChecks(t *testing.T) {
 		{"v4-list-old-binary", "version = 4\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '" + certsD + ":/etc/docker/certs.d'\n",
 			"containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3", Problem, "containerd ≥ 2.1", "replace line 3 of"},
 		{"v3-list-old-binary", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '" + certsD + ":/etc/docker/certs.d'\n",
-			"1.6.20", Problem, "containerd ≥ 2.1", "use_local_image_pull = true"},
+			"1.6.20", Problem, "containerd ≥ 2.1", "replace line 3 of"},
 		{"v3-list-2.0", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '" + certsD + ":/etc/docker/certs.d'\n",
 			"2.0.5", Info, "ctr image pull", ""},
 		{"v2-elsewhere", "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/other/certs.d\"\n", "1.7.0",
