@@ -16,11 +16,10 @@ import (
 // containerdConfig is what the checks need from containerd's config.toml, and where in the file
 // it is, so that a fix can name the line to change.
 type containerdConfig struct {
-	exists     bool
-	invalid    error // the file does not parse (containerd would not start either)
-	version    int   // the file's `version` (1 when absent, as containerd reads it)
-	hasVersion bool
-	lines      []string // the file, line by line (no line ends)
+	exists  bool
+	invalid error    // the file does not parse (containerd would not start either)
+	version int      // the file's `version` (1 when absent or 0, as containerd reads it)
+	lines   []string // the file, line by line (no line ends)
 
 	registryKey     []string // the table that holds config_path for this version
 	registrySection string   // registryKey as a TOML header, for messages
@@ -35,7 +34,7 @@ type containerdConfig struct {
 // configPathSite is where config_path is, or can go, in the file (line numbers from 1; 0 = none).
 type configPathSite struct {
 	keyLine    int    // the line that sets config_path
-	keyAsWrit  string // that line up to its "=" ("    config_path ", "  registry.config_path ")
+	keyText    string // that line up to its "=" ("    config_path ", "  registry.config_path ")
 	tableLine  int    // the header of the table in which config_path can be set with relKey
 	tableText  string // that header as written
 	relKey     string // config_path's key relative to that table ("config_path", "registry.config_path")
@@ -67,18 +66,14 @@ func readContainerdConfig(path string) (*containerdConfig, error) {
 		c.invalid = err
 		return c, nil
 	}
-	if v, ok := doc["version"].(int64); ok {
-		c.version, c.hasVersion = int(v), true
+	if v, ok := doc["version"].(int64); ok && v > 1 {
+		c.version = int(v)
 	}
 	c.setVersion(c.version)
-	var m any = doc
+	images := doc // the table above registry: plugins.<CRI plugin>
 	for _, k := range c.registryKey[:len(c.registryKey)-1] {
-		m, _ = m.(map[string]any)[k]
-		if _, ok := m.(map[string]any); !ok {
-			m = map[string]any{}
-		}
+		images, _ = images[k].(map[string]any)
 	}
-	images := m.(map[string]any)
 	if c.version >= 3 {
 		c.useLocalPull, _ = images["use_local_image_pull"].(bool)
 	}
@@ -139,7 +134,7 @@ func locateConfigPath(b []byte, registry []string) configPathSite {
 			switch {
 			case slices.Equal(full, want):
 				if k, _, ok := strings.Cut(text, "="); ok {
-					site.keyLine, site.keyAsWrit = line, k
+					site.keyLine, site.keyText = line, k
 				}
 			case slices.Equal(full, registry):
 				site.inlineLine = line
@@ -370,7 +365,7 @@ func (c *containerdConfig) setConfigPath(path, want string) string {
 	switch {
 	case w.keyLine > 0:
 		return fmt.Sprintf("set config_path in %s: replace line %d of %s (%s) with:\n%s= %s",
-			c.registrySection, w.keyLine, path, strings.TrimSpace(c.lines[w.keyLine-1]), w.keyAsWrit, tomlQuote(want))
+			c.registrySection, w.keyLine, path, strings.TrimSpace(c.lines[w.keyLine-1]), w.keyText, tomlQuote(want))
 	case w.inlineLine > 0:
 		return fmt.Sprintf("set config_path = %s in the inline table %s on line %d of %s", tomlQuote(want), trimBrackets(c.registrySection), w.inlineLine, path)
 	case w.tableLine > 0:

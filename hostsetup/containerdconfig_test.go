@@ -264,3 +264,64 @@ func TestParseVersion(t *testing.T) {
 		t.Error("a version out of nothing")
 	}
 }
+
+// FuzzContainerdConfigFix: for any config.toml that parses and has tables (or nothing) on the way
+// to the registry table, the printed config_path fix, applied as printed, gives a file that
+// parses and sets config_path to the wanted directory, whatever else the file held.
+func FuzzContainerdConfigFix(f *testing.F) {
+	f.Add(stockV4)
+	f.Add("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://m\"]\n")
+	f.Add("version = 4\n[plugins.'io.containerd.cri.v1.images']\n  registry.headers.x = ['y']\n")
+	f.Add("version = 3\n[plugins]\n  'io.containerd.cri.v1.images'.registry.config_path = 'a:b'\n")
+	f.Add("[plugins.cri]\n  sandbox_image = 'pause'\n")
+	f.Add("version = 4\r\n[plugins.'io.containerd.cri.v1.images'.registry]\r\n  config_path = '' # stock\r\n")
+	f.Add("version = 4\n[plugins.\"io.containerd.cri.v1.images\".registry.mirrors.\"x\"]\n  endpoint = []\n[plugins.\"io.containerd.cri.v1.images\".registry]\n")
+	f.Add("version = 4\n[plugins.'io.containerd.cri.v1.images'.registry.configs.'x'.tls]\n  insecure_skip_verify = true\n")
+	f.Add("version = 4\nplugins.'io.containerd.cri.v1.images'.registry.config_path = ''\n")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, in string) {
+		var doc map[string]any
+		if toml.Unmarshal([]byte(in), &doc) != nil {
+			return
+		}
+		path := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(path, []byte(in), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := readContainerdConfig(path)
+		if err != nil || c.invalid != nil {
+			t.Fatalf("%v %v", err, c.invalid)
+		}
+		var m any = doc
+		for _, k := range c.registryKey {
+			if m == nil {
+				break
+			}
+			t, ok := m.(map[string]any)
+			if !ok {
+				return // a value where containerd wants a table: containerd refuses the file anyway
+			}
+			m = t[k]
+		}
+		if _, ok := m.(map[string]any); m != nil && !ok {
+			return
+		}
+		fix := c.setConfigPath(path, "/want")
+		if strings.Contains(fix, "inline table") {
+			return // edited by hand
+		}
+		fixed, err := applyConfigFix(in, path, fix)
+		if err != nil {
+			t.Fatalf("%v\n--- in\n%s\n--- fix\n%s", err, in, fix)
+		}
+		if err := toml.Unmarshal([]byte(fixed), &doc); err != nil {
+			t.Fatalf("fixed file does not parse: %v\n--- in\n%s\n--- fixed\n%s", err, in, fixed)
+		}
+		if err := os.WriteFile(path, []byte(fixed), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if c2, err := readContainerdConfig(path); err != nil || c2.configPath != "/want" {
+			t.Fatalf("after the fix config_path = %q (%v)\n--- in\n%s\n--- fixed\n%s", c2.configPath, err, in, fixed)
+		}
+	})
+}
