@@ -109,7 +109,7 @@ type containerd struct {
 func startContainerd(t *testing.T) *containerd {
 	t.Helper()
 	requireRoot(t)
-	bin := tool(t, "containerd")
+	bin := debianTool(t, "containerd")
 	dir := t.TempDir()
 	c := &containerd{Sock: filepath.Join(dir, "c.sock"), Root: dir}
 	cfg := fmt.Sprintf(`version = 2
@@ -137,7 +137,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 	// Registered before startProc, so it runs after containerd has stopped.
 	t.Cleanup(func() { unmountUnder(dir) })
 	c.proc = startProc(t, "containerd", nil, bin, "--config", cfgPath)
-	ctrBin := tool(t, "ctr")
+	ctrBin := debianTool(t, "ctr")
 	eventually(t, 30*time.Second, c.proc, "containerd ready", func() error {
 		_, err := runCmd(t.Context(), 10*time.Second, nil, ctrBin, "--address", c.Sock, "version")
 		return err
@@ -145,10 +145,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 	return c
 }
 
+// debianTool prefers Debian's /usr/bin/NAME (containerd 1.6) over another build first on PATH
+// (a containerd 2.x in GOPATH/bin, which .ci/run puts first): these tests are about 1.6.
+func debianTool(t *testing.T, name string) string {
+	if _, err := os.Stat(filepath.Join("/usr/bin", name)); err == nil {
+		return filepath.Join("/usr/bin", name)
+	}
+	return tool(t, name)
+}
+
 // ctr runs ctr against c in namespace "e2e".
 func (c *containerd) ctr(ctx context.Context, t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	argv := append([]string{tool(t, "ctr"), "--address", c.Sock, "--namespace", "e2e"}, args...)
+	argv := append([]string{debianTool(t, "ctr"), "--address", c.Sock, "--namespace", "e2e"}, args...)
 	return runCmd(ctx, 5*time.Minute, nil, argv...)
 }
 

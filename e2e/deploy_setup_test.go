@@ -65,7 +65,8 @@ func TestSetupCLI(t *testing.T) {
 	out, errOut, code = runShoal(t, "setup", "containerd", "--hosts-dir", hosts, "--containerd-config", listConfig,
 		"--containerd-version", "2.1.4", "--strict")
 	if code != 6 || !strings.Contains(out, "merged "+userFile) || !strings.Contains(errOut, "problem: ") ||
-		!strings.Contains(errOut, "transfer service") || !strings.Contains(errOut, "fix: set config_path = \""+hosts+"\"") {
+		!strings.Contains(errOut, "transfer service") || !strings.Contains(errOut, "replace line 3 of "+listConfig) ||
+		!strings.Contains(errOut, "\n         config_path = \""+hosts+"\"\n") {
 		t.Errorf("--strict with a list config_path: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
 	// Again: nothing to change.

@@ -40,7 +40,7 @@ func setupCommand() *cli.Command {
 					&cli.StringFlag{Name: "hosts-dir", Usage: "containerd's hosts `DIR` (default: config_path from the containerd config, else " + hostsetup.DefaultHostsDir + ")"},
 					&cli.StringSliceFlag{Name: "registries", Usage: "registries to send through shoal, `LIST` such as docker.io,ghcr.io or _default (default: _default and every registry with a hosts.toml already)"},
 					&cli.StringFlag{Name: "containerd-config", Usage: "containerd's config `FILE` to check (default " + hostsetup.DefaultContainerdConfig + "; - = skip the checks)"},
-					&cli.StringFlag{Name: "containerd-version", Usage: "containerd's `VERSION` for the checks (default: ask `containerd --version`)"},
+					&cli.StringFlag{Name: "containerd-version", Usage: "containerd's `VERSION` for the checks (default: ask `containerd --version`; either counts only when that version can load the config file, whose own `version` decides)"},
 				}, common...),
 				Action:       runSetupContainerd,
 				OnUsageError: usageErr,
@@ -186,7 +186,8 @@ func splitList(in []string) []string {
 	return out
 }
 
-// containerdVersion asks the local containerd binary for its version; "" when there is none.
+// containerdVersion asks the containerd first on PATH for its version; "" when there is none. It may
+// not be the containerd that reads the config file: the checks use it only when it can load that file.
 func containerdVersion(ctx context.Context) string {
 	bin, err := exec.LookPath("containerd")
 	if err != nil {
