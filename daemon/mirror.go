@@ -216,6 +216,11 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	// verified, and a client must not sit without response headers meanwhile.
 	buf := make([]byte, 256<<10) // net/http's ReadFrom would use 32 KiB: more syscalls per byte
 	pctx, cancel := context.WithTimeout(ctx, firstByteWait)
+	if rng != nil {
+		// A range's last byte waits for the digest check (readAt): if the verdict comes within
+		// the wait, a blob that does not verify gets an OCI error, not a cut 206.
+		f.waitSettled(pctx)
+	}
 	fr := clientReader(pctx, f, start, end, m.verifyFirst, m.verifyMaxWait)
 	n, err := fr.Read(buf)
 	cancel()
@@ -230,18 +235,17 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if _, _, err := writeBlobHead(w, r, size); err != nil {
 		return err
 	}
-	if n == 0 {
-		// Nothing to send yet (peer bytes wait for the digest check): send the headers now,
-		// or net/http would hold them until the first body byte.
-		_ = http.NewResponseController(w).Flush()
-	}
 	if _, err := w.Write(buf[:n]); err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)
 	}
+	// Send the headers and what there is now: the rest may wait for the digest check (peer
+	// bytes, a range's last byte), and net/http would hold a short start in its buffer.
+	_ = http.NewResponseController(w).Flush()
 	_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
-	if errors.Is(err, store.ErrNoSpace) && start == 0 && ctx.Err() == nil {
+	if errors.Is(err, store.ErrNoSpace) && rng == nil && ctx.Err() == nil {
 		// The disk filled up under the download: go on from the upstream where we are,
-		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file).
+		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file). Not
+		// for a range: its bytes could not be verified before they went out.
 		err = m.continueDirect(ctx, w, d, f, fr.off, open)
 	}
 	if err != nil {

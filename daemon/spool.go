@@ -379,13 +379,31 @@ func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 	return f.size, nil
 }
 
+// waitSettled blocks until the fill verified or ended, or ctx ends.
+func (f *fill) waitSettled(ctx context.Context) {
+	for {
+		f.mu.Lock()
+		settled, ch := f.verified || f.done, f.changed
+		f.mu.Unlock()
+		if settled {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // errRetracted cuts an eager reader's download: it was handed bytes of an attempt that did not
 // verify (a peer lied), so what it has cannot become the blob.
 var errRetracted = errors.New("bytes already sent came from a peer whose download did not verify; retry")
 
 // readAt reads bytes at r.off as they become readable, waiting for them. Until the fill is
-// verified, its last byte is never handed out; for a gated reader (a client of this node),
-// neither is any byte that came from a peer. An eager reader (a client of this node, with
+// verified, its last byte is never handed out, nor the last byte of the reader's span (a
+// Range); for a gated reader (a client of this node), neither is any byte that came from a
+// peer. An eager reader (a client of this node, with
 // p2p.verify_before_serving off) gets peer bytes too, and errRetracted if the attempt that
 // handed them out is discarded.
 func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
@@ -406,6 +424,11 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 		var hold *time.Timer // a gated reader's wait for peer bytes ends (verify_max_wait)
 		if !done {
 			limit--
+			// A range is a whole answer to the client that asked for it: its last byte waits
+			// for the check like the blob's own last byte.
+			if r.end >= 0 && limit >= r.end {
+				limit = r.end - 1
+			}
 			if r.gated && peerFrom >= 0 && limit > peerFrom {
 				waited := time.Since(r.progress)
 				switch {
