@@ -62,6 +62,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"admin on all interfaces", "admin_listen: 0.0.0.0:7000\n", "admin_listen"},
 		{"admin on a LAN address", "admin_listen: \"10.1.2.3:7000\"\n", "admin_listen"},
 		{"negative verify_max_wait", "p2p:\n  verify_max_wait: -1s\n", "p2p.verify_max_wait"},
+		{"bad max_blob_size", "store:\n  max_blob_size: lots\n", "store.max_blob_size"},
+		{"zero max_blob_size", "store:\n  max_blob_size: \"0\"\n", "store.max_blob_size"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -393,6 +393,7 @@ func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (
 		if err != nil {
 			return manifestResult{}, err
 		}
+		m.spool.sizes.learn(data)
 		return manifestResult{data: data, mediaType: info.MediaType, source: "store"}, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return manifestResult{}, err
@@ -415,6 +416,7 @@ func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (
 			}
 			private = m.up.Private(rt.registry, rt.repo)
 		}
+		m.spool.sizes.learn(data) // bounds the downloads of the blobs it references
 		m.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "manifest", Source: source, Bytes: int64(len(data))})
 		if private {
 			m.src.private.add(ctx, d)

@@ -45,6 +45,9 @@ type fill struct {
 	verified bool
 	// peerFrom is the offset of the first byte that came from a peer (-1: none yet).
 	peerFrom int64
+	// known is the blob's size as a manifest's descriptor gave it (-1: no manifest seen);
+	// the download may not differ from it (blobsize.go).
+	known    int64
 	restarts int // attempts discarded after a digest mismatch
 	// cur is the stream the fill reads now, fromPeer whether a peer sends it (leavePeer).
 	cur       io.Reader
@@ -71,9 +74,12 @@ type spool struct {
 	timeout time.Duration // bound on one fill, which may outlive the client who started it
 	retries int           // resumes (Range) after a broken upstream stream
 	refills int           // fresh starts after peers sent bytes that did not verify
+	maxBlob int64         // store.max_blob_size: no download grows past it (0: no bound)
+	sizes   *sizeMemo     // descriptor sizes from the manifests seen (blobsize.go)
 
-	mu    sync.Mutex
-	fills map[digest.Digest]*fill
+	mu      sync.Mutex
+	fills   map[digest.Digest]*fill
+	bounded map[string]int64 // downloads stopped by their size bound, by reason
 
 	noSpace logEvery
 	// onMismatch hears of fills whose bytes did not hash to the digest; it reports whether a
@@ -127,7 +133,7 @@ func (s *spool) lookup(d digest.Digest) *fill {
 func newSpool(st *store.Store, log *slog.Logger) *spool {
 	base, abort := context.WithCancel(context.Background())
 	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*fill{},
-		noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
+		sizes: newSizeMemo(sizeMemoEntries), bounded: map[string]int64{}, noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
 }
 
 // join returns the fill in flight for d (started reports whether this call started it), or
@@ -152,7 +158,11 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 	if err != nil {
 		return nil, false, err
 	}
-	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, w: w, refs: 2, started: make(chan struct{})}
+	known, ok := s.sizes.size(d)
+	if !ok {
+		known = -1
+	}
+	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, known: known, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	s.running.Add(1)
 	go s.run(ctx, f, open)
@@ -172,7 +182,12 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		if err == nil {
 			err = f.currentWriter().Check(f.written)
 		}
-		if !errors.Is(err, store.ErrDigestMismatch) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
+		var be *boundError
+		if errors.As(err, &be) {
+			s.noteBound(f, be)
+		}
+		// Wrong bytes, or too many, mean a lying peer when one took part: ban it, start again.
+		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
 			break
 		}
 		s.log.Warn("download did not verify; starting again from other sources", "digest", f.d, "err", err)
@@ -196,7 +211,8 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 			})
 		} else if isUpstreamNotFound(err) {
 			s.log.Debug("blob not found upstream", "digest", f.d, "err", err)
-		} else {
+		} else if !errors.Is(err, errBlobBound) { // noted above
+
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
 	}
@@ -277,6 +293,13 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		}
 		f.cur, f.fromPeer = rc, source != "upstream"
 		f.mu.Unlock()
+		if size, err = s.checkAnnounced(f, size); err != nil {
+			f.mu.Lock()
+			f.cur = nil
+			f.mu.Unlock()
+			rc.Close()
+			return err
+		}
 		if f.start(size, nil) && s.onStarted != nil {
 			s.onStarted(f)
 		}
@@ -288,7 +311,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, store.ErrNoSpace) || ctx.Err() != nil {
+		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || ctx.Err() != nil {
 			return err
 		}
 		lastErr = err
@@ -307,6 +330,9 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 			rerr = io.EOF
 		}
 		if n > 0 {
+			if err := s.overBound(f, f.size, f.written, n); err != nil {
+				return err
+			}
 			if _, err := w.Write(buf[:n]); err != nil {
 				return err
 			}
