@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -299,5 +300,55 @@ func TestMaxBlobSizeDefaultsToTheBudget(t *testing.T) {
 		if d.spool.maxBlob != tc.want {
 			t.Errorf("store.max_blob_size %d: bound %d, want %d", tc.set, d.spool.maxBlob, tc.want)
 		}
+	}
+}
+
+// TestEndlessBlobOnAFullDiskIsBounded: when the disk fills under a download, the client's
+// answer goes on straight from the upstream (pass-through); an endless body must be stopped
+// there too, at store.max_blob_size, not streamed for ever.
+func TestEndlessBlobOnAFullDiskIsBounded(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test mounts a small tmpfs and needs root (CI runs as root)")
+	}
+	dir := filepath.Join(t.TempDir(), "small")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/endless", 64<<10, 1)
+	dg, _ := layerBytes(t, mustLayer(t, img))
+	hb := &hostileBlob{path: "/v2/test/endless/blobs/" + dg.String()}
+	hb.wrap(up)
+	d := startDaemon(t, up, func(c *Config) {
+		c.DataDir = dir
+		c.Store.MaxSize = 1 << 30 // far above the disk: writes really hit ENOSPC
+		c.Store.MinFree = "0"
+		c.StoreMaxBlobSize = 16 << 20
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.Addr()+"/v2/test/endless/blobs/"+dg.String(), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	switch {
+	case ctx.Err() != nil:
+		t.Fatalf("not stopped: the client got %d bytes, the upstream sent %d", n, hb.sent.Load())
+	case err == nil:
+		t.Fatalf("status %d and %d bytes ending cleanly", resp.StatusCode, n)
+	case n > 16<<20:
+		t.Errorf("the client got %d bytes, more than store.max_blob_size", n)
+	}
+	t.Logf("status %d, %d bytes to the client, %d sent by the upstream: %v", resp.StatusCode, n, hb.sent.Load(), err)
+	if got := d.spool.boundExceeded()[boundMax]; got != 1 {
+		t.Errorf("bound exceeded %d times, want 1: %v", got, d.spool.boundExceeded())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -108,16 +109,16 @@ func (s *sizeMemo) learn(manifest []byte) {
 	}
 }
 
-// checkAnnounced judges the size a source announced for f's blob (-1: it did not say) and
-// returns the size the fill should expect.
-func (s *spool) checkAnnounced(f *fill, size int64) (int64, error) {
+// checkAnnounced judges the size a source announced for a blob (-1: it did not say) whose
+// descriptor size is known (-1: none seen), and returns the size the download should expect.
+func (s *spool) checkAnnounced(known, size int64) (int64, error) {
 	switch {
-	case size >= 0 && f.known >= 0 && size != f.known:
-		return 0, &boundError{reason: boundLength, detail: fmt.Sprintf("the source announced %d bytes, the manifest's descriptor says %d", size, f.known)}
+	case size >= 0 && known >= 0 && size != known:
+		return 0, &boundError{reason: boundLength, detail: fmt.Sprintf("the source announced %d bytes, the manifest's descriptor says %d", size, known)}
 	case size > s.maxBlob && s.maxBlob > 0:
 		return 0, &boundError{reason: boundMax, detail: fmt.Sprintf("the source announced %d bytes, more than store.max_blob_size (%d)", size, s.maxBlob)}
-	case size < 0 && f.known >= 0:
-		return f.known, nil
+	case size < 0 && known >= 0:
+		return known, nil
 	}
 	return size, nil
 }
@@ -139,13 +140,58 @@ func (s *spool) overBound(f *fill, size, written int64, n int) error {
 	return nil
 }
 
-// noteBound logs and counts a download stopped by its bound.
-func (s *spool) noteBound(f *fill, be *boundError) {
+// noteBound logs and counts a download of d stopped by its bound.
+func (s *spool) noteBound(rt route, d digest.Digest, sources []string, be *boundError) {
 	s.mu.Lock()
 	s.bounded[be.reason]++
 	s.mu.Unlock()
 	s.log.Warn("blob download broke its size bound: its bytes are discarded",
-		"registry", f.rt.registry, "repo", f.rt.repo, "digest", f.d, "sources", f.sourceList(), "reason", be.reason, "err", be.detail)
+		"registry", rt.registry, "repo", rt.repo, "digest", d, "sources", sources, "reason", be.reason, "err", be.detail)
+}
+
+// directLimit bounds a pass-through download of d (the store is full) from offset pos whose
+// source announced size (-1: unknown), by the same rules as a fill: it returns the most bytes
+// the stream may still carry (-1: no bound).
+func (s *spool) directLimit(d digest.Digest, size, pos int64) (int64, error) {
+	known, ok := s.sizes.size(d)
+	if !ok {
+		known = -1
+	}
+	size, err := s.checkAnnounced(known, size)
+	switch {
+	case err != nil:
+		return 0, err
+	case size >= 0:
+		return max(size-pos, 0), nil
+	case s.maxBlob > 0:
+		return max(s.maxBlob-pos, 0), nil
+	}
+	return -1, nil
+}
+
+// bounded fails with a boundError once r carries more than limit bytes (limit < 0: r as is).
+func bounded(r io.Reader, limit int64) io.Reader {
+	if limit < 0 {
+		return r
+	}
+	return &boundReader{r: r, left: limit}
+}
+
+type boundReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *boundReader) Read(p []byte) (int, error) {
+	if int64(len(p)) > b.left {
+		p = p[:b.left+1] // one byte past the bound shows an overflow
+	}
+	n, err := b.r.Read(p)
+	if int64(n) > b.left {
+		return 0, &boundError{reason: boundMax, detail: "the source sent more bytes than the blob's bound"}
+	}
+	b.left -= int64(n)
+	return n, err
 }
 
 // boundExceeded returns the downloads stopped by their bound, by reason.

@@ -123,7 +123,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 		switch {
 		case errors.Is(err, store.ErrNoSpace):
 			m.spool.noSpace.do(func() { m.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
-			return m.serveDirect(w, r, d, open)
+			return m.serveDirect(w, r, rt, d, open)
 		case err != nil:
 			return err
 		case f == nil:
@@ -185,7 +185,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	ctx := r.Context()
 	size, err := f.waitStarted(ctx)
 	if errors.Is(err, store.ErrNoSpace) {
-		return m.serveDirect(w, r, d, open)
+		return m.serveDirect(w, r, f.rt, d, open)
 	}
 	if err != nil {
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
@@ -227,7 +227,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	fr.ctx = ctx
 	switch {
 	case errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0:
-		return m.serveDirect(w, r, d, open)
+		return m.serveDirect(w, r, f.rt, d, open)
 	case err == nil, err == io.EOF, errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 	default:
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
@@ -259,12 +259,18 @@ func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Diges
 	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.currentWriter().ReadAt), 0, pos)); err != nil {
 		return err
 	}
-	rc, _, _, err := open(ctx, pos)
+	rc, size, source, err := open(ctx, pos)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	_, err = io.Copy(w, newVerifyingReader(rc, d, h))
+	limit, err := m.spool.directLimit(d, size, pos)
+	if err == nil {
+		_, err = io.Copy(w, newVerifyingReader(bounded(rc, limit), d, h))
+	}
+	if be, ok := errors.AsType[*boundError](err); ok {
+		m.spool.noteBound(f.rt, d, []string{source}, be)
+	}
 	return err
 }
 
@@ -277,23 +283,30 @@ func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off
 
 // serveDirect is the degraded path when the store cannot take the blob: stream it from the
 // upstream, verified, without keeping it. A Range cannot be verified, so it is refused.
-func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Digest, open blobOpener) error {
+func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d digest.Digest, open blobOpener) error {
 	if r.Header.Get("Range") != "" {
 		return &ociError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
 	}
-	rc, size, _, err := open(r.Context(), 0)
+	rc, size, source, err := open(r.Context(), 0)
 	if err != nil {
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
 	defer rc.Close()
-	setBlobHeaders(w.Header(), d, "passthrough")
-	if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
-		return err
+	// Nothing is stored, but the bound still holds: an endless body would stream for ever.
+	limit, err := m.spool.directLimit(d, size, 0)
+	if err == nil {
+		setBlobHeaders(w.Header(), d, "passthrough")
+		if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
+			return err
+		}
+		if _, err = io.Copy(w, newVerifyingReader(bounded(rc, limit), d, nil)); err != nil {
+			err = fmt.Errorf("%w: %w", errAborted, err)
+		}
 	}
-	if _, err := io.Copy(w, newVerifyingReader(rc, d, nil)); err != nil {
-		return fmt.Errorf("%w: %v", errAborted, err)
+	if be, ok := errors.AsType[*boundError](err); ok {
+		m.spool.noteBound(rt, d, []string{source}, be)
 	}
-	return nil
+	return err
 }
 
 // ---- manifests ----

@@ -184,7 +184,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		}
 		var be *boundError
 		if errors.As(err, &be) {
-			s.noteBound(f, be)
+			s.noteBound(f.rt, f.d, f.sourceList(), be)
 		}
 		// Wrong bytes, or too many, mean a lying peer when one took part: ban it, start again.
 		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
@@ -293,7 +293,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		}
 		f.cur, f.fromPeer = rc, source != "upstream"
 		f.mu.Unlock()
-		if size, err = s.checkAnnounced(f, size); err != nil {
+		if size, err = s.checkAnnounced(f.known, size); err != nil {
 			f.mu.Lock()
 			f.cur = nil
 			f.mu.Unlock()
