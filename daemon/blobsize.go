@@ -149,37 +149,34 @@ func (s *spool) noteBound(rt route, d digest.Digest, sources []string, be *bound
 		"registry", rt.registry, "repo", rt.repo, "digest", d, "sources", sources, "reason", be.reason, "err", be.detail)
 }
 
-// directLimit bounds a pass-through download of d (the store is full) from offset pos whose
-// source announced size (-1: unknown), by the same rules as a fill: it returns the most bytes
-// the stream may still carry (-1: no bound).
-func (s *spool) directLimit(d digest.Digest, size, pos int64) (int64, error) {
+// directBound bounds a pass-through download of d (the store is full) from offset pos whose
+// source announced size (-1: unknown), by the same rules as a fill: r as is when nothing
+// bounds it, else r failing with a boundError past the bound.
+func (s *spool) directBound(r io.Reader, d digest.Digest, size, pos int64) (io.Reader, error) {
 	known, ok := s.sizes.size(d)
 	if !ok {
 		known = -1
 	}
+	announced := size
 	size, err := s.checkAnnounced(known, size)
 	switch {
 	case err != nil:
-		return 0, err
-	case size >= 0:
-		return max(size-pos, 0), nil
+		return nil, err
+	case known >= 0:
+		return &boundReader{r: r, left: max(size-pos, 0), reason: boundDescriptor}, nil
+	case announced >= 0:
+		return &boundReader{r: r, left: max(size-pos, 0), reason: boundLength}, nil
 	case s.maxBlob > 0:
-		return max(s.maxBlob-pos, 0), nil
+		return &boundReader{r: r, left: max(s.maxBlob-pos, 0), reason: boundMax}, nil
 	}
-	return -1, nil
+	return r, nil
 }
 
-// bounded fails with a boundError once r carries more than limit bytes (limit < 0: r as is).
-func bounded(r io.Reader, limit int64) io.Reader {
-	if limit < 0 {
-		return r
-	}
-	return &boundReader{r: r, left: limit}
-}
-
+// boundReader fails with a boundError once r carries more than left bytes.
 type boundReader struct {
-	r    io.Reader
-	left int64
+	r      io.Reader
+	left   int64
+	reason string
 }
 
 func (b *boundReader) Read(p []byte) (int, error) {
@@ -188,7 +185,7 @@ func (b *boundReader) Read(p []byte) (int, error) {
 	}
 	n, err := b.r.Read(p)
 	if int64(n) > b.left {
-		return 0, &boundError{reason: boundMax, detail: "the source sent more bytes than the blob's bound"}
+		return 0, &boundError{reason: b.reason, detail: "the source sent more bytes than the blob's bound"}
 	}
 	b.left -= int64(n)
 	return n, err

@@ -264,9 +264,9 @@ func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Diges
 		return err
 	}
 	defer rc.Close()
-	limit, err := m.spool.directLimit(d, size, pos)
+	br, err := m.spool.directBound(rc, d, size, pos)
 	if err == nil {
-		_, err = io.Copy(w, newVerifyingReader(bounded(rc, limit), d, h))
+		_, err = io.Copy(w, newVerifyingReader(br, d, h))
 	}
 	if be, ok := errors.AsType[*boundError](err); ok {
 		m.spool.noteBound(f.rt, d, []string{source}, be)
@@ -293,13 +293,13 @@ func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d
 	}
 	defer rc.Close()
 	// Nothing is stored, but the bound still holds: an endless body would stream for ever.
-	limit, err := m.spool.directLimit(d, size, 0)
+	br, err := m.spool.directBound(rc, d, size, 0)
 	if err == nil {
 		setBlobHeaders(w.Header(), d, "passthrough")
 		if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
 			return err
 		}
-		if _, err = io.Copy(w, newVerifyingReader(bounded(rc, limit), d, nil)); err != nil {
+		if _, err = io.Copy(w, newVerifyingReader(br, d, nil)); err != nil {
 			err = fmt.Errorf("%w: %w", errAborted, err)
 		}
 	}

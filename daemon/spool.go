@@ -190,7 +190,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
 			break
 		}
-		s.log.Warn("download did not verify; starting again from other sources", "digest", f.d, "err", err)
+		s.log.Warn("download did not verify or broke its size bound; starting again from other sources", "digest", f.d, "err", err)
 		if err = s.restart(ctx, f); err != nil {
 			break
 		}
@@ -212,7 +212,6 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		} else if isUpstreamNotFound(err) {
 			s.log.Debug("blob not found upstream", "digest", f.d, "err", err)
 		} else if !errors.Is(err, errBlobBound) { // noted above
-
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
 	}
@@ -429,9 +428,8 @@ var errRetracted = errors.New("bytes already sent came from a peer whose downloa
 // readAt reads bytes at r.off as they become readable, waiting for them. Until the fill is
 // verified, its last byte is never handed out, nor the last byte of the reader's span (a
 // Range); for a gated reader (a client of this node), neither is any byte that came from a
-// peer. An eager reader (a client of this node, with
-// p2p.verify_before_serving off) gets peer bytes too, and errRetracted if the attempt that
-// handed them out is discarded.
+// peer. An eager reader (a client of this node, with p2p.verify_before_serving off) gets peer
+// bytes too, and errRetracted if the attempt that handed them out is discarded.
 func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 	for {
 		f.mu.Lock()
