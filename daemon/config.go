@@ -37,6 +37,10 @@ type Config struct {
 	LogLevel        string
 	Upstream        upstream.Config
 	Store           store.Config
+	// StoreMaxBlobSize (store.max_blob_size) is the largest blob a download may grow to,
+	// whatever its source says; 0 means the store's budget (store.max_size as the store
+	// computed it). Descriptor sizes and Content-Length bound a download further (blobsize.go).
+	StoreMaxBlobSize int64
 	// Guard is the mirror listener's access controls and limits (guard.go).
 	Guard GuardConfig
 	// P2P is the libp2p node; P2PEnabled turns it off for a purely local mirror.
@@ -112,6 +116,7 @@ type fileConfig struct {
 	} `yaml:"p2p"`
 	Store struct {
 		MaxSize    *string        `yaml:"max_size"`
+		MaxBlob    *string        `yaml:"max_blob_size"`
 		MinFree    *string        `yaml:"min_free"`
 		TTL        *time.Duration `yaml:"ttl"`
 		GCInterval *time.Duration `yaml:"gc_interval"`
@@ -228,6 +233,11 @@ func (c *Config) apply(b []byte, name string) error {
 			return &ConfigError{Key: "store.max_size", Err: err}
 		}
 	}
+	if f.Store.MaxBlob != nil {
+		if err := c.SetStoreMaxBlobSize(*f.Store.MaxBlob); err != nil {
+			return &ConfigError{Key: "store.max_blob_size", Err: err}
+		}
+	}
 	set(&c.P2PEnabled, f.P2P.Enabled)
 	set(&c.P2PSharePrivate, f.P2P.SharePrivate)
 	set(&c.P2PVerifyBeforeServing, f.P2P.VerifyBefore)
@@ -305,6 +315,23 @@ func (c *Config) SetStoreMaxSize(v string) error {
 	return nil
 }
 
+// SetStoreMaxBlobSize parses a size such as "10GiB"; "" bounds blobs by the store's budget.
+func (c *Config) SetStoreMaxBlobSize(v string) error {
+	if v == "" {
+		c.StoreMaxBlobSize = 0
+		return nil
+	}
+	n, err := store.ParseSize(v)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return errors.New(`0: want a size such as 10GiB, or "" for the store's budget`)
+	}
+	c.StoreMaxBlobSize = n
+	return nil
+}
+
 // Validate checks the whole configuration and names the first bad key.
 func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
@@ -318,6 +345,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TagTTL < 0 {
 		return &ConfigError{Key: "tag_ttl", Err: errors.New("must not be negative")}
+	}
+	if c.StoreMaxBlobSize < 0 {
+		return &ConfigError{Key: "store.max_blob_size", Err: errors.New("must not be negative")}
 	}
 	if c.P2PVerifyMaxWait < 0 {
 		return &ConfigError{Key: "p2p.verify_max_wait", Err: errors.New("must not be negative (0 = hold for as long as it takes)")}

@@ -25,12 +25,12 @@ func TestDefaultsAreValid(t *testing.T) {
 
 func TestFileOverridesDefaultsAndFlagsOverrideFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "shoal.yaml")
-	os.WriteFile(p, []byte("listen: 127.0.0.1:6000\ntag_ttl: 1m\nregistries:\n  docker.io:\n    username: bob\n    password: s3cret\n  ghcr.io: {}\nstore:\n  max_size: 2GiB\n"), 0o600)
+	os.WriteFile(p, []byte("listen: 127.0.0.1:6000\ntag_ttl: 1m\nregistries:\n  docker.io:\n    username: bob\n    password: s3cret\n  ghcr.io: {}\nstore:\n  max_size: 2GiB\n  max_blob_size: 512MiB\n"), 0o600)
 	c := DefaultConfig()
 	if err := c.LoadFile(p); err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.1:6000" || c.TagTTL != time.Minute || c.Store.MaxSize != 2<<30 {
+	if c.Listen != "127.0.0.1:6000" || c.TagTTL != time.Minute || c.Store.MaxSize != 2<<30 || c.StoreMaxBlobSize != 512<<20 {
 		t.Fatalf("file not applied: %+v", c)
 	}
 	dh := c.Upstream.Registries["docker.io"]
@@ -62,6 +62,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"admin on all interfaces", "admin_listen: 0.0.0.0:7000\n", "admin_listen"},
 		{"admin on a LAN address", "admin_listen: \"10.1.2.3:7000\"\n", "admin_listen"},
 		{"negative verify_max_wait", "p2p:\n  verify_max_wait: -1s\n", "p2p.verify_max_wait"},
+		{"bad max_blob_size", "store:\n  max_blob_size: lots\n", "store.max_blob_size"},
+		{"zero max_blob_size", "store:\n  max_blob_size: \"0\"\n", "store.max_blob_size"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -59,6 +59,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	}
 	mlog := log.With("component", "mirror")
 	sp := newSpool(st, mlog)
+	sp.maxBlob = cfg.StoreMaxBlobSize
+	if sp.maxBlob == 0 {
+		sp.maxBlob = st.Stats().MaxSize
+	}
 	hist := newHistory(4096)
 	priv := newPrivateSet(st)
 	src := &sources{up: up, private: priv, hist: hist, log: mlog, sharePrivate: cfg.P2PSharePrivate}

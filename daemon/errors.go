@@ -108,6 +108,8 @@ func classify(err error) *ociError {
 		return &ociError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "upstream sent content that does not match its digest; nothing was stored", Err: err}
 	case errors.Is(err, upstream.ErrRefused): // guard.go's brief: hostile upstreams get a clear 502
 		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream registry pointed shoal at an address it may not reach (token realm or redirect)", Err: err}
+	case errors.Is(err, errBlobBound): // blobsize.go
+		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the blob's source sent or announced more bytes than its bound (the manifest's descriptor size, store.max_blob_size) or a size other than its descriptor's; nothing was stored", Err: err}
 	case errors.Is(err, upstream.ErrManifestTooLarge), errors.Is(err, upstream.ErrBodyTooLarge):
 		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream registry's answer is larger than shoal accepts", Err: err}
 	case errors.As(err, &ue):

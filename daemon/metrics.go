@@ -191,6 +191,7 @@ var (
 	descMirrorConns      = prometheus.NewDesc("shoal_http_open_connections", "Open connections to the mirror API.", nil, nil)
 	descP2PRedirected    = prometheus.NewDesc("shoal_p2p_redirected_total", "Peer requests redirected to the peers following a download (the node was at p2p.max_uploads_per_blob for that blob).", nil, nil)
 	descP2PInboundFailed = prometheus.NewDesc("shoal_p2p_inbound_handshake_failures_total", "Inbound connections closed before their secure handshake completed (a node with another swarm key or none; port scans count too).", nil, nil)
+	descBlobBound        = prometheus.NewDesc("shoal_blob_bound_exceeded_total", "Blob downloads stopped because they broke their size bound, by reason (descriptor, content_length, max_blob_size).", []string{"reason"}, nil)
 	descP2PBytesIn       = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
 	descP2PBytesOut      = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
 )
@@ -199,7 +200,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
 		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PInboundFailed, descP2PBytesIn, descP2PBytesOut, descGuardRefused,
-		descGuardConnRefused, descMirrorConns} {
+		descGuardConnRefused, descMirrorConns, descBlobBound} {
 		ch <- d
 	}
 }
@@ -240,6 +241,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	gauge(descInflight, float64(c.spool.inflight()))
+	bounded := c.spool.boundExceeded()
+	for _, reason := range []string{boundDescriptor, boundLength, boundMax} {
+		counter(descBlobBound, float64(bounded[reason]), reason)
+	}
 	for reason, n := range c.guard.refusals() {
 		counter(descGuardRefused, float64(n), reason)
 	}

@@ -123,7 +123,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 		switch {
 		case errors.Is(err, store.ErrNoSpace):
 			m.spool.noSpace.do(func() { m.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
-			return m.serveDirect(w, r, d, open)
+			return m.serveDirect(w, r, rt, d, open)
 		case err != nil:
 			return err
 		case f == nil:
@@ -185,7 +185,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	ctx := r.Context()
 	size, err := f.waitStarted(ctx)
 	if errors.Is(err, store.ErrNoSpace) {
-		return m.serveDirect(w, r, d, open)
+		return m.serveDirect(w, r, f.rt, d, open)
 	}
 	if err != nil {
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
@@ -216,13 +216,18 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	// verified, and a client must not sit without response headers meanwhile.
 	buf := make([]byte, 256<<10) // net/http's ReadFrom would use 32 KiB: more syscalls per byte
 	pctx, cancel := context.WithTimeout(ctx, firstByteWait)
+	if rng != nil {
+		// A range's last byte waits for the digest check (readAt): if the verdict comes within
+		// the wait, a blob that does not verify gets an OCI error, not a cut 206.
+		f.waitSettled(pctx)
+	}
 	fr := clientReader(pctx, f, start, end, m.verifyFirst, m.verifyMaxWait)
 	n, err := fr.Read(buf)
 	cancel()
 	fr.ctx = ctx
 	switch {
 	case errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0:
-		return m.serveDirect(w, r, d, open)
+		return m.serveDirect(w, r, f.rt, d, open)
 	case err == nil, err == io.EOF, errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 	default:
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
@@ -230,18 +235,17 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if _, _, err := writeBlobHead(w, r, size); err != nil {
 		return err
 	}
-	if n == 0 {
-		// Nothing to send yet (peer bytes wait for the digest check): send the headers now,
-		// or net/http would hold them until the first body byte.
-		_ = http.NewResponseController(w).Flush()
-	}
 	if _, err := w.Write(buf[:n]); err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)
 	}
+	// Send the headers and what there is now: the rest may wait for the digest check (peer
+	// bytes, a range's last byte), and net/http would hold a short start in its buffer.
+	_ = http.NewResponseController(w).Flush()
 	_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
-	if errors.Is(err, store.ErrNoSpace) && start == 0 && ctx.Err() == nil {
+	if errors.Is(err, store.ErrNoSpace) && rng == nil && ctx.Err() == nil {
 		// The disk filled up under the download: go on from the upstream where we are,
-		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file).
+		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file). Not
+		// for a range: its bytes could not be verified before they went out.
 		err = m.continueDirect(ctx, w, d, f, fr.off, open)
 	}
 	if err != nil {
@@ -255,12 +259,18 @@ func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Diges
 	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.currentWriter().ReadAt), 0, pos)); err != nil {
 		return err
 	}
-	rc, _, _, err := open(ctx, pos)
+	rc, size, source, err := open(ctx, pos)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	_, err = io.Copy(w, newVerifyingReader(rc, d, h))
+	br, err := m.spool.directBound(rc, d, size, pos)
+	if err == nil {
+		_, err = io.Copy(w, newVerifyingReader(br, d, h))
+	}
+	if be, ok := errors.AsType[*boundError](err); ok {
+		m.spool.noteBound(f.rt, d, []string{source}, be)
+	}
 	return err
 }
 
@@ -273,23 +283,30 @@ func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off
 
 // serveDirect is the degraded path when the store cannot take the blob: stream it from the
 // upstream, verified, without keeping it. A Range cannot be verified, so it is refused.
-func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, d digest.Digest, open blobOpener) error {
+func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d digest.Digest, open blobOpener) error {
 	if r.Header.Get("Range") != "" {
 		return &ociError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
 	}
-	rc, size, _, err := open(r.Context(), 0)
+	rc, size, source, err := open(r.Context(), 0)
 	if err != nil {
 		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
 	defer rc.Close()
-	setBlobHeaders(w.Header(), d, "passthrough")
-	if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
-		return err
+	// Nothing is stored, but the bound still holds: an endless body would stream for ever.
+	br, err := m.spool.directBound(rc, d, size, 0)
+	if err == nil {
+		setBlobHeaders(w.Header(), d, "passthrough")
+		if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
+			return err
+		}
+		if _, err = io.Copy(w, newVerifyingReader(br, d, nil)); err != nil {
+			err = fmt.Errorf("%w: %w", errAborted, err)
+		}
 	}
-	if _, err := io.Copy(w, newVerifyingReader(rc, d, nil)); err != nil {
-		return fmt.Errorf("%w: %v", errAborted, err)
+	if be, ok := errors.AsType[*boundError](err); ok {
+		m.spool.noteBound(rt, d, []string{source}, be)
 	}
-	return nil
+	return err
 }
 
 // ---- manifests ----
@@ -389,6 +406,7 @@ func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (
 		if err != nil {
 			return manifestResult{}, err
 		}
+		m.spool.sizes.learn(data)
 		return manifestResult{data: data, mediaType: info.MediaType, source: "store"}, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return manifestResult{}, err
@@ -411,6 +429,7 @@ func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (
 			}
 			private = m.up.Private(rt.registry, rt.repo)
 		}
+		m.spool.sizes.learn(data) // bounds the downloads of the blobs it references
 		m.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "manifest", Source: source, Bytes: int64(len(data))})
 		if private {
 			m.src.private.add(ctx, d)

@@ -49,6 +49,7 @@ func restartNeeded(old, cur Config) []string {
 		{"upstream.proxy", old.Upstream.Proxy, cur.Upstream.Proxy},
 		{"upstream.only_configured", old.Upstream.OnlyConfigured, cur.Upstream.OnlyConfigured},
 		{"store", old.Store, cur.Store},
+		{"store.max_blob_size", old.StoreMaxBlobSize, cur.StoreMaxBlobSize},
 		{"p2p", old.P2P, cur.P2P},
 		{"p2p.enabled", old.P2PEnabled, cur.P2PEnabled},
 		{"security.read_header_timeout", old.Guard.ReadHeaderTimeout, cur.Guard.ReadHeaderTimeout},

@@ -45,6 +45,9 @@ type fill struct {
 	verified bool
 	// peerFrom is the offset of the first byte that came from a peer (-1: none yet).
 	peerFrom int64
+	// known is the blob's size as a manifest's descriptor gave it (-1: no manifest seen);
+	// the download may not differ from it (blobsize.go).
+	known    int64
 	restarts int // attempts discarded after a digest mismatch
 	// cur is the stream the fill reads now, fromPeer whether a peer sends it (leavePeer).
 	cur       io.Reader
@@ -71,9 +74,12 @@ type spool struct {
 	timeout time.Duration // bound on one fill, which may outlive the client who started it
 	retries int           // resumes (Range) after a broken upstream stream
 	refills int           // fresh starts after peers sent bytes that did not verify
+	maxBlob int64         // store.max_blob_size: no download grows past it (0: no bound)
+	sizes   *sizeMemo     // descriptor sizes from the manifests seen (blobsize.go)
 
-	mu    sync.Mutex
-	fills map[digest.Digest]*fill
+	mu      sync.Mutex
+	fills   map[digest.Digest]*fill
+	bounded map[string]int64 // downloads stopped by their size bound, by reason
 
 	noSpace logEvery
 	// onMismatch hears of fills whose bytes did not hash to the digest; it reports whether a
@@ -127,7 +133,7 @@ func (s *spool) lookup(d digest.Digest) *fill {
 func newSpool(st *store.Store, log *slog.Logger) *spool {
 	base, abort := context.WithCancel(context.Background())
 	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*fill{},
-		noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
+		sizes: newSizeMemo(sizeMemoEntries), bounded: map[string]int64{}, noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
 }
 
 // join returns the fill in flight for d (started reports whether this call started it), or
@@ -152,7 +158,11 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 	if err != nil {
 		return nil, false, err
 	}
-	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, w: w, refs: 2, started: make(chan struct{})}
+	known, ok := s.sizes.size(d)
+	if !ok {
+		known = -1
+	}
+	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, known: known, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	s.running.Add(1)
 	go s.run(ctx, f, open)
@@ -172,10 +182,15 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		if err == nil {
 			err = f.currentWriter().Check(f.written)
 		}
-		if !errors.Is(err, store.ErrDigestMismatch) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
+		var be *boundError
+		if errors.As(err, &be) {
+			s.noteBound(f.rt, f.d, f.sourceList(), be)
+		}
+		// Wrong bytes, or too many, mean a lying peer when one took part: ban it, start again.
+		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
 			break
 		}
-		s.log.Warn("download did not verify; starting again from other sources", "digest", f.d, "err", err)
+		s.log.Warn("download did not verify or broke its size bound; starting again from other sources", "digest", f.d, "err", err)
 		if err = s.restart(ctx, f); err != nil {
 			break
 		}
@@ -196,7 +211,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 			})
 		} else if isUpstreamNotFound(err) {
 			s.log.Debug("blob not found upstream", "digest", f.d, "err", err)
-		} else {
+		} else if !errors.Is(err, errBlobBound) { // noted above
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
 	}
@@ -277,6 +292,13 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		}
 		f.cur, f.fromPeer = rc, source != "upstream"
 		f.mu.Unlock()
+		if size, err = s.checkAnnounced(f.known, size); err != nil {
+			f.mu.Lock()
+			f.cur = nil
+			f.mu.Unlock()
+			rc.Close()
+			return err
+		}
 		if f.start(size, nil) && s.onStarted != nil {
 			s.onStarted(f)
 		}
@@ -288,7 +310,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, store.ErrNoSpace) || ctx.Err() != nil {
+		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || ctx.Err() != nil {
 			return err
 		}
 		lastErr = err
@@ -307,6 +329,9 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 			rerr = io.EOF
 		}
 		if n > 0 {
+			if err := s.overBound(f, f.size, f.written, n); err != nil {
+				return err
+			}
 			if _, err := w.Write(buf[:n]); err != nil {
 				return err
 			}
@@ -379,15 +404,32 @@ func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 	return f.size, nil
 }
 
+// waitSettled blocks until the fill verified or ended, or ctx ends.
+func (f *fill) waitSettled(ctx context.Context) {
+	for {
+		f.mu.Lock()
+		settled, ch := f.verified || f.done, f.changed
+		f.mu.Unlock()
+		if settled {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // errRetracted cuts an eager reader's download: it was handed bytes of an attempt that did not
 // verify (a peer lied), so what it has cannot become the blob.
 var errRetracted = errors.New("bytes already sent came from a peer whose download did not verify; retry")
 
 // readAt reads bytes at r.off as they become readable, waiting for them. Until the fill is
-// verified, its last byte is never handed out; for a gated reader (a client of this node),
-// neither is any byte that came from a peer. An eager reader (a client of this node, with
-// p2p.verify_before_serving off) gets peer bytes too, and errRetracted if the attempt that
-// handed them out is discarded.
+// verified, its last byte is never handed out, nor the last byte of the reader's span (a
+// Range); for a gated reader (a client of this node), neither is any byte that came from a
+// peer. An eager reader (a client of this node, with p2p.verify_before_serving off) gets peer
+// bytes too, and errRetracted if the attempt that handed them out is discarded.
 func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 	for {
 		f.mu.Lock()
@@ -406,6 +448,11 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 		var hold *time.Timer // a gated reader's wait for peer bytes ends (verify_max_wait)
 		if !done {
 			limit--
+			// A range is a whole answer to the client that asked for it: its last byte waits
+			// for the check like the blob's own last byte.
+			if r.end >= 0 && limit >= r.end {
+				limit = r.end - 1
+			}
 			if r.gated && peerFrom >= 0 && limit > peerFrom {
 				waited := time.Since(r.progress)
 				switch {

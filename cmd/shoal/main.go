@@ -96,6 +96,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "docker-config", EnvVars: env("DOCKER_CONFIG"), Usage: "read upstream credentials from this Docker config.json"},
 			&cli.BoolFlag{Name: "only-configured-registries", EnvVars: env("ONLY_CONFIGURED_REGISTRIES"), Usage: "refuse registries not named in the configuration"},
 			&cli.StringFlag{Name: "store-max-size", EnvVars: env("STORE_MAX_SIZE"), Usage: "content budget, e.g. 50GiB (default: half of the free space plus what the store holds)"},
+			&cli.StringFlag{Name: "store-max-blob-size", EnvVars: env("STORE_MAX_BLOB_SIZE"), Usage: "largest blob a download may grow to, e.g. 10GiB (default: the content budget)"},
 			&cli.StringFlag{Name: "store-min-free", EnvVars: env("STORE_MIN_FREE"), Usage: "free space to keep on the filesystem, SIZE or PERCENT (default 10%)"},
 			&cli.DurationFlag{Name: "store-ttl", EnvVars: env("STORE_TTL"), Usage: "evict content not read for this long, 0 = never (default 720h)"},
 			&cli.DurationFlag{Name: "store-gc-interval", EnvVars: env("STORE_GC_INTERVAL"), Usage: "how often the TTL sweep runs (default 1h)"},
@@ -162,6 +163,11 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 	if c.IsSet("store-max-size") {
 		if err := cfg.SetStoreMaxSize(c.String("store-max-size")); err != nil {
 			return cfg, &daemon.ConfigError{Key: "--store-max-size", Err: err}
+		}
+	}
+	if c.IsSet("store-max-blob-size") {
+		if err := cfg.SetStoreMaxBlobSize(c.String("store-max-blob-size")); err != nil {
+			return cfg, &daemon.ConfigError{Key: "--store-max-blob-size", Err: err}
 		}
 	}
 	if c.IsSet("p2p") {

@@ -61,6 +61,7 @@ func TestBadConfigExitsTwoWithOneLine(t *testing.T) {
 		{"missing config file", nil, []string{"daemon", "--config", filepath.Join(dir, "none.yaml")}, "--config"},
 		{"bad registry flag", nil, []string{"daemon", "--registry", "docker.io"}, "--registry"},
 		{"bad size flag", nil, []string{"daemon", "--store-max-size", "huge"}, "--store-max-size"},
+		{"bad blob size flag", nil, []string{"daemon", "--store-max-blob-size", "huge"}, "--store-max-blob-size"},
 		{"bad env", []string{"SHOAL_LOG_FORMAT=xml"}, []string{"daemon"}, "log_format"},
 		{"blank list entry", []string{"SHOAL_ALLOW_REPO=docker.io/library/*,"}, []string{"daemon"}, "security.allow_repo"},
 		{"unknown flag", nil, []string{"daemon", "--no-such-flag"}, "no-such-flag"},
