@@ -23,7 +23,7 @@ func (s *Store) minFree(sp fsSpace) int64 {
 }
 
 // makeRoomLocked evicts least recently used content so that incoming more bytes fit the budget
-// and the filesystem stays above MinFree. When that is impossible it evicts nothing and returns
+// and the filesystem stays above MinFree plus the index's headroom. When that is impossible it evicts nothing and returns
 // ErrNoSpace. It returns files to unlink once wmu is released. The caller holds wmu.
 func (s *Store) makeRoomLocked(incoming int64) ([]string, error) {
 	if incoming > s.maxSize {
@@ -33,12 +33,11 @@ func (s *Store) makeRoomLocked(incoming int64) ([]string, error) {
 	over := s.used + incoming - s.maxSize
 	s.mu.RUnlock()
 	need, reason := over, ReasonLRU
-	if s.minFreeB > 0 || s.minFreeFrac > 0 {
-		if sp, err := statfs(s.dir); err == nil {
-			// A file being committed already occupies its blocks, so no incoming here.
-			if deficit := s.minFree(sp) - sp.Avail; deficit > need {
-				need, reason = deficit, ReasonMinFree
-			}
+	if sp, err := statfs(s.dir); err == nil {
+		// A file being committed already occupies its blocks, so no incoming here. The
+		// index's headroom stays free on top of MinFree (headroom.go).
+		if deficit := s.minFree(sp) + s.headroom() - sp.Avail; deficit > need {
+			need, reason = deficit, ReasonMinFree
 		}
 	}
 	if need <= 0 {
@@ -414,12 +413,12 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 }
 
 // freeSpaceLocked evicts until the filesystem is above MinFree; after a write failed for lack
-// of space, until at least 5% of the filesystem is free even if MinFree is lower.
+// of space, until at least 5% of the filesystem is free even if MinFree is lower. The index's
+// headroom comes on top of either (headroom.go), so that eviction also makes room when
+// something else filled the filesystem.
 func (s *Store) freeSpaceLocked(res *GCResult) {
 	noSpace := s.noSpace.Swap(false)
-	if !noSpace && s.minFreeB == 0 && s.minFreeFrac == 0 {
-		return
-	}
+	s.measureIndex()
 	sp, err := statfs(s.dir)
 	if err != nil {
 		s.log.Warn("gc", "err", err)
@@ -429,7 +428,7 @@ func (s *Store) freeSpaceLocked(res *GCResult) {
 	if noSpace && sp.Total/20 > target {
 		target, reason = sp.Total/20, ReasonNoSpace
 	}
-	if deficit := target - sp.Avail; deficit > 0 {
+	if deficit := target + s.headroom() - sp.Avail; deficit > 0 {
 		v, tags, _ := s.pickLocked(deficit, 0, false)
 		s.evictLocked(res, v, tags, reason)
 	}

@@ -172,6 +172,8 @@ type Store struct {
 	events *dispatcher
 
 	noSpace        atomic.Bool  // a write hit ENOSPC; the next GC frees space
+	indexBytes     atomic.Int64 // space the index's files occupy, see measureIndex
+	writing        atomic.Int64 // content bytes being written, see claimSpace
 	lastNoSpaceLog atomic.Int64 // unix nanoseconds
 	noSpaceQuiet   atomic.Int64 // occurrences not logged since the last line
 	kick           chan struct{}
@@ -239,18 +241,19 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		lock.Close()
 		return nil, err
 	}
+	s.measureIndex()
 	s.maxSize = cfg.MaxSize
 	if s.maxSize == 0 {
 		s.maxSize = (sp.Avail + s.used) / 2
 	}
-	if mf := s.minFree(sp); mf > 0 && sp.Avail < mf {
-		log.Warn("filesystem is below store.min_free: content will be evicted and new content not cached until space frees",
-			"dir", dir, "avail", sp.Avail, "min_free", mf)
+	if mf := s.minFree(sp); sp.Avail < mf+s.headroom() {
+		log.Warn("filesystem is below store.min_free plus the index's headroom: content will be evicted and new content not cached until space frees",
+			"dir", dir, "avail", sp.Avail, "min_free", mf, "index_headroom", s.headroom())
 	}
 	s.events = newDispatcher(log)
 	go s.loop()
 	log.Info("store opened", "dir", dir, "blobs", len(s.idx), "bytes", s.used, "max_size", s.maxSize,
-		"min_free", cfg.MinFree, "ttl", cfg.TTL, "took", time.Since(start).Round(time.Millisecond))
+		"min_free", cfg.MinFree, "index_headroom", s.headroom(), "ttl", cfg.TTL, "took", time.Since(start).Round(time.Millisecond))
 	return s, nil
 }
 
