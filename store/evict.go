@@ -447,13 +447,16 @@ func (s *Store) evictLocked(res *GCResult, victims []*entry, tags []string, reas
 }
 
 // loop runs GC every GCInterval and when a write runs out of space, and between runs writes
-// access times and keeps MinFree.
+// access times and keeps MinFree and the index's headroom: every second it looks at the free
+// space, which something other than the store may have taken.
 func (s *Store) loop() {
 	defer close(s.loopDone)
 	gc := time.NewTicker(s.cfg.GCInterval)
 	defer gc.Stop()
 	light := time.NewTicker(min(flushInterval, s.cfg.GCInterval))
 	defer light.Stop()
+	watch := time.NewTicker(freeSpaceWatch)
+	defer watch.Stop()
 	ctx := context.Background()
 	for {
 		select {
@@ -464,19 +467,31 @@ func (s *Store) loop() {
 		case <-s.kick:
 			s.runGC(ctx)
 		case <-light.C:
-			s.wmu.Lock()
-			if !s.isClosed() {
-				if err := s.flushLocked(); err != nil {
-					s.log.Warn("flush access times", "err", err)
-				}
-				var res GCResult
-				res.ByReason = map[string]int{}
-				s.freeSpaceLocked(&res)
-				s.logGC(res)
+			s.lightGC(true)
+		case <-watch.C:
+			if sp, err := statfs(s.dir); err == nil && sp.Avail < s.minFree(sp)+s.headroom() {
+				s.lightGC(false)
 			}
-			s.wmu.Unlock()
 		}
 	}
+}
+
+// lightGC writes access times (with flush) and evicts for MinFree and the index's headroom.
+func (s *Store) lightGC(flush bool) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.isClosed() {
+		return
+	}
+	if flush {
+		if err := s.flushLocked(); err != nil {
+			s.log.Warn("flush access times", "err", err)
+		}
+	}
+	var res GCResult
+	res.ByReason = map[string]int{}
+	s.freeSpaceLocked(&res)
+	s.logGC(res)
 }
 
 func (s *Store) runGC(ctx context.Context) {

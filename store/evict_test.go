@@ -581,6 +581,65 @@ func TestContentLeavesIndexHeadroom(t *testing.T) {
 	}
 }
 
+// Something else fills the filesystem: within seconds eviction gives the index its headroom
+// back. With less than openMinFree left, Open refuses with ErrNoSpace instead of letting Badger
+// write through its memory maps into a full filesystem; once space is back it opens again.
+func TestOtherWritersFillTheFilesystem(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	mnt := mountTmpfs(t, 40<<20)
+	cfg := testConfig(filepath.Join(mnt, "store"))
+	s := openStore(t, cfg)
+	for _, b := range blobs(t, 12, 1<<20) {
+		put(t, s, b)
+	}
+	ballast, err := os.Create(filepath.Join(mnt, "ballast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ballast.Close()
+	fill := func(leave int64) { // grow the ballast until only leave bytes are free
+		t.Helper()
+		sp, _ := statfs(mnt)
+		fi, _ := ballast.Stat()
+		if err := syscall.Fallocate(int(ballast.Fd()), 0, 0, fi.Size()+sp.Avail-leave); err != nil {
+			t.Fatalf("fill the filesystem: %v", err)
+		}
+	}
+	fill(8 << 20)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sp, _ := statfs(mnt)
+		if sp.Avail >= s.headroom() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after another writer left %d bytes free, still %d free, want the index's headroom %d (evictions %v)",
+				8<<20, sp.Avail, s.headroom(), s.Stats().Evictions)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the background eviction with a deadline
+	}
+	if n := s.Stats().Evictions[ReasonMinFree]; n == 0 {
+		t.Fatal("headroom came back without evictions")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fill(256 << 10)
+	if s, err := Open(ctx, cfg, testLogger(t)); !errors.Is(err, ErrNoSpace) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open with 256 KiB free = %v, want ErrNoSpace", err)
+	}
+	if err := ballast.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, cfg)
+	put(t, s, mustRandom(t, 1<<20))
+}
+
 // A read-only filesystem degrades the same way: no caching, reads still served.
 func TestReadOnlyFilesystem(t *testing.T) {
 	t.Parallel()

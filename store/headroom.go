@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // Why content never takes the filesystem's last bytes.
@@ -22,6 +23,14 @@ import (
 // memTableSize is Badger's memtable size (openBadger). The index is small records and content
 // up to InlineMax, so a small memtable costs nothing and keeps the headroom small.
 const memTableSize = 4 << 20
+
+// freeSpaceWatch is how often the store looks at the filesystem's free space, so that eviction
+// restores the headroom soon after something else took it.
+const freeSpaceWatch = time.Second
+
+// openMinFree is the free space Open requires before it opens Badger, which at once writes the
+// first pages of a new write-ahead log, value log and discard file through memory maps.
+const openMinFree = 1 << 20
 
 // headroomTables is how many memtables' worth of free space the index keeps: the rest of the
 // active write-ahead log (up to a memtable plus one batch), the next log after it fills, and

@@ -268,6 +268,12 @@ func (s *Store) reconcile(ctx context.Context) error {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	// Badger's first writes go through memory maps (headroom.go): on a filesystem without room
+	// for them the process would crash, so refuse with an error instead.
+	if sp, err := statfs(s.dir); err == nil && sp.Avail < openMinFree {
+		return fmt.Errorf("store.dir %s: %w: %d bytes free, the index needs %d to open (Badger writes through memory maps, which a full filesystem turns into a crash)",
+			s.dir, ErrNoSpace, sp.Avail, openMinFree)
+	}
 	db, err := openBadger(filepath.Join(s.dir, "index"), s.log)
 	if err != nil {
 		return err
