@@ -23,8 +23,9 @@ func (s *Store) minFree(sp fsSpace) int64 {
 }
 
 // makeRoomLocked evicts least recently used content so that incoming more bytes fit the budget
-// and the filesystem stays above MinFree plus the index's headroom. When that is impossible it evicts nothing and returns
-// ErrNoSpace. It returns files to unlink once wmu is released. The caller holds wmu.
+// and the filesystem stays above MinFree plus the index's headroom. When that is impossible it
+// evicts nothing and returns ErrNoSpace. It returns files to unlink once wmu is released. The
+// caller holds wmu.
 func (s *Store) makeRoomLocked(incoming int64) ([]string, error) {
 	if incoming > s.maxSize {
 		return nil, s.noSpaceErr("commit", fmt.Errorf("%d bytes are more than the store's budget of %d bytes", incoming, s.maxSize))
