@@ -29,14 +29,18 @@
 //   - Disk full, over quota or read-only: the failing call returns an error wrapping ErrNoSpace,
 //     eviction runs in the background, and this is logged at most once a minute. The daemon
 //     then passes content through without caching.
+//   - Content never takes the index's headroom (four Badger memtables plus the index's size,
+//     see headroom.go): Badger writes through memory maps of sparse files, and on a full
+//     filesystem such a write is a SIGBUS that kills the process, not an error. A content write
+//     that would take it fails with ErrNoSpace, as on a full disk.
 //
 // # Budget and eviction
 //
 // MaxSize (default: half of the filesystem's available space plus what the store already
 // holds, computed at Open) caps the bytes of content; MinFree (default 10% of the filesystem)
-// keeps the filesystem from filling. A commit that would break either evicts least recently
-// used content first ("lru" / "min-free"), or fails with ErrNoSpace if not enough can be
-// evicted. Access times are updated in memory on every Reader call and written to Badger in
+// plus the index's headroom keeps the filesystem from filling. A commit that would break either
+// evicts least recently used content first ("lru" / "min-free"), or fails with ErrNoSpace if
+// not enough can be evicted. Access times are updated in memory on every Reader call and written to Badger in
 // batches (every 30 s and at Close). The LRU order is a list that reads reorder, so an eviction
 // costs in proportion to its victims, not to the index. Every GCInterval a sweep removes content not read for TTL
 // ("ttl"), re-applies the budget and MinFree, and drops tags whose manifest is gone. Pinned

@@ -23,8 +23,9 @@ func (s *Store) minFree(sp fsSpace) int64 {
 }
 
 // makeRoomLocked evicts least recently used content so that incoming more bytes fit the budget
-// and the filesystem stays above MinFree. When that is impossible it evicts nothing and returns
-// ErrNoSpace. It returns files to unlink once wmu is released. The caller holds wmu.
+// and the filesystem stays above MinFree plus the index's headroom. When that is impossible it
+// evicts nothing and returns ErrNoSpace. It returns files to unlink once wmu is released. The
+// caller holds wmu.
 func (s *Store) makeRoomLocked(incoming int64) ([]string, error) {
 	if incoming > s.maxSize {
 		return nil, s.noSpaceErr("commit", fmt.Errorf("%d bytes are more than the store's budget of %d bytes", incoming, s.maxSize))
@@ -33,12 +34,11 @@ func (s *Store) makeRoomLocked(incoming int64) ([]string, error) {
 	over := s.used + incoming - s.maxSize
 	s.mu.RUnlock()
 	need, reason := over, ReasonLRU
-	if s.minFreeB > 0 || s.minFreeFrac > 0 {
-		if sp, err := statfs(s.dir); err == nil {
-			// A file being committed already occupies its blocks, so no incoming here.
-			if deficit := s.minFree(sp) - sp.Avail; deficit > need {
-				need, reason = deficit, ReasonMinFree
-			}
+	if sp, err := statfs(s.dir); err == nil {
+		// A file being committed already occupies its blocks, so no incoming here. The
+		// index's headroom stays free on top of MinFree (headroom.go).
+		if deficit := s.minFree(sp) + s.headroom() - sp.Avail; deficit > need {
+			need, reason = deficit, ReasonMinFree
 		}
 	}
 	if need <= 0 {
@@ -414,12 +414,12 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 }
 
 // freeSpaceLocked evicts until the filesystem is above MinFree; after a write failed for lack
-// of space, until at least 5% of the filesystem is free even if MinFree is lower.
+// of space, until at least 5% of the filesystem is free even if MinFree is lower. The index's
+// headroom comes on top of either (headroom.go), so that eviction also makes room when
+// something else filled the filesystem.
 func (s *Store) freeSpaceLocked(res *GCResult) {
 	noSpace := s.noSpace.Swap(false)
-	if !noSpace && s.minFreeB == 0 && s.minFreeFrac == 0 {
-		return
-	}
+	s.measureIndex()
 	sp, err := statfs(s.dir)
 	if err != nil {
 		s.log.Warn("gc", "err", err)
@@ -429,7 +429,7 @@ func (s *Store) freeSpaceLocked(res *GCResult) {
 	if noSpace && sp.Total/20 > target {
 		target, reason = sp.Total/20, ReasonNoSpace
 	}
-	if deficit := target - sp.Avail; deficit > 0 {
+	if deficit := target + s.headroom() - sp.Avail; deficit > 0 {
 		v, tags, _ := s.pickLocked(deficit, 0, false)
 		s.evictLocked(res, v, tags, reason)
 	}
@@ -448,13 +448,16 @@ func (s *Store) evictLocked(res *GCResult, victims []*entry, tags []string, reas
 }
 
 // loop runs GC every GCInterval and when a write runs out of space, and between runs writes
-// access times and keeps MinFree.
+// access times and keeps MinFree and the index's headroom: every second it looks at the free
+// space, which something other than the store may have taken.
 func (s *Store) loop() {
 	defer close(s.loopDone)
 	gc := time.NewTicker(s.cfg.GCInterval)
 	defer gc.Stop()
 	light := time.NewTicker(min(flushInterval, s.cfg.GCInterval))
 	defer light.Stop()
+	watch := time.NewTicker(freeSpaceWatch)
+	defer watch.Stop()
 	ctx := context.Background()
 	for {
 		select {
@@ -465,19 +468,31 @@ func (s *Store) loop() {
 		case <-s.kick:
 			s.runGC(ctx)
 		case <-light.C:
-			s.wmu.Lock()
-			if !s.isClosed() {
-				if err := s.flushLocked(); err != nil {
-					s.log.Warn("flush access times", "err", err)
-				}
-				var res GCResult
-				res.ByReason = map[string]int{}
-				s.freeSpaceLocked(&res)
-				s.logGC(res)
+			s.lightGC(true)
+		case <-watch.C:
+			if sp, err := statfs(s.dir); err == nil && sp.Avail < s.minFree(sp)+s.headroom() {
+				s.lightGC(false)
 			}
-			s.wmu.Unlock()
 		}
 	}
+}
+
+// lightGC writes access times (with flush) and evicts for MinFree and the index's headroom.
+func (s *Store) lightGC(flush bool) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.isClosed() {
+		return
+	}
+	if flush {
+		if err := s.flushLocked(); err != nil {
+			s.log.Warn("flush access times", "err", err)
+		}
+	}
+	var res GCResult
+	res.ByReason = map[string]int{}
+	s.freeSpaceLocked(&res)
+	s.logGC(res)
 }
 
 func (s *Store) runGC(ctx context.Context) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -512,6 +513,131 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("Verify after disk full = %+v, %v", res, err)
 	}
 	t.Logf("cached %d MiB before ENOSPC; evicted %d for space", len(kept), s.Stats().Evictions[ReasonNoSpace])
+}
+
+// Content never takes the free space the index needs: Badger writes through memory maps of
+// sparse files, and a page a full filesystem cannot back is a SIGBUS, not an error. Concurrent
+// writers filling a tmpfs stop with ErrNoSpace while the index's headroom (at least 16 MiB) is
+// still free, and while they hold their bytes the index keeps taking records.
+func TestContentLeavesIndexHeadroom(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	mnt := mountTmpfs(t, 48<<20)
+	s := openStore(t, testConfig(filepath.Join(mnt, "store")))
+	const writers, chunk, headroom = 4, 256 << 10, 16 << 20
+	var (
+		failed, done sync.WaitGroup
+		minAvail     atomic.Int64
+		release      = make(chan struct{})
+		errs         = make([]error, writers)
+	)
+	minAvail.Store(1 << 62)
+	for i := range writers {
+		failed.Add(1)
+		done.Go(func() {
+			data, d := randomBlob(t, 64<<20) // more than the filesystem
+			w, err := s.Writer(ctx, d, "")
+			if err != nil {
+				errs[i] = err
+				failed.Done()
+				return
+			}
+			defer w.Close()
+			for off := 0; off < len(data); off += chunk {
+				if _, err = w.Write(data[off : off+chunk]); err != nil {
+					break
+				}
+				if sp, err := statfs(mnt); err == nil {
+					for cur := minAvail.Load(); sp.Avail < cur && !minAvail.CompareAndSwap(cur, sp.Avail); {
+						cur = minAvail.Load()
+					}
+				}
+			}
+			errs[i] = err
+			failed.Done()
+			<-release // hold the bytes until the index was written to
+		})
+	}
+	failed.Wait()
+	sp, _ := statfs(mnt)
+	for i, err := range errs {
+		if !errors.Is(err, ErrNoSpace) || !errors.Is(err, syscall.ENOSPC) {
+			t.Errorf("writer %d ended with %v, want an error wrapping ErrNoSpace and ENOSPC", i, err)
+		}
+	}
+	// The index, with the filesystem as full as content can make it: a few hundred pages of
+	// write-ahead log.
+	for i := range 2000 {
+		if err := s.PutTag(ctx, fmt.Sprintf("r.io/full:%d", i), Tag{Digest: digest.FromString(fmt.Sprint(i))}); err != nil {
+			t.Fatalf("tag %d with the filesystem full of content: %v", i, err)
+		}
+	}
+	close(release)
+	done.Wait()
+	t.Logf("free while writers held their bytes: %d KiB (lowest seen %d KiB); index headroom %d KiB",
+		sp.Avail>>10, minAvail.Load()>>10, s.headroom()>>10)
+	if low := min(sp.Avail, minAvail.Load()); low < headroom {
+		t.Fatalf("content left %d bytes free, want at least %d for the index", low, headroom)
+	}
+}
+
+// Something else fills the filesystem: within seconds eviction gives the index its headroom
+// back. With less than openMinFree left, Open refuses with ErrNoSpace instead of letting Badger
+// write through its memory maps into a full filesystem; once space is back it opens again.
+func TestOtherWritersFillTheFilesystem(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	mnt := mountTmpfs(t, 40<<20)
+	cfg := testConfig(filepath.Join(mnt, "store"))
+	s := openStore(t, cfg)
+	for _, b := range blobs(t, 12, 1<<20) {
+		put(t, s, b)
+	}
+	ballast, err := os.Create(filepath.Join(mnt, "ballast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ballast.Close()
+	fill := func(leave int64) { // grow the ballast until only leave bytes are free
+		t.Helper()
+		sp, _ := statfs(mnt)
+		fi, _ := ballast.Stat()
+		if err := syscall.Fallocate(int(ballast.Fd()), 0, 0, fi.Size()+sp.Avail-leave); err != nil {
+			t.Fatalf("fill the filesystem: %v", err)
+		}
+	}
+	fill(8 << 20)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sp, _ := statfs(mnt)
+		if sp.Avail >= s.headroom() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after another writer left %d bytes free, still %d free, want the index's headroom %d (evictions %v)",
+				8<<20, sp.Avail, s.headroom(), s.Stats().Evictions)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the background eviction with a deadline
+	}
+	if n := s.Stats().Evictions[ReasonMinFree]; n == 0 {
+		t.Fatal("headroom came back without evictions")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fill(256 << 10)
+	if s, err := Open(ctx, cfg, testLogger(t)); !errors.Is(err, ErrNoSpace) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("Open with 256 KiB free = %v, want ErrNoSpace", err)
+	}
+	if err := ballast.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, cfg)
+	put(t, s, mustRandom(t, 1<<20))
 }
 
 // A read-only filesystem degrades the same way: no caching, reads still served.

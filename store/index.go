@@ -145,12 +145,15 @@ func decodeRefs(b []byte) []digest.Digest {
 }
 
 // openBadger opens the index with options sized for a metadata database: small memtables and
-// caches (the daemon shares the node with workloads), values kept in the LSM tree (none are
-// larger than the inline threshold), and no value-log growth to reclaim.
+// caches (the daemon shares the node with workloads; the memtable size also sets the free space
+// content leaves the index, see headroom.go), values kept in the LSM tree (none are larger than
+// the inline threshold; the value threshold must stay below Badger's batch limit, 15% of a
+// memtable), and no value-log growth to reclaim.
 func openBadger(dir string, log *slog.Logger) (*badger.DB, error) {
 	opts := badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{log}).
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(memTableSize).
+		WithValueThreshold(256 << 10).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).

@@ -172,6 +172,8 @@ type Store struct {
 	events *dispatcher
 
 	noSpace        atomic.Bool  // a write hit ENOSPC; the next GC frees space
+	indexBytes     atomic.Int64 // space the index's files occupy, see measureIndex
+	writing        atomic.Int64 // content bytes being written, see claimSpace
 	lastNoSpaceLog atomic.Int64 // unix nanoseconds
 	noSpaceQuiet   atomic.Int64 // occurrences not logged since the last line
 	kick           chan struct{}
@@ -239,18 +241,19 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		lock.Close()
 		return nil, err
 	}
+	s.measureIndex()
 	s.maxSize = cfg.MaxSize
 	if s.maxSize == 0 {
 		s.maxSize = (sp.Avail + s.used) / 2
 	}
-	if mf := s.minFree(sp); mf > 0 && sp.Avail < mf {
-		log.Warn("filesystem is below store.min_free: content will be evicted and new content not cached until space frees",
-			"dir", dir, "avail", sp.Avail, "min_free", mf)
+	if mf := s.minFree(sp); sp.Avail < mf+s.headroom() {
+		log.Warn("filesystem is below store.min_free plus the index's headroom: content will be evicted and new content not cached until space frees",
+			"dir", dir, "avail", sp.Avail, "min_free", mf, "index_headroom", s.headroom())
 	}
 	s.events = newDispatcher(log)
 	go s.loop()
 	log.Info("store opened", "dir", dir, "blobs", len(s.idx), "bytes", s.used, "max_size", s.maxSize,
-		"min_free", cfg.MinFree, "ttl", cfg.TTL, "took", time.Since(start).Round(time.Millisecond))
+		"min_free", cfg.MinFree, "index_headroom", s.headroom(), "ttl", cfg.TTL, "took", time.Since(start).Round(time.Millisecond))
 	return s, nil
 }
 
@@ -264,6 +267,12 @@ func (s *Store) reconcile(ctx context.Context) error {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
 		}
+	}
+	// Badger's first writes go through memory maps (headroom.go): on a filesystem without room
+	// for them the process would crash, so refuse with an error instead.
+	if sp, err := statfs(s.dir); err == nil && sp.Avail < openMinFree {
+		return fmt.Errorf("store.dir %s: %w: %d bytes free, the index needs %d to open (Badger writes through memory maps, which a full filesystem turns into a crash)",
+			s.dir, ErrNoSpace, sp.Avail, openMinFree)
 	}
 	db, err := openBadger(filepath.Join(s.dir, "index"), s.log)
 	if err != nil {

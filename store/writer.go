@@ -66,8 +66,8 @@ func (s *Store) isClosed() bool {
 func (w *Writer) Digest() digest.Digest { return w.d }
 
 // Write appends p to the temporary file and hashes it. A full, over-quota or read-only
-// filesystem gives an error wrapping ErrNoSpace and schedules eviction; the writer can then only
-// be aborted.
+// filesystem, or one whose free space would drop below the index's headroom (headroom.go), gives
+// an error wrapping ErrNoSpace and schedules eviction; the writer can then only be aborted.
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -77,8 +77,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.state != writing {
 		return 0, errors.New("store: write after commit or abort")
 	}
+	if err := w.s.claimSpace(int64(len(p))); err != nil {
+		w.err = w.s.ioErr("write "+w.d.String(), err)
+		return 0, w.err
+	}
 	w.h.write(p) // before the file write, so that hashing overlaps it
 	n, err := w.f.Write(p)
+	w.s.writing.Add(-int64(len(p)))
 	w.written.Add(int64(n))
 	if err != nil {
 		w.err = w.s.ioErr("write "+w.d.String(), err)
