@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -307,17 +306,7 @@ func TestMaxBlobSizeDefaultsToTheBudget(t *testing.T) {
 // answer goes on straight from the upstream (pass-through); an endless body must be stopped
 // there too, at store.max_blob_size, not streamed for ever.
 func TestEndlessBlobOnAFullDiskIsBounded(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test mounts a small tmpfs and needs root (CI runs as root)")
-	}
-	dir := filepath.Join(t.TempDir(), "small")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := mountTmpfs(t, "3m")
 
 	up := newUpstream(t)
 	img := pushRandom(t, up, "test/endless", 64<<10, 1)

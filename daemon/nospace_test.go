@@ -28,17 +28,7 @@ import (
 // A store on a filesystem too small for the image: the pull still succeeds, verified, with the
 // mirror degraded to a pass-through proxy, and the store stays consistent.
 func TestPullSucceedsWhenTheDiskIsFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test mounts a small tmpfs and needs root (CI runs as root)")
-	}
-	dir := filepath.Join(t.TempDir(), "small")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := mountTmpfs(t, "3m")
 
 	up := newUpstream(t)
 	img := pushRandom(t, up, "test/huge", 2<<20, 3) // 6 MiB of layers on a 3 MiB disk
@@ -80,17 +70,7 @@ func TestIndexSurvivesFullFilesystem(t *testing.T) {
 	if os.Getenv(fullChildEnvDir) != "" {
 		return // running as the child: see TestFullFilesystemChild
 	}
-	if os.Geteuid() != 0 {
-		t.Fatal("this test mounts a small tmpfs and needs root (CI runs as root)")
-	}
-	dir := filepath.Join(t.TempDir(), "small")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := mountTmpfs(t, "48m")
 
 	up := newUpstream(t)
 	const images = 3
@@ -282,4 +262,22 @@ func pullFrom(addr, repoTag string) (v1.Image, error) {
 		return nil, err
 	}
 	return img, validate.Image(img)
+}
+
+// mountTmpfs mounts a tmpfs of the given size ("3m") in a temp dir for the test's lifetime.
+// Mounting needs root, which CI has.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test mounts a small tmpfs and needs root (CI runs as root)")
+	}
+	dir := filepath.Join(t.TempDir(), "small")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
 }
