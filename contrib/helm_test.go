@@ -568,3 +568,58 @@ func TestHelmValues(t *testing.T) {
 		t.Errorf("metrics_listen off: %v", err)
 	}
 }
+
+// TestHelmValuesSchema: values.schema.json knows every daemon config key (and no other), so that
+// a misspelt key fails `helm install` instead of every node's daemon at start.
+func TestHelmValuesSchema(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema map[string]any
+	if err := json.Unmarshal(b, &schema); err != nil {
+		t.Fatal(err)
+	}
+	var defaults map[string]any
+	if err := yaml.Unmarshal(daemon.DefaultsYAML(), &defaults); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(path string, d map[string]any, s any)
+	walk = func(path string, d map[string]any, s any) {
+		props, _ := dig(s, "properties").(map[string]any)
+		if dig(s, "additionalProperties") != false {
+			t.Errorf("schema %s: additionalProperties is not false", path)
+		}
+		for k, v := range d {
+			p, ok := props[k]
+			if !ok {
+				t.Errorf("values.schema.json has no %s.%s (daemon/defaults.yaml has)", path, k)
+				continue
+			}
+			if sub, ok := v.(map[string]any); ok && k != "registries" {
+				walk(path+"."+k, sub, p)
+			}
+		}
+		for k := range props {
+			if _, ok := d[k]; !ok {
+				t.Errorf("values.schema.json has %s.%s, daemon/defaults.yaml not", path, k)
+			}
+		}
+	}
+	walk("config", defaults, dig(schema, "properties", "config"))
+
+	key := newSwarmKey(t)
+	for what, vals := range map[string]map[string]any{
+		"stor":      {"config": map[string]any{"stor": map[string]any{"max_size": "1GiB"}}},
+		"min_fre":   {"config": map[string]any{"store": map[string]any{"min_fre": "5%"}}},
+		"tolerance": {"tolerance": []any{}},
+		"passwd":    {"config": map[string]any{"registries": map[string]any{"ghcr.io": map[string]any{"passwd": "x"}}}},
+	} {
+		vals["swarmKey"] = map[string]any{"value": key}
+		_, err := helmTemplate(t, "shoal", "shoal", vals)
+		if err == nil || !strings.Contains(err.Error(), "additional properties '"+what+"' not allowed") {
+			t.Errorf("values with a misspelt key %s: %v", what, err)
+		}
+	}
+}
