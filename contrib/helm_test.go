@@ -41,6 +41,9 @@ import (
 //     key for key, so that every config key is a value and the chart changes nothing silently.
 //     The kustomize base's Namespace object has no counterpart: the chart installs into the
 //     release's namespace (helm install -n shoal --create-namespace) and templates none.
+//  4. a missing swarm key fails the render with a message saying how to make one; values reach the
+//     objects and the daemon's config file (loaded with the daemon's own loader); the PodMonitor
+//     selects the pods; values.schema.json knows exactly daemon/defaults.yaml's keys.
 
 const chartDir = "helm/shoal"
 
