@@ -52,6 +52,10 @@ type ContainerdOptions struct {
 	ContainerdConfig string
 	// ContainerdVersion, e.g. "2.1.4", sharpens the checks; "" = unknown.
 	ContainerdVersion string
+	// EditConfig makes setup apply the config_path fix of the checks to ContainerdConfig
+	// itself (as text, with a backup); without it the fix is only printed. Uninstall reverts
+	// the edit whenever it finds setup's backup, with or without this option.
+	EditConfig bool
 }
 
 var registryName = regexp.MustCompile(`^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]{1,5})?$`)
@@ -90,10 +94,13 @@ func validateRegistry(r string) error {
 // resolvedContainerd is ContainerdOptions with the defaults applied.
 type resolvedContainerd struct {
 	ContainerdOptions
-	cfg *containerdConfig // nil when not checked or not found
+	cfg     *containerdConfig // nil when not read (ContainerdConfig "-")
+	cfgEdit *Change           // --edit-config's change of ContainerdConfig, nil when none
 }
 
-func (o ContainerdOptions) resolve() (resolvedContainerd, []Finding, error) {
+// resolve applies the defaults and, when check is set, checks ContainerdConfig (and plans
+// --edit-config's change of it).
+func (o ContainerdOptions) resolve(check bool) (resolvedContainerd, []Finding, error) {
 	r := resolvedContainerd{ContainerdOptions: o}
 	if r.Mirror == "" {
 		r.Mirror = DefaultMirror
@@ -131,10 +138,60 @@ func (o ContainerdOptions) resolve() (resolvedContainerd, []Finding, error) {
 	if r.HostsDir, err = filepath.Abs(r.HostsDir); err != nil {
 		return r, nil, err
 	}
-	if r.ContainerdConfig != "-" {
+	if r.ContainerdConfig != "-" && check {
 		findings = append(findings, r.cfg.check(r.ContainerdConfig, r.HostsDir, r.HostRoot, r.ContainerdVersion)...)
+		if r.EditConfig {
+			r.cfgEdit, findings = r.planConfigEdit(findings)
+		}
 	}
 	return r, findings, nil
+}
+
+// planConfigEdit is --edit-config: ContainerdConfig with the config_path fix that the checks
+// printed applied to it, and the findings of the edited file in place of the original's. A file
+// that also configures registry.mirrors is left to the user (containerd 2.x refuses both).
+func (r *resolvedContainerd) planConfigEdit(findings []Finding) (*Change, []Finding) {
+	c, path := r.cfg, r.ContainerdConfig
+	if c.invalid != nil || !c.wantsSet {
+		return nil, findings
+	}
+	if len(c.mirrors) > 0 {
+		return nil, append(findings, Finding{
+			Severity: Problem,
+			Message: fmt.Sprintf("--edit-config left %s as it is: it configures registries with %s.mirrors (%v), which containerd 2.x refuses "+
+				"next to config_path", path, trimBrackets(c.registrySection), c.mirrors),
+			Fix: "delete those tables (shoal's hosts.toml files replace them), then run setup --edit-config again",
+		})
+	}
+	want := hostPath(r.HostRoot, r.HostsDir)
+	b, err := c.editConfigPath(want)
+	if err != nil {
+		return nil, append(findings, Finding{Severity: Problem, Message: fmt.Sprintf("--edit-config left %s as it is: %v", path, err),
+			Fix: "apply the config_path fix above by hand"})
+	}
+	ch := &Change{Path: path, New: b, Note: "config_path set in"}
+	was := fmt.Sprintf("config_path was %q", c.configPath)
+	if c.exists {
+		ch.Old, ch.Backup = c.raw, path+BackupSuffix
+		if !c.hasConfigPath {
+			was = "config_path was not set"
+		}
+	} else {
+		ch.Note, was = "created", "there was no config file"
+	}
+	edited := parseContainerdConfig(b)
+	after := edited.check(path, r.HostsDir, r.HostRoot, r.ContainerdVersion)
+	after = append(after, restartFinding(path, was))
+	return ch, after
+}
+
+// restartFinding says that a change of config.toml takes effect when containerd restarts.
+func restartFinding(path, was string) Finding {
+	return Finding{
+		Severity: Warning,
+		Message:  fmt.Sprintf("containerd reads %s only when it starts: until it restarts, it keeps the old settings (%s)", path, was),
+		Fix:      "restart containerd (systemctl restart containerd); the hosts.toml files need no restart",
+	}
 }
 
 // registryDirs lists the registries that have a directory in the hosts directory, as containerd
@@ -237,7 +294,7 @@ func dirCerts(dir string) ([]string, error) {
 
 // PlanContainerd computes the hosts.toml files that send pulls to shoal first.
 func PlanContainerd(o ContainerdOptions) (*Plan, error) {
-	r, findings, err := o.resolve()
+	r, findings, err := o.resolve(true)
 	if err != nil {
 		return nil, err
 	}
@@ -260,6 +317,13 @@ func PlanContainerd(o ContainerdOptions) (*Plan, error) {
 			findings = append(findings, *f)
 		}
 		plan.add(c)
+	}
+	// config.toml last: it never names a hosts directory before shoal's files are there.
+	switch {
+	case r.cfgEdit != nil:
+		plan.add(*r.cfgEdit)
+	case r.EditConfig && r.cfg != nil && r.cfg.exists && r.cfg.invalid == nil && !r.cfg.wantsSet:
+		plan.Unchanged = append(plan.Unchanged, r.ContainerdConfig)
 	}
 	// Registries that keep their own configuration without shoal: _default does not apply to them.
 	for _, reg := range append(existing, certsOnly...) {
@@ -307,10 +371,10 @@ func planRegistry(hostsDir, reg, mirror string) (Change, *Finding, error) {
 
 // PlanContainerdUninstall computes how to take shoal out of every hosts.toml in the hosts
 // directory: a file still as setup left it gets its backup back (or goes away when setup created
-// it); a file edited since keeps the edits and loses only shoal's entry.
+// it); a file edited since keeps the edits and loses only shoal's entry. containerd's config.toml
+// is treated the same way when --edit-config changed it (its backup is there, or setup created it).
 func PlanContainerdUninstall(o ContainerdOptions) (*Plan, error) {
-	o.ContainerdConfig = "-" // nothing to check when leaving
-	r, _, err := o.resolve()
+	r, _, err := o.resolve(false) // nothing to check when leaving
 	if err != nil {
 		return nil, err
 	}
@@ -363,7 +427,67 @@ func PlanContainerdUninstall(o ContainerdOptions) (*Plan, error) {
 		}
 		plan.add(Change{Path: path, Old: cur, New: stripped, Note: note})
 	}
+	if r.cfg != nil {
+		if err := r.planConfigUninstall(plan); err != nil {
+			return nil, err
+		}
+	}
 	return plan, nil
+}
+
+// planConfigUninstall reverts --edit-config: config.toml still as setup left it gets its backup
+// back (or goes away when setup created it); a file edited since keeps the edits and only gets
+// config_path back as it was; a file whose config_path changed since is left alone.
+func (r *resolvedContainerd) planConfigUninstall(plan *Plan) error {
+	path, cur := r.ContainerdConfig, r.cfg
+	backup := path + BackupSuffix
+	orig, err := readOptional(backup)
+	if err != nil {
+		return err
+	}
+	want := hostPath(r.HostRoot, r.HostsDir)
+	if orig == nil {
+		if !cur.exists || cur.invalid != nil {
+			return nil
+		}
+		for v := 2; v <= 4; v++ {
+			created := parseContainerdConfig(nil)
+			created.setVersion(v)
+			if string(createdConfig(v, created.registrySection, want)) == string(cur.raw) {
+				plan.add(Change{Path: path, Old: cur.raw, New: nil, Note: "removed (setup created it)"})
+				plan.Findings = append(plan.Findings, restartFinding(path, "config_path = "+tomlQuote(want)))
+				return nil
+			}
+		}
+		return nil // setup did not edit this file
+	}
+	restart := restartFinding(path, "config_path = "+tomlQuote(want))
+	if !cur.exists {
+		plan.add(Change{Path: path, New: orig, Backup: backup, RemoveBackup: true, Note: "restored from backup"})
+		plan.Findings = append(plan.Findings, restart)
+		return nil
+	}
+	before := parseContainerdConfig(orig)
+	if edited, err := before.editConfigPath(want); err == nil && string(edited) == string(cur.raw) {
+		plan.add(Change{Path: path, Old: cur.raw, New: orig, Backup: backup, RemoveBackup: true, Note: "restored from backup"})
+		plan.Findings = append(plan.Findings, restart)
+		return nil
+	}
+	if cur.invalid != nil || cur.configPath != want {
+		plan.Unchanged = append(plan.Unchanged, path)
+		plan.Findings = append(plan.Findings, Finding{Severity: Info,
+			Message: fmt.Sprintf("%s changed since setup set config_path = %s (it is %q now): left as it is", path, tomlQuote(want), cur.configPath),
+			Fix:     fmt.Sprintf("compare it with %s, setup's copy of the file before it changed it, and remove that copy", backup)})
+		return nil
+	}
+	reverted, err := cur.revertConfigPath(before)
+	if err != nil {
+		return fmt.Errorf("%s changed since setup; %v: compare it with %s by hand", path, err, backup)
+	}
+	plan.add(Change{Path: path, Old: cur.raw, New: reverted,
+		Note: fmt.Sprintf("config_path reverted (the file changed since setup; %s kept) in", backup)})
+	plan.Findings = append(plan.Findings, restart)
+	return nil
 }
 
 // checkMergedHosts reads the old and new file with containerd's own hosts.toml code and insists

@@ -19,6 +19,7 @@ type containerdConfig struct {
 	exists  bool
 	invalid error    // the file does not parse (containerd would not start either)
 	version int      // the file's `version` (1 when absent or 0, as containerd reads it)
+	raw     []byte   // the file as read
 	lines   []string // the file, line by line (no line ends)
 
 	registryKey     []string // the table that holds config_path for this version
@@ -29,6 +30,9 @@ type containerdConfig struct {
 	mirrors         []string // registries named under registry.mirrors
 	useLocalPull    bool
 	where           configPathSite
+	// wantsSet is set by check when its fix sets config_path (setConfigPath): what
+	// --edit-config applies.
+	wantsSet bool
 }
 
 // configPathSite is where config_path is, or can go, in the file (line numbers from 1; 0 = none).
@@ -54,17 +58,22 @@ func readContainerdConfig(path string) (*containerdConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseContainerdConfig(b), nil
+}
+
+// parseContainerdConfig reads the content of a config.toml; nil is a missing file.
+func parseContainerdConfig(b []byte) *containerdConfig {
 	c := &containerdConfig{version: 1}
 	if b == nil {
 		c.setVersion(1)
-		return c, nil
+		return c
 	}
-	c.exists = true
+	c.exists, c.raw = true, b
 	c.lines = strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
 	var doc map[string]any
 	if err := toml.Unmarshal(b, &doc); err != nil {
 		c.invalid = err
-		return c, nil
+		return c
 	}
 	if v, ok := doc["version"].(int64); ok && v > 1 {
 		c.version = int(v)
@@ -85,7 +94,7 @@ func readContainerdConfig(path string) (*containerdConfig, error) {
 	}
 	slices.Sort(c.mirrors)
 	c.where = locateConfigPath(b, c.registryKey)
-	return c, nil
+	return c
 }
 
 // setVersion picks the tables that a config of version v uses.
@@ -258,12 +267,7 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 	if c == nil {
 		return nil
 	}
-	want := hostsDir
-	if hostRoot != "" && hostRoot != "/" {
-		if rel, err := filepath.Rel(hostRoot, hostsDir); err == nil {
-			want = "/" + rel // the path as containerd on the host names it
-		}
-	}
+	want := hostPath(hostRoot, hostsDir)
 	restart := "then restart containerd"
 
 	switch {
@@ -277,7 +281,9 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 				v = 4
 			}
 		}
+		c.version = v
 		c.setVersion(v)
+		c.wantsSet = true
 		return []Finding{{
 			Severity: Warning,
 			Message: fmt.Sprintf("no containerd config at %s: containerd runs on built-in defaults, which (containerd 2.x) name the list "+
@@ -308,6 +314,7 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 	case len(c.mirrors) > 0 && c.configPath != "":
 		fix := fmt.Sprintf("delete the [%s.*] tables from %s (shoal's hosts.toml files replace them); %s", mirrors, path, restart)
 		if !slices.ContainsFunc(paths, func(p string) bool { return filepath.Clean(p) == filepath.Clean(want) }) || (len(paths) > 1 && transfer) {
+			c.wantsSet = true
 			fix = fmt.Sprintf("delete the [%s.*] tables from %s (shoal's hosts.toml files replace them), and %s\n%s", mirrors, path, set, restart)
 		}
 		out = append(out, Finding{
@@ -317,6 +324,7 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 			Fix: fix,
 		})
 	case len(c.mirrors) > 0:
+		c.wantsSet = true
 		out = append(out, Finding{
 			Severity: Problem,
 			Message:  fmt.Sprintf("%s configures registries with %s (%v), so containerd ignores hosts.toml for Kubernetes pulls", path, mirrors, c.mirrors),
@@ -329,8 +337,10 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 				"which the transfer service (Kubernetes pulls since containerd 2.1) reads as one path that does not exist, so hosts.toml is ignored",
 				path, c.registrySection)
 		}
+		c.wantsSet = true
 		out = append(out, Finding{Severity: Problem, Message: msg, Fix: set + "\n" + restart})
 	case !slices.ContainsFunc(paths, func(p string) bool { return filepath.Clean(p) == filepath.Clean(want) }):
+		c.wantsSet = true
 		out = append(out, Finding{
 			Severity: Problem,
 			Message:  fmt.Sprintf("%s has config_path = %q, but shoal wrote its hosts.toml files under %s", path, c.configPath, want),
@@ -341,6 +351,7 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 		if c.version >= 3 {
 			other = fmt.Sprintf(" (use_local_image_pull = true in %s also works: CRI then pulls without the transfer service and reads the list)", c.imagesSection)
 		}
+		c.wantsSet = true
 		out = append(out, Finding{
 			Severity: Problem,
 			Message: fmt.Sprintf("%s has config_path = %q, a list: containerd ≥ 2.1 pulls through the transfer service, which reads config_path "+
@@ -356,6 +367,16 @@ func (c *containerdConfig) check(path, hostsDir, hostRoot, version string) []Fin
 		})
 	}
 	return out
+}
+
+// hostPath is p (as this process sees it) as the host names it: without the host root.
+func hostPath(hostRoot, p string) string {
+	if hostRoot != "" && hostRoot != "/" {
+		if rel, err := filepath.Rel(hostRoot, p); err == nil {
+			return "/" + rel
+		}
+	}
+	return p
 }
 
 // setConfigPath is the instruction that makes the file set config_path = want, written so that

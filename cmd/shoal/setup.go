@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -40,6 +41,7 @@ func setupCommand() *cli.Command {
 					&cli.StringFlag{Name: "hosts-dir", Usage: "containerd's hosts `DIR` (default: config_path from the containerd config, else " + hostsetup.DefaultHostsDir + ")"},
 					&cli.StringSliceFlag{Name: "registries", Usage: "registries to send through shoal, `LIST` such as docker.io,ghcr.io or _default (default: _default and every registry with a hosts.toml already)"},
 					&cli.StringFlag{Name: "containerd-config", Usage: "containerd's config `FILE` to check (default " + hostsetup.DefaultContainerdConfig + "; - = skip the checks)"},
+					&cli.BoolFlag{Name: "edit-config", Usage: "also make the config_path fix in containerd's config FILE itself (only that line; comments and order kept; backup FILE" + hostsetup.BackupSuffix + "; --uninstall reverts it); containerd must then restart"},
 					&cli.StringFlag{Name: "containerd-version", Usage: "containerd's `VERSION` for the checks (default: ask `containerd --version`; either counts only when that version can load the config file, whose own `version` decides)"},
 				}, common...),
 				Action:       runSetupContainerd,
@@ -80,6 +82,10 @@ func runSetupContainerd(c *cli.Context) error {
 		Mirror:            c.String("mirror"),
 		ContainerdConfig:  c.String("containerd-config"),
 		ContainerdVersion: c.String("containerd-version"),
+		EditConfig:        c.Bool("edit-config"),
+	}
+	if o.EditConfig && o.ContainerdConfig == "-" {
+		return cli.Exit("setup containerd: --edit-config needs the containerd config (--containerd-config is -)", 2)
 	}
 	if !c.Bool("uninstall") && o.ContainerdVersion == "" && (o.HostRoot == "/" || o.HostRoot == "") {
 		o.ContainerdVersion = containerdVersion(c.Context)
@@ -95,7 +101,13 @@ func runSetupContainerd(c *cli.Context) error {
 	if c.Bool("uninstall") {
 		verify = nil
 	}
-	return finishSetup(c, plan, verify, "containerd reads hosts.toml on every pull: no restart needed for these files")
+	note := "containerd reads hosts.toml on every pull: no restart needed for these files"
+	for _, ch := range plan.Changes {
+		if filepath.Base(ch.Path) != "hosts.toml" {
+			note = "containerd reads hosts.toml on every pull, but config.toml only when it starts: restart containerd now (systemctl restart containerd)"
+		}
+	}
+	return finishSetup(c, plan, verify, note)
 }
 
 func runSetupDocker(c *cli.Context) error {
