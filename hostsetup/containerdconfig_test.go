@@ -323,5 +323,12 @@ func FuzzContainerdConfigFix(f *testing.F) {
 		if c2, err := readContainerdConfig(path); err != nil || c2.configPath != "/want" {
 			t.Fatalf("after the fix config_path = %q (%v)\n--- in\n%s\n--- fixed\n%s", c2.configPath, err, in, fixed)
 		}
+		// --edit-config makes the same change (a CRLF file keeps its line ends; a last line
+		// without a newline gets one before the appended table).
+		if edited, err := c.editConfigPath("/want"); err != nil {
+			t.Errorf("editConfigPath: %v\n--- in\n%s", err, in)
+		} else if !strings.Contains(in, "\r") && (in == "" || strings.HasSuffix(in, "\n")) && string(edited) != fixed {
+			t.Errorf("editConfigPath:\n%s\nthe printed fix:\n%s", edited, fixed)
+		}
 	})
 }

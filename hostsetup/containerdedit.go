@@ -107,7 +107,7 @@ func (c *containerdConfig) revertConfigPath(orig *containerdConfig) ([]byte, err
 }
 
 // sameButConfigPath reports whether two config files decode to the same configuration once the
-// registry table's config_path (and tables that only held it) are left out.
+// registry table's config_path and empty tables are left out.
 func sameButConfigPath(a, b []byte, registry []string) (bool, error) {
 	var da, db map[string]any
 	if err := toml.Unmarshal(a, &da); err != nil {
@@ -121,23 +121,32 @@ func sameButConfigPath(a, b []byte, registry []string) (bool, error) {
 	return reflect.DeepEqual(da, db), nil
 }
 
-// dropConfigPath deletes registry.config_path from doc, then the tables on the way that are
-// left empty.
+// dropConfigPath deletes registry.config_path from doc, then every empty table (an empty table
+// configures nothing, and the edit may have added the tables on the way to config_path).
 func dropConfigPath(doc map[string]any, registry []string) {
-	path := []map[string]any{doc}
 	t := doc
 	for _, k := range registry {
 		next, ok := t[k].(map[string]any)
 		if !ok {
-			return
+			t = nil
+			break
 		}
-		path, t = append(path, next), next
+		t = next
 	}
-	delete(t, "config_path")
-	for i := len(registry) - 1; i >= 0; i-- {
-		if len(path[i+1]) > 0 {
-			return
+	if t != nil {
+		delete(t, "config_path")
+	}
+	pruneEmpty(doc)
+}
+
+// pruneEmpty deletes the tables of m that hold nothing but empty tables.
+func pruneEmpty(m map[string]any) {
+	for k, v := range m {
+		if sub, ok := v.(map[string]any); ok {
+			pruneEmpty(sub)
+			if len(sub) == 0 {
+				delete(m, k)
+			}
 		}
-		delete(path[i], registry[i])
 	}
 }
