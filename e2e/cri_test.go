@@ -246,46 +246,70 @@ func TestCRIPullAfterSetupContainerd2(t *testing.T) {
 
 			// The fixed file: containerd starts on it and a CRI pull goes through shoal.
 			c := startContainerd2(t, dir, cfgPath, sock)
-			ref := reg + "/" + up.Img.Small.Ref()
-			start := time.Now()
-			if out, err := c.crictl(t, time.Minute, "pull", ref); err != nil {
-				t.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
-			}
-			t.Logf("crictl pull %s: %s", ref, time.Since(start).Round(time.Millisecond))
-			out, err = c.crictl(t, 10*time.Second, "inspecti", "-o", "json", ref)
-			if err != nil {
-				t.Fatalf("crictl inspecti: %v\n%s", err, out)
-			}
-			var img struct {
-				Status struct {
-					RepoDigests []string `json:"repoDigests"`
-				} `json:"status"`
-			}
-			if err := json.Unmarshal([]byte(out), &img); err != nil || !slices.Contains(img.Status.RepoDigests, reg+"/"+up.Img.Small.Repo+"@"+up.Img.Small.Digest) {
-				t.Errorf("containerd recorded %v (%v), want %s@%s", img.Status.RepoDigests, err, up.Img.Small.Repo, up.Img.Small.Digest)
-			}
-			assertOneGETPerBlob(t, hub.requests(), up.Img.Small.AMD64)
-			// shoal's access log: the manifest and every blob, asked for with ?ns= by containerd.
-			served := map[string]bool{}
-			for _, line := range strings.Split(s.proc.log(), "\n") {
-				var rec struct {
-					Msg, Path string
-					Status    int
-				}
-				if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "request" && rec.Status == http.StatusOK {
-					served[rec.Path] = true
-				}
-			}
-			for _, b := range up.Img.Small.AMD64 {
-				if !served["/v2/"+up.Img.Small.Repo+"/blobs/"+b] {
-					t.Errorf("shoal's access log has no 200 for blob %s: %v", b, served)
-				}
-			}
-			if c.proc.exited() {
-				t.Errorf("containerd 2.4.2 exited:\n%s", c.proc.tail(40))
-			}
+			assertCRIPullThroughShoal(t, c, s, hub, reg, up.Img.Small)
 		})
 	}
+}
+
+// assertCRIPullThroughShoal pulls reg/img with crictl (the kubelet's path) and checks that it came
+// through shoal: containerd recorded the upstream's digest, the upstream proxy behind shoal saw
+// one GET per blob, and shoal's access log has a 200 for each blob (linux/amd64).
+func assertCRIPullThroughShoal(t *testing.T, c *containerd2, s *shoalDaemon, hub *upstreamProxy, reg string, img testImage) {
+	t.Helper()
+	mark := len(hub.requests())
+	ref := reg + "/" + img.Ref()
+	start := time.Now()
+	if out, err := c.crictl(t, time.Minute, "pull", ref); err != nil {
+		t.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
+	}
+	t.Logf("crictl pull %s: %s", ref, time.Since(start).Round(time.Millisecond))
+	if d := c.repoDigests(t, ref); !slices.Contains(d, reg+"/"+img.Repo+"@"+img.Digest) {
+		t.Errorf("containerd recorded %v, want %s@%s", d, img.Repo, img.Digest)
+	}
+	assertOneGETPerBlob(t, hub.since(mark), img.AMD64)
+	// shoal's access log: the manifest and every blob, asked for with ?ns= by containerd.
+	served := shoalServed(s)
+	for _, b := range img.AMD64 {
+		if !served["/v2/"+img.Repo+"/blobs/"+b] {
+			t.Errorf("shoal's access log has no 200 for blob %s: %v", b, served)
+		}
+	}
+	if c.proc.exited() {
+		t.Errorf("containerd 2.4.2 exited:\n%s", c.proc.tail(40))
+	}
+}
+
+// repoDigests is what containerd's CRI image service recorded for ref.
+func (c *containerd2) repoDigests(t *testing.T, ref string) []string {
+	t.Helper()
+	out, err := c.crictl(t, 10*time.Second, "inspecti", "-o", "json", ref)
+	if err != nil {
+		t.Fatalf("crictl inspecti: %v\n%s", err, out)
+	}
+	var img struct {
+		Status struct {
+			RepoDigests []string `json:"repoDigests"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &img); err != nil {
+		t.Fatalf("crictl inspecti: %v\n%s", err, out)
+	}
+	return img.Status.RepoDigests
+}
+
+// shoalServed is the set of paths that shoal's access log shows answered with 200.
+func shoalServed(s *shoalDaemon) map[string]bool {
+	served := map[string]bool{}
+	for _, line := range strings.Split(s.proc.log(), "\n") {
+		var rec struct {
+			Msg, Path string
+			Status    int
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "request" && rec.Status == http.StatusOK {
+			served[rec.Path] = true
+		}
+	}
+	return served
 }
 
 // lineDiff counts the lines that differ between two texts with the same number of lines (else
