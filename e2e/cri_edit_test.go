@@ -13,7 +13,7 @@ import (
 )
 
 // TestSetupEditConfigContainerd2: `shoal setup containerd --edit-config` on containerd 2.4.2's
-// stock config (config_path = ''): --dry-run shows the one-line change as a diff and writes
+// stock config (an empty config_path): --dry-run shows the one-line change as a diff and writes
 // nothing; the run sets config_path in the file itself (one line, backup kept, a restart asked
 // for), a second run changes nothing; containerd 2.4.2 started on the edited file pulls for CRI
 // (crictl, through the transfer service) through shoal, and with shoal down falls back to the
