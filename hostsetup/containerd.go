@@ -182,6 +182,22 @@ func (r *resolvedContainerd) planConfigEdit(findings []Finding) (*Change, []Find
 	edited := parseContainerdConfig(b)
 	after := edited.check(path, r.HostsDir, r.HostRoot, r.ContainerdVersion)
 	after = append(after, restartFinding(path, was))
+	// Directories that config_path named and no longer does: what they configure is lost.
+	for _, p := range c.hostsPaths() {
+		if filepath.Clean(p) == filepath.Clean(want) {
+			continue
+		}
+		with, certs, err := registryDirs(under(r.HostRoot, p))
+		if err != nil || len(with)+len(certs) == 0 {
+			continue
+		}
+		after = append(after, Finding{
+			Severity: Warning,
+			Message: fmt.Sprintf("%s no longer names %s, so containerd's CRI plugin stops reading its registry directories (%s)",
+				path, p, strings.Join(slices.Concat(with, certs), ", ")),
+			Fix: fmt.Sprintf("move them to %s, then run setup again", want),
+		})
+	}
 	return ch, after
 }
 

@@ -262,3 +262,24 @@ func TestContainerdEditConfigUninstallKeepsLaterEdits(t *testing.T) {
 		})
 	}
 }
+
+// TestContainerdEditConfigNamesDroppedDirs: when the edit replaces a list (or another
+// directory), setup warns about the registry directories that containerd stops reading.
+func TestContainerdEditConfigNamesDroppedDirs(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	hostsDir := filepath.Join(root, "certs.d")
+	docker := filepath.Join(root, "docker-certs.d")
+	writeFile(t, docker, "registry.corp:5000/ca.crt", "x")
+	cfgPath := writeFile(t, root, "config.toml", "version = 4\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '"+hostsDir+":"+docker+"'\n")
+	p, err := PlanContainerd(ContainerdOptions{HostsDir: hostsDir, ContainerdConfig: cfgPath, ContainerdVersion: "2.4.2",
+		Registries: []string{"docker.io"}, EditConfig: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(p.Findings, func(f Finding) bool {
+		return f.Severity == Warning && strings.Contains(f.Message, "no longer names "+docker) && strings.Contains(f.Message, "registry.corp:5000")
+	}) {
+		t.Errorf("no warning about %s: %v", docker, p.Findings)
+	}
+}
