@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,12 @@ func TestSetupEditConfigContainerd2(t *testing.T) {
 		t.Errorf("containerd recorded %v, want %s", d, up.Img.Hello.Digest)
 	}
 	assertOneGETPerBlob(t, direct.requests(), up.Img.Hello.AMD64)
+	// containerd asked shoal first: its resolver logs the refused connection and the next host.
+	if !slices.ContainsFunc(strings.Split(c.proc.log(), "\n"), func(l string) bool {
+		return strings.Contains(l, "trying next host") && strings.Contains(l, `host="`+s.Addr+`"`) && strings.Contains(l, "connection refused")
+	}) {
+		t.Errorf("containerd's log has no \"trying next host\" for shoal at %s:\n%s", s.Addr, c.proc.tail(30))
+	}
 	if n := count(hub.requests(), http.MethodGet, "/manifests/"+up.Img.Hello.Tag); n != 0 {
 		t.Errorf("shoal's upstream saw the fallback pull")
 	}
