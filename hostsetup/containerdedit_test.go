@@ -283,3 +283,42 @@ func TestContainerdEditConfigNamesDroppedDirs(t *testing.T) {
 		t.Errorf("no warning about %s: %v", docker, p.Findings)
 	}
 }
+
+// FuzzEditConfigRoundTrip: for any config.toml, the --edit-config edit either is refused or sets
+// config_path and nothing else; and reverting it (what uninstall does to a file edited since)
+// gives the original back byte for byte.
+func FuzzEditConfigRoundTrip(f *testing.F) {
+	for _, tc := range editConfigCases {
+		f.Add(tc.config)
+	}
+	f.Add("[plugins]")
+	f.Add("version = 3\n[plugins]\n  'io.containerd.cri.v1.images'.registry.config_path = 'a:b'\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		if in == "" {
+			return // no file: setup writes one, uninstall removes it
+		}
+		c := parseContainerdConfig([]byte(in))
+		if c.invalid != nil {
+			return
+		}
+		edited, err := c.editConfigPath("/want")
+		if err != nil {
+			return
+		}
+		e := parseContainerdConfig(edited)
+		if e.invalid != nil || e.configPath != "/want" {
+			t.Fatalf("edited: config_path %q (%v)\n%s", e.configPath, e.invalid, edited)
+		}
+		back, err := e.revertConfigPath(c)
+		if err != nil {
+			t.Fatalf("revert: %v\n--- in\n%q\n--- edited\n%q", err, in, edited)
+		}
+		want := in
+		if c.where.keyLine == 0 && c.where.tableLine == 0 && !strings.HasSuffix(in, "\n") {
+			want += "\n" // the appended table needed a line end first
+		}
+		if string(back) != want {
+			t.Fatalf("revert:\n%q\nwant the original:\n%q\n--- edited\n%q", back, want, edited)
+		}
+	})
+}
