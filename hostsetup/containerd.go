@@ -163,6 +163,14 @@ func (r *resolvedContainerd) planConfigEdit(findings []Finding) (*Change, []Find
 			Fix: "delete those tables (shoal's hosts.toml files replace them), then run setup --edit-config again",
 		})
 	}
+	if _, _, known := parseVersion(r.ContainerdVersion); !c.exists && !known {
+		return nil, append(findings, Finding{
+			Severity: Problem,
+			Message: fmt.Sprintf("--edit-config did not write %s: containerd's version is unknown, and a new file's own version must be one "+
+				"that containerd loads (2 for 1.x, 3 for 2.x)", path),
+			Fix: "pass --containerd-version with the version of the containerd that runs on this node",
+		})
+	}
 	want := hostPath(r.HostRoot, r.HostsDir)
 	b, err := c.editConfigPath(want)
 	if err != nil {

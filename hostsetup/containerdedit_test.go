@@ -156,8 +156,9 @@ func TestContainerdEditConfigDryRun(t *testing.T) {
 
 // TestContainerdEditConfigLeavesByHand: what the printed fix leaves to the user, --edit-config
 // leaves too, with a problem that says so: a file with registry.mirrors tables (containerd 2.x
-// refuses them next to config_path), an inline registry table, a file that does not parse. A
-// file that is already right is unchanged, with no backup.
+// refuses them next to config_path), an inline registry table, a file that does not parse, a new
+// file for a containerd of unknown version (its `version` must suit it). A file that is already
+// right is unchanged, with no backup.
 func TestContainerdEditConfigLeavesByHand(t *testing.T) {
 	t.Parallel()
 	cases := []struct{ name, config, msg string }{
@@ -165,6 +166,7 @@ func TestContainerdEditConfigLeavesByHand(t *testing.T) {
 			"--edit-config left"},
 		{"inline", "version = 4\n[plugins.'io.containerd.cri.v1.images']\n  registry = { headers = { x = ['y'] } }\n", "inline table"},
 		{"invalid", "version = 4\n[plugins\n", "does not parse"},
+		{"no-file-unknown-version", "", "containerd's version is unknown"},
 		{"good", "version = 4\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/CERTS'\n", ""},
 	}
 	for _, tc := range cases {
@@ -172,9 +174,14 @@ func TestContainerdEditConfigLeavesByHand(t *testing.T) {
 			t.Parallel()
 			root := t.TempDir()
 			hostsDir := filepath.Join(root, "certs.d")
-			cfgPath := writeFile(t, root, "config.toml", strings.ReplaceAll(tc.config, "/CERTS", hostsDir))
-			before := readFile(t, cfgPath)
-			p, err := PlanContainerd(ContainerdOptions{HostsDir: hostsDir, ContainerdConfig: cfgPath, ContainerdVersion: "2.4.2",
+			cfgPath, version := filepath.Join(root, "config.toml"), "2.4.2"
+			if tc.config == "" {
+				version = ""
+			} else {
+				writeFile(t, root, "config.toml", strings.ReplaceAll(tc.config, "/CERTS", hostsDir))
+			}
+			before, _ := readOptional(cfgPath)
+			p, err := PlanContainerd(ContainerdOptions{HostsDir: hostsDir, ContainerdConfig: cfgPath, ContainerdVersion: version,
 				Registries: []string{"docker.io"}, EditConfig: true})
 			if err != nil {
 				t.Fatal(err)
@@ -182,7 +189,7 @@ func TestContainerdEditConfigLeavesByHand(t *testing.T) {
 			if err := p.Apply(); err != nil {
 				t.Fatal(err)
 			}
-			if got := readFile(t, cfgPath); got != before {
+			if got, _ := readOptional(cfgPath); string(got) != string(before) || (got == nil) != (before == nil) {
 				t.Errorf("file changed:\n%s", got)
 			}
 			if _, err := os.Stat(cfgPath + BackupSuffix); !errors.Is(err, fs.ErrNotExist) {
@@ -196,7 +203,7 @@ func TestContainerdEditConfigLeavesByHand(t *testing.T) {
 			}
 			if p.Worst() != Problem || !strings.Contains(p.Findings[0].Message, tc.msg) &&
 				!slices.ContainsFunc(p.Findings, func(f Finding) bool {
-					return strings.HasPrefix(f.Message, "--edit-config left") && strings.Contains(f.Message, tc.msg)
+					return strings.HasPrefix(f.Message, "--edit-config ") && strings.Contains(f.Message, tc.msg)
 				}) {
 				t.Errorf("findings %v, want a problem with %q", p.Findings, tc.msg)
 			}
