@@ -329,3 +329,35 @@ func FuzzEditConfigRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestContainerdEditConfigHostRoot: in a pod that sees the node under --host-root, the edit
+// names the hosts directory as containerd on the node does, and uninstall finds it again.
+func TestContainerdEditConfigHostRoot(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	cfgPath := writeFile(t, root, "etc/containerd/config.toml", stockV4)
+	o := ContainerdOptions{HostRoot: root, HostsDir: filepath.Join(root, DefaultHostsDir), Registries: []string{"docker.io"}, EditConfig: true}
+	p, err := PlanContainerd(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := readContainerdConfig(cfgPath); err != nil || c.configPath != DefaultHostsDir {
+		t.Errorf("config_path = %q (%v), want %s", c.configPath, err, DefaultHostsDir)
+	}
+	u, err := PlanContainerdUninstall(ContainerdOptions{HostRoot: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Apply(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, cfgPath); got != stockV4 {
+		t.Errorf("after uninstall:\n%s", got)
+	}
+	if _, err := os.Stat(filepath.Join(root, DefaultHostsDir, "docker.io", "hosts.toml")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("hosts.toml still there: %v", err)
+	}
+}
