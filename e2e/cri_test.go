@@ -124,6 +124,7 @@ func configFix(t *testing.T, setupOut string) (finding, fix string) {
 var (
 	fixReplace = regexp.MustCompile(`replace line (\d+) of (\S+) \(.*\) with:$`)
 	fixInsert  = regexp.MustCompile(`insert after line (\d+) of (\S+):$`)
+	fixBefore  = regexp.MustCompile(`insert before line (\d+) of (\S+):$`)
 	fixAppend  = regexp.MustCompile(`(?:append|add) to (\S+):$`)
 )
 
@@ -149,13 +150,16 @@ func applyFix(t *testing.T, file, fix string) {
 			return n
 		}
 		var new []string
-		switch m := (struct{ r, i, a []string }{fixReplace.FindStringSubmatch(l), fixInsert.FindStringSubmatch(l), fixAppend.FindStringSubmatch(l)}); {
+		switch m := (struct{ r, i, b, a []string }{fixReplace.FindStringSubmatch(l), fixInsert.FindStringSubmatch(l), fixBefore.FindStringSubmatch(l), fixAppend.FindStringSubmatch(l)}); {
 		case m.r != nil && len(text) == 1:
 			n := at(m.r)
 			new = slices.Concat(old[:n-1], text, old[n:])
 		case m.i != nil:
 			n := at(m.i)
 			new = slices.Concat(old[:n], text, old[n:])
+		case m.b != nil:
+			n := at(m.b)
+			new = slices.Concat(old[:n-1], text, old[n-1:])
 		case m.a != nil && m.a[1] == file:
 			new = slices.Concat(old, []string{""}, text)
 		default:

@@ -43,6 +43,9 @@ type configPathSite struct {
 	tableText  string // that header as written
 	relKey     string // config_path's key relative to that table ("config_path", "registry.config_path")
 	inlineLine int    // the registry table is an inline table on this line (edit by hand)
+	// beforeLine: the registry table is defined through dotted keys in the root table, first on
+	// this line; config_path can go on a line of its own before it, with relKey.
+	beforeLine int
 }
 
 // registryKeys are where each config version keeps the CRI registry settings, as TOML keys.
@@ -152,6 +155,12 @@ func locateConfigPath(b []byte, registry []string) configPathSite {
 				// registry is defined through dotted keys (registry.mirrors… = …) in this table
 				site.tableLine, site.tableText = tableLine, tableText
 				site.relKey = tomlKey(append(slices.Clone(registry[len(table):]), "config_path"))
+			case len(full) > len(registry) && slices.Equal(full[:len(registry)], registry) && site.tableLine == 0 &&
+				tableLine == 0 && site.beforeLine == 0:
+				// registry is defined through dotted keys in the root table (before any header): a
+				// key line before that one stays in the root table (an expression starts its line)
+				site.beforeLine = line
+				site.relKey = tomlKey(append(slices.Clone(registry), "config_path"))
 			}
 		}
 	}
@@ -392,6 +401,9 @@ func (c *containerdConfig) setConfigPath(path, want string) string {
 	case w.tableLine > 0:
 		return fmt.Sprintf("set config_path in the existing %s of %s: insert after line %d of %s:\n%s = %s",
 			w.tableText, path, w.tableLine, path, indentOf(c.lines[w.tableLine-1])+"  "+w.relKey, tomlQuote(want))
+	case w.beforeLine > 0:
+		return fmt.Sprintf("set config_path where %s defines %s through dotted keys: insert before line %d of %s:\n%s%s = %s",
+			path, trimBrackets(c.registrySection), w.beforeLine, path, indentOf(c.lines[w.beforeLine-1]), w.relKey, tomlQuote(want))
 	default:
 		return fmt.Sprintf("add %s with config_path (the file has no such table): append to %s:\n%s\n  config_path = %s",
 			c.registrySection, path, c.registrySection, tomlQuote(want))

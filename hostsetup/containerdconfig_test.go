@@ -62,6 +62,8 @@ func TestContainerdConfigChecks(t *testing.T) {
 			"does not set config_path", "insert after line 3 of"},
 		{"v4-dotted-registry", "version = 4\n[plugins.'io.containerd.cri.v1.images']\n  registry.headers.x = ['y']\n", "", Problem,
 			"does not set config_path", "insert after line 2 of"},
+		{"v4-root-dotted-registry", "version = 4\nplugins.'io.containerd.cri.v1.images'.registry.headers.x = ['y']\n[plugins.other]\n  a = 1\n", "", Problem,
+			"does not set config_path", "insert before line 2 of"},
 		{"v4-no-table", "version = 4\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = false\n", "", Problem,
 			"does not set config_path", "append to"},
 		{"no-version-v1-layout", "[plugins.cri]\n  sandbox_image = 'pause'\n", "2.4.2", Problem, "does not set config_path", "[plugins.cri.registry]"},
@@ -157,6 +159,7 @@ state = '/run/containerd'
 var (
 	fixReplace = regexp.MustCompile(`replace line (\d+) of (\S+) \(.*\) with:$`)
 	fixInsert  = regexp.MustCompile(`insert after line (\d+) of (\S+):$`)
+	fixBefore  = regexp.MustCompile(`insert before line (\d+) of (\S+):$`)
 	fixAppend  = regexp.MustCompile(`append to (\S+):$`)
 	fixWrite   = regexp.MustCompile(`write (\S+) with:$`)
 )
@@ -195,6 +198,13 @@ func applyConfigFix(content, file, fix string) (string, error) {
 				return "", err
 			}
 			return strings.Join(append(append(old[:n:n], text...), old[n:]...), "\n") + "\n", nil
+		}
+		if m := fixBefore.FindStringSubmatch(l); m != nil {
+			n, err := at(m)
+			if err != nil {
+				return "", err
+			}
+			return strings.Join(append(append(old[:n-1:n-1], text...), old[n-1:]...), "\n") + "\n", nil
 		}
 		if m := fixAppend.FindStringSubmatch(l); m != nil && m[1] == file {
 			return content + "\n" + strings.Join(text, "\n") + "\n", nil

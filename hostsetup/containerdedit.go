@@ -52,6 +52,9 @@ func (c *containerdConfig) editConfigPath(want string) ([]byte, error) {
 	case w.tableLine > 0:
 		line := indentOf(lines[w.tableLine-1]) + "  " + w.relKey + " = " + tomlQuote(want) + eol(w.tableLine)
 		out = strings.Join(slices.Insert(lines, w.tableLine, line), "\n")
+	case w.beforeLine > 0:
+		line := indentOf(lines[w.beforeLine-1]) + w.relKey + " = " + tomlQuote(want) + eol(w.beforeLine)
+		out = strings.Join(slices.Insert(lines, w.beforeLine-1, line), "\n")
 	default:
 		out = string(c.raw)
 		if out != "" && !strings.HasSuffix(out, "\n") {
@@ -87,7 +90,7 @@ func (c *containerdConfig) revertConfigPath(orig *containerdConfig) ([]byte, err
 	} else {
 		lines = slices.Delete(lines, w.keyLine-1, w.keyLine)
 		h := w.keyLine - 2 // the line above the removed one
-		appended := orig.where.tableLine == 0 && orig.where.inlineLine == 0
+		appended := orig.where.tableLine == 0 && orig.where.inlineLine == 0 && orig.where.beforeLine == 0
 		if appended && h >= 0 && strings.TrimSpace(lines[h]) == c.registrySection && strings.TrimSpace(strings.Join(lines[h+1:], "")) == "" {
 			if h > 0 && strings.TrimSpace(lines[h-1]) == "" {
 				h-- // the blank line setup put before the table

@@ -20,6 +20,7 @@ var editConfigCases = []struct {
 	{"v2-elsewhere-replace", "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/other/certs.d\"\n", "1.7.0", "replace line 3 of"},
 	{"v4-table-insert", "version = 4\n\n[plugins.'io.containerd.cri.v1.images'.registry]\n  # none yet\n[plugins.'io.containerd.cri.v1.images'.registry.headers]\n  x = ['y']\n", "2.4.2", "insert after line 3 of"},
 	{"v4-dotted-insert", "version = 4\n[plugins.'io.containerd.cri.v1.images']\n  registry.headers.x = ['y']\n", "", "insert after line 2 of"},
+	{"v4-root-dotted-before", "version = 4\nplugins.'io.containerd.cri.v1.images'.registry.headers.x = [\n  'y',\n]\n", "", "insert before line 2 of"},
 	{"v2-append", "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"pause\" # keep\n", "1.7.0", "append to"},
 	{"v4-append-no-final-newline", "version = 4\n[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = false", "", "append to"},
 	{"v4-crlf-replace", "version = 4\r\n[plugins.'io.containerd.cri.v1.images'.registry]\r\n  config_path = ''\r\n", "2.4.2", "replace line 3 of"},
