@@ -101,6 +101,9 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 		// access log and metrics like any client's request.
 		self: newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
 	}
+	if mm, ok := m.(*mirror); ok {
+		o.admin.canary = mm.canary
+	}
 	if err := o.listen(d.cfg); err != nil {
 		return err
 	}
@@ -253,6 +256,7 @@ type admin struct {
 	spool   *spool
 	metrics *metrics
 	self    *selfClient
+	canary  *canaryLog // nil when the mirror is not the daemon's
 	started time.Time
 	ready   func() bool
 
@@ -329,6 +333,7 @@ func (a *admin) routes() http.Handler {
 	mux.Handle("/v1/cache/unpin", a.handle(http.MethodPost, func(r *http.Request) (any, error) { return a.cachePin(r, false) }))
 	mux.Handle("/v1/explain", a.handle(http.MethodGet, a.explain))
 	mux.Handle("/v1/history", a.handle(http.MethodGet, a.history))
+	mux.Handle("/v1/doctor/canary", a.handle(http.MethodGet, a.doctorCanary))
 	mux.HandleFunc("/v1/pull", a.pull)
 	mux.HandleFunc("/v1/export", a.export)
 	mux.HandleFunc("/_shoal/export", a.export)

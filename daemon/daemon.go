@@ -102,6 +102,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		staleLog:        logEvery{every: time.Minute},
 		verifyFirst:     cfg.P2PVerifyBeforeServing,
 		verifyMaxWait:   cfg.P2PVerifyMaxWait,
+		canary:          newCanaryLog(),
 	}
 	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g}
 	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
