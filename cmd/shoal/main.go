@@ -53,7 +53,7 @@ func main() {
 		// Exit codes are handled below, once, so that every failure is one line on stderr.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	ops := operatorCommands() // admin_*.go
+	ops := append(operatorCommands(), withClientFlags(doctorCommand())) // admin_*.go, doctor.go
 	app.Commands = append(app.Commands, ops...)
 	if err := app.Run(hoistFlags(ops, os.Args)); err != nil {
 		var ec cli.ExitCoder
