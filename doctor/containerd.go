@@ -2,7 +2,6 @@ package doctor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -68,8 +67,8 @@ func checkContainerd(ctx context.Context, o Options) Result {
 		r.PullError = short(err)
 		return r
 	}
-	if err := cl.ImageService().Delete(ctx, ref, images.SynchronousDelete()); err == nil || errdefs.IsNotFound(err) {
-		r.Removed = err == nil || pullErr != nil
+	if pullErr == nil {
+		r.Removed = cl.ImageService().Delete(ctx, ref, images.SynchronousDelete()) == nil
 	}
 	if !r.InPath {
 		explainHosts(ctx, &r, o, hostsDir, "hosts directory given to the pull")
@@ -151,5 +150,3 @@ func orDefault(s, def string) string {
 	}
 	return s
 }
-
-var _ = errors.New

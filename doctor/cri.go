@@ -56,10 +56,11 @@ func checkCRI(ctx context.Context, o Options) Result {
 		r.PullError = short(err)
 		return r
 	}
-	rctx, cancel2 := context.WithTimeout(ctx, o.Timeout)
-	defer cancel2()
-	if _, err := img.RemoveImage(rctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err == nil {
-		r.Removed = true
+	if pullErr == nil {
+		rctx, cancel2 := context.WithTimeout(ctx, o.Timeout)
+		defer cancel2()
+		_, err := img.RemoveImage(rctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+		r.Removed = err == nil
 	}
 	if !r.InPath {
 		if diag != nil {

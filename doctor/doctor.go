@@ -62,7 +62,7 @@ type Result struct {
 	Verdict   string               `json:"verdict"`
 	InPath    bool                 `json:"in_path"`
 	PullError string               `json:"pull_error,omitempty"`
-	Removed   bool                 `json:"canary_removed"`
+	Removed   bool                 `json:"canary_removed"`   // the pull succeeded and the canary is gone again
 	Served    []adminapi.CanaryHit `json:"served,omitempty"` // what shoal recorded for the nonce
 	Reasons   []Reason             `json:"reasons,omitempty"`
 	Details   map[string]any       `json:"details,omitempty"`

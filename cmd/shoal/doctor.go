@@ -165,12 +165,11 @@ func printDoctor(out io.Writer, rep doctorReport) {
 		if r.PullError != "" {
 			fmt.Fprintf(out, "  pull: %s\n", r.PullError)
 		}
-		if r.Verdict == doctor.InPath || r.Verdict == doctor.InPathFailed || r.Verdict == doctor.Bypassed {
-			if r.Removed {
-				fmt.Fprintf(out, "  canary removed from the runtime\n")
-			} else if r.PullError == "" {
-				fmt.Fprintf(out, "  canary NOT removed: remove %s by hand\n", r.Canary)
-			}
+		switch {
+		case r.Removed:
+			fmt.Fprintf(out, "  canary removed from the runtime\n")
+		case r.PullError == "" && r.Verdict != doctor.RuntimeMissing && r.Verdict != doctor.CheckFailed:
+			fmt.Fprintf(out, "  canary NOT removed: remove %s by hand\n", r.Canary)
 		}
 		for _, x := range r.Reasons {
 			fmt.Fprintf(out, "  %s: %s\n", x.Severity, x.Message)
