@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -273,6 +274,65 @@ func TestDoctorDockerAndContainerd16(t *testing.T) {
 		if r.Code != 3 {
 			t.Errorf("shoal doctor without a daemon exited %d, want 3:\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
+	})
+	trap.assertUntouched(t)
+}
+
+// TestDaemonDoctorMetric: given containerd's CRI socket (opt-in), the daemon repeats the CRI
+// canary pull and exports shoal_doctor_in_path{runtime="cri"}: 1 while containerd 2.4.2 pulls
+// through shoal, 0 (and a warning in the log saying why) once hosts.toml points elsewhere.
+func TestDaemonDoctorMetric(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	dir := t.TempDir()
+	cfg, sock := stockContainerd2Config(t, dir)
+	cfg = strings.Replace(cfg, "      config_path = ''\n", fmt.Sprintf("      config_path = '%s/certs.d'\n", dir), 1)
+	cfgPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trap := newUpstreamTrap(t)
+	// The config file's doctor section (containerd_config has no flag), the interval as a flag.
+	shoalCfg := filepath.Join(dir, "shoal.yaml")
+	if err := os.WriteFile(shoalCfg, fmt.Appendf(nil, "doctor:\n  cri_endpoint: unix://%s\n  interval: 1m\n  containerd_config: %s\n", sock, cfgPath), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startOpsShoal(t, shoalOpts{registries: []string{"docker.io=" + trap.URL}, args: []string{"--config", shoalCfg, "--doctor-interval", "1s"}})
+	hosts := defaultHostsDir(t, filepath.Join(dir, "certs.d"), s.URL)
+	startContainerd2(t, dir, cfgPath, sock)
+
+	metric := func(want string) func() error {
+		return func() error {
+			resp, err := http.Get("http://" + s.Metrics + "/metrics")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, `shoal_doctor_in_path{runtime="cri"} `) {
+					if got := strings.TrimPrefix(l, `shoal_doctor_in_path{runtime="cri"} `); got != want {
+						return fmt.Errorf("shoal_doctor_in_path = %s, want %s", got, want)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no shoal_doctor_in_path{runtime=\"cri\"} yet")
+		}
+	}
+	start := time.Now()
+	eventually(t, 30*time.Second, s.proc, "the daemon's doctor check says in path", metric("1"))
+	t.Logf("in path after %s", time.Since(start).Round(time.Millisecond))
+	closed := "http://" + freeAddr(t)
+	defaultHostsDir(t, hosts, closed)
+	start = time.Now()
+	eventually(t, 30*time.Second, s.proc, "the daemon's doctor check says bypassed", metric("0"))
+	t.Logf("bypassed after %s", time.Since(start).Round(time.Millisecond))
+	eventually(t, 10*time.Second, s.proc, "a warning in the log", func() error {
+		if l := s.proc.log(); !strings.Contains(l, "CRI pulls do not go through shoal") || !strings.Contains(l, "where nothing listens") {
+			return fmt.Errorf("no warning naming the closed port yet")
+		}
+		return nil
 	})
 	trap.assertUntouched(t)
 }
