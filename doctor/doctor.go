@@ -91,15 +91,15 @@ type CanaryChecker interface {
 type Options struct {
 	Admin  CanaryChecker
 	Mirror string // shoal's mirror URL, as the runtimes should reach it
-	// Timeout bounds one runtime's canary pull.
+	// Timeout bounds one runtime's canary pull; the whole check of a runtime ends within
+	// Timeout plus a second.
 	Timeout time.Duration
 
 	CRIEndpoint       string // unix:///run/containerd/containerd.sock
 	ContainerdAddress string // /run/containerd/containerd.sock
 	Namespace         string // containerd namespace for the ctr-style pull (default "default")
 	ContainerdConfig  string // config.toml to explain a bypass with
-	HostsDir          string // where shoal's hosts.toml files are (setup's --hosts-dir)
-	HostsDirSet       bool   // HostsDir was given (else: config_path's first entry, else the default)
+	HostsDir          string // where shoal's hosts.toml files are (setup's --hosts-dir; "" = config_path's first entry, else the default)
 	DockerHost        string // unix:///var/run/docker.sock
 	DockerRegistry    string // the registry the Docker canary names (default docker.io)
 }
@@ -123,6 +123,8 @@ func Run(ctx context.Context, runtime string, o Options) Result {
 	if o.DockerRegistry == "" {
 		o.DockerRegistry = "docker.io"
 	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout+checkSlack)
+	defer cancel()
 	var r Result
 	switch runtime {
 	case CRI:
@@ -138,12 +140,19 @@ func Run(ctx context.Context, runtime string, o Options) Result {
 	return r
 }
 
-// served asks the daemon what it served for nonce and sets the verdict.
+// checkSlack is what a runtime's check may take on top of the pull's timeout: the runtime's
+// version, the daemon's answer, the removal of the canary.
+const checkSlack = 900 * time.Millisecond
+
+// judge asks the daemon what it served for nonce and sets the verdict.
 func (r *Result) judge(ctx context.Context, o Options, nonce string, pullErr error) error {
 	if pullErr != nil {
 		r.PullError = pullErr.Error()
 	}
-	c, err := o.Admin.Canary(ctx, nonce)
+	// The daemon is local and answers at once, even when the pull used up the check's time.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	c, err := o.Admin.Canary(actx, nonce)
 	if err != nil {
 		r.Verdict = CheckFailed
 		return err
@@ -174,7 +183,8 @@ func listening(ctx context.Context, u string) error {
 		}
 		host = net.JoinHostPort(p.Hostname(), port)
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	// Its own short budget: the check's may be spent by a pull that timed out.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 300*time.Millisecond)
 	defer cancel()
 	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
 	if err != nil {

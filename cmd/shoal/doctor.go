@@ -86,7 +86,7 @@ func runDoctor(c *cli.Context, ctx context.Context, cl *adminapi.Client) error {
 	o := doctor.Options{
 		Admin: cl, Mirror: mirror, Timeout: c.Duration("timeout"),
 		CRIEndpoint: c.String("cri-endpoint"), ContainerdAddress: c.String("containerd-address"), Namespace: c.String("namespace"),
-		ContainerdConfig: c.String("containerd-config"), HostsDir: c.String("hosts-dir"), HostsDirSet: c.IsSet("hosts-dir"),
+		ContainerdConfig: c.String("containerd-config"), HostsDir: c.String("hosts-dir"),
 		DockerHost: c.String("docker-host"), DockerRegistry: c.String("docker-registry"),
 	}
 	if len(runtimes) == 0 {
