@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -267,6 +268,41 @@ func TestDoctorDockerAndContainerd16(t *testing.T) {
 		}
 		if r.Code != 6 {
 			t.Errorf("shoal doctor (text) exited %d, want 6", r.Code)
+		}
+	})
+	t.Run("hanging-mirror-bounded-by-timeout", func(t *testing.T) {
+		// hosts.toml sends pulls to a port that accepts connections and never answers: the
+		// check still ends within --timeout (+0.9 s) and says where the pulls went.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var conns []net.Conn
+		t.Cleanup(func() {
+			ln.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		}()
+		hang := defaultHostsDir(t, t.TempDir(), "http://"+ln.Addr().String())
+		out := runDoctor(t, s, 6, "--runtime", "containerd", "--containerd-address", c.Sock, "--containerd-config", "-", "--hosts-dir", hang, "--timeout", "2s")
+		assertVerdict(t, out, "containerd", "bypassed", "sends pulls first to http://"+ln.Addr().String()+", not to shoal")
+		if sec := out.Runtimes[0].Seconds; sec < 2 || sec > 2.9 {
+			t.Errorf("the check took %.2fs, want the 2s timeout plus at most 0.9s", sec)
 		}
 	})
 	t.Run("admin-api-down", func(t *testing.T) {
