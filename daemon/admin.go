@@ -99,10 +99,8 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 		metrics: o.metrics, started: time.Now(), ready: o.ready.Load, mirrorAddr: d.Addr,
 		// The mirror without the guard (the admin API is the operator's already), with the
 		// access log and metrics like any client's request.
-		self: newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
-	}
-	if mm, ok := m.(*mirror); ok {
-		o.admin.canary = mm.canary
+		self:   newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
+		canary: d.canary,
 	}
 	if err := o.listen(d.cfg); err != nil {
 		return err
@@ -256,7 +254,7 @@ type admin struct {
 	spool   *spool
 	metrics *metrics
 	self    *selfClient
-	canary  *canaryLog // nil when the mirror is not the daemon's
+	canary  *canaryLog // the mirror's record of `shoal doctor`'s nonces (canary.go)
 	started time.Time
 	ready   func() bool
 
