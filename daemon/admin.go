@@ -99,7 +99,8 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 		metrics: o.metrics, started: time.Now(), ready: o.ready.Load, mirrorAddr: d.Addr,
 		// The mirror without the guard (the admin API is the operator's already), with the
 		// access log and metrics like any client's request.
-		self: newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
+		self:   newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
+		canary: d.canary,
 	}
 	if err := o.listen(d.cfg); err != nil {
 		return err
@@ -253,6 +254,7 @@ type admin struct {
 	spool   *spool
 	metrics *metrics
 	self    *selfClient
+	canary  *canaryLog // the mirror's record of `shoal doctor`'s nonces (canary.go)
 	started time.Time
 	ready   func() bool
 
@@ -329,6 +331,7 @@ func (a *admin) routes() http.Handler {
 	mux.Handle("/v1/cache/unpin", a.handle(http.MethodPost, func(r *http.Request) (any, error) { return a.cachePin(r, false) }))
 	mux.Handle("/v1/explain", a.handle(http.MethodGet, a.explain))
 	mux.Handle("/v1/history", a.handle(http.MethodGet, a.history))
+	mux.Handle("/v1/doctor/canary", a.handle(http.MethodGet, a.doctorCanary))
 	mux.HandleFunc("/v1/pull", a.pull)
 	mux.HandleFunc("/v1/export", a.export)
 	mux.HandleFunc("/_shoal/export", a.export)

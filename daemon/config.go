@@ -61,6 +61,8 @@ type Config struct {
 	// endpoint, HOST:PORT or "off". See admin.go and metrics.go.
 	AdminListen   string
 	MetricsListen string
+	// Doctor is the periodic canary pull through CRI (doctor.go); off by default.
+	Doctor DoctorConfig
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 }
@@ -122,6 +124,7 @@ type fileConfig struct {
 		GCInterval *time.Duration `yaml:"gc_interval"`
 	} `yaml:"store"`
 	Security securityFile `yaml:"security"` // guard_config.go
+	Doctor   doctorFile   `yaml:"doctor"`   // doctor.go
 }
 
 // DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
@@ -222,6 +225,7 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.Upstream.Timeout, f.Upstream.Timeout)
 	set(&c.Upstream.Retries, f.Upstream.Retries)
 	set(&c.Upstream.Proxy, f.Upstream.Proxy)
+	f.Doctor.apply(&c.Doctor)
 	if err := f.Security.apply(&c.Guard); err != nil {
 		return err
 	}
@@ -334,6 +338,9 @@ func (c *Config) SetStoreMaxBlobSize(v string) error {
 
 // Validate checks the whole configuration and names the first bad key.
 func (c *Config) Validate() error {
+	if err := c.Doctor.validate(); err != nil {
+		return err
+	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return &ConfigError{Key: "listen", Err: fmt.Errorf("%q: %w", c.Listen, err)}
 	}

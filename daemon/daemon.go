@@ -29,6 +29,8 @@ type Daemon struct {
 	guard *guard // access controls and limits of the mirror API (guard.go)
 	hist  *history
 	ops   *ops // admin API and metrics (admin.go, metrics.go)
+	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
+	canary *canaryLog
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -102,8 +104,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		staleLog:        logEvery{every: time.Minute},
 		verifyFirst:     cfg.P2PVerifyBeforeServing,
 		verifyMaxWait:   cfg.P2PVerifyMaxWait,
+		canary:          newCanaryLog(),
 	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g}
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g, canary: m.canary}
 	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
@@ -150,11 +153,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
-	stopOps := d.ops.start() // admin.go
+	stopOps := d.ops.start()                   // admin.go
+	stopDoctor := d.startDoctor(ctx, d.canary) // doctor.go: off unless doctor.cri_endpoint
 	var err error
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
+		stopDoctor()
 		stopOps()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		err = d.srv.Shutdown(sctx)
@@ -163,6 +168,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
+	stopDoctor()
 	stopOps()
 	// Downloads outlive their clients: let them finish (bounded) before the store closes.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)

@@ -50,6 +50,7 @@ type mirror struct {
 	verifyFirst     bool               // p2p.verify_before_serving: peer bytes wait for the digest check
 	verifyMaxWait   time.Duration      // p2p.verify_max_wait: ... but not longer than this without a byte
 	staleLog        logEvery
+	canary          *canaryLog // canary.go: `shoal doctor`'s nonces
 }
 
 func (m *mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -87,6 +88,9 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	rt, err := parseRoute(r, m.defaultRegistry)
 	if err != nil {
 		return err
+	}
+	if isCanary(rt) { // canary.go: answered here, never upstream
+		return m.serveCanary(w, r, rt)
 	}
 	if _, err := m.up.Endpoint(rt.registry); err != nil {
 		return err

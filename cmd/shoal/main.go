@@ -53,7 +53,7 @@ func main() {
 		// Exit codes are handled below, once, so that every failure is one line on stderr.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	ops := operatorCommands() // admin_*.go
+	ops := append(operatorCommands(), withClientFlags(doctorCommand())) // admin_*.go, doctor.go
 	app.Commands = append(app.Commands, ops...)
 	if err := app.Run(hoistFlags(ops, os.Args)); err != nil {
 		var ec cli.ExitCoder
@@ -116,6 +116,8 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
 			&cli.StringFlag{Name: "admin-listen", EnvVars: env("ADMIN_LISTEN"), Usage: "admin API `ADDR`: unix:/path, HOST:PORT or off (default unix:<data-dir>/admin.sock)"},
 			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "Prometheus /metrics, /healthz, /readyz on `HOST:PORT`, or off (default 127.0.0.1:9095)"},
+			&cli.StringFlag{Name: "doctor-cri-endpoint", EnvVars: env("DOCTOR_CRI_ENDPOINT"), Usage: "repeat `shoal doctor`'s CRI check through this `SOCKET` (unix:///run/containerd/containerd.sock) and export shoal_doctor_in_path (default off: the socket is root-equivalent)"},
+			&cli.DurationFlag{Name: "doctor-interval", EnvVars: env("DOCTOR_INTERVAL"), Usage: "time between the daemon's doctor checks (default 5m)"},
 		},
 		Action: runDaemon,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
@@ -147,6 +149,10 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 	str("log-level", &cfg.LogLevel)
 	str("admin-listen", &cfg.AdminListen)
 	str("metrics-listen", &cfg.MetricsListen)
+	str("doctor-cri-endpoint", &cfg.Doctor.CRIEndpoint)
+	if c.IsSet("doctor-interval") {
+		cfg.Doctor.Interval = c.Duration("doctor-interval")
+	}
 	cfg.Version = version
 	if c.IsSet("tag-ttl") {
 		cfg.TagTTL = c.Duration("tag-ttl")
