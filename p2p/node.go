@@ -92,8 +92,10 @@ type Node struct {
 
 	reprovideNow chan struct{}
 	joining      atomic.Bool // a bootstrap round is running
-	swarmKey     string      // fingerprint of the swarm key; "" without one
-	inbound      *inboundWatch
+	// bootstrapDials counts the sources bootstrap rounds dialled (tests, diagnostics).
+	bootstrapDials atomic.Int64
+	swarmKey       string // fingerprint of the swarm key; "" without one
+	inbound        *inboundWatch
 	// bootstrapErr says why the last bootstrap round reached nobody ("" after one that did).
 	bootstrapErr atomic.Pointer[string]
 	serveSlots   chan struct{}
