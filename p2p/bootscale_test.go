@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ import (
 // name (a test resolver answering every node's address), each with the given bootstrap
 // sample. The name answers the nodes started so far, like a Kubernetes headless Service
 // (which lists ready pods only).
-func dnsSwarm(t testing.TB, n, sample int, name string, ips []string, mutate func(i int, c *Config)) []*testNode {
+func dnsSwarm(t testing.TB, n, sample int, name string, ips []string, mutate func(i int, c *Config, o *nodeOpt)) []*testNode {
 	t.Helper()
 	ln, err := net.Listen("tcp", ips[0]+":0")
 	if err != nil {
@@ -41,10 +42,11 @@ func dnsSwarm(t testing.TB, n, sample int, name string, ips []string, mutate fun
 		c.Listen = []string{fmt.Sprintf("/ip4/%s/tcp/%d", ips[i], port)}
 		c.BootstrapDNS = name
 		c.BootstrapSample = sample
+		o := nodeOpt{opts: slices.Clone(opt.opts)}
 		if mutate != nil {
-			mutate(i, &c)
+			mutate(i, &c, &o)
 		}
-		nodes[i] = startNode(t, c, nil, opt)
+		nodes[i] = startNode(t, c, nil, o)
 		started.Add(1)
 	}
 	return nodes

@@ -118,6 +118,8 @@ type options struct {
 	resolve func(ctx context.Context, name string) ([]net.IP, error)
 	// observeDial sees every address the host is about to dial.
 	observeDial func(p peer.ID, a ma.Multiaddr)
+	// dhtHost wraps the host the DHT (and the provider) use, to count their messages.
+	dhtHost func(host.Host) host.Host
 }
 
 type option func(*options)
@@ -243,7 +245,11 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.ListenAddrs(), err)
 	}
 	n.host = h
-	d, err := dht.New(h,
+	var dh host.Host = h
+	if o.dhtHost != nil {
+		dh = o.dhtHost(h)
+	}
+	d, err := dht.New(dh,
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(dhtPrefix),
 		dht.DisableValues(),
