@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/provider"
+	"github.com/libp2p/go-libp2p-kad-dht/provider/keystore"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
@@ -72,13 +75,16 @@ type Peer struct {
 // Node is a libp2p host with a Kademlia DHT (for provider records) and the blob transfer
 // protocol. It is safe for concurrent use.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	host    host.Host
-	dht     *dht.IpfsDHT
-	content Content
-	peers   *peerTable
-	opts    options
+	cfg  Config
+	log  *slog.Logger
+	host host.Host
+	dht  *dht.IpfsDHT
+	// sweeper re-announces what the node shares, by key region (routing.go).
+	sweeper   *provider.SweepingProvider
+	sweepKeys keystore.Keystore
+	content   Content
+	peers     *peerTable
+	opts      options
 
 	static  []peer.AddrInfo
 	dnsName string
@@ -91,7 +97,8 @@ type Node struct {
 	withdrawn map[digest.Digest]struct{} // never served nor provided until provided again
 
 	reprovideNow chan struct{}
-	joining      atomic.Bool // a bootstrap round is running
+	joining      atomic.Bool   // a bootstrap round is running
+	holds        atomic.Uint64 // holdConn tags
 	// bootstrapDials counts the sources bootstrap rounds dialled (tests, diagnostics).
 	bootstrapDials atomic.Int64
 	swarmKey       string // fingerprint of the swarm key; "" without one
@@ -123,6 +130,30 @@ type options struct {
 }
 
 type option func(*options)
+
+// Connection manager watermarks: above connHigh connections (those older than the grace
+// period), the manager closes the least valuable ones down to connLow. The DHT keeps no
+// connection open on purpose: its walks dial whom they need (a few ms on a LAN) and its
+// routing table keeps peers it is not connected to. Without a cap, the walks that fill the
+// table leave a node connected to nearly every peer it ever asked (measured: all 49 others at
+// N=50, see TestScaleConnections), so idle connections grew like N. With it they stay
+// between connLow and connHigh at any size; a cluster of up to connHigh+1 nodes keeps
+// everyone connected. Transfers hold their connection (holdConn) so a trim never cuts one.
+const (
+	connLow  = 64
+	connHigh = 128
+)
+
+// holdConn protects the connection to p from the connection manager until release is
+// called (release is idempotent). Each hold has its own tag, so concurrent transfers with
+// one peer do not release each other's protection.
+func (n *Node) holdConn(p peer.ID) (release func()) {
+	tag := "shoal-transfer-" + strconv.FormatUint(n.holds.Add(1), 10)
+	cm := n.host.ConnManager()
+	cm.Protect(p, tag)
+	var once sync.Once
+	return func() { once.Do(func() { cm.Unprotect(p, tag) }) }
+}
 
 // maxConcurrentServes bounds blob streams served at once; more are answered BUSY so the
 // asker moves on to another source instead of queueing.
@@ -201,8 +232,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
-	// A LAN cluster is small; keep every peer unless there are hundreds.
-	cm, err := bconnmgr.NewConnManager(200, 400, bconnmgr.WithGracePeriod(time.Minute))
+	cm, err := bconnmgr.NewConnManager(connLow, connHigh, bconnmgr.WithGracePeriod(time.Minute))
 	if err != nil {
 		return nil, fmt.Errorf("p2p: connection manager: %w", err)
 	}
@@ -263,10 +293,19 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		return nil, fmt.Errorf("p2p: start DHT: %w", err)
 	}
 	n.dht = d
+	n.sweeper, n.sweepKeys, err = newSweeper(dh, d, cfg)
+	if err != nil {
+		d.Close()
+		h.Close()
+		return nil, fmt.Errorf("p2p: start provider: %w", err)
+	}
 
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel = cancel
-	h.SetStreamHandler(blobProtocol, func(s network.Stream) { n.serveBlob(life, s) })
+	h.SetStreamHandler(blobProtocol, func(s network.Stream) {
+		defer n.holdConn(s.Conn().RemotePeer())()
+		n.serveBlob(life, s)
+	})
 
 	if cfg.MDNS {
 		m, err := startMDNS(life, n)
@@ -299,6 +338,9 @@ func (n *Node) Close() error {
 		}
 		n.wg.Wait()
 		var errs []error
+		if n.sweeper != nil {
+			errs = append(errs, n.sweeper.Close(), n.sweepKeys.Close())
+		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}
