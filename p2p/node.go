@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,8 +96,9 @@ type Node struct {
 	withdrawn map[digest.Digest]struct{} // never served nor provided until provided again
 
 	reprovideNow chan struct{}
-	joining      atomic.Bool   // a bootstrap round is running
-	holds        atomic.Uint64 // holdConn tags
+	joining      atomic.Bool // a bootstrap round is running
+	holdMu       sync.Mutex
+	holds        map[peer.ID]int // transfers per peer (holdConn)
 	// bootstrapDials counts the sources bootstrap rounds dialled (tests, diagnostics).
 	bootstrapDials atomic.Int64
 	swarmKey       string // fingerprint of the swarm key; "" without one
@@ -144,15 +144,31 @@ const (
 	connHigh = 128
 )
 
+// transferTag protects the connection to a peer while a transfer with it runs.
+const transferTag = "shoal-transfer"
+
 // holdConn protects the connection to p from the connection manager until release is
-// called (release is idempotent). Each hold has its own tag, so concurrent transfers with
-// one peer do not release each other's protection.
+// called (release is idempotent); holds on one peer are counted, so concurrent transfers
+// do not release each other's protection.
 func (n *Node) holdConn(p peer.ID) (release func()) {
-	tag := "shoal-transfer-" + strconv.FormatUint(n.holds.Add(1), 10)
 	cm := n.host.ConnManager()
-	cm.Protect(p, tag)
+	n.holdMu.Lock()
+	if n.holds[p] == 0 {
+		cm.Protect(p, transferTag)
+	}
+	n.holds[p]++
+	n.holdMu.Unlock()
 	var once sync.Once
-	return func() { once.Do(func() { cm.Unprotect(p, tag) }) }
+	return func() {
+		once.Do(func() {
+			n.holdMu.Lock()
+			defer n.holdMu.Unlock()
+			if n.holds[p]--; n.holds[p] == 0 {
+				delete(n.holds, p)
+				cm.Unprotect(p, transferTag)
+			}
+		})
+	}
 }
 
 // maxConcurrentServes bounds blob streams served at once; more are answered BUSY so the
@@ -217,6 +233,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		serveSlots:   make(chan struct{}, maxConcurrentServes),
 		peers:        newPeerTable(cfg.BanDuration, time.Now),
 		inbound:      newInboundWatch(),
+		holds:        map[peer.ID]int{},
 	}
 	for _, s := range cfg.Bootstrap {
 		ai, _ := bootstrapAddr(s) // validated above

@@ -290,10 +290,25 @@ func TestScaleProvideCost(t *testing.T) {
 	}
 }
 
-// announceAll runs one round of announcing everything the node shares, as the periodic loop does.
+// announceAll announces everything the node shares once, as one cycle of the periodic
+// loop does: it hands the list to the sweeper (online by then) and waits until the sweeper
+// has nothing queued or running.
 func announceAll(t *testing.T, n *Node) {
 	t.Helper()
+	idle := func(wantOnline bool) bool {
+		st, err := n.sweeper.Stats(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantOnline {
+			return st.Connectivity.Status == "online"
+		}
+		q := st.Queues
+		return q.PendingKeyProvides == 0 && q.PendingRegionProvides == 0 && q.PendingRegionReprovides == 0 && st.Workers.Active == 0
+	}
+	waitFor(t, 30*time.Second, "the sweeper to be online", func() bool { return idle(true) })
 	n.reprovideAll(t.Context())
+	waitFor(t, 10*time.Minute, "the sweeper to announce everything", func() bool { return idle(false) })
 }
 
 // announceEvery is how often the periodic loop announces everything.
