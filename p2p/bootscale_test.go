@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -205,5 +206,85 @@ func TestCommittedFindableWithin100ms(t *testing.T) {
 	// first walks after start-up took 70-170 ms, hence the margin on the worst case only.
 	if p50 > 100*time.Millisecond || worst > 500*time.Millisecond {
 		t.Errorf("committed digests took p50 %v, worst %v to be findable elsewhere; want p50 ≤ 100 ms, worst ≤ 500 ms", p50, worst)
+	}
+}
+
+// A cluster that formed as two halves (each half's DNS answers named only its own nodes, as
+// when a Service's endpoints were split for a while) joins up once the name answers every
+// node: the periodic refresh dials one random address a node is not connected to, which is
+// in the other half more often than not. The refresh runs every 300 ms here (a minute in
+// the daemon).
+func TestBootstrapDNSHealsTwoHalves(t *testing.T) {
+	const half = 8
+	ips := loopbackIPs(2 * half)
+	var split atomic.Bool
+	split.Store(true)
+	resolverFor := func(i int) option {
+		return func(o *options) {
+			o.refreshEvery = 300 * time.Millisecond
+			inner := o.resolve
+			o.resolve = func(ctx context.Context, name string) ([]net.IP, error) {
+				all, err := inner(ctx, name)
+				if err != nil || !split.Load() {
+					return all, err
+				}
+				var mine []net.IP
+				for _, ip := range all {
+					j := slices.Index(ips, ip.String())
+					if j/half == i/half {
+						mine = append(mine, ip)
+					}
+				}
+				return mine, nil
+			}
+		}
+	}
+	// A sample of 4 with halves of 8: no node is below the sample, so only the one-address
+	// probe of each refresh can bridge the halves.
+	nodes := dnsSwarm(t, 2*half, 4, "shoal-halves.shoal.test", ips,
+		func(i int, _ *Config, o *nodeOpt) { o.opts = append(o.opts, resolverFor(i)) })
+	side := func(x *testNode) int { return slices.Index(nodes, x) / half }
+	ofSide := map[peer.ID]int{}
+	for _, x := range nodes {
+		ofSide[x.host.ID()] = side(x)
+	}
+	for _, x := range nodes {
+		waitRT(t, x, half-1)
+	}
+	for _, x := range nodes {
+		for _, p := range x.dht.RoutingTable().ListPeers() {
+			if ofSide[p] != side(x) {
+				t.Fatalf("halves met before the DNS answer changed: %s knows %s", x.ID(), p)
+			}
+		}
+	}
+	blob := randomBlob(16, 512)
+	d := nodes[2*half-1].content.put(blob)
+	if err := nodes[2*half-1].Provide(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+
+	split.Store(false)
+	start := time.Now()
+	waitFor(t, 20*time.Second, "every node to know a node of the other half", func() bool {
+		for _, x := range nodes {
+			crossed := false
+			for _, p := range x.dht.RoutingTable().ListPeers() {
+				crossed = crossed || ofSide[p] != side(x)
+			}
+			if !crossed {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("two halves of %d joined up %v after the DNS answer changed", half, time.Since(start))
+	// The provider record was stored in its own half only; the next reprovide (or a lookup
+	// walking into the other half) makes it findable from the first half.
+	nodes[2*half-1].Provide(t.Context(), d)
+	for _, x := range nodes[:half] {
+		if ps, err := findWithin(t, x, d, 5*time.Second); err != nil || len(ps) == 0 {
+			t.Fatalf("%s (first half) does not find content of the second half: %v %v", x.ID(), ps, err)
+		}
 	}
 }

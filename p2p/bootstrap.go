@@ -60,7 +60,7 @@ func (n *Node) maintain(ctx context.Context) {
 		lastSize    int
 		backoff     time.Duration
 		nextRound   time.Time // zero: now
-		nextRefresh = time.Now().Add(refreshEvery)
+		nextRefresh = time.Now().Add(n.opts.refreshEvery)
 		warned      bool
 	)
 	for {
@@ -87,10 +87,10 @@ func (n *Node) maintain(ctx context.Context) {
 			}
 			backoff = min(max(2*backoff, time.Second), maxBackoff)
 			nextRound = time.Now().Add(backoff)
-			nextRefresh = time.Now().Add(refreshEvery)
+			nextRefresh = time.Now().Add(n.opts.refreshEvery)
 		} else if size > 0 && hasSources && !now.Before(nextRefresh) {
 			n.bootstrap(ctx, roundRefresh)
-			nextRefresh = time.Now().Add(refreshEvery)
+			nextRefresh = time.Now().Add(n.opts.refreshEvery)
 		}
 		select {
 		case <-ctx.Done():

@@ -125,6 +125,8 @@ type options struct {
 	resolve func(ctx context.Context, name string) ([]net.IP, error)
 	// observeDial sees every address the host is about to dial.
 	observeDial func(p peer.ID, a ma.Multiaddr)
+	// refreshEvery overrides refreshEvery (bootstrap.go).
+	refreshEvery time.Duration
 	// dhtHost wraps the host the DHT (and the provider) use, to count their messages.
 	dhtHost func(host.Host) host.Host
 }
@@ -205,6 +207,9 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	var o options
 	for _, f := range opt {
 		f(&o)
+	}
+	if o.refreshEvery <= 0 {
+		o.refreshEvery = refreshEvery
 	}
 	if o.resolve == nil {
 		o.resolve = func(ctx context.Context, name string) ([]net.IP, error) {
