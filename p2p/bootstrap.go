@@ -129,10 +129,11 @@ func (n *Node) bootstrap(ctx context.Context, kind roundKind) bool {
 	n.joining.Store(true)
 	defer n.joining.Store(false)
 	sample := n.cfg.BootstrapSample
-	want := sample
+	want, gap := sample, true
 	if kind == roundRefresh {
 		have := min(n.dht.RoutingTable().Size(), len(n.host.Network().Peers()))
 		want = max(sample-have, 0)
+		gap = want > 0
 		if n.dnsName != "" {
 			want++ // the probe that heals two halves
 		}
@@ -164,7 +165,11 @@ func (n *Node) bootstrap(ctx context.Context, kind roundKind) bool {
 		return false
 	}
 	n.bootstrapErr.Store(nil)
-	_ = n.dht.Bootstrap(ctx)
+	if gap {
+		// Fill the table from the new peers. A lone probe needs no walk: the DHT adds the
+		// peer to its table when it connects, and its own refresh spreads the news.
+		_ = n.dht.Bootstrap(ctx)
+	}
 	return true
 }
 
