@@ -9,6 +9,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/namespace"
 	dssync "github.com/ipfs/go-datastore/sync"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p-kad-dht/provider"
@@ -255,8 +256,9 @@ func (n *Node) waitRoutingTable(ctx context.Context) bool {
 // message sender (so /shoal peers only), reprovides every RecordTTL/2, never later than
 // 3/4 of RecordTTL (the validity peers give the records).
 func newSweeper(h host.Host, d *dht.IpfsDHT, cfg Config) (*provider.SweepingProvider, keystore.Keystore, error) {
+	// In memory: the store's ShareList is the lasting list, handed over at every start.
 	mem := dssync.MutexWrap(datastore.NewMapDatastore())
-	ks, err := keystore.NewKeystore(mem)
+	ks, err := keystore.NewKeystore(namespace.Wrap(mem, datastore.NewKey("keystore")))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -270,7 +272,7 @@ func newSweeper(h host.Host, d *dht.IpfsDHT, cfg Config) (*provider.SweepingProv
 			return d.ProviderStore().AddProvider(ctx, k, peer.AddrInfo{ID: self})
 		}),
 		provider.WithKeystore(ks),
-		provider.WithDatastore(mem),
+		provider.WithDatastore(namespace.Wrap(mem, datastore.NewKey("provider"))),
 		provider.WithResumeCycle(false),
 		provider.WithReplicationFactor(dhtBucketSize),
 		provider.WithReprovideInterval(cfg.RecordTTL/2),
