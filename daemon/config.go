@@ -106,6 +106,7 @@ type fileConfig struct {
 		Listen         []string       `yaml:"listen"`
 		Bootstrap      []string       `yaml:"bootstrap"`
 		BootstrapDNS   *string        `yaml:"bootstrap_dns"`
+		BootstrapN     *int           `yaml:"bootstrap_sample"`
 		MDNS           *bool          `yaml:"mdns"`
 		SwarmKeyFile   *string        `yaml:"swarm_key_file"`
 		LookupTimeout  *time.Duration `yaml:"lookup_timeout"`
@@ -253,6 +254,7 @@ func (c *Config) apply(b []byte, name string) error {
 		c.P2P.Bootstrap = f.P2P.Bootstrap
 	}
 	set(&c.P2P.BootstrapDNS, f.P2P.BootstrapDNS)
+	set(&c.P2P.BootstrapSample, f.P2P.BootstrapN)
 	set(&c.P2P.MDNS, f.P2P.MDNS)
 	set(&c.P2P.SwarmKeyFile, f.P2P.SwarmKeyFile)
 	set(&c.P2P.LookupTimeout, f.P2P.LookupTimeout)

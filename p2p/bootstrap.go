@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -28,27 +28,40 @@ const (
 	maintainEvery = 200 * time.Millisecond
 	// maxBackoff caps the wait between bootstrap rounds while alone.
 	maxBackoff = 30 * time.Second
-	// dnsRefreshEvery re-resolves BootstrapDNS to meet nodes started since (and to heal a
-	// cluster that formed as two halves).
-	dnsRefreshEvery = time.Minute
+	// refreshEvery is how often a node in the swarm looks at its bootstrap sources again: it
+	// fills gaps (fewer than BootstrapSample peers in the routing table or connected) and, for
+	// BootstrapDNS, probes one random address it is not connected to, which heals a cluster
+	// that formed as two halves (see maintain).
+	refreshEvery = time.Minute
 	// bootstrapConcurrency bounds parallel dials in one round.
 	bootstrapConcurrency = 8
 )
 
 // maintain keeps the node in the swarm: it bootstraps at start-up, again (with back-off)
-// whenever the routing table is empty, re-resolves BootstrapDNS periodically, and triggers a
-// full reprovide when the routing table goes from empty to non-empty. With no bootstrap
-// source configured (single-node mode, or mDNS only) it stays silent.
+// whenever the routing table is empty, refreshes periodically, and triggers a full reprovide
+// when the routing table goes from empty to non-empty. With no bootstrap source configured
+// (single-node mode, or mDNS only) it stays silent.
+//
+// Every round dials a bounded random sample of the bootstrap sources (BootstrapSample
+// successful connections at most), never all of them: the DHT's own self-walk and refresh
+// fill the routing table from there. Connections per node then depend on the DHT, not on
+// the size of the DNS answer (dialling every address made N² connections for a cluster).
+//
+// Two halves heal: each periodic refresh of BootstrapDNS dials one random address this node
+// is not connected to. While the cluster is split in halves A and B, most unconnected
+// addresses a node of A sees are in B (it is connected to part of A already), so each
+// minute each of the N nodes bridges with probability about 1/2: the first minute bridges
+// with certainty for any N worth the name, and the DHT's walks spread the news.
 func (n *Node) maintain(ctx context.Context) {
 	hasSources := len(n.static) > 0 || n.dnsName != ""
 	t := time.NewTicker(maintainEvery)
 	defer t.Stop()
 	var (
-		lastSize  int
-		backoff   time.Duration
-		nextRound time.Time // zero: now
-		nextDNS   = time.Now().Add(dnsRefreshEvery)
-		warned    bool
+		lastSize    int
+		backoff     time.Duration
+		nextRound   time.Time // zero: now
+		nextRefresh = time.Now().Add(n.opts.refreshEvery)
+		warned      bool
 	)
 	for {
 		size := n.dht.RoutingTable().Size()
@@ -65,7 +78,7 @@ func (n *Node) maintain(ctx context.Context) {
 		lastSize = size
 		now := time.Now()
 		if size == 0 && hasSources && !now.Before(nextRound) {
-			if ok := n.bootstrap(ctx, false); !ok && ctx.Err() == nil {
+			if ok := n.bootstrap(ctx, roundJoin); !ok && ctx.Err() == nil {
 				if !warned {
 					n.log.Warn("no bootstrap peer reachable yet; retrying quietly",
 						"bootstrap", len(n.static), "bootstrap_dns", n.dnsName, "why", n.BootstrapError())
@@ -74,10 +87,10 @@ func (n *Node) maintain(ctx context.Context) {
 			}
 			backoff = min(max(2*backoff, time.Second), maxBackoff)
 			nextRound = time.Now().Add(backoff)
-			nextDNS = time.Now().Add(dnsRefreshEvery)
-		} else if size > 0 && n.dnsName != "" && !now.Before(nextDNS) {
-			n.bootstrap(ctx, true)
-			nextDNS = time.Now().Add(dnsRefreshEvery)
+			nextRefresh = time.Now().Add(n.opts.refreshEvery)
+		} else if size > 0 && hasSources && !now.Before(nextRefresh) {
+			n.bootstrap(ctx, roundRefresh)
+			nextRefresh = time.Now().Add(n.opts.refreshEvery)
 		}
 		select {
 		case <-ctx.Done():
@@ -87,69 +100,141 @@ func (n *Node) maintain(ctx context.Context) {
 	}
 }
 
-// bootstrap connects to the static bootstrap peers and to the addresses BootstrapDNS
-// resolves to (only DNS ones when dnsOnly), then asks the DHT to refresh. It reports whether
-// any connection succeeded.
-func (n *Node) bootstrap(ctx context.Context, dnsOnly bool) bool {
+// roundKind says why a bootstrap round runs.
+type roundKind int
+
+const (
+	// roundJoin: the routing table is empty; dial up to BootstrapSample sources.
+	roundJoin roundKind = iota
+	// roundRefresh: the node is in the swarm; fill gaps below BootstrapSample and probe one
+	// random BootstrapDNS address.
+	roundRefresh
+)
+
+// bootCandidate is one bootstrap source to dial: a static peer, or an address BootstrapDNS
+// resolved to (its peer ID learnt from the handshake).
+type bootCandidate struct {
+	static *peer.AddrInfo
+	addr   ma.Multiaddr
+}
+
+// errSelf: a DNS address turned out to be this node; neither success nor failure.
+var errSelf = errors.New("bootstrap address is this node")
+
+// bootstrap dials a random sample of the bootstrap sources, then asks the DHT to refresh. A
+// join round wants BootstrapSample connections; a refresh round wants the gap below
+// BootstrapSample (routing table or connections, whichever is smaller) and, for BootstrapDNS,
+// one more. It reports whether any connection succeeded.
+func (n *Node) bootstrap(ctx context.Context, kind roundKind) bool {
 	n.joining.Store(true)
 	defer n.joining.Store(false)
-	var (
-		ok    atomic.Int32
-		wg    sync.WaitGroup
-		sem   = make(chan struct{}, bootstrapConcurrency)
-		fails failedDials
-	)
-	run := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			defer func() { <-sem }()
-			if err := f(); err != nil {
-				n.log.Debug("bootstrap dial failed", "err", err)
-				fails.add(err)
-				return
-			}
-			ok.Add(1)
-		}()
-	}
-	if !dnsOnly {
-		for _, ai := range n.static {
-			if ai.ID == n.host.ID() {
-				continue
-			}
-			run(func() error { return n.connect(ctx, ai) })
+	sample := n.cfg.BootstrapSample
+	want, gap := sample, true
+	if kind == roundRefresh {
+		have := min(n.dht.RoutingTable().Size(), len(n.host.Network().Peers()))
+		want = max(sample-have, 0)
+		gap = want > 0
+		if n.dnsName != "" {
+			want++ // the probe that heals two halves
 		}
+		if want == 0 {
+			return true
+		}
+	}
+	var cands []bootCandidate
+	for i := range n.static {
+		ai := n.static[i]
+		if ai.ID == n.host.ID() || n.host.Network().Connectedness(ai.ID) == network.Connected {
+			continue
+		}
+		cands = append(cands, bootCandidate{static: &ai})
 	}
 	if n.dnsName != "" {
 		for _, a := range n.resolveDNS(ctx) {
-			run(func() error {
-				p, err := n.learnPeerID(ctx, a)
-				if err != nil {
-					return err
-				}
-				if p == n.host.ID() {
-					return nil
-				}
-				return n.connect(ctx, peer.AddrInfo{ID: p, Addrs: []ma.Multiaddr{a}})
-			})
+			cands = append(cands, bootCandidate{addr: a})
 		}
 	}
-	wg.Wait()
-	if ok.Load() == 0 {
-		if !dnsOnly {
+	mrand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+	var fails failedDials
+	ok := n.dialSample(ctx, cands, want, &fails)
+	if ok == 0 {
+		if kind == roundJoin {
 			why := fails.String()
 			n.bootstrapErr.Store(&why)
 		}
 		return false
 	}
 	n.bootstrapErr.Store(nil)
-	_ = n.dht.Bootstrap(ctx)
+	if gap {
+		// Fill the table from the new peers. A lone probe needs no walk: the DHT adds the
+		// peer to its table when it connects, and its own refresh spreads the news.
+		_ = n.dht.Bootstrap(ctx)
+	}
 	return true
+}
+
+// dialSample dials candidates in order until want of them connected, 2×want were tried or
+// none is left, with at most bootstrapConcurrency dials at once and never more in flight
+// than connections still wanted (so a round dials want sources unless some fail, and never
+// more than 2×want: a node that starts before the others retries a fresh random sample
+// after its back-off instead of dialling every address). It returns how many connected.
+func (n *Node) dialSample(ctx context.Context, cands []bootCandidate, want int, fails *failedDials) int {
+	if len(cands) > 2*want {
+		cands = cands[:2*want]
+	}
+	var (
+		mu       sync.Mutex
+		cond     = sync.NewCond(&mu)
+		ok       int
+		inflight int
+		wg       sync.WaitGroup
+	)
+	for _, c := range cands {
+		mu.Lock()
+		for inflight > 0 && (ok+inflight >= want || inflight >= bootstrapConcurrency) {
+			cond.Wait()
+		}
+		if ok >= want || ctx.Err() != nil {
+			mu.Unlock()
+			break
+		}
+		inflight++
+		mu.Unlock()
+		n.bootstrapDials.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := n.dialCandidate(ctx, c)
+			mu.Lock()
+			defer mu.Unlock()
+			inflight--
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, errSelf):
+			default:
+				n.log.Debug("bootstrap dial failed", "err", err)
+				fails.add(err)
+			}
+			cond.Broadcast()
+		}()
+	}
+	wg.Wait()
+	return ok
+}
+
+func (n *Node) dialCandidate(ctx context.Context, c bootCandidate) error {
+	if c.static != nil {
+		return n.connect(ctx, *c.static)
+	}
+	p, err := n.learnPeerID(ctx, c.addr)
+	if err != nil {
+		return err
+	}
+	if p == n.host.ID() {
+		return errSelf
+	}
+	return n.connect(ctx, peer.AddrInfo{ID: p, Addrs: []ma.Multiaddr{c.addr}})
 }
 
 // BootstrapError says why the last bootstrap round reached no peer; "" once one did.

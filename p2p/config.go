@@ -24,6 +24,12 @@ type Config struct {
 	// records are the peers' addresses. Their peer IDs are learnt from the security handshake.
 	// "NAME" dials the port of the first TCP Listen address, "NAME:PORT" dials PORT.
 	BootstrapDNS string `yaml:"bootstrap_dns"`
+	// BootstrapSample is how many bootstrap sources (Bootstrap peers and BootstrapDNS
+	// addresses, picked at random) a node connects to when it joins; the DHT's own walks fill
+	// the routing table from there. Once in the swarm, the node tops up to this many when its
+	// routing table or its connections fall below it. Dialling every address instead would
+	// connect every node to every other one.
+	BootstrapSample int `yaml:"bootstrap_sample"`
 	// MDNS enables multicast DNS discovery on the local link. Off by default: it multicasts on
 	// every multicast-capable interface and cannot be restricted to one.
 	MDNS bool `yaml:"mdns"`
@@ -62,11 +68,14 @@ var DefaultListen = "/ip4/0.0.0.0/tcp/" + strconv.Itoa(DefaultPort)
 // for a LAN.
 func DefaultConfig() Config {
 	return Config{
-		LookupTimeout:  300 * time.Millisecond,
-		ProvideTimeout: 2 * time.Second,
-		StallTimeout:   5 * time.Second,
-		RecordTTL:      30 * time.Minute,
-		BanDuration:    10 * time.Minute,
+		// Enough to join through a few dead or frozen addresses and to seed the DHT's
+		// walks; the DHT finds the rest.
+		BootstrapSample: 8,
+		LookupTimeout:   300 * time.Millisecond,
+		ProvideTimeout:  2 * time.Second,
+		StallTimeout:    5 * time.Second,
+		RecordTTL:       30 * time.Minute,
+		BanDuration:     10 * time.Minute,
 		// Well under a second: long enough for a registry's token round trip and first byte.
 		DesignatedTimeout: 500 * time.Millisecond,
 		// A tree of fan-out 4 reaches 20 nodes in two hops and 1000 in five, and keeps each
@@ -128,6 +137,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be a positive duration, got %v", d.key, d.v))
 		}
+	}
+	if c.BootstrapSample < 1 {
+		errs = append(errs, fmt.Errorf("p2p.bootstrap_sample: must be 1 or more, got %d", c.BootstrapSample))
 	}
 	if c.MaxUploadsPerBlob < 0 {
 		errs = append(errs, fmt.Errorf("p2p.max_uploads_per_blob: must be 0 (no limit) or more, got %d", c.MaxUploadsPerBlob))

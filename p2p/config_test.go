@@ -34,6 +34,8 @@ func TestConfigValidate(t *testing.T) {
 			c.Listen = []string{"/ip4/0.0.0.0/tcp/0"}
 			c.BootstrapDNS = "shoal"
 		}, "use NAME:PORT"},
+		{"zero bootstrap sample", func(c *Config) { c.BootstrapSample = 0 }, "p2p.bootstrap_sample"},
+		{"bootstrap sample 1", func(c *Config) { c.BootstrapSample = 1 }, ""},
 		{"zero lookup timeout", func(c *Config) { c.LookupTimeout = 0 }, "p2p.lookup_timeout"},
 		{"negative provide timeout", func(c *Config) { c.ProvideTimeout = -time.Second }, "p2p.provide_timeout"},
 		{"zero stall timeout", func(c *Config) { c.StallTimeout = 0 }, "p2p.stall_timeout"},

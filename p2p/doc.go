@@ -7,15 +7,20 @@
 //     the peer ID survives restarts.
 //   - Provider records: kad-dht in server mode under the protocol prefix /shoal, values
 //     disabled. The key of a digest is a CIDv1 (raw codec) whose multihash is the digest's own
-//     bytes (sha2-256 or sha2-512). Records and their addresses live RecordTTL; the node
-//     re-announces everything in Content.ShareList at start-up (once it has a peer), whenever
-//     its routing table goes from empty to non-empty, and every RecordTTL/2.
+//     bytes (sha2-256 or sha2-512). Records and their addresses live RecordTTL. Provide
+//     announces a digest at once with its own DHT walk; kad-dht's SweepingProvider
+//     re-announces everything in Content.ShareList (handed to it at start-up, whenever the
+//     routing table goes from empty to non-empty, and every RecordTTL/2) every RecordTTL/2,
+//     one walk per key-space region rather than per digest.
 //   - Budgets: every lookup is bounded by LookupTimeout, every provide by ProvideTimeout,
 //     every transfer by StallTimeout without progress. A frozen peer costs at most those.
-//   - Joining: static Bootstrap multiaddrs, BootstrapDNS (a headless Service: every A/AAAA
-//     answer is dialled on the p2p port and its peer ID learnt from the security handshake, by
+//   - Joining: static Bootstrap multiaddrs, BootstrapDNS (a headless Service: A/AAAA answers
+//     are dialled on the p2p port and their peer IDs learnt from the security handshake, by
 //     dialling a throw-away placeholder ID and reading the real one from the mismatch error),
-//     and optional mDNS. An empty routing table triggers re-bootstrapping with back-off.
+//     and optional mDNS. A round dials a random sample of BootstrapSample sources, never all;
+//     the DHT fills the routing table. An empty routing table triggers re-bootstrapping with
+//     back-off; once in, a refresh every minute tops up below the sample and probes one
+//     random BootstrapDNS address. Idle connections are capped (connLow/connHigh).
 //     Without any bootstrap source (single-node mode) the node is silent.
 //   - Membership: with SwarmKeyFile set, the node runs a libp2p private network (PSK); nodes
 //     without the same key can neither connect nor fetch.

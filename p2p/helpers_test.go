@@ -135,7 +135,7 @@ func newTestLog(t testing.TB) (*slog.Logger, *testLog) {
 	l := &testLog{t: t}
 	t.Cleanup(func() { l.mu.Lock(); l.done = true; l.mu.Unlock() })
 	level := slog.LevelDebug
-	if _, bench := t.(*testing.B); bench {
+	if _, bench := t.(*testing.B); bench || scaleRun.Load() {
 		level = slog.LevelInfo // per-lookup debug lines would skew the timings
 	}
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: level})), l

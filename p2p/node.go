@@ -14,6 +14,8 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/provider"
+	"github.com/libp2p/go-libp2p-kad-dht/provider/keystore"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
@@ -72,13 +74,16 @@ type Peer struct {
 // Node is a libp2p host with a Kademlia DHT (for provider records) and the blob transfer
 // protocol. It is safe for concurrent use.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	host    host.Host
-	dht     *dht.IpfsDHT
-	content Content
-	peers   *peerTable
-	opts    options
+	cfg  Config
+	log  *slog.Logger
+	host host.Host
+	dht  *dht.IpfsDHT
+	// sweeper re-announces what the node shares, by key region (routing.go).
+	sweeper   *provider.SweepingProvider
+	sweepKeys keystore.Keystore
+	content   Content
+	peers     *peerTable
+	opts      options
 
 	static  []peer.AddrInfo
 	dnsName string
@@ -92,8 +97,12 @@ type Node struct {
 
 	reprovideNow chan struct{}
 	joining      atomic.Bool // a bootstrap round is running
-	swarmKey     string      // fingerprint of the swarm key; "" without one
-	inbound      *inboundWatch
+	holdMu       sync.Mutex
+	holds        map[peer.ID]int // transfers per peer (holdConn)
+	// bootstrapDials counts the sources bootstrap rounds dialled (tests, diagnostics).
+	bootstrapDials atomic.Int64
+	swarmKey       string // fingerprint of the swarm key; "" without one
+	inbound        *inboundWatch
 	// bootstrapErr says why the last bootstrap round reached nobody ("" after one that did).
 	bootstrapErr atomic.Pointer[string]
 	serveSlots   chan struct{}
@@ -116,9 +125,53 @@ type options struct {
 	resolve func(ctx context.Context, name string) ([]net.IP, error)
 	// observeDial sees every address the host is about to dial.
 	observeDial func(p peer.ID, a ma.Multiaddr)
+	// refreshEvery overrides refreshEvery (bootstrap.go).
+	refreshEvery time.Duration
+	// dhtHost wraps the host the DHT (and the provider) use, to count their messages.
+	dhtHost func(host.Host) host.Host
 }
 
 type option func(*options)
+
+// Connection manager watermarks: above connHigh connections (those older than the grace
+// period), the manager closes the least valuable ones down to connLow. The DHT keeps no
+// connection open on purpose: its walks dial whom they need (a few ms on a LAN) and its
+// routing table keeps peers it is not connected to. Without a cap, the walks that fill the
+// table leave a node connected to nearly every peer it ever asked (measured: all 49 others at
+// N=50, see TestScaleConnections), so idle connections grew like N. With it they stay
+// between connLow and connHigh at any size; a cluster of up to connHigh+1 nodes keeps
+// everyone connected. Transfers hold their connection (holdConn) so a trim never cuts one.
+const (
+	connLow  = 64
+	connHigh = 128
+)
+
+// transferTag protects the connection to a peer while a transfer with it runs.
+const transferTag = "shoal-transfer"
+
+// holdConn protects the connection to p from the connection manager until release is
+// called (release is idempotent); holds on one peer are counted, so concurrent transfers
+// do not release each other's protection.
+func (n *Node) holdConn(p peer.ID) (release func()) {
+	cm := n.host.ConnManager()
+	n.holdMu.Lock()
+	if n.holds[p] == 0 {
+		cm.Protect(p, transferTag)
+	}
+	n.holds[p]++
+	n.holdMu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			n.holdMu.Lock()
+			defer n.holdMu.Unlock()
+			if n.holds[p]--; n.holds[p] == 0 {
+				delete(n.holds, p)
+				cm.Unprotect(p, transferTag)
+			}
+		})
+	}
+}
 
 // maxConcurrentServes bounds blob streams served at once; more are answered BUSY so the
 // asker moves on to another source instead of queueing.
@@ -155,6 +208,9 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	for _, f := range opt {
 		f(&o)
 	}
+	if o.refreshEvery <= 0 {
+		o.refreshEvery = refreshEvery
+	}
 	if o.resolve == nil {
 		o.resolve = func(ctx context.Context, name string) ([]net.IP, error) {
 			addrs, err := net.DefaultResolver.LookupIPAddr(ctx, name)
@@ -182,6 +238,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		serveSlots:   make(chan struct{}, maxConcurrentServes),
 		peers:        newPeerTable(cfg.BanDuration, time.Now),
 		inbound:      newInboundWatch(),
+		holds:        map[peer.ID]int{},
 	}
 	for _, s := range cfg.Bootstrap {
 		ai, _ := bootstrapAddr(s) // validated above
@@ -197,8 +254,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
-	// A LAN cluster is small; keep every peer unless there are hundreds.
-	cm, err := bconnmgr.NewConnManager(200, 400, bconnmgr.WithGracePeriod(time.Minute))
+	cm, err := bconnmgr.NewConnManager(connLow, connHigh, bconnmgr.WithGracePeriod(time.Minute))
 	if err != nil {
 		return nil, fmt.Errorf("p2p: connection manager: %w", err)
 	}
@@ -241,7 +297,11 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.ListenAddrs(), err)
 	}
 	n.host = h
-	d, err := dht.New(h,
+	var dh host.Host = h
+	if o.dhtHost != nil {
+		dh = o.dhtHost(h)
+	}
+	d, err := dht.New(dh,
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(dhtPrefix),
 		dht.DisableValues(),
@@ -255,10 +315,19 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		return nil, fmt.Errorf("p2p: start DHT: %w", err)
 	}
 	n.dht = d
+	n.sweeper, n.sweepKeys, err = newSweeper(dh, d, cfg)
+	if err != nil {
+		d.Close()
+		h.Close()
+		return nil, fmt.Errorf("p2p: start provider: %w", err)
+	}
 
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel = cancel
-	h.SetStreamHandler(blobProtocol, func(s network.Stream) { n.serveBlob(life, s) })
+	h.SetStreamHandler(blobProtocol, func(s network.Stream) {
+		defer n.holdConn(s.Conn().RemotePeer())()
+		n.serveBlob(life, s)
+	})
 
 	if cfg.MDNS {
 		m, err := startMDNS(life, n)
@@ -291,6 +360,9 @@ func (n *Node) Close() error {
 		}
 		n.wg.Wait()
 		var errs []error
+		if n.sweeper != nil {
+			errs = append(errs, n.sweeper.Close(), n.sweepKeys.Close())
+		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}

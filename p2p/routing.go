@@ -8,11 +8,17 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/namespace"
+	dssync "github.com/ipfs/go-datastore/sync"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/provider"
+	"github.com/libp2p/go-libp2p-kad-dht/provider/keystore"
 	kb "github.com/libp2p/go-libp2p-kbucket"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multihash"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sync/errgroup"
 )
 
 // digestKey maps a content digest to its DHT key: CIDv1, raw codec, with the digest's own
@@ -56,6 +62,12 @@ func (n *Node) Provide(ctx context.Context, d digest.Digest) error {
 	delete(n.withdrawn, d)
 	n.provided[d] = struct{}{}
 	n.mu.Unlock()
+	// The sweeper re-announces it on its region's schedule; this walk announces it now.
+	if _, err := n.sweepKeys.Put(ctx, key.Hash()); err != nil {
+		n.log.Warn("provide: could not schedule reproviding", "digest", d, "err", err)
+	} else if err := n.sweeper.AddToSchedule(key.Hash()); err != nil && !errors.Is(err, provider.ErrClosed) {
+		n.log.Warn("provide: could not schedule reproviding", "digest", d, "err", err)
+	}
 	return n.provideKey(ctx, d, key)
 }
 
@@ -106,6 +118,11 @@ func (n *Node) Withdraw(d digest.Digest) {
 	delete(n.listed, d)
 	n.withdrawn[d] = struct{}{}
 	n.mu.Unlock()
+	if k, err := digestKey(d); err == nil {
+		if err := n.sweeper.StopProviding(k.Hash()); err != nil && !errors.Is(err, provider.ErrClosed) {
+			n.log.Warn("withdraw: could not stop reproviding", "digest", d, "err", err)
+		}
+	}
 }
 
 func (n *Node) isWithdrawn(d digest.Digest) bool {
@@ -222,12 +239,63 @@ func (n *Node) waitRoutingTable(ctx context.Context) bool {
 	}
 }
 
-// reprovideLoop re-announces everything shared every RecordTTL/2, and at once whenever the
-// routing table goes from empty to non-empty (start-up, or after losing every peer): a plain
-// DHT never reprovides by itself.
+// The periodic side of advertising is kad-dht's SweepingProvider: instead of one DHT walk
+// per digest (what dht.Provide does, and what this loop did every RecordTTL/2 for every
+// digest), it cuts the key space into regions holding about ReplicationFactor peers, walks
+// each region once, and sends every digest of the region to its closest peers in the same
+// pass, spreading the regions over the reprovide interval. Measured on 100 in-process nodes
+// with 10,000 digests (TestScaleProvideCost): see the README's Scale section.
+//
+// Who decides what: this node keeps the list (ShareList, Provide, Withdraw) and tells the
+// sweeper with keys.Put/AddToSchedule (Provide: it announced already), StartProviding (new
+// digests found in ShareList: announced in batches) and StopProviding (Withdraw, evicted
+// digests). A digest committed here is still announced at once by Provide's own walk, so
+// it is findable within milliseconds, not at its region's turn.
+
+// newSweeper starts the sweeping provider on the node's DHT: same protocol prefix and
+// message sender (so /shoal peers only), reprovides every RecordTTL/2, never later than
+// 3/4 of RecordTTL (the validity peers give the records).
+func newSweeper(h host.Host, d *dht.IpfsDHT, cfg Config) (*provider.SweepingProvider, keystore.Keystore, error) {
+	// In memory: the store's ShareList is the lasting list, handed over at every start.
+	mem := dssync.MutexWrap(datastore.NewMapDatastore())
+	ks, err := keystore.NewKeystore(namespace.Wrap(mem, datastore.NewKey("keystore")))
+	if err != nil {
+		return nil, nil, err
+	}
+	self := h.ID()
+	prov, err := provider.New(
+		provider.WithHost(h),
+		provider.WithRouter(d),
+		provider.WithMessageSender(d.MessageSender()),
+		provider.WithSelfAddrs(h.Addrs),
+		provider.WithAddLocalRecord(func(ctx context.Context, k multihash.Multihash) error {
+			return d.ProviderStore().AddProvider(ctx, k, peer.AddrInfo{ID: self})
+		}),
+		provider.WithKeystore(ks),
+		provider.WithDatastore(namespace.Wrap(mem, datastore.NewKey("provider"))),
+		provider.WithResumeCycle(false),
+		provider.WithReplicationFactor(dhtBucketSize),
+		provider.WithReprovideInterval(cfg.RecordTTL/2),
+		provider.WithMaxReprovideDelay(cfg.RecordTTL/4),
+		// A LAN peer answers in milliseconds; a hung one must not hold a worker for 10 s.
+		provider.WithSendProviderRecordTimeout(max(cfg.ProvideTimeout, time.Second)),
+	)
+	if err != nil {
+		ks.Close()
+		return nil, nil, err
+	}
+	return prov, ks, nil
+}
+
+// dhtBucketSize is kad-dht's k: records go to the k closest peers.
+const dhtBucketSize = 20
+
+// reprovideLoop keeps the sweeper's list in step with ShareList: at start (the sweeper
+// announces the lot once it is online), every RecordTTL/2, and whenever the routing table
+// goes from empty to non-empty.
 func (n *Node) reprovideLoop(ctx context.Context) {
-	interval := n.cfg.RecordTTL / 2
-	t := time.NewTimer(interval)
+	n.reprovideAll(ctx)
+	t := time.NewTicker(n.cfg.RecordTTL / 2)
 	defer t.Stop()
 	for {
 		select {
@@ -237,13 +305,6 @@ func (n *Node) reprovideLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		n.reprovideAll(ctx)
-		if !t.Stop() {
-			select {
-			case <-t.C:
-			default:
-			}
-		}
-		t.Reset(interval)
 	}
 }
 
@@ -255,27 +316,34 @@ func (n *Node) triggerReprovide() {
 	}
 }
 
-// reprovideConcurrency bounds parallel provides in one reprovide round.
-const reprovideConcurrency = 8
-
+// reprovideAll hands the sweeper what is shared now: digests it did not know are announced
+// in batches by key region, digests that left the list are no longer announced. Announcing
+// the rest is the sweeper's schedule.
 func (n *Node) reprovideAll(ctx context.Context) {
 	list, err := n.content.ShareList(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		n.log.Warn("reprovide: listing shared content failed; re-announcing what was provided", "err", err)
+		n.log.Warn("reprovide: listing shared content failed; keeping the previous list", "err", err)
 	}
+	var gone []digest.Digest
 	n.mu.Lock()
 	if err == nil {
-		n.listed = make(map[digest.Digest]struct{}, len(list))
+		listed := make(map[digest.Digest]struct{}, len(list))
 		for _, d := range list {
 			if _, w := n.withdrawn[d]; w {
 				continue
 			}
-			n.listed[d] = struct{}{}
+			listed[d] = struct{}{}
 			delete(n.provided, d) // covered by the list from now on
 		}
+		for d := range n.listed {
+			if _, ok := listed[d]; !ok {
+				gone = append(gone, d)
+			}
+		}
+		n.listed = listed
 	}
 	all := make([]digest.Digest, 0, len(n.listed)+len(n.provided))
 	for d := range n.listed {
@@ -285,45 +353,40 @@ func (n *Node) reprovideAll(ctx context.Context) {
 		all = append(all, d)
 	}
 	n.mu.Unlock()
-	if len(all) == 0 || n.dht.RoutingTable().Size() == 0 {
-		return // nothing to say or nobody to tell; the first peer's arrival triggers a round
-	}
-	start := time.Now()
-	var failed int
-	var g errgroup.Group
-	g.SetLimit(reprovideConcurrency)
-	errs := make(chan error, len(all))
+	keys := make([]multihash.Multihash, 0, len(all))
 	for _, d := range all {
-		key, err := digestKey(d)
+		k, err := digestKey(d)
 		if err != nil {
 			n.log.Warn("reprovide: skipping invalid digest from share list", "digest", d, "err", err)
 			continue
 		}
-		g.Go(func() error {
-			if n.isWithdrawn(d) {
-				return nil
-			}
-			if err := n.provideKey(ctx, d, key); err != nil {
-				errs <- err
-			}
-			return nil
-		})
+		keys = append(keys, k.Hash())
 	}
-	g.Wait()
-	close(errs)
-	var first error
-	for err := range errs {
-		failed++
-		if first == nil {
-			first = err
+	var stop []multihash.Multihash
+	for _, d := range gone {
+		if n.isProvided(d) {
+			continue
+		}
+		if k, err := digestKey(d); err == nil {
+			stop = append(stop, k.Hash())
 		}
 	}
-	if ctx.Err() != nil {
+	if len(stop) > 0 {
+		if err := n.sweeper.StopProviding(stop...); err != nil && ctx.Err() == nil {
+			n.log.Warn("reprovide: could not stop announcing evicted content", "digests", len(stop), "err", err)
+		}
+	}
+	if err := n.sweeper.StartProviding(false, keys...); err != nil && ctx.Err() == nil {
+		n.log.Warn("reprovide: could not hand the share list to the provider", "digests", len(keys), "err", err)
 		return
 	}
-	if failed > 0 {
-		n.log.Warn("reprovide finished with errors", "digests", len(all), "failed", failed, "first_err", first, "took", time.Since(start))
-		return
-	}
-	n.log.Debug("reprovide finished", "digests", len(all), "took", time.Since(start))
+	n.log.Debug("reprovide list updated", "digests", len(keys), "stopped", len(stop))
+}
+
+// isProvided reports whether d was provided since the last share list.
+func (n *Node) isProvided(d digest.Digest) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.provided[d]
+	return ok
 }

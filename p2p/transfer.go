@@ -466,7 +466,9 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 		}
 		return fail(fmt.Errorf("p2p: fetch %s from %s: open stream: %w", d, pid, err))
 	}
-	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	reset := context.AfterFunc(ctx, func() { s.Reset() })
+	release := n.holdConn(pid) // no connection-manager trim mid-transfer; every exit calls stop
+	stop := func() bool { release(); return reset() }
 	abort := func(err error) (io.ReadCloser, int64, error) {
 		stop()
 		s.Reset()
