@@ -964,17 +964,28 @@ func (h *herd) makeLiar(n *herdNode, d string) {
 		}
 		return nil
 	})
+	// The node advertises a download as soon as it starts: wait for the commit too.
 	path := ""
 	enc := digest.Digest(d).Encoded()
-	err := filepath.WalkDir(n.DataDir, func(p string, de fs.DirEntry, err error) error {
-		if err == nil && !de.IsDir() && de.Name() == enc {
-			path = p
+	eventually(t, 30*time.Second, n.proc, n.Name+" stores "+short(d), func() error {
+		var cl adminapi.CacheList
+		if err := n.adminGet("/v1/cache", &cl); err != nil {
+			return err
 		}
-		return err
+		if !slices.ContainsFunc(cl.Entries, func(e adminapi.CacheEntry) bool { return e.Digest == d }) {
+			return fmt.Errorf("blob %s not in %s's cache list yet", short(d), n.Name)
+		}
+		err := filepath.WalkDir(n.DataDir, func(p string, de fs.DirEntry, err error) error {
+			if err == nil && !de.IsDir() && de.Name() == enc && strings.Contains(p, string(filepath.Separator)+"blobs"+string(filepath.Separator)) {
+				path = p
+			}
+			return err
+		})
+		if err != nil || path == "" {
+			return fmt.Errorf("blob %s not found as a file under %s/**/blobs/: %v", short(d), n.DataDir, err)
+		}
+		return nil
 	})
-	if err != nil || path == "" {
-		t.Fatalf("blob %s not found as a file under %s: %v", short(d), n.DataDir, err)
-	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatalf("corrupting %s: %v", path, err)
