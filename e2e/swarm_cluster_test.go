@@ -112,10 +112,10 @@ func (n *swarmNode) kill(t *testing.T) {
 
 // launchSwarmNode starts a daemon with P2P on ip, in front of upstreamURL (as docker.io), joining
 // through bootstrap; it does not wait for it.
-func launchSwarmNode(t *testing.T, name, ip, upstreamURL string, bootstrap []string, extra []string) *swarmNode {
+func launchSwarmNode(t scope, name, ip, upstreamURL string, bootstrap []string, extra []string) *swarmNode {
 	t.Helper()
 	if shoalBuildErr != nil {
-		t.Fatal(shoalBuildErr)
+		t.Fatalf("%v", shoalBuildErr)
 	}
 	args := []string{"--p2p=true", "--p2p-listen", "/ip4/" + ip + "/tcp/0"}
 	for _, b := range bootstrap {

@@ -166,7 +166,7 @@ func (h *herd) startNodes(n int, extra []string) {
 			}
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			sn := launchSwarmNode(t, fmt.Sprintf("shoal-%d", i+1), ips[i], urls[i], boot, append(herdFlags(), extra...))
+			sn := launchSwarmNode(quietScope{t}, fmt.Sprintf("shoal-%d", i+1), ips[i], urls[i], boot, append(herdFlags(), extra...))
 			if err := sn.waitUp(60 * time.Second); err != nil {
 				errs[i] = err
 				return
@@ -184,6 +184,13 @@ func (h *herd) startNodes(n int, extra []string) {
 	}
 	t.Logf("%d daemons up in %s", n, time.Since(h.start).Round(time.Millisecond))
 }
+
+// quietScope is t for the herd's daemons, except that a failed test does not print the tail
+// of each one's log (60 tails bury the failure message, which names the nodes that matter).
+// A daemon that exits early still shows its log: waitUp and awaitJoined report it.
+type quietScope struct{ *testing.T }
+
+func (quietScope) Failed() bool { return false }
 
 // herdFlags are the daemon flags every herd node gets: no metrics listener (60 daemons cannot
 // share the default port; the admin API says all the tests need).
@@ -802,7 +809,7 @@ func (h *herd) restart(n *herdNode) error {
 	o := shoalOpts{registries: []string{"docker.io=" + n.Upstream}, dataDir: n.DataDir, args: append(args, herdFlags()...)}
 	argv := shoalArgs(h.t, n.Addr, &o)
 	n.old = append(n.old, n.proc)
-	n.proc = startProc(h.t, fmt.Sprintf("%s-restart%d", n.Name, len(n.old)), nil, argv...)
+	n.proc = startProc(quietScope{h.t}, fmt.Sprintf("%s-restart%d", n.Name, len(n.old)), nil, argv...)
 	// Addr stays (the same port; clients read it meanwhile); the peer ID is read again from
 	// the new log and must be the same.
 	id := n.PeerID
