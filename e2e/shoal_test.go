@@ -53,7 +53,7 @@ type shoalUpstream struct {
 }
 
 // writeShoalConfig writes cfg as YAML into a temp file and returns its path.
-func writeShoalConfig(t *testing.T, cfg *shoalConfig) string {
+func writeShoalConfig(t scope, cfg *shoalConfig) string {
 	t.Helper()
 	b, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -78,7 +78,7 @@ func writeSecret(t *testing.T, secret string) string {
 }
 
 // shoalArgs builds the `shoal daemon` command line for o on addr.
-func shoalArgs(t *testing.T, addr string, o *shoalOpts) []string {
+func shoalArgs(t scope, addr string, o *shoalOpts) []string {
 	if o.dataDir == "" {
 		o.dataDir = filepath.Join(t.TempDir(), "data")
 	}

@@ -112,10 +112,10 @@ func (n *swarmNode) kill(t *testing.T) {
 
 // launchSwarmNode starts a daemon with P2P on ip, in front of upstreamURL (as docker.io), joining
 // through bootstrap; it does not wait for it.
-func launchSwarmNode(t *testing.T, name, ip, upstreamURL string, bootstrap []string, extra []string) *swarmNode {
+func launchSwarmNode(t scope, name, ip, upstreamURL string, bootstrap []string, extra []string) *swarmNode {
 	t.Helper()
 	if shoalBuildErr != nil {
-		t.Fatal(shoalBuildErr)
+		t.Fatalf("%v", shoalBuildErr)
 	}
 	args := []string{"--p2p=true", "--p2p-listen", "/ip4/" + ip + "/tcp/0"}
 	for _, b := range bootstrap {
@@ -130,7 +130,14 @@ func launchSwarmNode(t *testing.T, name, ip, upstreamURL string, bootstrap []str
 // awaitUp waits for the daemon's start-up lines and its mirror API.
 func (n *swarmNode) awaitUp(t *testing.T) {
 	t.Helper()
-	eventually(t, 60*time.Second, n.proc, n.Name+" up", func() error {
+	if err := n.waitUp(60 * time.Second); err != nil {
+		t.Fatalf("%s up: %v", n.Name, err)
+	}
+}
+
+// waitUp is awaitUp for goroutines other than the test's: it returns the error instead.
+func (n *swarmNode) waitUp(timeout time.Duration) error {
+	return poll(timeout, n.proc, func() error {
 		if n.Addr == "" {
 			l := n.logged("shoal mirror listening")
 			if len(l) == 0 {
@@ -169,42 +176,60 @@ func (n *swarmNode) awaitUp(t *testing.T) {
 // bootstrapAddr is the node's multiaddr on its own loopback address, for the others' --bootstrap.
 func (n *swarmNode) bootstrapAddr(t *testing.T) string {
 	t.Helper()
+	a := n.ownAddr()
+	if a == "" {
+		t.Fatalf("%s advertises no address on %s: %v", n.Name, n.IP, n.P2PAddrs)
+	}
+	return a
+}
+
+// ownAddr is bootstrapAddr without the test: "" when the node advertises no such address.
+func (n *swarmNode) ownAddr() string {
 	for _, a := range n.P2PAddrs {
 		if strings.HasPrefix(a, "/ip4/"+n.IP+"/") {
 			return a
 		}
 	}
-	t.Fatalf("%s advertises no address on %s: %v", n.Name, n.IP, n.P2PAddrs)
 	return ""
 }
 
 // routingTableSize asks the node's admin API (unix socket in the data dir) for its routing-table
 // size. ok is false when the admin API does not answer or says nothing about it.
 func (n *swarmNode) routingTableSize() (size int, ok bool) {
-	sock := filepath.Join(n.DataDir, "admin.sock")
-	if _, err := os.Stat(sock); err != nil {
-		return 0, false
-	}
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
-	resp, err := c.Get("http://admin/v1/status")
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
 	var st struct {
 		P2P *struct {
 			RoutingTableSize *int `json:"routing_table_size"`
 		} `json:"p2p"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil || st.P2P == nil || st.P2P.RoutingTableSize == nil {
+	if n.adminGet("/v1/status", &st) != nil || st.P2P == nil || st.P2P.RoutingTableSize == nil {
 		return 0, false
 	}
 	return *st.P2P.RoutingTableSize, true
+}
+
+// adminGet GETs path from the node's admin API (unix socket in the data dir) and decodes the
+// JSON answer into v.
+func (n *swarmNode) adminGet(path string, v any) error {
+	sock := filepath.Join(n.DataDir, "admin.sock")
+	if _, err := os.Stat(sock); err != nil {
+		return err
+	}
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://admin" + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin GET %s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // startSwarm starts n daemons: node 1 first, then the others together, all bootstrapping from
