@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -116,6 +117,10 @@ type options struct {
 	resolve func(ctx context.Context, name string) ([]net.IP, error)
 	// observeDial sees every address the host is about to dial.
 	observeDial func(p peer.ID, a ma.Multiaddr)
+	// makeHost builds the host on the node's identity instead of libp2p.New: the swarm
+	// simulator puts a thousand nodes on libp2p's in-memory mocknet (no transport, connection
+	// manager, resource manager or gater of shoal's own then).
+	makeHost func(key crypto.PrivKey) (host.Host, error)
 }
 
 type option func(*options)
@@ -235,9 +240,17 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		lopts = append(lopts, libp2p.PrivateNetwork(psk))
 		n.swarmKey = swarmKeyFingerprint(psk)
 	}
-	h, err := libp2p.New(lopts...)
-	if err != nil {
+	newHost := func() (host.Host, error) { return libp2p.New(lopts...) }
+	if o.makeHost != nil {
 		rm.Close()
+		rm = nil
+		newHost = func() (host.Host, error) { return o.makeHost(key) }
+	}
+	h, err := newHost()
+	if err != nil {
+		if rm != nil {
+			rm.Close()
+		}
 		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.ListenAddrs(), err)
 	}
 	n.host = h
