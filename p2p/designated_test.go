@@ -42,7 +42,7 @@ func TestDesignatedIsAgreedOn(t *testing.T) {
 		d := digest.FromBytes(randomBlob(uint64(i), 64))
 		want := ""
 		for _, n := range nodes {
-			p, self, err := n.Designated(d)
+			p, self, err := n.Designated(t.Context(), d)
 			if err != nil {
 				t.Fatal(err)
 			}

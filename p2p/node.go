@@ -14,6 +14,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	dhtpb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
@@ -101,6 +102,10 @@ type Node struct {
 	uploads      uploadTable
 	redirects    atomic.Int64 // requests answered REDIRECT
 	openFailLog  rateLog
+
+	designate designateCache // designated fetcher per digest key (large swarms)
+	kadOnce   sync.Once
+	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
 
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing
