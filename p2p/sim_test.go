@@ -374,21 +374,23 @@ type simRow struct {
 	rtMean, rtNearOK float64
 	ag               agreement
 	join             time.Duration
-	connMean         float64
+	connMean         float64 // after the agreement run (its walks dialled peers)
 	connMax          int
+	idleMean         float64 // settled, before any lookup
+	idleMax          int
 	rssPerNode       float64
 }
 
 func (r simRow) String() string {
-	return fmt.Sprintf("| %5d | %-4s | %6.1f s | %5.1f | %5.1f%% | %5.2f | %5.1f%% | %5.1f%% | %7.2f ms | %7.2f ms | %6d | %6.0f ms | %5.1f / %3d | %5.2f MiB |",
+	return fmt.Sprintf("| %5d | %-4s | %6.1f s | %5.1f | %5.1f%% | %5.2f | %5.1f%% | %5.1f%% | %7.2f ms | %7.2f ms | %6d | %6.0f ms | %5.1f / %3d | %5.1f / %3d | %5.2f MiB |",
 		r.n, r.net, r.grow.Seconds()+r.settle.Seconds(), r.rtMean, 100*r.rtNearOK,
 		r.ag.meanDistinct, 100*r.ag.exactlyOne, 100*r.ag.truth,
 		float64(r.ag.pct(0.5).Microseconds())/1000, float64(r.ag.pct(0.99).Microseconds())/1000, r.ag.errors,
-		float64(r.join.Milliseconds()), r.connMean, r.connMax, r.rssPerNode)
+		float64(r.join.Milliseconds()), r.idleMean, r.idleMax, r.connMean, r.connMax, r.rssPerNode)
 }
 
-const simHeader = "|     N | net  |  settle  | rt    | near3  | dist. | one    | true   | find p50   | find p99   | errors | join      | conns mean/max | RSS/node  |\n" +
-	"|------:|------|---------:|------:|-------:|------:|-------:|-------:|-----------:|-----------:|-------:|----------:|---------------:|----------:|"
+const simHeader = "|     N | net  |  settle  | rt    | near3  | dist. | one    | true   | find p50   | find p99   | errors | join      | conns idle     | conns after    | RSS/node  |\n" +
+	"|------:|------|---------:|------:|-------:|------:|-------:|-------:|-----------:|-----------:|-------:|----------:|---------------:|---------------:|----------:|"
 
 // runSim builds a swarm of n nodes, settles it and measures it.
 func runSim(t testing.TB, n int, net simNet, digests int, seed uint64) simRow {
@@ -401,6 +403,7 @@ func runSim(t testing.TB, n int, net simNet, digests int, seed uint64) simRow {
 	r.grow = time.Since(start)
 	r.settle = s.settle(5*time.Second, 60*time.Second)
 	r.rtMean, r.rtNearOK = s.rtStats()
+	r.idleMean, r.idleMax = s.conns()
 	ask := askDesignated
 	if os.Getenv("SHOAL_SIM_RULE") == "walk" {
 		ask = askWalk
