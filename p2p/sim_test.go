@@ -259,6 +259,14 @@ func askDesignated(n *testNode, d digest.Digest) (string, error) {
 	return p.ID, err
 }
 
+// askTable is the rule shoal used before: the closest among this node and its routing table.
+// Comparison only.
+func askTable(n *testNode, d digest.Digest) (string, error) {
+	key, _ := digestKey(d)
+	p, _, err := n.designatedLocal(string(key.Hash()), false)
+	return p.ID, err
+}
+
 // askWalk is a bare kad-dht closest-peers walk for d's key, the asker included in the
 // comparison (the walk never returns the asker itself). Diagnosis only.
 func askWalk(n *testNode, d digest.Digest) (string, error) {
@@ -405,7 +413,10 @@ func runSim(t testing.TB, n int, net simNet, digests int, seed uint64) simRow {
 	r.rtMean, r.rtNearOK = s.rtStats()
 	r.idleMean, r.idleMax = s.conns()
 	ask := askDesignated
-	if os.Getenv("SHOAL_SIM_RULE") == "walk" {
+	switch os.Getenv("SHOAL_SIM_RULE") {
+	case "table":
+		ask = askTable
+	case "getclosestpeers":
 		ask = askWalk
 	}
 	r.ag = s.measureAgreement(digests, seed, 8, ask)
@@ -424,7 +435,9 @@ func runSim(t testing.TB, n int, net simNet, digests int, seed uint64) simRow {
 //	SHOAL_SIM_N=100,300,1000 go test -vet=off -count=1 -run TestSwarmSim -timeout 60m -v ./p2p/
 //
 // SHOAL_SIM_NET=tcp|mock picks the network (default: tcp up to 100 nodes, mock above);
-// SHOAL_SIM_DIGESTS the digests asked (default 200).
+// SHOAL_SIM_DIGESTS the digests asked (default 200); SHOAL_SIM_RULE=table or getclosestpeers
+// measures the old rule (closest in the routing table) or a bare kad-dht GetClosestPeers walk
+// instead of Node.Designated.
 func TestSwarmSim(t *testing.T) {
 	sizes := os.Getenv("SHOAL_SIM_N")
 	if sizes == "" {
