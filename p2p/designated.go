@@ -30,14 +30,15 @@ import (
 // towards the key, one FIND_NODE at a time, each time asking the closest live peer it knows
 // for closer ones, until the closest it knows has answered and named nobody closer. In a
 // Kademlia swarm a node holds every peer of its own neighbourhood, so every walk ends on the
-// same node. A peer that does not answer within designateRPCTimeout is skipped as down (so
+// same node. A peer that does not answer two requests (designateRPCTimeout, then twice that)
+// is skipped as down (so
 // a dead, frozen or banned designated node hands its role to the next closest, for every
 // asker alike). Answers are cached per digest for designateCacheTTL.
 const (
 	// designateLocalMax: a routing table smaller than a k-bucket is the whole swarm.
 	designateLocalMax = 20
-	// designateRPCTimeout bounds one FIND_NODE of the walk; a peer slower than this is
-	// treated as down.
+	// designateRPCTimeout bounds one FIND_NODE of the walk; a peer that lets it and a
+	// second one of twice this pass is treated as down.
 	designateRPCTimeout = 250 * time.Millisecond
 	// designateMaxSteps bounds the FIND_NODEs of one walk (2-4 at N = 1,000).
 	designateMaxSteps = 16
@@ -178,10 +179,23 @@ func (n *Node) walkToKey(ctx context.Context, k string, except []string) (peer.I
 
 // findNode asks p for the peers it knows closest to k (kad-dht's FIND_NODE) and remembers
 // their addresses briefly so that the walk can dial them.
+// A peer that lets the first request time out gets a second, twice as long, before the walk
+// counts it as down: a busy node must not lose its role to a one-off slow answer (every asker
+// that skipped it would name another fetcher), while a frozen one costs 3 × designateRPCTimeout.
 func (n *Node) findNode(ctx context.Context, p peer.ID, k string) ([]peer.ID, error) {
-	ctx, cancel := context.WithTimeout(ctx, designateRPCTimeout)
-	defer cancel()
-	infos, err := n.kadClient().GetClosestPeers(ctx, p, peer.ID(k))
+	var (
+		infos []*peer.AddrInfo
+		err   error
+	)
+	for try := 1; try <= 2; try++ {
+		rctx, cancel := context.WithTimeout(ctx, time.Duration(try)*designateRPCTimeout)
+		infos, err = n.kadClient().GetClosestPeers(rctx, p, peer.ID(k))
+		timedOut := rctx.Err() != nil
+		cancel()
+		if err == nil || !timedOut || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
