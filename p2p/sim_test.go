@@ -287,6 +287,21 @@ func askWalk(n *testNode, d digest.Digest) (string, error) {
 	return best.String(), nil
 }
 
+// soloLookups times count Designated calls for fresh digests from random nodes, one at a
+// time: the whole swarm shares 2 cores here, so 8 walks in flight also time the scheduler.
+func (s *simSwarm) soloLookups(count int, seed uint64) agreement {
+	var a agreement
+	for i := range count {
+		n := s.nodes[s.rng.IntN(len(s.nodes))]
+		start := time.Now()
+		if _, err := askDesignated(n, simDigest(seed, i)); err != nil {
+			a.errors++
+		}
+		a.lat = append(a.lat, time.Since(start))
+	}
+	return a
+}
+
 // conns is the mean and max of connections per node.
 func (s *simSwarm) conns() (mean float64, max int) {
 	sum := 0
@@ -386,19 +401,21 @@ type simRow struct {
 	connMax          int
 	idleMean         float64 // settled, before any lookup
 	idleMax          int
+	solo             agreement // walks one at a time (a real node walks on its own CPU)
 	rssPerNode       float64
 }
 
 func (r simRow) String() string {
-	return fmt.Sprintf("| %5d | %-4s | %6.1f s | %5.1f | %5.1f%% | %5.2f | %5.1f%% | %5.1f%% | %7.2f ms | %7.2f ms | %6d | %6.0f ms | %5.1f / %3d | %5.1f / %3d | %5.2f MiB |",
+	return fmt.Sprintf("| %5d | %-4s | %6.1f s | %5.1f | %5.1f%% | %5.2f | %5.1f%% | %5.1f%% | %7.2f ms | %7.2f ms | %6d | %5.2f / %6.2f ms | %6.0f ms | %5.1f / %3d | %5.1f / %3d | %5.2f MiB |",
 		r.n, r.net, r.grow.Seconds()+r.settle.Seconds(), r.rtMean, 100*r.rtNearOK,
 		r.ag.meanDistinct, 100*r.ag.exactlyOne, 100*r.ag.truth,
 		float64(r.ag.pct(0.5).Microseconds())/1000, float64(r.ag.pct(0.99).Microseconds())/1000, r.ag.errors,
+		float64(r.solo.pct(0.5).Microseconds())/1000, float64(r.solo.pct(0.99).Microseconds())/1000,
 		float64(r.join.Milliseconds()), r.idleMean, r.idleMax, r.connMean, r.connMax, r.rssPerNode)
 }
 
-const simHeader = "|     N | net  |  settle  | rt    | near3  | dist. | one    | true   | find p50   | find p99   | errors | join      | conns idle     | conns after    | RSS/node  |\n" +
-	"|------:|------|---------:|------:|-------:|------:|-------:|-------:|-----------:|-----------:|-------:|----------:|---------------:|---------------:|----------:|"
+const simHeader = "|     N | net  |  settle  | rt    | near3  | dist. | one    | true   | find p50   | find p99   | errors | solo p50 / p99    | join      | conns idle     | conns after    | RSS/node  |\n" +
+	"|------:|------|---------:|------:|-------:|------:|-------:|-------:|-----------:|-----------:|-------:|------------------:|----------:|---------------:|---------------:|----------:|"
 
 // runSim builds a swarm of n nodes, settles it and measures it.
 func runSim(t testing.TB, n int, net simNet, digests int, seed uint64) simRow {
@@ -421,6 +438,7 @@ func runSim(t testing.TB, n int, net simNet, digests int, seed uint64) simRow {
 	}
 	r.ag = s.measureAgreement(digests, seed, 8, ask)
 	r.connMean, r.connMax = s.conns()
+	r.solo = s.soloLookups(300, seed+1)
 	runtime.GC()
 	r.rssPerNode = (rssMiB() - base) / float64(n)
 	var err error
