@@ -26,8 +26,8 @@ type peerNode interface {
 	FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error)
 	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
-	Designated(d digest.Digest) (p2p.Peer, bool, error)
-	DesignatedAmongConnected(d digest.Digest, except ...string) (p2p.Peer, bool, error)
+	Designated(ctx context.Context, d digest.Digest) (p2p.Peer, bool, error)
+	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
 }
 
@@ -260,7 +260,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		}
 		// Nobody has it or is fetching it: ask the peer the swarm designates for this
 		// digest, so that the upstream is paid once for everyone.
-		dp, self, derr := s.node.Designated(d)
+		dp, self, derr := s.node.Designated(ctx, d)
 		if derr == nil && !self && !tried[dp.ID] {
 			if rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer "); err == nil {
 				return rc, size, source, nil
@@ -279,7 +279,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 func (s *sources) redesignate(ctx context.Context, rt route, d digest.Digest, offset int64, tried map[string]bool, broken string) (rc io.ReadCloser, size int64, source string, self bool, err error) {
 	except := []string{broken}
 	for range 3 {
-		dp, self, err := s.node.DesignatedAmongConnected(d, except...)
+		dp, self, err := s.node.DesignatedAmongConnected(ctx, d, except...)
 		if err != nil || self {
 			return nil, 0, "", self, errors.Join(errNoDesignated, err)
 		}

@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"testing"
+	"time"
+
+	kb "github.com/libp2p/go-libp2p-kbucket"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -42,7 +48,7 @@ func TestDesignatedIsAgreedOn(t *testing.T) {
 		d := digest.FromBytes(randomBlob(uint64(i), 64))
 		want := ""
 		for _, n := range nodes {
-			p, self, err := n.Designated(d)
+			p, self, err := n.Designated(t.Context(), d)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,4 +98,101 @@ func TestFetchViaDesignatedPeer(t *testing.T) {
 	if _, _, err := asker.FetchVia(t.Context(), peerOf(fetcher), d, 0, "docker.io", "bad repo"); err == nil {
 		t.Fatal("a repository with a space was sent")
 	}
+}
+
+// In a swarm larger than a k-bucket (24 nodes on libp2p's mocknet, so the designation walk
+// runs), a designated node that is down, frozen (every message to it delayed beyond the
+// walk's per-peer timeout) or banned hands its role to the next closest live node, and every
+// node that asks afresh names that one.
+func TestDesignatedWalkSkipsDownFrozenAndBanned(t *testing.T) {
+	s := newSimSwarm(t, simMock, 24)
+	s.grow(24)
+	s.settle(time.Second, 20*time.Second)
+	for _, n := range s.nodes {
+		waitRT(t, n, designateLocalMax)
+	}
+	// ranked lists the live nodes by distance to d's key, the closest first.
+	ranked := func(d digest.Digest, skip ...*testNode) []*testNode {
+		key, _ := digestKey(d)
+		k := string(key.Hash())
+		var out []*testNode
+		for _, n := range s.nodes {
+			if !slices.Contains(skip, n) {
+				out = append(out, n)
+			}
+		}
+		slices.SortFunc(out, func(a, b *testNode) int {
+			if kb.Closer(a.host.ID(), b.host.ID(), k) {
+				return -1
+			}
+			return 1
+		})
+		return out
+	}
+	agree := func(phase string, d digest.Digest, want *testNode, askers []*testNode, fresh bool) {
+		t.Helper()
+		errs := make(chan error, len(askers))
+		for _, n := range askers {
+			go func() {
+				var p Peer
+				var self bool
+				var err error
+				if fresh {
+					p, self, err = n.DesignatedAmongConnected(t.Context(), d)
+				} else {
+					p, self, err = n.Designated(t.Context(), d)
+				}
+				switch {
+				case err != nil:
+					errs <- fmt.Errorf("%s: node %s: %w", phase, n.ID(), err)
+				case p.ID != want.ID() || self != (n == want):
+					errs <- fmt.Errorf("%s: digest %s: node %s named %s (self %v), want %s", phase, d, n.ID(), p.ID, self, want.ID())
+				default:
+					errs <- nil
+				}
+			}()
+		}
+		for range askers {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	d := digest.FromString("designated walk")
+	r := ranked(d)
+	agree("all up", d, r[0], r, false)
+
+	// Down: the closest node stops (on the mocknet a closed host still accepts new
+	// connections: its links go too); a fresh walk from everyone else names the second.
+	r[0].Close()
+	for _, n := range s.nodes {
+		if n != r[0] {
+			if err := s.mn.UnlinkPeers(n.host.ID(), r[0].host.ID()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	agree("closest down", d, r[1], r[2:], true)
+
+	// Frozen: the second closest answers nothing in time; everyone names the third.
+	for _, n := range s.nodes {
+		if n != r[1] {
+			for _, l := range s.mn.LinksBetweenPeers(n.host.ID(), r[1].host.ID()) {
+				l.SetOptions(mocknet.LinkOptions{Latency: 2 * time.Second})
+			}
+		}
+	}
+	start := time.Now()
+	agree("second frozen", d, r[2], r[3:], true)
+	t.Logf("%d fresh walks at once past a frozen node took %v", len(r)-3, time.Since(start))
+
+	// Banned: a node that banned the closest of another digest names the next one; the
+	// others still name the closest.
+	d2 := digest.FromString("designated walk, banned")
+	r2 := ranked(d2, r[0], r[1])
+	asker := r2[len(r2)-1]
+	asker.Ban(r2[0].ID(), "test")
+	agree("banned by the asker", d2, r2[1], []*testNode{asker}, false)
+	agree("banned by another", d2, r2[0], r2[:len(r2)-1], false)
 }

@@ -14,11 +14,13 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	dhtpb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p-kad-dht/provider"
 	"github.com/libp2p/go-libp2p-kad-dht/provider/keystore"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -110,6 +112,10 @@ type Node struct {
 	redirects    atomic.Int64 // requests answered REDIRECT
 	openFailLog  rateLog
 
+	designate designateCache // designated fetcher per digest key (large swarms)
+	kadOnce   sync.Once
+	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
+
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing
 
@@ -129,6 +135,10 @@ type options struct {
 	refreshEvery time.Duration
 	// dhtHost wraps the host the DHT (and the provider) use, to count their messages.
 	dhtHost func(host.Host) host.Host
+	// makeHost builds the host on the node's identity instead of libp2p.New: the swarm
+	// simulator puts a thousand nodes on libp2p's in-memory mocknet (no transport, connection
+	// manager, resource manager or gater of shoal's own then).
+	makeHost func(key crypto.PrivKey) (host.Host, error)
 }
 
 type option func(*options)
@@ -291,9 +301,17 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		lopts = append(lopts, libp2p.PrivateNetwork(psk))
 		n.swarmKey = swarmKeyFingerprint(psk)
 	}
-	h, err := libp2p.New(lopts...)
-	if err != nil {
+	newHost := func() (host.Host, error) { return libp2p.New(lopts...) }
+	if o.makeHost != nil {
 		rm.Close()
+		rm = nil
+		newHost = func() (host.Host, error) { return o.makeHost(key) }
+	}
+	h, err := newHost()
+	if err != nil {
+		if rm != nil {
+			rm.Close()
+		}
 		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.ListenAddrs(), err)
 	}
 	n.host = h
