@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +37,9 @@ func TestPullProgressBarsInTerminal(t *testing.T) {
 	if out, err := tm("new-session", "-d", "-s", "pull", "-x", "200", "-y", "40", "sh", "-c", script); err != nil {
 		t.Fatalf("tmux new-session: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { _, _ = tm("kill-server") })
+	// Not tm: t.Context() is already cancelled when cleanups run, and a tmux server left behind
+	// keeps the test's `sleep 600` (and any fd it inherited, such as a flock) for ten minutes.
+	t.Cleanup(func() { _, _ = runCmd(context.Background(), 10*time.Second, env, tmux, "-S", sock, "kill-server") })
 
 	partial := regexp.MustCompile(`\[=*>\s*\]\s+([1-9]|[1-9][0-9])%`)
 	var screen string
