@@ -91,6 +91,20 @@ func (n *swarmNode) swarmFetches() []string {
 }
 
 // blobSources counts the node's answered blob GETs by X-Shoal-Source, from its access log.
+// countsList writes counts as "key×n", sorted by key.
+func countsList(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s×%d", k, m[k]))
+	}
+	return parts
+}
+
 func (n *swarmNode) blobSources() map[string]int {
 	m := map[string]int{}
 	for _, e := range n.logged("request") {
@@ -435,16 +449,7 @@ func logSwarmReport(t *testing.T, nodes []*swarmNode, tr upstreamBlobTraffic, im
 				upGETs++
 			}
 		}
-		src := n.blobSources()
-		keys := make([]string, 0, len(src))
-		for k := range src {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var parts []string
-		for _, k := range keys {
-			parts = append(parts, fmt.Sprintf("%s×%d", k, src[k]))
-		}
+		parts := countsList(n.blobSources())
 		fmt.Fprintf(&b, "  %s (%s, %s): blob GETs by source [%s], fetched for the swarm: %d digests, upstream blob GETs: %d (%.1f MiB)\n",
 			n.Name, n.Addr, short(n.PeerID), strings.Join(parts, " "), len(n.swarmFetches()), upGETs, float64(upBytes)/(1<<20))
 	}

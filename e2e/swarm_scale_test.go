@@ -615,16 +615,7 @@ func sourceCounts(gets []*blobGet) string {
 		}
 		m[s]++
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var parts []string
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%s×%d", k, m[k]))
-	}
-	return strings.Join(parts, " ")
+	return strings.Join(countsList(m), " ")
 }
 
 // getTimes formats p50 and max of the GETs' durations.
