@@ -1,30 +1,23 @@
 package daemon
 
 import (
-	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
-//go:embed defaults.yaml
-var defaultsYAML []byte
-
-// DefaultsYAML returns the embedded default configuration, as `shoal config default` prints it.
-func DefaultsYAML() []byte { return bytes.Clone(defaultsYAML) }
+// DefaultsYAML returns the built-in configuration as `shoal config default` prints it, made
+// from the settings table (settings.go).
+func DefaultsYAML() []byte { return defaultsFromTable() }
 
 // Config is everything the daemon needs. Precedence is applied by the caller: flags > SHOAL_*
 // environment > file > the embedded defaults.
@@ -79,61 +72,12 @@ func (e *ConfigError) Error() string {
 }
 func (e *ConfigError) Unwrap() error { return e.Err }
 
-// fileConfig is the YAML file's shape. Sizes stay strings here because they are written like
-// "50GiB" or "10%".
-type fileConfig struct {
-	Listen          *string                            `yaml:"listen"`
-	DataDir         *string                            `yaml:"data_dir"`
-	DefaultRegistry *string                            `yaml:"default_registry"`
-	TagTTL          *time.Duration                     `yaml:"tag_ttl"`
-	LogFormat       *string                            `yaml:"log_format"`
-	LogLevel        *string                            `yaml:"log_level"`
-	AdminListen     *string                            `yaml:"admin_listen"`
-	MetricsListen   *string                            `yaml:"metrics_listen"`
-	Registries      map[string]upstream.RegistryConfig `yaml:"registries"`
-	DockerConfig    *string                            `yaml:"docker_config"`
-	Upstream        struct {
-		OnlyConfigured *bool          `yaml:"only_configured"`
-		Timeout        *time.Duration `yaml:"timeout"`
-		Retries        *int           `yaml:"retries"`
-		Proxy          *string        `yaml:"proxy"`
-	} `yaml:"upstream"`
-	P2P struct {
-		Enabled        *bool          `yaml:"enabled"`
-		SharePrivate   *bool          `yaml:"share_private"`
-		VerifyBefore   *bool          `yaml:"verify_before_serving"`
-		VerifyMaxWait  *time.Duration `yaml:"verify_max_wait"`
-		Listen         []string       `yaml:"listen"`
-		Bootstrap      []string       `yaml:"bootstrap"`
-		BootstrapDNS   *string        `yaml:"bootstrap_dns"`
-		BootstrapN     *int           `yaml:"bootstrap_sample"`
-		MDNS           *bool          `yaml:"mdns"`
-		SwarmKeyFile   *string        `yaml:"swarm_key_file"`
-		LookupTimeout  *time.Duration `yaml:"lookup_timeout"`
-		ProvideTimeout *time.Duration `yaml:"provide_timeout"`
-		StallTimeout   *time.Duration `yaml:"stall_timeout"`
-		RecordTTL      *time.Duration `yaml:"record_ttl"`
-		BanDuration    *time.Duration `yaml:"ban_duration"`
-		Designated     *time.Duration `yaml:"designated_timeout"`
-		MaxUploads     *int           `yaml:"max_uploads_per_blob"`
-	} `yaml:"p2p"`
-	Store struct {
-		MaxSize    *string        `yaml:"max_size"`
-		MaxBlob    *string        `yaml:"max_blob_size"`
-		MinFree    *string        `yaml:"min_free"`
-		TTL        *time.Duration `yaml:"ttl"`
-		GCInterval *time.Duration `yaml:"gc_interval"`
-	} `yaml:"store"`
-	Security securityFile `yaml:"security"` // guard_config.go
-	Doctor   doctorFile   `yaml:"doctor"`   // doctor.go
-}
-
-// DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
-// which the tests catch.
+// DefaultConfig returns the built-in defaults of the settings table. It panics only if the
+// table's defaults are broken, which the tests catch.
 func DefaultConfig() Config {
 	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig()}
-	if err := c.apply(defaultsYAML, "defaults.yaml"); err != nil {
-		panic("embedded defaults.yaml: " + err.Error())
+	if err := c.applyYAML(defaultsFromTable(), "settings table"); err != nil {
+		panic("settings table defaults: " + err.Error())
 	}
 	return c
 }
@@ -144,144 +88,22 @@ func (c *Config) LoadFile(path string) error {
 	if err != nil {
 		return &ConfigError{Key: "--config", Err: err}
 	}
-	return c.apply(b, path)
+	return c.applyYAML(b, path)
 }
 
-var (
-	yamlUnknown = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
-	yamlAtLine  = regexp.MustCompile(`line (\d+): (.*)`)
-)
-
-// explainYAML turns a yaml.v3 error into one line that names the key: "line 3: unknown key
-// \"foo\"", "line 4: tag_ttl: cannot unmarshal !!str `soon` into time.Duration".
-func explainYAML(b []byte, err error) string {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", "; ")
-	}
-	var root yaml.Node
-	_ = yaml.Unmarshal(b, &root)
-	var out []string
-	for _, e := range te.Errors {
-		if m := yamlUnknown.FindStringSubmatch(e); m != nil {
-			out = append(out, fmt.Sprintf("line %s: unknown key %q", m[1], m[2]))
-			continue
-		}
-		if m := yamlAtLine.FindStringSubmatch(e); m != nil {
-			line, _ := strconv.Atoi(m[1])
-			if key := keyAtLine(&root, line, ""); key != "" {
-				out = append(out, fmt.Sprintf("line %d: %s: %s", line, key, m[2]))
-				continue
-			}
-		}
-		out = append(out, e)
-	}
-	return strings.Join(out, "; ")
-}
-
-// keyAtLine finds the dotted path of the mapping key whose value sits on the given line.
-func keyAtLine(n *yaml.Node, line int, prefix string) string {
-	switch n.Kind {
-	case yaml.DocumentNode, yaml.SequenceNode:
-		for _, c := range n.Content {
-			if k := keyAtLine(c, line, prefix); k != "" {
-				return k
-			}
-		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			path := k.Value
-			if prefix != "" {
-				path = prefix + "." + k.Value
-			}
-			if v.Line == line && v.Kind == yaml.ScalarNode {
-				return path
-			}
-			if r := keyAtLine(v, line, path); r != "" {
-				return r
-			}
-		}
-	}
-	return ""
-}
-
-func (c *Config) apply(b []byte, name string) error {
-	var f fileConfig
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return &ConfigError{Key: name, Err: errors.New(explainYAML(b, err))}
-	}
-	set(&c.Listen, f.Listen)
-	set(&c.DataDir, f.DataDir)
-	set(&c.DefaultRegistry, f.DefaultRegistry)
-	set(&c.TagTTL, f.TagTTL)
-	set(&c.LogFormat, f.LogFormat)
-	set(&c.LogLevel, f.LogLevel)
-	set(&c.AdminListen, f.AdminListen)
-	set(&c.MetricsListen, f.MetricsListen)
-	set(&c.Upstream.DockerConfig, f.DockerConfig)
-	set(&c.Upstream.OnlyConfigured, f.Upstream.OnlyConfigured)
-	set(&c.Upstream.Timeout, f.Upstream.Timeout)
-	set(&c.Upstream.Retries, f.Upstream.Retries)
-	set(&c.Upstream.Proxy, f.Upstream.Proxy)
-	f.Doctor.apply(&c.Doctor)
-	if err := f.Security.apply(&c.Guard); err != nil {
-		return err
-	}
-	for host, rc := range f.Registries {
-		c.SetRegistry(host, rc)
-	}
-	if f.Store.MaxSize != nil {
-		if err := c.SetStoreMaxSize(*f.Store.MaxSize); err != nil {
-			return &ConfigError{Key: "store.max_size", Err: err}
-		}
-	}
-	if f.Store.MaxBlob != nil {
-		if err := c.SetStoreMaxBlobSize(*f.Store.MaxBlob); err != nil {
-			return &ConfigError{Key: "store.max_blob_size", Err: err}
-		}
-	}
-	set(&c.P2PEnabled, f.P2P.Enabled)
-	set(&c.P2PSharePrivate, f.P2P.SharePrivate)
-	set(&c.P2PVerifyBeforeServing, f.P2P.VerifyBefore)
-	set(&c.P2PVerifyMaxWait, f.P2P.VerifyMaxWait)
-	if f.P2P.Listen != nil {
-		c.P2P.Listen = f.P2P.Listen
-	}
-	if f.P2P.Bootstrap != nil {
-		c.P2P.Bootstrap = f.P2P.Bootstrap
-	}
-	set(&c.P2P.BootstrapDNS, f.P2P.BootstrapDNS)
-	set(&c.P2P.BootstrapSample, f.P2P.BootstrapN)
-	set(&c.P2P.MDNS, f.P2P.MDNS)
-	set(&c.P2P.SwarmKeyFile, f.P2P.SwarmKeyFile)
-	set(&c.P2P.LookupTimeout, f.P2P.LookupTimeout)
-	set(&c.P2P.ProvideTimeout, f.P2P.ProvideTimeout)
-	set(&c.P2P.StallTimeout, f.P2P.StallTimeout)
-	set(&c.P2P.RecordTTL, f.P2P.RecordTTL)
-	set(&c.P2P.BanDuration, f.P2P.BanDuration)
-	set(&c.P2P.DesignatedTimeout, f.P2P.Designated)
-	set(&c.P2P.MaxUploadsPerBlob, f.P2P.MaxUploads)
-	set(&c.Store.MinFree, f.Store.MinFree)
-	set(&c.Store.TTL, f.Store.TTL)
-	set(&c.Store.GCInterval, f.Store.GCInterval)
-	return nil
-}
-
-func set[T any](dst *T, src *T) {
-	if src != nil {
-		*dst = *src
-	}
-}
+// yamlAtLine splits yaml.v3's "line 4: cannot unmarshal …" into its line and message.
+var yamlAtLine = regexp.MustCompile(`line (\d+): (.*)`)
 
 // SetRegistry merges rc into the configuration for host: fields given in rc win, the rest stay.
 func (c *Config) SetRegistry(host string, rc upstream.RegistryConfig) {
-	if c.Upstream.Registries == nil {
-		c.Upstream.Registries = map[string]upstream.RegistryConfig{}
+	setRegistry(&c.Upstream.Registries, host, rc)
+}
+
+func setRegistry(regs *map[string]upstream.RegistryConfig, host string, rc upstream.RegistryConfig) {
+	if *regs == nil {
+		*regs = map[string]upstream.RegistryConfig{}
 	}
-	cur := c.Upstream.Registries[host]
+	cur := (*regs)[host]
 	if rc.URL != "" {
 		cur.URL = rc.URL
 	}
@@ -294,48 +116,13 @@ func (c *Config) SetRegistry(host string, rc upstream.RegistryConfig) {
 	if rc.PasswordFile != "" {
 		cur.PasswordFile = rc.PasswordFile
 	}
-	c.Upstream.Registries[host] = cur
+	(*regs)[host] = cur
 }
 
 // SetRegistryFlag parses a --registry HOST=URL value.
 func (c *Config) SetRegistryFlag(v string) error {
-	host, u, ok := strings.Cut(v, "=")
-	if !ok || host == "" || u == "" {
-		return &ConfigError{Key: "--registry", Err: fmt.Errorf("%q: want HOST=URL, e.g. docker.io=https://registry-1.docker.io", v)}
-	}
-	c.SetRegistry(host, upstream.RegistryConfig{URL: u})
-	return nil
-}
-
-// SetStoreMaxSize parses a size such as "50GiB"; "" keeps the store's default share of the disk.
-func (c *Config) SetStoreMaxSize(v string) error {
-	if v == "" {
-		c.Store.MaxSize = 0
-		return nil
-	}
-	n, err := store.ParseSize(v)
-	if err != nil {
-		return err
-	}
-	c.Store.MaxSize = n
-	return nil
-}
-
-// SetStoreMaxBlobSize parses a size such as "10GiB"; "" bounds blobs by the store's budget.
-func (c *Config) SetStoreMaxBlobSize(v string) error {
-	if v == "" {
-		c.StoreMaxBlobSize = 0
-		return nil
-	}
-	n, err := store.ParseSize(v)
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return errors.New(`0: want a size such as 10GiB, or "" for the store's budget`)
-	}
-	c.StoreMaxBlobSize = n
-	return nil
+	s, _ := settingByKey("registries")
+	return s.Set(c, []string{v})
 }
 
 // Validate checks the whole configuration and names the first bad key.

@@ -22,18 +22,6 @@ type DoctorConfig struct {
 	ContainerdConfig string        // containerd's config.toml, to explain a bypass in the log ("" = none)
 }
 
-type doctorFile struct {
-	CRIEndpoint      *string        `yaml:"cri_endpoint"`
-	Interval         *time.Duration `yaml:"interval"`
-	ContainerdConfig *string        `yaml:"containerd_config"`
-}
-
-func (f doctorFile) apply(c *DoctorConfig) {
-	set(&c.CRIEndpoint, f.CRIEndpoint)
-	set(&c.Interval, f.Interval)
-	set(&c.ContainerdConfig, f.ContainerdConfig)
-}
-
 func (c DoctorConfig) validate() error {
 	if c.CRIEndpoint != "" && c.Interval < time.Second {
 		return &ConfigError{Key: "doctor.interval", Err: fmt.Errorf("%s: want at least 1s", c.Interval)}

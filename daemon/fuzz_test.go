@@ -142,7 +142,7 @@ func FuzzConfig(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, doc string) {
 		c := DefaultConfig()
-		err := c.apply([]byte(doc), "fuzz.yaml")
+		err := c.applyYAML([]byte(doc), "fuzz.yaml")
 		if err != nil {
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("multi-line config error: %q", err)

@@ -11,8 +11,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
 
 	"github.com/shoal-mirror/shoal/daemon"
 )
@@ -27,7 +29,7 @@ func main() {
 		Usage:   "node-local, P2P-assisted container registry mirror",
 		Version: version,
 		Commands: []*cli.Command{
-			withSecurityFlags(daemonCommand()), // security.go
+			daemonCommand(),
 			setupCommand(), healthcheckCommand(),
 			{
 				Name:  "config",
@@ -83,47 +85,70 @@ func unsetEmptyEnv(environ []string) {
 }
 
 func daemonCommand() *cli.Command {
+	flags := []cli.Flag{&cli.StringFlag{Name: "config", EnvVars: env("CONFIG"), Usage: "YAML configuration `FILE` (keys: shoal config default, docs/configuration.md)"}}
+	for _, s := range daemon.Settings() {
+		flags = append(flags, settingFlag(s))
+	}
 	return &cli.Command{
-		Name:  "daemon",
-		Usage: "run the mirror (flags > SHOAL_* environment > --config file > built-in defaults)",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", EnvVars: env("CONFIG"), Usage: "YAML configuration `FILE`"},
-			&cli.StringFlag{Name: "listen", EnvVars: env("LISTEN"), Usage: "mirror API address (default 127.0.0.1:5000)"},
-			&cli.StringFlag{Name: "data-dir", EnvVars: env("DATA_DIR"), Usage: "state directory (default /var/lib/shoal)"},
-			&cli.StringSliceFlag{Name: "registry", EnvVars: env("REGISTRY"), Usage: "upstream endpoint for a registry, `HOST=URL` (repeatable)"},
-			&cli.StringFlag{Name: "default-registry", EnvVars: env("DEFAULT_REGISTRY"), Usage: "registry for requests that name none (default docker.io)"},
-			&cli.DurationFlag{Name: "tag-ttl", EnvVars: env("TAG_TTL"), Usage: "how long a tag is served without asking the upstream (default 30s)"},
-			&cli.StringFlag{Name: "docker-config", EnvVars: env("DOCKER_CONFIG"), Usage: "read upstream credentials from this Docker config.json"},
-			&cli.BoolFlag{Name: "only-configured-registries", EnvVars: env("ONLY_CONFIGURED_REGISTRIES"), Usage: "refuse registries not named in the configuration"},
-			&cli.StringFlag{Name: "store-max-size", EnvVars: env("STORE_MAX_SIZE"), Usage: "content budget, e.g. 50GiB (default: half of the free space plus what the store holds)"},
-			&cli.StringFlag{Name: "store-max-blob-size", EnvVars: env("STORE_MAX_BLOB_SIZE"), Usage: "largest blob a download may grow to, e.g. 10GiB (default: the content budget)"},
-			&cli.StringFlag{Name: "store-min-free", EnvVars: env("STORE_MIN_FREE"), Usage: "free space to keep on the filesystem, SIZE or PERCENT (default 10%)"},
-			&cli.DurationFlag{Name: "store-ttl", EnvVars: env("STORE_TTL"), Usage: "evict content not read for this long, 0 = never (default 720h)"},
-			&cli.DurationFlag{Name: "store-gc-interval", EnvVars: env("STORE_GC_INTERVAL"), Usage: "how often the TTL sweep runs (default 1h)"},
-			&cli.BoolFlag{Name: "p2p", EnvVars: env("P2P"), Usage: "join the P2P swarm; --p2p=false for a purely local mirror (default true)"},
-			&cli.StringSliceFlag{Name: "p2p-listen", EnvVars: env("P2P_LISTEN"), Usage: "libp2p listen `MULTIADDR` (repeatable; default /ip4/0.0.0.0/tcp/5001 with a bootstrap source or mDNS, none without)"},
-			&cli.StringSliceFlag{Name: "bootstrap", EnvVars: env("BOOTSTRAP"), Usage: "peer to join through, full `MULTIADDR` with /p2p/ID (repeatable)"},
-			&cli.StringFlag{Name: "bootstrap-dns", EnvVars: env("BOOTSTRAP_DNS"), Usage: "DNS `NAME[:PORT]` whose addresses are peers (Kubernetes headless Service)"},
-			&cli.BoolFlag{Name: "mdns", EnvVars: env("MDNS"), Usage: "discover peers with multicast DNS on the local link (default false)"},
-			&cli.StringFlag{Name: "swarm-key", EnvVars: env("SWARM_KEY"), Usage: "libp2p private-network key `FILE`: only nodes with the same key can join"},
-			&cli.DurationFlag{Name: "p2p-lookup-timeout", EnvVars: env("P2P_LOOKUP_TIMEOUT"), Usage: "budget for finding a peer before going upstream (default 300ms)"},
-			&cli.DurationFlag{Name: "p2p-designated-timeout", EnvVars: env("P2P_DESIGNATED_TIMEOUT"), Usage: "wait this long for the swarm's designated fetcher before going upstream (default 500ms)"},
-			&cli.IntFlag{Name: "p2p-max-uploads-per-blob", EnvVars: env("P2P_MAX_UPLOADS_PER_BLOB"), Usage: "peers streaming one blob from this node at once; more are redirected to them (0 = no limit, default 4)"},
-			&cli.BoolFlag{Name: "p2p-share-private", EnvVars: env("P2P_SHARE_PRIVATE"), Usage: "share content from repositories that needed credentials (default false)"},
-			&cli.DurationFlag{Name: "p2p-verify-max-wait", EnvVars: env("P2P_VERIFY_MAX_WAIT"), Usage: "with --p2p-verify-before-serving, a client waiting this long for peer bytes gets them as they arrive (never the last byte unverified); 0 = no limit (default 30s)"},
-			&cli.BoolFlag{Name: "p2p-verify-before-serving", EnvVars: env("P2P_VERIFY_BEFORE_SERVING"), Usage: "hold bytes from peers back from clients until the blob verified; =false streams them (faster rollouts, a lying peer cuts downloads) (default true)"},
-			&cli.StringFlag{Name: "log-format", EnvVars: env("LOG_FORMAT"), Usage: "text or json (default text)"},
-			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
-			&cli.StringFlag{Name: "admin-listen", EnvVars: env("ADMIN_LISTEN"), Usage: "admin API `ADDR`: unix:/path, HOST:PORT or off (default unix:<data-dir>/admin.sock)"},
-			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "Prometheus /metrics, /healthz, /readyz on `HOST:PORT`, or off (default 127.0.0.1:9095)"},
-			&cli.StringFlag{Name: "doctor-cri-endpoint", EnvVars: env("DOCTOR_CRI_ENDPOINT"), Usage: "repeat `shoal doctor`'s CRI check through this `SOCKET` (unix:///run/containerd/containerd.sock) and export shoal_doctor_in_path (default off: the socket is root-equivalent)"},
-			&cli.DurationFlag{Name: "doctor-interval", EnvVars: env("DOCTOR_INTERVAL"), Usage: "time between the daemon's doctor checks (default 5m)"},
-		},
+		Name:   "daemon",
+		Usage:  "run the mirror (flags > SHOAL_* environment > --config file > built-in defaults)",
+		Flags:  flags,
 		Action: runDaemon,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return cli.Exit("daemon: "+err.Error(), 2)
 		},
 	}
+}
+
+// settingFlag is the flag of one entry of the settings table, its default the table's.
+func settingFlag(s daemon.Setting) cli.Flag {
+	usage := strings.ReplaceAll(s.Help, "`", "")
+	if s.Arg != "" {
+		usage = "`" + s.Arg + "`: " + usage
+	}
+	envs := []string{s.Env()}
+	// The default is shown as the table writes it (30m, not 30m0s), the same text as in
+	// `shoal config default`; an empty one is not shown (the help says what it means).
+	shown := s.Default
+	if shown == `""` || shown == "[]" {
+		shown = ""
+	}
+	var def any
+	_ = yaml.Unmarshal([]byte(s.Default), &def)
+	str, _ := def.(string)
+	switch s.Kind() {
+	case daemon.KindBool:
+		b, _ := def.(bool)
+		return &cli.BoolFlag{Name: s.Flag, EnvVars: envs, Usage: usage, Value: b, DefaultText: shown}
+	case daemon.KindInt:
+		n, _ := def.(int)
+		return &cli.IntFlag{Name: s.Flag, EnvVars: envs, Usage: usage, Value: n, DefaultText: shown}
+	case daemon.KindFloat:
+		var f float64
+		_ = yaml.Unmarshal([]byte(s.Default), &f)
+		return &cli.Float64Flag{Name: s.Flag, EnvVars: envs, Usage: usage, Value: f, DefaultText: shown}
+	case daemon.KindDuration:
+		var d time.Duration
+		_ = yaml.Unmarshal([]byte(s.Default), &d)
+		return &cli.DurationFlag{Name: s.Flag, EnvVars: envs, Usage: usage, Value: d, DefaultText: shown}
+	case daemon.KindList:
+		var l []string
+		_ = yaml.Unmarshal([]byte(s.Default), &l)
+		f := &cli.StringSliceFlag{Name: s.Flag, EnvVars: envs, Usage: usage, DefaultText: shown}
+		if len(l) > 0 {
+			f.Value = cli.NewStringSlice(l...)
+		}
+		return f
+	case daemon.KindRegistries:
+		var m map[string]struct{ URL string }
+		_ = yaml.Unmarshal([]byte(s.Default), &m)
+		var d []string
+		for h, r := range m {
+			d = append(d, h+"="+r.URL)
+		}
+		return &cli.StringSliceFlag{Name: s.Flag, EnvVars: envs, Usage: usage, DefaultText: strings.Join(d, ", ")}
+	}
+	return &cli.StringFlag{Name: s.Flag, EnvVars: envs, Usage: usage, Value: str, DefaultText: shown}
 }
 
 // loadConfig applies the precedence: defaults, then the file, then env and flags (urfave/cli
@@ -135,86 +160,29 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 			return cfg, err
 		}
 	}
-	str := func(flag string, dst *string) {
-		if c.IsSet(flag) {
-			*dst = c.String(flag)
-		}
-	}
-	str("listen", &cfg.Listen)
-	str("data-dir", &cfg.DataDir)
-	str("default-registry", &cfg.DefaultRegistry)
-	str("docker-config", &cfg.Upstream.DockerConfig)
-	str("store-min-free", &cfg.Store.MinFree)
-	str("log-format", &cfg.LogFormat)
-	str("log-level", &cfg.LogLevel)
-	str("admin-listen", &cfg.AdminListen)
-	str("metrics-listen", &cfg.MetricsListen)
-	str("doctor-cri-endpoint", &cfg.Doctor.CRIEndpoint)
-	if c.IsSet("doctor-interval") {
-		cfg.Doctor.Interval = c.Duration("doctor-interval")
-	}
 	cfg.Version = version
-	if c.IsSet("tag-ttl") {
-		cfg.TagTTL = c.Duration("tag-ttl")
-	}
-	if c.IsSet("only-configured-registries") {
-		cfg.Upstream.OnlyConfigured = c.Bool("only-configured-registries")
-	}
-	if c.IsSet("store-ttl") {
-		cfg.Store.TTL = c.Duration("store-ttl")
-	}
-	if c.IsSet("store-gc-interval") {
-		cfg.Store.GCInterval = c.Duration("store-gc-interval")
-	}
-	if c.IsSet("store-max-size") {
-		if err := cfg.SetStoreMaxSize(c.String("store-max-size")); err != nil {
-			return cfg, &daemon.ConfigError{Key: "--store-max-size", Err: err}
+	for _, s := range daemon.Settings() {
+		if !c.IsSet(s.Flag) {
+			continue
 		}
-	}
-	if c.IsSet("store-max-blob-size") {
-		if err := cfg.SetStoreMaxBlobSize(c.String("store-max-blob-size")); err != nil {
-			return cfg, &daemon.ConfigError{Key: "--store-max-blob-size", Err: err}
+		var v any
+		switch s.Kind() {
+		case daemon.KindBool:
+			v = c.Bool(s.Flag)
+		case daemon.KindInt:
+			v = c.Int(s.Flag)
+		case daemon.KindFloat:
+			v = c.Float64(s.Flag)
+		case daemon.KindDuration:
+			v = c.Duration(s.Flag)
+		case daemon.KindList, daemon.KindRegistries:
+			v = c.StringSlice(s.Flag)
+		default:
+			v = c.String(s.Flag)
 		}
-	}
-	if c.IsSet("p2p") {
-		cfg.P2PEnabled = c.Bool("p2p")
-	}
-	if c.IsSet("p2p-listen") {
-		cfg.P2P.Listen = c.StringSlice("p2p-listen")
-	}
-	if c.IsSet("bootstrap") {
-		cfg.P2P.Bootstrap = c.StringSlice("bootstrap")
-	}
-	str("bootstrap-dns", &cfg.P2P.BootstrapDNS)
-	str("swarm-key", &cfg.P2P.SwarmKeyFile)
-	if c.IsSet("mdns") {
-		cfg.P2P.MDNS = c.Bool("mdns")
-	}
-	if c.IsSet("p2p-lookup-timeout") {
-		cfg.P2P.LookupTimeout = c.Duration("p2p-lookup-timeout")
-	}
-	if c.IsSet("p2p-designated-timeout") {
-		cfg.P2P.DesignatedTimeout = c.Duration("p2p-designated-timeout")
-	}
-	if c.IsSet("p2p-max-uploads-per-blob") {
-		cfg.P2P.MaxUploadsPerBlob = c.Int("p2p-max-uploads-per-blob")
-	}
-	if c.IsSet("p2p-share-private") {
-		cfg.P2PSharePrivate = c.Bool("p2p-share-private")
-	}
-	if c.IsSet("p2p-verify-before-serving") {
-		cfg.P2PVerifyBeforeServing = c.Bool("p2p-verify-before-serving")
-	}
-	if c.IsSet("p2p-verify-max-wait") {
-		cfg.P2PVerifyMaxWait = c.Duration("p2p-verify-max-wait")
-	}
-	for _, v := range c.StringSlice("registry") {
-		if err := cfg.SetRegistryFlag(v); err != nil {
+		if err := s.Set(&cfg, v); err != nil {
 			return cfg, err
 		}
-	}
-	if err := applySecurityFlags(c, &cfg); err != nil { // security.go
-		return cfg, err
 	}
 	return cfg, cfg.Validate()
 }

@@ -6,8 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/shoal-mirror/shoal/daemon"
 )
 
 var shoalBin string
@@ -84,5 +90,89 @@ func TestConfigDefaultPrintsEmbeddedConfig(t *testing.T) {
 	out, code := run(t, nil, "config", "default")
 	if code != 0 || !strings.Contains(out, "listen: 127.0.0.1:5000") {
 		t.Fatalf("exit %d:\n%s", code, out)
+	}
+}
+
+// `shoal daemon --help` shows each setting's default once, and it is the default that
+// `shoal config default` prints (today's bug was "(default 30s) (default: 0s)").
+func TestDaemonHelpDefaultsAreConfigDefault(t *testing.T) {
+	help, code := run(t, nil, "daemon", "--help")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, help)
+	}
+	def, code := run(t, nil, "config", "default")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, def)
+	}
+	var defaults map[string]any
+	if err := yaml.Unmarshal([]byte(def), &defaults); err != nil {
+		t.Fatal(err)
+	}
+	lines := map[string]string{}
+	for _, l := range strings.Split(help, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], "--") {
+			lines[strings.TrimPrefix(f[0], "--")] = l
+		}
+	}
+	shownRe := regexp.MustCompile(`\(default: (.*)\) \[\$`)
+	for _, s := range daemon.Settings() {
+		line, ok := lines[s.Flag]
+		if !ok {
+			t.Errorf("--%s (%s) missing from shoal daemon --help", s.Flag, s.Key)
+			continue
+		}
+		if n := strings.Count(line, "(default"); n > 1 {
+			t.Errorf("--%s shows %d defaults: %s", s.Flag, n, line)
+		}
+		if !strings.Contains(line, "[$"+s.Env()+"]") {
+			t.Errorf("--%s does not name %s: %s", s.Flag, s.Env(), line)
+		}
+		var want any = defaults
+		for _, k := range strings.Split(s.Key, ".") {
+			want = want.(map[string]any)[k]
+		}
+		m := shownRe.FindStringSubmatch(line)
+		switch {
+		case s.Key == "registries":
+			if m == nil || m[1] != "docker.io=https://registry-1.docker.io" || !reflect.DeepEqual(want, map[string]any{"docker.io": map[string]any{"url": "https://registry-1.docker.io"}}) {
+				t.Errorf("--%s: help %q, config default %v", s.Flag, m, want)
+			}
+		case want == "" || reflect.DeepEqual(want, []any{}):
+			if m != nil {
+				t.Errorf("--%s: empty default shown as %q", s.Flag, m[1])
+			}
+		case m == nil:
+			t.Errorf("--%s: no default shown, config default is %v: %s", s.Flag, want, line)
+		default:
+			var shown any
+			if err := yaml.Unmarshal([]byte(m[1]), &shown); err != nil || !reflect.DeepEqual(shown, want) {
+				t.Errorf("--%s: help shows %q, shoal config default says %v", s.Flag, m[1], want)
+			}
+		}
+	}
+}
+
+// Flags over variables over the file, through the flags made from the table: the refused
+// value in the one-line error is the one that won.
+func TestTableFlagAndEnvPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("doctor:\n  cri_endpoint: unix:///nonexistent.sock\n  interval: 100ms\n"), 0o600)
+	for _, c := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"file", nil, nil, "100ms"},
+		{"env over file", []string{"SHOAL_DOCTOR_INTERVAL=200ms"}, nil, "200ms"},
+		{"flag over env", []string{"SHOAL_DOCTOR_INTERVAL=200ms"}, []string{"--doctor-interval", "300ms"}, "300ms"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, code := run(t, c.env, append([]string{"daemon", "--config", cfg, "--data-dir", dir}, c.args...)...)
+			if code != 2 || !strings.Contains(out, "doctor.interval: "+c.want+": want at least 1s") {
+				t.Fatalf("exit %d, want 2 naming doctor.interval %s: %s", code, c.want, out)
+			}
+		})
 	}
 }

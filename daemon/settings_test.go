@@ -1,0 +1,121 @@
+package daemon
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+const (
+	docsTableStart = "<!-- settings table: generated from daemon/settings.go"
+	docsTableEnd   = "<!-- end of settings table -->"
+)
+
+// The reference in docs/configuration.md is the settings table, row for row.
+// SHOAL_WRITE_DOCS=1 rewrites it.
+func TestDocsTableIsTheSettingsTable(t *testing.T) {
+	const path = "../docs/configuration.md"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	i, j := strings.Index(doc, docsTableStart), strings.Index(doc, docsTableEnd)
+	if i < 0 || j < i {
+		t.Fatalf("%s: no %q … %q section", path, docsTableStart, docsTableEnd)
+	}
+	i += strings.Index(doc[i:], "\n") + 1
+	want := SettingsMarkdown()
+	if doc[i:j] == want {
+		return
+	}
+	if os.Getenv("SHOAL_WRITE_DOCS") == "1" {
+		if err := os.WriteFile(path, []byte(doc[:i]+want+doc[j:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("rewrote %s", path)
+		return
+	}
+	got := strings.Split(doc[i:j], "\n")
+	for n, w := range strings.Split(want, "\n") {
+		if n >= len(got) || got[n] != w {
+			t.Fatalf("%s differs from the settings table at row %d:\n got %q\nwant %q\n(SHOAL_WRITE_DOCS=1 go test ./daemon -run TestDocsTable rewrites it)", path, n, at(got, n), w)
+		}
+	}
+	t.Fatalf("%s has rows the settings table has not", path)
+}
+
+func at(l []string, n int) string {
+	if n < len(l) {
+		return l[n]
+	}
+	return "(nothing)"
+}
+
+// Every entry reaches its own field: a value other than the default, given in the file, shows
+// up in that entry's field and in no other entry's.
+func TestEverySettingReachesItsField(t *testing.T) {
+	other := map[Kind]string{KindString: "x.example:1", KindBool: "", KindInt: "7", KindFloat: "2.5",
+		KindDuration: "7s", KindList: "[10.1.2.0/24]", KindRegistries: "{ghcr.io: {url: https://ghcr.example}}"}
+	keys := map[string]bool{}
+	for _, s := range settings {
+		if keys[s.Key] {
+			t.Errorf("%s declared twice", s.Key)
+		}
+		keys[s.Key] = true
+		t.Run(s.Key, func(t *testing.T) {
+			v := other[s.Kind()]
+			switch {
+			case s.parse != nil:
+				v = "3MiB"
+			case s.Kind() == KindBool:
+				v = fmt.Sprint(s.Default != "true")
+			}
+			base := DefaultConfig()
+			c := DefaultConfig()
+			sec, name, nested := strings.Cut(s.Key, ".")
+			doc := fmt.Sprintf("%s: %s\n", s.Key, v)
+			if nested {
+				doc = fmt.Sprintf("%s:\n  %s: %s\n", sec, name, v)
+			}
+			if err := c.applyYAML([]byte(doc), "t.yaml"); err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range settings {
+				changed := !reflect.DeepEqual(o.value(&base), o.value(&c))
+				if changed != (o.Key == s.Key) {
+					t.Errorf("setting %s = %s: %s changed: %v", s.Key, v, o.Key, changed)
+				}
+			}
+		})
+	}
+}
+
+// The table's defaults decode into the types the table says (a typo in a default would
+// otherwise only panic at start).
+func TestSettingsDefaultsParse(t *testing.T) {
+	var m map[string]any
+	if err := yaml.Unmarshal(DefaultsYAML(), &m); err != nil {
+		t.Fatalf("shoal config default is not YAML: %v", err)
+	}
+	c := DefaultConfig()
+	if c.TagTTL != 30*time.Second || c.Guard.MaxHeaderBytes != 32<<10 || c.P2P.MaxUploadsPerBlob != 4 || len(c.Guard.AuthExemptCIDR) != 2 {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// A SIGHUP names exactly the non-reloadable settings that changed.
+func TestRestartNeededNamesTheKeys(t *testing.T) {
+	a, b := DefaultConfig(), DefaultConfig()
+	b.AdminListen = "unix:/tmp/x.sock"
+	b.Guard.RateLimit = 5 // reloadable
+	b.P2P.StallTimeout = time.Second
+	if got := restartNeeded(a, b); !reflect.DeepEqual(got, []string{"admin_listen", "p2p.stall_timeout"}) {
+		t.Fatalf("restartNeeded = %v", got)
+	}
+}
