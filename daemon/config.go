@@ -58,6 +58,11 @@ type Config struct {
 	Doctor DoctorConfig
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
+
+	// explicit holds the keys a file, variable or flag gave (not the defaults); dataDirWhy
+	// says why data_dir is not the default one (datadir.go).
+	explicit   map[string]bool
+	dataDirWhy string
 }
 
 // ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
@@ -79,6 +84,7 @@ func DefaultConfig() Config {
 	if err := c.applyYAML(defaultsFromTable(), "settings table"); err != nil {
 		panic("settings table defaults: " + err.Error())
 	}
+	c.explicit = nil
 	return c
 }
 
@@ -127,6 +133,9 @@ func (c *Config) SetRegistryFlag(v string) error {
 
 // Validate checks the whole configuration and names the first bad key.
 func (c *Config) Validate() error {
+	if err := c.resolveDataDir(); err != nil { // datadir.go
+		return err
+	}
 	if err := c.Doctor.validate(); err != nil {
 		return err
 	}

@@ -145,7 +145,11 @@ func (d *Daemon) Addr() string { return d.ln.Addr().String() }
 
 // Run serves until ctx is cancelled, then shuts down gracefully.
 func (d *Daemon) Run(ctx context.Context) error {
-	d.log.Info("shoal mirror listening", "addr", d.Addr(), "data_dir", d.cfg.DataDir, "default_registry", d.cfg.DefaultRegistry)
+	if d.cfg.dataDirWhy != "" {
+		d.log.Info("shoal mirror listening", "addr", d.Addr(), "data_dir", d.cfg.DataDir, "data_dir_why", d.cfg.dataDirWhy, "default_registry", d.cfg.DefaultRegistry)
+	} else {
+		d.log.Info("shoal mirror listening", "addr", d.Addr(), "data_dir", d.cfg.DataDir, "default_registry", d.cfg.DefaultRegistry)
+	}
 	if d.node != nil {
 		d.log.Info("p2p node up", "peer_id", d.node.ID(), "addrs", d.node.Addrs())
 	} else {

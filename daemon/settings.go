@@ -223,6 +223,7 @@ func (s Setting) Set(c *Config, v any) error {
 }
 
 func (s Setting) set(c *Config, v any) error {
+	c.given(s.Key)
 	if s.parse != nil {
 		str, ok := v.(string)
 		if !ok {
@@ -261,6 +262,7 @@ func (s Setting) decode(c *Config, n *yaml.Node) error {
 	if n.Tag == "!!null" {
 		return nil
 	}
+	c.given(s.Key)
 	if s.parse != nil {
 		if n.Kind != yaml.ScalarNode {
 			return fmt.Errorf("line %d: %s: want a size such as 10GiB", n.Line, s.Key)
@@ -308,6 +310,14 @@ func yamlError(key string, err error) error {
 		out = append(out, key+": "+e)
 	}
 	return errors.New(strings.Join(out, "; "))
+}
+
+// given records that a file, variable or flag set key.
+func (c *Config) given(key string) {
+	if c.explicit == nil {
+		c.explicit = map[string]bool{}
+	}
+	c.explicit[key] = true
 }
 
 // value is the setting's current value in c, for comparing two configurations.

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/daemon"
 )
 
 // Exit codes of the operator commands, for scripts (README "Operating shoal").
@@ -28,12 +29,19 @@ const (
 	exitDamaged     = 5 // cache verify found (and removed) content that did not match its digest
 )
 
-// defaultAdminAddr is the daemon's default socket: <data dir>/admin.sock, with the data dir
-// from SHOAL_DATA_DIR when set (the same variable the daemon reads).
+// defaultAdminAddr is the daemon's default socket: <data dir>/admin.sock, the data dir found
+// the way the daemon finds it: SHOAL_DATA_DIR when set, else /var/lib/shoal, or, for a user
+// who cannot write that, the per-user one ($XDG_STATE_HOME/shoal, ~/.local/state/shoal) when a
+// daemon of theirs made a socket there.
 func defaultAdminAddr() string {
 	dir := os.Getenv("SHOAL_DATA_DIR")
 	if dir == "" {
-		dir = "/var/lib/shoal"
+		dir = daemon.SystemDataDir
+		if user, err := daemon.UserDataDir(); err == nil && !daemon.SystemDataDirWritable() {
+			if _, err := os.Stat(filepath.Join(user, adminapi.DefaultSocketName)); err == nil {
+				dir = user
+			}
+		}
 	}
 	return "unix:" + filepath.Join(dir, adminapi.DefaultSocketName)
 }
@@ -42,7 +50,7 @@ func defaultAdminAddr() string {
 // status` and `shoal status --json` work.
 func clientFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "admin", EnvVars: env("ADMIN"), Usage: "admin API of the daemon: `ADDR` = unix:/path/admin.sock or HOST:PORT (default unix:$SHOAL_DATA_DIR/admin.sock, else unix:/var/lib/shoal/admin.sock)"},
+		&cli.StringFlag{Name: "admin", EnvVars: env("ADMIN"), Usage: "admin API of the daemon: `ADDR` = unix:/path/admin.sock or HOST:PORT (default unix:$SHOAL_DATA_DIR/admin.sock, else unix:/var/lib/shoal/admin.sock, else, for a user who cannot write /var/lib/shoal, the one in $XDG_STATE_HOME/shoal or ~/.local/state/shoal)"},
 		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of text"},
 	}
 }
