@@ -177,6 +177,7 @@ func (c *Client) fetchToken(ctx context.Context, reg *registry, ch challenge, sc
 		Secret:   reg.creds.secret,
 	}
 	hdr := http.Header{"User-Agent": {userAgent}}
+	ctx = c.withContainerdLog(ctx)
 	var (
 		tok       string
 		expiresIn int

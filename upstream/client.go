@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
-	clog "github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
@@ -53,6 +53,7 @@ type registry struct {
 // Client talks to upstream registries. It is safe for concurrent use.
 type Client struct {
 	log            *slog.Logger
+	clog           *logrus.Entry // containerd's token helpers log here (clog.go)
 	timeout        time.Duration
 	retries        int
 	onlyConfigured bool
@@ -98,12 +99,9 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	// containerd's token helpers log through logrus; keep its debug lines (which name
-	// hosts and scopes) out of shoal's output.
-	_ = clog.SetLevel("warn")
-
 	c := &Client{
 		log:            log,
+		clog:           containerdLogger(log),
 		timeout:        cfg.Timeout,
 		retries:        cfg.Retries,
 		onlyConfigured: cfg.OnlyConfigured,
