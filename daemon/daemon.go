@@ -50,7 +50,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, cfg.Store, log.With("component", "store"))
+	st, err := store.Open(ctx, cfg.Store, log) // store names its component
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -174,5 +176,37 @@ func TestTableFlagAndEnvPrecedence(t *testing.T) {
 				t.Fatalf("exit %d, want 2 naming doctor.interval %s: %s", code, c.want, out)
 			}
 		})
+	}
+}
+
+// When the P2P port is taken the daemon stops with one line saying so; everything else it
+// wrote is in shoal's own format (libp2p's loggers go through it; fx's three "start failed"
+// lines at error are gone), and the store's start-up line names its component once.
+func TestStartupLogsInShoalsFormat(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := taken.Addr().(*net.TCPAddr).Port
+	out, code := run(t, nil, "daemon", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--metrics-listen", "off",
+		"--p2p-listen", fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port))
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "shoal: ") || !strings.Contains(last, "address already in use") {
+		t.Errorf("last line %q does not say the P2P address is in use", last)
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if !strings.HasPrefix(l, "time=") || strings.Contains(l, "system=fx") || strings.Contains(l, "level=ERROR") {
+			t.Errorf("not a shoal log line, or an error logged before the one that stops it: %s", l)
+		}
+		if strings.Contains(l, `msg="store opened"`) && strings.Count(l, "component=store") != 1 {
+			t.Errorf("store's start-up line: %s", l)
+		}
+	}
+	if !strings.Contains(out, `msg="store opened"`) {
+		t.Errorf("no store start-up line:\n%s", out)
 	}
 }
