@@ -318,7 +318,7 @@ func TestOperatorCLI(t *testing.T) {
 	})
 }
 
-// The exit codes documented in the README.
+// The exit codes documented in docs/operations.md.
 const (
 	exitFailure     = 1
 	exitUsage       = 2

@@ -20,7 +20,7 @@ import (
 	"github.com/shoal-mirror/shoal/daemon"
 )
 
-// Exit codes of the operator commands, for scripts (README "Operating shoal").
+// Exit codes of the operator commands, for scripts (docs/operations.md).
 const (
 	exitFailure     = 1 // the operation failed (the message says why)
 	exitUsage       = 2 // bad flags, arguments or configuration
