@@ -45,7 +45,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/shoal-mirror/shoal/internal/testutil"
 )
 
 const (
@@ -395,36 +395,16 @@ func shapedProxy(b *testing.B, upstream string, bps int) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	lim := rate.NewLimiter(rate.Limit(bps), 256<<10)
+	link := testutil.NewLink(float64(bps))
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ModifyResponse = func(r *http.Response) error {
-		r.Body = &pacedBody{rc: r.Body, lim: lim}
+		r.Body = link.Body(r.Body)
 		return nil
 	}
 	srv := httptest.NewServer(rp)
 	b.Cleanup(srv.Close)
 	return srv.URL
 }
-
-type pacedBody struct {
-	rc  io.ReadCloser
-	lim *rate.Limiter
-}
-
-func (p *pacedBody) Read(buf []byte) (int, error) {
-	if len(buf) > 64<<10 {
-		buf = buf[:64<<10]
-	}
-	n, err := p.rc.Read(buf)
-	if n > 0 {
-		if werr := p.lim.WaitN(context.Background(), n); werr != nil {
-			return n, werr
-		}
-	}
-	return n, err
-}
-
-func (p *pacedBody) Close() error { return p.rc.Close() }
 
 // pullImage does what containerd does for a single-arch image: HEAD the tag, GET the manifest by
 // digest, then config and layers (3 at a time), verifying every digest. It returns the time taken.

@@ -44,7 +44,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -58,6 +57,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/testutil"
 )
 
 // swarmEnv is built once per process: the shoal binary, the upstream registry and the images.
@@ -278,9 +279,7 @@ type linkProxy struct {
 	getsMu sync.Mutex
 	gets   map[string]int // blob GETs per digest
 
-	mu   sync.Mutex
-	rate float64 // bytes/s
-	next time.Time
+	link *testutil.Link
 }
 
 func startLinkProxy(b *testing.B, target string, bytesPerSec float64) *linkProxy {
@@ -290,21 +289,16 @@ func startLinkProxy(b *testing.B, target string, bytesPerSec float64) *linkProxy
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := &linkProxy{URL: "http://" + ln.Addr().String(), rate: bytesPerSec, gets: map[string]int{}}
-	rp := &httputil.ReverseProxy{
-		Rewrite:       func(pr *httputil.ProxyRequest) { pr.SetURL(tu); pr.Out.Host = tu.Host },
-		FlushInterval: -1,
-		ModifyResponse: func(resp *http.Response) error {
-			if resp.Request.Method == http.MethodGet && strings.Contains(resp.Request.URL.Path, "/blobs/") {
-				resp.Body = &linkBody{r: resp.Body, p: p}
-				p.getsMu.Lock()
-				p.gets[resp.Request.URL.Path[strings.LastIndex(resp.Request.URL.Path, "/")+1:]]++
-				p.getsMu.Unlock()
-			}
-			return nil
-		},
-		ErrorLog: nil,
-	}
+	p := &linkProxy{URL: "http://" + ln.Addr().String(), link: testutil.NewLink(bytesPerSec), gets: map[string]int{}}
+	rp := testutil.ReverseProxy(tu, func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodGet && strings.Contains(resp.Request.URL.Path, "/blobs/") {
+			resp.Body = p.link.Body(&countBody{r: resp.Body, p: p})
+			p.getsMu.Lock()
+			p.gets[resp.Request.URL.Path[strings.LastIndex(resp.Request.URL.Path, "/")+1:]]++
+			p.getsMu.Unlock()
+		}
+		return nil
+	})
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.active.Add(1)
 		defer p.active.Add(-1) // also when ReverseProxy aborts with ErrAbortHandler
@@ -313,18 +307,6 @@ func startLinkProxy(b *testing.B, target string, bytesPerSec float64) *linkProxy
 	go p.srv.Serve(ln)
 	b.Cleanup(func() { p.srv.Close() })
 	return p
-}
-
-func (p *linkProxy) wait(n int) {
-	p.mu.Lock()
-	now := time.Now()
-	if p.next.Before(now) {
-		p.next = now
-	}
-	p.next = p.next.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
-	due := p.next
-	p.mu.Unlock()
-	time.Sleep(time.Until(due)) // pacing
 }
 
 // settled waits until no request is in flight (fills that outlive the clients count too).
@@ -339,24 +321,19 @@ func (p *linkProxy) settled(timeout time.Duration) error {
 	return nil
 }
 
-type linkBody struct {
+// countBody counts the blob body bytes the proxy relays.
+type countBody struct {
 	r io.ReadCloser
 	p *linkProxy
 }
 
-func (lb *linkBody) Read(b []byte) (int, error) {
-	if len(b) > 32<<10 {
-		b = b[:32<<10]
-	}
-	n, err := lb.r.Read(b)
-	if n > 0 {
-		lb.p.blobBytes.Add(int64(n))
-		lb.p.wait(n)
-	}
+func (cb *countBody) Read(b []byte) (int, error) {
+	n, err := cb.r.Read(b)
+	cb.p.blobBytes.Add(int64(n))
 	return n, err
 }
 
-func (lb *linkBody) Close() error { return lb.r.Close() }
+func (cb *countBody) Close() error { return cb.r.Close() }
 
 // ---- nodes ----
 
@@ -404,21 +381,13 @@ func (n *benchNode) find(msg string) map[string]any {
 
 // pollNode polls f until it returns nil, the node exits, or the timeout passes.
 func pollNode(n *benchNode, timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
+	return testutil.Poll(timeout, f, func(last error) error {
+		if !n.proc.exited() {
 			return nil
 		}
-		if n.proc.exited() {
-			b, _ := os.ReadFile(n.logPath)
-			return fmt.Errorf("%s exited: %v\n%s", n.ip, err, tailLines(string(b), 30))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: not within %s: %w", n.ip, timeout, err)
-		}
-		time.Sleep(25 * time.Millisecond) // polling interval
-	}
+		b, _ := os.ReadFile(n.logPath)
+		return fmt.Errorf("%s exited: %v\n%s", n.ip, last, tailLines(string(b), 30))
+	})
 }
 
 func tailLines(s string, n int) string {

@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
+	"github.com/shoal-mirror/shoal/internal/testutil"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -441,13 +442,7 @@ func TestRangeOnCachedAndInFlightBlobs(t *testing.T) {
 // a fixed time.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the condition", cond)
 }
 
 func TestPingAndHealth(t *testing.T) {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/testutil"
 )
 
 // scope is what fixtures need from their owner: a *testing.T for per-test fixtures, or the
@@ -153,24 +155,16 @@ var errExitedEarly = errors.New("exited early")
 // poll calls f until it returns nil (nil), the timeout passes, or p exits (errExitedEarly, with
 // the process log).
 func poll(timeout time.Duration, p *proc, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	tick := 20 * time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s %w (%v): %v\n%s", p.name, errExitedEarly, p.waitErr, err, p.tail(60))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not reached within %s: %w", timeout, err)
-		}
-		time.Sleep(tick) // polling interval, not synchronisation
-		if tick < 250*time.Millisecond {
-			tick *= 2
+	var exited func(error) error
+	if p != nil {
+		exited = func(last error) error {
+			if !p.exited() {
+				return nil
+			}
+			return fmt.Errorf("%s %w (%v): %v\n%s", p.name, errExitedEarly, p.waitErr, last, p.tail(60))
 		}
 	}
+	return testutil.Poll(timeout, f, exited)
 }
 
 // startOnFreePort starts a server process on a fresh loopback port and waits until ready says it

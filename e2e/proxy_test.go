@@ -6,11 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/testutil"
 )
 
 // upstreamProxy is a reverse proxy in front of an upstream registry that records every request
@@ -27,7 +28,7 @@ type upstreamProxy struct {
 	corrupt map[string]bool  // blob digest -> flip one byte of its body
 	rate    int64            // blob body bytes per second; 0 = unlimited
 	holds   map[string]*hold // blob digest -> stop after some bytes until released
-	link    *linkShaper      // one slow link shared by all blob bodies (swarm_link_test.go); nil = none
+	link    *testutil.Link   // one slow link shared by all blob bodies (swarm_link_test.go); nil = none
 }
 
 // proxyReq is one request seen by the proxy. Status, Bytes and Done are filled in when the
@@ -61,15 +62,7 @@ func startUpstreamProxy(s scope, target string) *upstreamProxy {
 	}
 	p := &upstreamProxy{Addr: ln.Addr().String(), corrupt: map[string]bool{}, holds: map[string]*hold{}}
 	p.URL = "http://" + p.Addr
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(tu)
-			pr.Out.Host = tu.Host
-		},
-		FlushInterval:  -1, // stream bytes as they come: tests look at when the client gets them
-		ModifyResponse: p.modifyResponse,
-		ErrorLog:       nil,
-	}
+	rp := testutil.ReverseProxy(tu, p.modifyResponse)
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &proxyReq{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
@@ -143,7 +136,7 @@ func (p *upstreamProxy) modifyResponse(resp *http.Response) error {
 		resp.Body = &rateReader{r: resp.Body, rate: rate, start: time.Now()}
 	}
 	if link != nil {
-		resp.Body = &linkReader{r: resp.Body, l: link}
+		resp.Body = link.Body(resp.Body)
 	}
 	return nil
 }

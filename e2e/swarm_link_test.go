@@ -8,50 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/testutil"
 )
-
-// linkShaper paces the blob bodies of all responses together, like one slow link between a
-// cluster and its registry: N concurrent downloads share the rate instead of each getting it
-// (the proxy's per-response throttle). That is what makes "the cluster fetched the image N
-// times" cost time, as it does in a real rollout.
-type linkShaper struct {
-	mu   sync.Mutex
-	rate float64   // bytes per second
-	next time.Time // when the link is free again
-}
-
-// wait blocks until n more bytes fit on the link. Slots are handed out in arrival order, so
-// concurrent streams share the link fairly; an idle link does not save up a burst.
-func (l *linkShaper) wait(n int) {
-	l.mu.Lock()
-	now := time.Now()
-	if l.next.Before(now) {
-		l.next = now
-	}
-	l.next = l.next.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
-	due := l.next
-	l.mu.Unlock()
-	time.Sleep(time.Until(due)) // pacing, not synchronisation
-}
-
-// linkReader passes a body through a linkShaper in small chunks.
-type linkReader struct {
-	r io.ReadCloser
-	l *linkShaper
-}
-
-func (lr *linkReader) Read(b []byte) (int, error) {
-	if len(b) > 32<<10 {
-		b = b[:32<<10]
-	}
-	n, err := lr.r.Read(b)
-	if n > 0 {
-		lr.l.wait(n)
-	}
-	return n, err
-}
-
-func (lr *linkReader) Close() error { return lr.r.Close() }
 
 // shapeLink makes all blob bodies share one link of bytesPerSec (0 = no link limit).
 func (p *upstreamProxy) shapeLink(bytesPerSec int64) {
@@ -59,7 +18,7 @@ func (p *upstreamProxy) shapeLink(bytesPerSec int64) {
 	defer p.mu.Unlock()
 	p.link = nil
 	if bytesPerSec > 0 {
-		p.link = &linkShaper{rate: float64(bytesPerSec)}
+		p.link = testutil.NewLink(float64(bytesPerSec))
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -240,13 +242,7 @@ func startNode(t testing.TB, cfg Config, content *memContent, o ...nodeOpt) *tes
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
+	testutil.WaitFor(t, timeout, what, cond)
 }
 
 func waitRT(t testing.TB, n *testNode, min int) {
