@@ -296,6 +296,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		psk, err := loadSwarmKey(cfg.SwarmKeyFile)
 		if err != nil {
 			rm.Close()
+			cm.Close()
 			return nil, err
 		}
 		lopts = append(lopts, libp2p.PrivateNetwork(psk))
@@ -305,12 +306,14 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	if o.makeHost != nil {
 		rm.Close()
 		rm = nil
+		cm.Close() // the test's host brings its own
 		newHost = func() (host.Host, error) { return o.makeHost(key) }
 	}
 	h, err := newHost()
 	if err != nil {
 		if rm != nil {
 			rm.Close()
+			cm.Close() // libp2p closes it only when its config is invalid, not when a listen fails
 		}
 		return nil, fmt.Errorf("p2p: start host on %v: %w", cfg.ListenAddrs(), err)
 	}
