@@ -56,6 +56,9 @@ type Config struct {
 	MetricsListen string
 	// Doctor is the periodic canary pull through CRI (doctor.go); off by default.
 	Doctor DoctorConfig
+	// ShutdownTimeout bounds each of the two waits on stop: for requests in progress, then
+	// for downloads that outlive their clients.
+	ShutdownTimeout time.Duration
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 
@@ -87,6 +90,8 @@ var settings = []Setting{
 		ptr: func(c *Config) any { return &c.LogFormat }},
 	{Key: "log_level", Default: "info", Help: "`debug`, `info`, `warn`, `error`",
 		ptr: func(c *Config) any { return &c.LogLevel }},
+	{Key: "shutdown_timeout", Default: "30s", Help: "on SIGTERM, how long to wait for requests in progress, then as long again for downloads that outlive their clients, before the store closes (Kubernetes kills a pod 30 s after SIGTERM by default: keep 2 × this under terminationGracePeriodSeconds)",
+		ptr: func(c *Config) any { return &c.ShutdownTimeout }},
 	{Key: "admin_listen", Default: `""`, Arg: "ADDR", Help: "admin API: `unix:/path` (mode 0660), loopback `HOST:PORT`, or `off`; `\"\"` = `unix:<data_dir>/admin.sock`",
 		ptr: func(c *Config) any { return &c.AdminListen }},
 	{Key: "metrics_listen", Default: "127.0.0.1:9095", Arg: "HOST:PORT", Help: "Prometheus `/metrics`, `/healthz`, `/readyz`; `off` disables. If the *default* port is taken the daemon runs without it and logs a warning; an address you set must be free",
@@ -281,6 +286,9 @@ func (c *Config) Validate() error {
 	}
 	if !validHost(c.DefaultRegistry) {
 		return &ConfigError{Key: "default_registry", Err: fmt.Errorf("%q is not a registry host", c.DefaultRegistry)}
+	}
+	if c.ShutdownTimeout < 0 {
+		return &ConfigError{Key: "shutdown_timeout", Err: errors.New("must not be negative")}
 	}
 	if c.TagTTL < 0 {
 		return &ConfigError{Key: "tag_ttl", Err: errors.New("must not be negative")}

@@ -165,7 +165,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		stopDoctor()
 		stopOps()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
 		err = d.srv.Shutdown(sctx)
 		cancel()
 	}
@@ -175,7 +175,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stopDoctor()
 	stopOps()
 	// Downloads outlive their clients: let them finish (bounded) before the store closes.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
 	d.spool.shutdown(dctx)
 	cancel()
 	if d.node != nil {
