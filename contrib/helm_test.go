@@ -37,13 +37,13 @@ import (
 //     once the documented differences are normalised (helmToKustomize): Helm's standard labels,
 //     the Secret's name (kustomize adds a content hash), the pod annotations with checksums, and
 //     the daemon's settings, which the chart writes into a ConfigMap mounted as the config file
-//     where the base sets SHOAL_* variables. The rest of that file must equal `shoal config default` (daemon/settings.go),
+//     where the base sets SHOAL_* variables. The rest of that file must equal `shoal config default`,
 //     key for key, so that every config key is a value and the chart changes nothing silently.
 //     The kustomize base's Namespace object has no counterpart: the chart installs into the
 //     release's namespace (helm install -n shoal --create-namespace) and templates none.
 //  4. a missing swarm key fails the render with a message saying how to make one; values reach the
 //     objects and the daemon's config file (loaded with the daemon's own loader); the PodMonitor
-//     selects the pods; values.schema.json knows exactly `shoal config default` (daemon/settings.go)'s keys.
+//     selects the pods; values.schema.json knows exactly `shoal config default`'s keys.
 
 const chartDir = "helm/shoal"
 
@@ -427,7 +427,7 @@ func TestHelmTemplateMatchesKustomize(t *testing.T) {
 		deletePath(defaults, e.key)
 	}
 	for _, d := range diff("config", rest, defaults) {
-		t.Errorf("chart's config file ≠ `shoal config default` (daemon/settings.go) (values.yaml config: must list every key with its default): %s", d)
+		t.Errorf("chart's config file ≠ `shoal config default` (values.yaml config: must list every key with its default): %s", d)
 	}
 
 	// The daemon loads it.
@@ -597,7 +597,7 @@ func TestHelmValuesSchema(t *testing.T) {
 		for k, v := range d {
 			p, ok := props[k]
 			if !ok {
-				t.Errorf("values.schema.json has no %s.%s (`shoal config default` (daemon/settings.go) has)", path, k)
+				t.Errorf("values.schema.json has no %s.%s (`shoal config default` has)", path, k)
 				continue
 			}
 			if sub, ok := v.(map[string]any); ok && k != "registries" {
@@ -606,7 +606,7 @@ func TestHelmValuesSchema(t *testing.T) {
 		}
 		for k := range props {
 			if _, ok := d[k]; !ok {
-				t.Errorf("values.schema.json has %s.%s, `shoal config default` (daemon/settings.go) not", path, k)
+				t.Errorf("values.schema.json has %s.%s, `shoal config default` not", path, k)
 			}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
 )
@@ -45,15 +46,7 @@ func parseImageRef(s, defaultRegistry string) (imageRef, error) {
 			return r, badRequest("%q: bad tag: %v", s, err)
 		}
 	}
-	if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) && validHost(first) {
-		r.registry, name = first, rest
-	} else {
-		r.registry = defaultRegistry
-	}
-	r.registry = canonicalRegistry(r.registry)
-	if r.registry == "docker.io" && !strings.Contains(name, "/") {
-		name = "library/" + name
-	}
+	r.registry, name = oci.SplitName(name, defaultRegistry)
 	if err := oci.ValidateRepo(name); err != nil {
 		return r, badRequest("%q: bad repository name: %v", s, err)
 	}
@@ -371,5 +364,5 @@ func isManifestType(mt string) bool {
 }
 
 func isIndexType(mt string) bool {
-	return mt == "application/vnd.oci.image.index.v1+json" || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
+	return mt == ocispec.MediaTypeImageIndex || mt == oci.MediaTypeDockerManifestList
 }

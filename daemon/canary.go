@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // `shoal doctor`'s canary: a tiny image that only shoal serves, never asked of an upstream, so
@@ -137,10 +138,10 @@ func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) e
 	case "manifest":
 		if rt.ref != img.manifestDigest.String() {
 			if _, err := digest.Parse(rt.ref); err == nil {
-				return &ociError{Status: http.StatusNotFound, Code: "MANIFEST_UNKNOWN", Message: "not shoal doctor's canary manifest"}
+				return &ociError{Status: http.StatusNotFound, Code: oci.CodeManifestUnknown, Message: "not shoal doctor's canary manifest"}
 			}
 			if !canaryNonce.MatchString(rt.ref) {
-				return &ociError{Status: http.StatusBadRequest, Code: "TAG_INVALID", Message: "bad canary tag"}
+				return &ociError{Status: http.StatusBadRequest, Code: oci.CodeTagInvalid, Message: "bad canary tag"}
 			}
 			if m.canary != nil {
 				m.canary.record(rt.ref, adminapi.CanaryHit{
@@ -155,14 +156,14 @@ func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) e
 		dg := digest.Digest(rt.ref)
 		b, ok := img.blobs[dg]
 		if !ok {
-			return &ociError{Status: http.StatusNotFound, Code: "BLOB_UNKNOWN", Message: "not a blob of shoal doctor's canary"}
+			return &ociError{Status: http.StatusNotFound, Code: oci.CodeBlobUnknown, Message: "not a blob of shoal doctor's canary"}
 		}
 		if m.canary != nil && r.Method == http.MethodGet {
 			m.canary.blobs.Add(1)
 		}
 		body, ctype, d = b, "application/octet-stream", dg
 	default:
-		return &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: fmt.Sprintf("shoal doctor's canary has no %s", rt.kind)}
+		return &ociError{Status: http.StatusNotFound, Code: oci.CodeNameUnknown, Message: fmt.Sprintf("shoal doctor's canary has no %s", rt.kind)}
 	}
 	h := w.Header()
 	h.Set("Content-Type", ctype)

@@ -32,8 +32,8 @@ func (e *ociError) Error() string {
 func (e *ociError) Unwrap() error { return e.Err }
 
 var (
-	errUnsupported = &ociError{Status: http.StatusMethodNotAllowed, Code: "UNSUPPORTED", Message: "shoal is a pull-through mirror: pushes and deletes are not supported"}
-	errNotFound    = &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "no such route"}
+	errUnsupported = &ociError{Status: http.StatusMethodNotAllowed, Code: oci.CodeUnsupported, Message: "shoal is a pull-through mirror: pushes and deletes are not supported"}
+	errNotFound    = &ociError{Status: http.StatusNotFound, Code: oci.CodeNameUnknown, Message: "no such route"}
 )
 
 // isUpstreamNotFound reports whether err is the upstream's 404: a routine answer (a client
@@ -97,42 +97,42 @@ func classify(err error) *ociError {
 	case errors.Is(err, context.Canceled):
 		return nil
 	case errors.Is(err, oci.ErrNameInvalid):
-		return &ociError{Status: http.StatusBadRequest, Code: "NAME_INVALID", Message: "invalid repository name", Err: err}
+		return &ociError{Status: http.StatusBadRequest, Code: oci.CodeNameInvalid, Message: "invalid repository name", Err: err}
 	case errors.Is(err, oci.ErrDigestInvalid):
-		return &ociError{Status: http.StatusBadRequest, Code: "DIGEST_INVALID", Message: "invalid digest", Err: err}
+		return &ociError{Status: http.StatusBadRequest, Code: oci.CodeDigestInvalid, Message: "invalid digest", Err: err}
 	case errors.Is(err, oci.ErrTagInvalid):
-		return &ociError{Status: http.StatusBadRequest, Code: "MANIFEST_INVALID", Message: "invalid tag", Err: err}
+		return &ociError{Status: http.StatusBadRequest, Code: oci.CodeManifestInvalid, Message: "invalid tag", Err: err}
 	case errors.Is(err, upstream.ErrUnknownRegistry):
-		return &ociError{Status: http.StatusNotFound, Code: "NAME_UNKNOWN", Message: "registry not served by this mirror", Err: err}
+		return &ociError{Status: http.StatusNotFound, Code: oci.CodeNameUnknown, Message: "registry not served by this mirror", Err: err}
 	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, store.ErrDigestMismatch):
-		return &ociError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "upstream sent content that does not match its digest; nothing was stored", Err: err}
+		return &ociError{Status: http.StatusBadGateway, Code: oci.CodeDigestInvalid, Message: "upstream sent content that does not match its digest; nothing was stored", Err: err}
 	case errors.Is(err, upstream.ErrRefused): // guard.go's brief: hostile upstreams get a clear 502
-		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream registry pointed shoal at an address it may not reach (token realm or redirect)", Err: err}
+		return &ociError{Status: http.StatusBadGateway, Code: oci.CodeUnavailable, Message: "the upstream registry pointed shoal at an address it may not reach (token realm or redirect)", Err: err}
 	case errors.Is(err, errBlobBound): // blobsize.go
-		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the blob's source sent or announced more bytes than its bound (the manifest's descriptor size, store.max_blob_size) or a size other than its descriptor's; nothing was stored", Err: err}
+		return &ociError{Status: http.StatusBadGateway, Code: oci.CodeUnavailable, Message: "the blob's source sent or announced more bytes than its bound (the manifest's descriptor size, store.max_blob_size) or a size other than its descriptor's; nothing was stored", Err: err}
 	case errors.Is(err, upstream.ErrManifestTooLarge), errors.Is(err, upstream.ErrBodyTooLarge):
-		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream registry's answer is larger than shoal accepts", Err: err}
+		return &ociError{Status: http.StatusBadGateway, Code: oci.CodeUnavailable, Message: "the upstream registry's answer is larger than shoal accepts", Err: err}
 	case errors.As(err, &ue):
 		switch {
 		case ue.Status == http.StatusNotFound:
-			return &ociError{Status: http.StatusNotFound, Code: orCode(ue.Code, "NAME_UNKNOWN"), Message: "not found upstream", Err: err}
+			return &ociError{Status: http.StatusNotFound, Code: orCode(ue.Code, oci.CodeNameUnknown), Message: "not found upstream", Err: err}
 		case ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden:
 			// Never relay the upstream's challenge: the client cannot answer it, shoal holds the credentials.
-			return &ociError{Status: http.StatusForbidden, Code: "DENIED", Message: "the upstream registry refused shoal's credentials for this repository", Err: err}
+			return &ociError{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "the upstream registry refused shoal's credentials for this repository", Err: err}
 		case ue.Status == http.StatusTooManyRequests:
-			return &ociError{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", Message: "the upstream registry is rate limiting this mirror", Err: err}
+			return &ociError{Status: http.StatusTooManyRequests, Code: oci.CodeTooManyRequests, Message: "the upstream registry is rate limiting this mirror", Err: err}
 		case ue.Status >= 400 && ue.Status < 500:
-			return &ociError{Status: ue.Status, Code: orCode(ue.Code, "UNKNOWN"), Message: "upstream refused the request", Err: err}
+			return &ociError{Status: ue.Status, Code: orCode(ue.Code, oci.CodeUnknown), Message: "upstream refused the request", Err: err}
 		}
-		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "upstream registry failed", Err: err}
+		return &ociError{Status: http.StatusBadGateway, Code: oci.CodeUnavailable, Message: "upstream registry failed", Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
-		return &ociError{Status: http.StatusGatewayTimeout, Code: "UNAVAILABLE", Message: "upstream registry timed out", Err: err}
+		return &ociError{Status: http.StatusGatewayTimeout, Code: oci.CodeUnavailable, Message: "upstream registry timed out", Err: err}
 	}
 	var ne interface{ Timeout() bool }
 	if errors.As(err, &ne) {
-		return &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "upstream registry unreachable", Err: err}
+		return &ociError{Status: http.StatusBadGateway, Code: oci.CodeUnavailable, Message: "upstream registry unreachable", Err: err}
 	}
-	return &ociError{Status: http.StatusInternalServerError, Code: "UNKNOWN", Message: "internal error", Err: err}
+	return &ociError{Status: http.StatusInternalServerError, Code: oci.CodeUnknown, Message: "internal error", Err: err}
 }
 
 func orCode(code, def string) string {

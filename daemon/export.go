@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // An export is one tarball that both `docker load` and `ctr image import` accept, in the shape
@@ -37,8 +39,8 @@ const (
 
 // Media types of image configs Docker can load.
 var imageConfigTypes = map[string]bool{
-	"application/vnd.docker.container.image.v1+json": true,
-	"application/vnd.oci.image.config.v1+json":       true,
+	oci.MediaTypeDockerConfig:    true,
+	ocispec.MediaTypeImageConfig: true,
 }
 
 type exportPlan struct {
@@ -275,7 +277,7 @@ func (a *admin) writeExport(ctx context.Context, w io.Writer, p *exportPlan) (in
 		SchemaVersion int          `json:"schemaVersion"`
 		MediaType     string       `json:"mediaType"`
 		Manifests     []descriptor `json:"manifests"`
-	}{2, "application/vnd.oci.image.index.v1+json", p.index})
+	}{2, ocispec.MediaTypeImageIndex, p.index})
 	if err != nil {
 		return cw.n, err
 	}

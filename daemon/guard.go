@@ -26,6 +26,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/time/rate"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // GuardConfig is the mirror listener's exposure and abuse controls: who may connect, what
@@ -310,9 +312,9 @@ func compileRepoPatterns(key string, ss []string) ([]*regexp.Regexp, error) {
 		if i := strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }); i >= 0 {
 			return nil, &ConfigError{Key: key, Err: fmt.Errorf("%q: only printable ASCII without spaces (offending byte at %d)", s, i)}
 		}
-		reg = canonicalRegistry(strings.ToLower(reg))
-		if reg == "docker.io" && !strings.ContainsAny(repo, "/*?") {
-			repo = "library/" + repo
+		reg = oci.CanonicalRegistry(strings.ToLower(reg))
+		if !strings.ContainsAny(repo, "*?") { // a pattern's "*" may stand for "library/"
+			repo = oci.OfficialRepo(reg, repo)
 		}
 		var b strings.Builder
 		b.WriteString("^")
@@ -489,14 +491,14 @@ func (g *guard) client(key netip.Prefix, p *guardPolicy, now time.Time) *clientS
 
 // Errors the guard answers with, in the mirror's OCI error format.
 var (
-	errClientDenied = &ociError{Status: http.StatusForbidden, Code: "DENIED", Message: "this mirror does not serve your address"}
-	errRepoDenied   = &ociError{Status: http.StatusForbidden, Code: "DENIED", Message: "this mirror's policy does not allow this repository"}
-	errUnauthorized = &ociError{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required"}
-	errURITooLong   = &ociError{Status: http.StatusRequestURITooLong, Code: "NAME_INVALID", Message: "request URI too long"}
+	errClientDenied = &ociError{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "this mirror does not serve your address"}
+	errRepoDenied   = &ociError{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "this mirror's policy does not allow this repository"}
+	errUnauthorized = &ociError{Status: http.StatusUnauthorized, Code: oci.CodeUnauthorized, Message: "authentication required"}
+	errURITooLong   = &ociError{Status: http.StatusRequestURITooLong, Code: oci.CodeNameInvalid, Message: "request URI too long"}
 )
 
 func tooMany(msg string) *ociError {
-	return &ociError{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", Message: msg}
+	return &ociError{Status: http.StatusTooManyRequests, Code: oci.CodeTooManyRequests, Message: msg}
 }
 
 // wrap puts the controls in front of next, cheapest first: address lists, the rate limit

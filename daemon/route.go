@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 
@@ -51,17 +50,10 @@ func parseRoute(r *http.Request, defaultRegistry string) (route, error) {
 		if !validHost(ns) {
 			return rt, fmt.Errorf("%w: ns=%q is not a registry host", oci.ErrNameInvalid, ns)
 		}
-		rt.registry = ns
+		rt.registry = oci.CanonicalRegistry(ns)
+		name = oci.OfficialRepo(rt.registry, name)
 	default:
-		if first, rest, ok := strings.Cut(name, "/"); ok && looksLikeHost(first) && validHost(first) {
-			rt.registry, name = first, rest
-		} else {
-			rt.registry = defaultRegistry
-		}
-	}
-	rt.registry = canonicalRegistry(rt.registry)
-	if rt.registry == "docker.io" && !strings.Contains(name, "/") {
-		name = "library/" + name
+		rt.registry, name = oci.SplitName(name, defaultRegistry)
 	}
 	if err := oci.ValidateRepo(name); err != nil {
 		return rt, err
@@ -84,49 +76,8 @@ func parseRoute(r *http.Request, defaultRegistry string) (route, error) {
 	return rt, nil
 }
 
-// canonicalRegistry maps Docker Hub's many names to one, so that the cache and credentials are
-// shared whichever name a client used.
-func canonicalRegistry(h string) string {
-	switch h {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return "docker.io"
-	}
-	return h
-}
-
-// looksLikeHost follows Docker's rule for the first element of a reference: it names a
-// registry when it has a dot or a port, or is localhost.
-func looksLikeHost(s string) bool {
-	return strings.ContainsAny(s, ".:") || s == "localhost"
-}
-
-// validHost accepts HOST or HOST:PORT with a DNS name or an IP (IPv6 in brackets).
-func validHost(s string) bool {
-	if s == "" || len(s) > 255 {
-		return false
-	}
-	host := s
-	if h, port, err := net.SplitHostPort(s); err == nil {
-		if port == "" || strings.Trim(port, "0123456789") != "" || len(port) > 5 {
-			return false
-		}
-		host = h
-	} else if strings.Contains(s, ":") {
-		return false
-	}
-	if net.ParseIP(host) != nil {
-		return true
-	}
-	for _, label := range strings.Split(host, ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for i, c := range label {
-			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' && i > 0 && i < len(label)-1 || c == '_'
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
-}
+// canonicalRegistry, looksLikeHost and validHost are internal/oci's (names.go), kept under
+// these names for the daemon's other files.
+func canonicalRegistry(h string) string { return oci.CanonicalRegistry(h) }
+func looksLikeHost(s string) bool       { return oci.LooksLikeHost(s) }
+func validHost(s string) bool           { return oci.ValidHost(s) }

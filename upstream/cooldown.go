@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // Back-off after a registry answered 429 and the client gave up retrying. Docker Hub's pull
@@ -36,7 +38,7 @@ func (cs *cooldowns) check(host string, now time.Time) *Error {
 		return nil
 	}
 	left := cd.until.Sub(now)
-	return &Error{Host: host, Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS",
+	return &Error{Host: host, Status: http.StatusTooManyRequests, Code: oci.CodeTooManyRequests,
 		Message:    "backing off after the registry's 429; not asking it again yet",
 		RetryAfter: (left + time.Second - 1).Truncate(time.Second)}
 }

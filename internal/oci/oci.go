@@ -16,10 +16,12 @@ import (
 // MaxManifestSize is the largest manifest shoal fetches, stores or serves (containerd's limit).
 const MaxManifestSize = 4 << 20
 
-// Media types of manifests that shoal asks upstreams for, in the order containerd sends them.
+// Docker's media types (Image Manifest V2, Schema 2), which image-spec does not define; for
+// OCI's use image-spec's (ocispec.MediaTypeImageManifest, …).
 const (
 	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
 	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerConfig       = "application/vnd.docker.container.image.v1+json"
 )
 
 // ManifestAccept is the Accept list sent upstream for every manifest request, so that the
