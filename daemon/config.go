@@ -261,6 +261,9 @@ func setRegistry(regs *map[string]upstream.RegistryConfig, host string, rc upstr
 	if rc.PasswordFile != "" {
 		cur.PasswordFile = rc.PasswordFile
 	}
+	if rc.RealmHosts != nil {
+		cur.RealmHosts = rc.RealmHosts
+	}
 	(*regs)[host] = cur
 }
 

@@ -64,6 +64,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"negative verify_max_wait", "p2p:\n  verify_max_wait: -1s\n", "p2p.verify_max_wait"},
 		{"bad max_blob_size", "store:\n  max_blob_size: lots\n", "store.max_blob_size"},
 		{"zero max_blob_size", "store:\n  max_blob_size: \"0\"\n", "store.max_blob_size"},
+		// A misspelt credential key must not pass as "anonymous".
+		{"unknown registry key", "registries:\n  ghcr.io:\n    username: u\n    pasword_file: /etc/pw\n", `unknown key "pasword_file"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -91,5 +93,19 @@ func TestRegistryFlagSyntax(t *testing.T) {
 		if err := c.SetRegistryFlag(v); err == nil {
 			t.Errorf("%q accepted", v)
 		}
+	}
+}
+
+// realm_hosts in the file reaches the upstream configuration (the merge used to drop it,
+// while the refusal message told users to set it).
+func TestRegistryRealmHostsFromFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("registries:\n  nvcr.io:\n    realm_hosts: [authn.nvidia.com]\n"), 0o600)
+	c := DefaultConfig()
+	if err := c.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Upstream.Registries["nvcr.io"].RealmHosts; len(got) != 1 || got[0] != "authn.nvidia.com" {
+		t.Fatalf("realm_hosts = %v", got)
 	}
 }

@@ -143,6 +143,9 @@ func (s Setting) decode(c *Config, n *yaml.Node) error {
 		return nil
 	}
 	if regs, ok := s.ptr(c).(*map[string]upstream.RegistryConfig); ok {
+		if err := knownKeys(n, s.Key, reflect.TypeFor[upstream.RegistryConfig]()); err != nil {
+			return err
+		}
 		var m map[string]upstream.RegistryConfig
 		if err := n.Decode(&m); err != nil {
 			return yamlError(s.Key, err)
@@ -159,6 +162,32 @@ func (s Setting) decode(c *Config, n *yaml.Node) error {
 		return yamlError(s.Key, err)
 	}
 	dst.Set(fresh.Elem())
+	return nil
+}
+
+// knownKeys refuses a key under each entry of the mapping n that t has no yaml tag for
+// (Node.Decode, unlike a Decoder, has no KnownFields): a misspelt password_file must not
+// pass as "no credentials".
+func knownKeys(n *yaml.Node, key string, t reflect.Type) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // Decode names the type error
+	}
+	known := map[string]bool{}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		known[name] = true
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		entry, v := n.Content[i].Value, n.Content[i+1]
+		if v.Kind != yaml.MappingNode {
+			continue
+		}
+		for j := 0; j+1 < len(v.Content); j += 2 {
+			if k := v.Content[j]; !known[k.Value] {
+				return fmt.Errorf("line %d: %s.%q: unknown key %q", k.Line, key, entry, k.Value)
+			}
+		}
+	}
 	return nil
 }
 
