@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -63,6 +64,8 @@ type Config struct {
 	MetricsListen string
 	// Doctor is the periodic canary pull through CRI (doctor.go); off by default.
 	Doctor DoctorConfig
+	// Files is the Hugging Face and GitHub file endpoints (files_config.go, docs/files.md).
+	Files files.Config
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 }
@@ -126,12 +129,13 @@ type fileConfig struct {
 	} `yaml:"store"`
 	Security securityFile `yaml:"security"` // guard_config.go
 	Doctor   doctorFile   `yaml:"doctor"`   // doctor.go
+	Files    filesFile    `yaml:"files"`    // files_config.go
 }
 
 // DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
 // which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Files: files.DefaultConfig()}
 	if err := c.apply(defaultsYAML, "defaults.yaml"); err != nil {
 		panic("embedded defaults.yaml: " + err.Error())
 	}
@@ -227,6 +231,9 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.Upstream.Retries, f.Upstream.Retries)
 	set(&c.Upstream.Proxy, f.Upstream.Proxy)
 	f.Doctor.apply(&c.Doctor)
+	if err := f.Files.apply(&c.Files); err != nil {
+		return err
+	}
 	if err := f.Security.apply(&c.Guard); err != nil {
 		return err
 	}
@@ -342,6 +349,9 @@ func (c *Config) SetStoreMaxBlobSize(v string) error {
 func (c *Config) Validate() error {
 	if err := c.Doctor.validate(); err != nil {
 		return err
+	}
+	if err := c.Files.Validate(); err != nil {
+		return &ConfigError{Key: "files", Err: err}
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return &ConfigError{Key: "listen", Err: fmt.Errorf("%q: %w", c.Listen, err)}

@@ -26,6 +26,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/time/rate"
+
+	"github.com/shoal-mirror/shoal/files"
 )
 
 // GuardConfig is the mirror listener's exposure and abuse controls: who may connect, what
@@ -536,6 +538,11 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 		}
 		if len(p.allowRepo) > 0 || len(p.denyRepo) > 0 {
 			if rt, err := parseRoute(r, g.defaultRegistry); err == nil && !p.repoAllowed(rt.registry, rt.repo) {
+				g.refuse(w, r, refusedRepository, errRepoDenied)
+				return
+			}
+			// Files (files.go): hf/ORG/NAME, github.com/OWNER/REPO.
+			if reg, repo, ok := files.GuardName(r.URL.Path); ok && !p.repoAllowed(reg, repo) {
 				g.refuse(w, r, refusedRepository, errRepoDenied)
 				return
 			}
