@@ -1,0 +1,221 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/files/filestest"
+)
+
+// hubNodeModules is where .ci/install-deps puts @huggingface/hub.
+const hubNodeModules = "/usr/local/lib/shoal-test/node/node_modules"
+
+func randBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// startFilesDaemon runs a daemon whose file hosts are the fixture's servers.
+func startFilesDaemon(t *testing.T, fx *filestest.Fixture, mod ...func(*Config)) *Daemon {
+	t.Helper()
+	up := newUpstream(t)
+	return startDaemon(t, up, append([]func(*Config){func(c *Config) {
+		for h, u := range fx.Hosts() {
+			c.SetFileHost(h, u)
+		}
+	}}, mod...)...)
+}
+
+func httpGet(t *testing.T, url string, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// runHub runs a script with @huggingface/hub (the npm package, as users run it).
+func runHub(t *testing.T, script string, env ...string) string {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(hubNodeModules, "@huggingface", "hub")); err != nil {
+		t.Fatalf("@huggingface/hub is not installed (run .ci/install-deps): %v", err)
+	}
+	f := filepath.Join(t.TempDir(), "hub.js")
+	if err := os.WriteFile(f, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*60e9)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", f)
+	cmd.Env = append(os.Environ(), append([]string{"NODE_PATH=" + hubNodeModules}, env...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+const hubScript = `
+const hub = require("@huggingface/hub");
+const fs = require("fs");
+(async () => {
+  const hubUrl = process.env.HUB_URL;
+  const blob = await hub.downloadFile({ repo: "acme/tiny-model", path: "model.safetensors", hubUrl });
+  fs.writeFileSync(process.env.OUT + "/single.bin", Buffer.from(await blob.arrayBuffer()));
+  const dir = await hub.snapshotDownload({ repo: "acme/tiny-model", hubUrl, cacheDir: process.env.OUT + "/cache" });
+  console.log("SNAPSHOT " + dir);
+})().catch((e) => { console.error(e); process.exit(1); });
+`
+
+// TestFilesHuggingFaceClient: the official JS client downloads one file and a whole snapshot
+// through shoal (hubUrl = shoal/hf); every file matches; the second run costs the Hub 0 file
+// bytes; Xet file info never reaches the client.
+func TestFilesHuggingFaceClient(t *testing.T) {
+	fx := filestest.New(t)
+	big := randBytes(t, 3<<20)
+	model := map[string][]byte{
+		"model.safetensors":   big,
+		"config.json":         []byte(`{"architectures":["Tiny"],"hidden_size":8}`),
+		"tokenizer/vocab.txt": []byte("a\nb\nc\n"),
+		"weights/part-2.bin":  randBytes(t, 200<<10),
+		"README.md":           []byte("# tiny\n"),
+	}
+	commit := fx.AddModel("acme/tiny-model", model, false)
+	d := startFilesDaemon(t, fx)
+	base := "http://" + d.Addr() + "/hf"
+
+	for run := 1; run <= 2; run++ {
+		before := fx.FileBytes.Load()
+		out := t.TempDir()
+		res := runHub(t, hubScript, "HUB_URL="+base, "OUT="+out)
+		got, err := os.ReadFile(filepath.Join(out, "single.bin"))
+		if err != nil || !bytes.Equal(got, big) {
+			t.Fatalf("run %d: downloadFile through shoal: %d bytes, err %v; want the model's %d bytes", run, len(got), err, len(big))
+		}
+		snap := strings.TrimSpace(res[strings.Index(res, "SNAPSHOT ")+len("SNAPSHOT "):])
+		if !strings.HasSuffix(snap, commit) {
+			t.Errorf("run %d: snapshot dir %s, want one named by commit %s", run, snap, commit)
+		}
+		for p, want := range model {
+			got, err := os.ReadFile(filepath.Join(snap, p))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("run %d: snapshot file %s: %d bytes, err %v; want %d bytes", run, p, len(got), err, len(want))
+			}
+		}
+		spent := fx.FileBytes.Load() - before
+		t.Logf("run %d: the Hub and its CDN sent %d file bytes", run, spent)
+		if run == 2 && spent != 0 {
+			t.Errorf("second download sent %d file bytes from the upstream, want 0", spent)
+		}
+	}
+	if n := fx.Count("cdn GET"); n != 2 { // model.safetensors and weights/part-2.bin, once each
+		t.Errorf("CDN GETs = %d, want 2 (one per LFS file)", n)
+	}
+
+	// Xet negotiation does not pass through; the plain answer carries the Hub's headers.
+	resp, body := httpGet(t, base+"/acme/tiny-model/resolve/main/model.safetensors", "Range", "bytes=0-0", "Accept", "application/vnd.xet-fileinfo+json, */*")
+	f := fx.File("acme/tiny-model", "model.safetensors")
+	switch {
+	case resp.StatusCode != http.StatusPartialContent:
+		t.Errorf("probe: status %d, want 206", resp.StatusCode)
+	case strings.Contains(resp.Header.Get("Content-Type"), "xet"), resp.Header.Get("X-Xet-Hash") != "":
+		t.Errorf("probe: Xet file info passed through: %v", resp.Header)
+	case resp.Header.Get("X-Linked-Etag") != `"`+f.SHA256+`"` || resp.Header.Get("X-Linked-Size") != strconv.Itoa(len(big)):
+		t.Errorf("probe: X-Linked-Etag %q X-Linked-Size %q", resp.Header.Get("X-Linked-Etag"), resp.Header.Get("X-Linked-Size"))
+	case resp.Header.Get("X-Repo-Commit") != commit || resp.Header.Get("Content-Range") != fmt.Sprintf("bytes 0-0/%d", len(big)) || !bytes.Equal(body, big[:1]):
+		t.Errorf("probe: X-Repo-Commit %q Content-Range %q body %x", resp.Header.Get("X-Repo-Commit"), resp.Header.Get("Content-Range"), body)
+	}
+	// A missing file is the Hub's EntryNotFound, which the clients read.
+	resp, _ = httpGet(t, base+"/acme/tiny-model/resolve/main/nope.bin")
+	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("X-Error-Code") != "EntryNotFound" {
+		t.Errorf("missing file: %d X-Error-Code %q, want 404 EntryNotFound", resp.StatusCode, resp.Header.Get("X-Error-Code"))
+	}
+}
+
+func sha256hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestFilesGitHubReleaseCurlWget: curl -L and wget fetch release assets through the hubproxy
+// form; an asset with an API digest is verified and kept, one without is kept on the node;
+// the second fetch costs GitHub 0 bytes.
+func TestFilesGitHubReleaseCurlWget(t *testing.T) {
+	for _, tool := range []string{"curl", "wget"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed (.ci/install-deps): %v", tool, err)
+		}
+	}
+	fx := filestest.New(t)
+	withDigest, noDigest := randBytes(t, 2<<20), randBytes(t, 300<<10)
+	fx.AddRelease("acme/tool", "v1.2.0", map[string][]byte{"tool-linux-amd64.tar.gz": withDigest}, true)
+	fx.AddRelease("acme/tool", "v0.9.0", map[string][]byte{"tool-old.tar.gz": noDigest}, false)
+	d := startFilesDaemon(t, fx)
+	dir := t.TempDir()
+	fetch := func(tool, tag, name string) []byte {
+		t.Helper()
+		u := "http://" + d.Addr() + "/https://github.com/acme/tool/releases/download/" + tag + "/" + name
+		out := filepath.Join(dir, tool+"-"+name)
+		var cmd *exec.Cmd
+		if tool == "curl" {
+			cmd = exec.CommandContext(t.Context(), "curl", "-fsSL", "-o", out, u)
+		} else {
+			cmd = exec.CommandContext(t.Context(), "wget", "-q", "-O", out, u)
+		}
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", tool, u, err, b)
+		}
+		b, _ := os.ReadFile(out)
+		return b
+	}
+	for i, tool := range []string{"curl", "wget"} {
+		before := fx.FileBytes.Load()
+		if got := fetch(tool, "v1.2.0", "tool-linux-amd64.tar.gz"); sha256hex(got) != sha256hex(withDigest) {
+			t.Errorf("%s: asset with digest: got %d bytes, wrong content", tool, len(got))
+		}
+		if got := fetch(tool, "v0.9.0", "tool-old.tar.gz"); sha256hex(got) != sha256hex(noDigest) {
+			t.Errorf("%s: asset without digest: got %d bytes, wrong content", tool, len(got))
+		}
+		spent := fx.FileBytes.Load() - before
+		t.Logf("%s: GitHub sent %d file bytes", tool, spent)
+		if want := int64(len(withDigest) + len(noDigest)); i == 0 && spent != want {
+			t.Errorf("first fetch: upstream sent %d bytes, want %d", spent, want)
+		}
+		if i == 1 && spent != 0 {
+			t.Errorf("second fetch: upstream sent %d bytes, want 0", spent)
+		}
+	}
+	// The asset with a digest is in the content store under that digest.
+	if _, _, err := d.store.Reader(t.Context(), digestOf(withDigest)); err != nil {
+		t.Errorf("asset with an API digest is not in the store: %v", err)
+	}
+	if _, _, err := d.store.Reader(t.Context(), digestOf(noDigest)); err == nil {
+		t.Errorf("asset without a digest is in the shared content store")
+	}
+}
+
+func digestOf(b []byte) digest.Digest { return digest.Digest("sha256:" + sha256hex(b)) }
