@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -219,3 +220,78 @@ func TestFilesGitHubReleaseCurlWget(t *testing.T) {
 }
 
 func digestOf(b []byte) digest.Digest { return digest.Digest("sha256:" + sha256hex(b)) }
+
+// TestFilesUpstreamDown: with the Hub and GitHub unreachable, cached files are still served
+// and metadata is served stale (X-Shoal-Stale), also after its TTL.
+func TestFilesUpstreamDown(t *testing.T) {
+	fx := filestest.New(t)
+	big, small, asset := randBytes(t, 1<<20), []byte(`{"a":1}`), randBytes(t, 100<<10)
+	commit := fx.AddModel("acme/m", map[string][]byte{"w.bin": big, "config.json": small}, false)
+	fx.AddRelease("acme/tool", "v1", map[string][]byte{"t.tgz": asset}, true)
+	d := startFilesDaemon(t, fx, func(c *Config) { c.Files.MetaTTL = time.Millisecond })
+	base := "http://" + d.Addr()
+	urls := map[string][]byte{
+		base + "/hf/acme/m/resolve/main/w.bin":                            big,
+		base + "/hf/acme/m/resolve/main/config.json":                      small,
+		base + "/https://github.com/acme/tool/releases/download/v1/t.tgz": asset,
+		base + "/hf/api/models/acme/m/revision/main?expand=sha":           nil,
+		base + "/hf/api/models/acme/m/tree/" + commit + "?recursive=true": nil,
+	}
+	for u := range urls {
+		if resp, _ := httpGet(t, u); resp.StatusCode != http.StatusOK || resp.Header.Get("X-Shoal-Stale") != "" {
+			t.Fatalf("warm %s: %d stale=%q", u, resp.StatusCode, resp.Header.Get("X-Shoal-Stale"))
+		}
+	}
+	fx.Down.Store(true)
+	for u, want := range urls {
+		resp, body := httpGet(t, u)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("upstream down: %s: status %d %s", u, resp.StatusCode, body)
+			continue
+		}
+		if want != nil && !bytes.Equal(body, want) {
+			t.Errorf("upstream down: %s: wrong content", u)
+		}
+		if !strings.Contains(u, "/tree/"+commit) && resp.Header.Get("X-Shoal-Stale") != "true" {
+			t.Errorf("upstream down: %s: X-Shoal-Stale = %q, want true (its metadata is past its TTL)", u, resp.Header.Get("X-Shoal-Stale"))
+		}
+	}
+	// Never seen: a clear error, not a hang.
+	if resp, _ := httpGet(t, base+"/hf/acme/m/resolve/main/other.bin"); resp.StatusCode < 500 {
+		t.Errorf("unknown file with the upstream down: status %d, want 5xx", resp.StatusCode)
+	}
+}
+
+// TestFilesCorruptUpstreamNeverServedOrKept: the Hub's CDN (and GitHub) send one wrong byte:
+// the client never gets the whole file with a success status, nothing is kept, and once the
+// upstream is fixed the right file comes.
+func TestFilesCorruptUpstreamNeverServedOrKept(t *testing.T) {
+	fx := filestest.New(t)
+	big, small := randBytes(t, 2<<20), []byte(`{"vocab_size":32000,"hidden":64}`)
+	fx.AddModel("acme/m", map[string][]byte{"w.bin": big, "config.json": small}, false)
+	fx.AddRelease("acme/tool", "v1", map[string][]byte{"t.tgz": randBytes(t, 1<<20)}, true)
+	d := startFilesDaemon(t, fx)
+	base := "http://" + d.Addr()
+	fx.Corrupt.Store(true)
+	for _, u := range []string{base + "/hf/acme/m/resolve/main/w.bin", base + "/hf/acme/m/resolve/main/config.json", base + "/https://github.com/acme/tool/releases/download/v1/t.tgz"} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			continue // cut before the headers: fine
+		}
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && rerr == nil {
+			t.Errorf("corrupt upstream: %s: 200 and a complete body of %d bytes", u, len(body))
+		}
+	}
+	if _, _, err := d.store.Reader(t.Context(), digestOf(big)); err == nil {
+		t.Error("a file that did not verify is in the store")
+	}
+	fx.Corrupt.Store(false)
+	for u, want := range map[string][]byte{base + "/hf/acme/m/resolve/main/w.bin": big, base + "/hf/acme/m/resolve/main/config.json": small} {
+		if resp, body := httpGet(t, u); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+			t.Errorf("after the fix: %s: status %d, %d bytes", u, resp.StatusCode, len(body))
+		}
+	}
+}
