@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/files/filestest"
+	"github.com/shoal-mirror/shoal/p2p"
 )
 
 // hubNodeModules is where .ci/install-deps puts @huggingface/hub.
@@ -293,5 +294,129 @@ func TestFilesCorruptUpstreamNeverServedOrKept(t *testing.T) {
 		if resp, body := httpGet(t, u); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
 			t.Errorf("after the fix: %s: status %d, %d bytes", u, resp.StatusCode, len(body))
 		}
+	}
+}
+
+// TestFilesSwarmPaysUpstreamOnce: 5 nodes download the same model file at once (and a
+// release asset), with a lying peer advertising the file: every client gets the right bytes,
+// the upstream sends at most 1.05× the file, the liar is banned. SHOAL_FILES_SWARM_MIB sets the
+// size (default 24 MiB; the 1 GiB: SHOAL_FILES_SWARM_MIB=1024).
+func TestFilesSwarmPaysUpstreamOnce(t *testing.T) {
+	mib := 24
+	if v := os.Getenv("SHOAL_FILES_SWARM_MIB"); v != "" {
+		mib, _ = strconv.Atoi(v)
+	}
+	fx := filestest.New(t)
+	big := randBytes(t, mib<<20)
+	fx.AddModel("acme/llm", map[string][]byte{"model-00001-of-00001.safetensors": big}, false)
+	fd := digestOf(big)
+
+	ip := nextIP()
+	hcfg := p2p.DefaultConfig()
+	hcfg.Listen = []string{"/ip4/" + ip + "/tcp/0"}
+	hostile, err := p2p.New(t.Context(), hcfg, t.TempDir(), &hostileContent{d: fd, data: big}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hostile.Close() })
+
+	up := newUpstream(t)
+	mod := func(c *Config) {
+		for h, u := range fx.Hosts() {
+			c.SetFileHost(h, u)
+		}
+	}
+	first := startNode(t, up, hostile.Addrs(), mod)
+	nodes := []*Daemon{first}
+	for range 4 {
+		nodes = append(nodes, startNode(t, up, first.node.Addrs(), mod))
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return n.node.Status().RoutingTableSize >= len(nodes)-1 })
+	}
+	if err := hostile.Provide(t.Context(), fd); err != nil {
+		t.Fatal(err)
+	}
+	waitProvided(t, first.node, fd)
+
+	start := make(chan struct{})
+	errs := make(chan error, len(nodes))
+	for _, n := range nodes {
+		go func() {
+			<-start
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+n.Addr()+"/hf/acme/llm/resolve/main/model-00001-of-00001.safetensors", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			_, err = io.Copy(h, resp.Body)
+			switch {
+			case err != nil:
+			case resp.StatusCode != http.StatusOK:
+				err = fmt.Errorf("status %d", resp.StatusCode)
+			case "sha256:"+hex.EncodeToString(h.Sum(nil)) != fd.String():
+				err = fmt.Errorf("wrong content")
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for range nodes {
+		if err := <-errs; err != nil {
+			t.Errorf("download: %v", err)
+		}
+	}
+	sent := fx.FileBytes.Load()
+	t.Logf("5 nodes, %d MiB file: the upstream sent %d bytes (%.3f×); CDN GETs %d", mib, sent, float64(sent)/float64(len(big)), fx.Count("cdn GET"))
+	if float64(sent) > 1.05*float64(len(big)) {
+		t.Errorf("upstream sent %d bytes for a %d-byte file on 5 nodes, want ≤ 1.05×", sent, len(big))
+	}
+	banned := 0
+	for _, n := range nodes {
+		if peerStatus(n.node, hostile.ID()).Banned {
+			banned++
+		}
+		res, err := n.store.Verify(t.Context())
+		if err != nil || len(res.Corrupt) != 0 {
+			t.Errorf("store verify: %+v %v", res, err)
+		}
+	}
+	t.Logf("nodes that banned the lying peer: %d", banned)
+}
+
+// TestFilesWithoutDigestStayOnTheNode: a release asset without a digest is never advertised
+// nor served to a peer: another node with the upstream down cannot get it from the swarm.
+func TestFilesWithoutDigestStayOnTheNode(t *testing.T) {
+	fx := filestest.New(t)
+	data := randBytes(t, 512<<10)
+	fx.AddRelease("acme/tool", "v0", map[string][]byte{"old.tgz": data}, false)
+	up := newUpstream(t)
+	mod := func(c *Config) {
+		for h, u := range fx.Hosts() {
+			c.SetFileHost(h, u)
+		}
+	}
+	a := startNode(t, up, nil, mod)
+	b := startNode(t, up, a.node.Addrs(), mod)
+	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 })
+	u := "/https://github.com/acme/tool/releases/download/v0/old.tgz"
+	if resp, body := httpGet(t, "http://"+a.Addr()+u); resp.StatusCode != http.StatusOK || !bytes.Equal(body, data) {
+		t.Fatalf("node A: status %d", resp.StatusCode)
+	}
+	if provs, _ := b.node.FindProviders(t.Context(), digestOf(data), 4); len(provs) != 0 {
+		t.Errorf("a file without a digest is advertised: %v", provs)
+	}
+	if _, _, err := a.store.Reader(t.Context(), digestOf(data)); err == nil {
+		t.Error("a file without a digest is in the shared store")
+	}
+	fx.Down.Store(true)
+	if resp, _ := httpGet(t, "http://"+b.Addr()+u); resp.StatusCode == http.StatusOK {
+		t.Error("node B got a file without a digest while the upstream was down: it came from a peer")
+	}
+	if out := peerStatus(a.node, b.node.ID()).BytesOut; out != 0 {
+		t.Errorf("node A sent %d bytes to B", out)
 	}
 }
