@@ -202,6 +202,9 @@ type PinResult struct {
 type PullRequest struct {
 	Images   []string `json:"images"`
 	Platform string   `json:"platform,omitempty"`
+	// Include limits a Hugging Face snapshot (hf://ORG/NAME[@REV]) to files whose path or base
+	// name matches one of these patterns (path.Match).
+	Include []string `json:"include,omitempty"`
 }
 
 // Pull event types, in the order they come for one image.

@@ -115,7 +115,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		src.up = fileUpstream{upstreamClient: up, files: fe.h}
 	}
 	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g, canary: m.canary}
-	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
+	if err := d.openOps(routeFiles(fe, m), sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
 	}

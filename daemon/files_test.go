@@ -19,6 +19,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files/filestest"
 	"github.com/shoal-mirror/shoal/p2p"
 )
@@ -419,4 +420,51 @@ func TestFilesWithoutDigestStayOnTheNode(t *testing.T) {
 	if out := peerStatus(a.node, b.node.ID()).BytesOut; out != 0 {
 		t.Errorf("node A sent %d bytes to B", out)
 	}
+}
+
+// TestFilesPullWarmsNode: `shoal pull hf://ORG/NAME@REV --include …` and a GitHub release URL
+// warm the node with progress events; clients then get every file with 0 upstream bytes.
+func TestFilesPullWarmsNode(t *testing.T) {
+	fx := filestest.New(t)
+	model := map[string][]byte{
+		"model.safetensors": randBytes(t, 2<<20), "config.json": []byte(`{"x":1}`),
+		"onnx/model.onnx": randBytes(t, 1<<20), "extra/notes.txt": []byte("notes"),
+	}
+	fx.AddModel("acme/m", model, false)
+	asset := randBytes(t, 256<<10)
+	fx.AddRelease("acme/tool", "v2", map[string][]byte{"t.tgz": asset}, true)
+	d := startFilesDaemon(t, fx, withOps)
+	cl := adminFor(t, d)
+	evs, done := pull(t, cl, adminapi.PullRequest{Images: []string{"hf://acme/m@main", "https://github.com/acme/tool/releases/download/v2/t.tgz"}, Include: []string{"*.safetensors", "*.json"}})
+	if done.Errors != 0 || done.Images != 2 || done.Blobs != 3 {
+		t.Fatalf("pull: %+v", done)
+	}
+	var doneFiles []string
+	for _, ev := range evs {
+		if ev.Type == adminapi.EventBlob && ev.State == adminapi.StateDone {
+			doneFiles = append(doneFiles, ev.Digest)
+		}
+	}
+	t.Logf("files warmed: %v", doneFiles)
+	if _, _, err := d.store.Reader(t.Context(), digestOf(model["model.safetensors"])); err != nil {
+		t.Errorf("the LFS file is not in the store after the pull: %v", err)
+	}
+	before := fx.FileBytes.Load()
+	base := "http://" + d.Addr()
+	for u, want := range map[string][]byte{
+		base + "/hf/acme/m/resolve/main/model.safetensors":                model["model.safetensors"],
+		base + "/hf/acme/m/resolve/main/config.json":                      model["config.json"],
+		base + "/https://github.com/acme/tool/releases/download/v2/t.tgz": asset,
+	} {
+		if resp, body := httpGet(t, u); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+			t.Errorf("%s after the pull: %d", u, resp.StatusCode)
+		}
+	}
+	if n := fx.FileBytes.Load() - before; n != 0 {
+		t.Errorf("clients after a pull cost the upstream %d file bytes, want 0", n)
+	}
+	if n := fx.Count("cdn GET"); n != 1 {
+		t.Errorf("CDN GETs = %d, want 1: --include left out onnx/model.onnx, the other LFS file", n)
+	}
+
 }

@@ -418,7 +418,7 @@ func (f *Fixture) api(w http.ResponseWriter, r *http.Request) {
 			d = "sha256:" + a.file.SHA256
 		}
 		out = append(out, map[string]any{"id": i + 1, "name": a.name, "size": len(a.file.Data), "digest": d, "state": "uploaded",
-			"content_type": "application/octet-stream",
+			"content_type":         "application/octet-stream",
 			"browser_download_url": "https://github.com/" + s[0] + "/" + s[1] + "/releases/download/" + tag + "/" + a.name})
 	}
 	_ = json.NewEncoder(w).Encode(map[string]any{"tag_name": tag, "name": tag, "draft": false, "prerelease": false, "assets": out})
@@ -465,4 +465,3 @@ func (f *Fixture) assets(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Last-Modified", "Mon, 02 Jun 2025 10:00:00 GMT")
 	f.serveBytes(w, r, file)
 }
-
