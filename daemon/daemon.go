@@ -119,6 +119,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		d.abortNew()
 		return nil, err
 	}
+	if fe != nil {
+		d.ops.admin.fileName = fe.h.Name
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })

@@ -479,5 +479,26 @@ func TestFilesPullWarmsNode(t *testing.T) {
 	if n := fx.Count("cdn GET"); n != 1 {
 		t.Errorf("CDN GETs = %d, want 1: --include left out onnx/model.onnx, the other LFS file", n)
 	}
+	// cache ls names the file; the metrics count file requests under route="file".
+	ls, err := cl.CacheList(t.Context(), "size")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]string{}
+	for _, e := range ls.Entries {
+		if e.Kind == "file" {
+			named[e.Digest] = e.Name
+		}
+	}
+	if got, want := named[digestOf(model["model.safetensors"]).String()], "hf://acme/m@"; !strings.HasPrefix(got, want) || !strings.HasSuffix(got, "/model.safetensors") {
+		t.Errorf("cache ls names the model file %q, want hf://acme/m@COMMIT/model.safetensors (entries %+v)", got, named)
+	}
+	if got := named[digestOf(asset).String()]; got != "https://github.com/acme/tool/releases/download/v2/t.tgz" {
+		t.Errorf("cache ls names the release asset %q", got)
+	}
+	_, metrics := httpGet(t, "http://"+d.MetricsAddr()+"/metrics")
+	if !strings.Contains(string(metrics), `shoal_http_requests_total{route="file",source="store",status="200"}`) {
+		t.Errorf("metrics have no route=\"file\" answers from the store")
+	}
 
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -182,6 +183,9 @@ func (h *Handler) blobRef(host, path string, d digest.Digest, size int64, privat
 	h.mu.Lock()
 	h.sources[d] = blobSource{path: path, private: private}
 	h.mu.Unlock()
+	if key := "name " + d.String(); h.meta.peek(key) == nil {
+		h.meta.put(key, &metaEntry{Status: http.StatusOK, Header: map[string]string{"name": fileName(host, path)}, Immutable: true})
+	}
 	repo := repoEnc.EncodeToString([]byte(path))
 	if len(repo) > maxRepoLen {
 		repo = "long" // a peer asked to fetch it for the swarm cannot: it then goes upstream itself
@@ -295,3 +299,29 @@ var (
 	hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	hex40 = regexp.MustCompile(`^[0-9a-f]{40}$`)
 )
+
+// fileName is how operators see a file: hf://ORG/NAME@COMMIT/PATH, https://github.com/….
+func fileName(host, path string) string {
+	if host == HostHF {
+		if repo, rest, ok := strings.Cut(strings.TrimPrefix(path, "/"), "/resolve/"); ok {
+			rev, p, _ := strings.Cut(rest, "/")
+			if u, err := url.PathUnescape(p); err == nil {
+				p = u
+			}
+			return "hf://" + repo + "@" + rev + "/" + p
+		}
+	}
+	if u, err := url.PathUnescape(path); err == nil {
+		path = u
+	}
+	return "https://" + host + path
+}
+
+// Name returns the name of a file kept in the content store under d ("" if d is not a file
+// this node served), for `shoal cache ls`.
+func (h *Handler) Name(d digest.Digest) string {
+	if e := h.meta.peek("name " + d.String()); e != nil {
+		return e.Header["name"]
+	}
+	return ""
+}
