@@ -502,3 +502,93 @@ func TestFilesPullWarmsNode(t *testing.T) {
 	}
 
 }
+
+// TestFilesGatedRepoStaysPrivate: a gated repo is fetched with the node's token (never sent
+// to the CDN, never handed to the client), and its files are not advertised to peers.
+func TestFilesGatedRepoStaysPrivate(t *testing.T) {
+	fx := filestest.New(t)
+	fx.Token = "hf_fixturetoken"
+	secret := randBytes(t, 1<<20)
+	fx.AddModel("acme/gated", map[string][]byte{"w.bin": secret}, true)
+	up := newUpstream(t)
+	mod := func(c *Config) {
+		for h, u := range fx.Hosts() {
+			c.SetFileHost(h, u)
+		}
+	}
+	a := startNode(t, up, nil, mod, func(c *Config) { c.Files.HFToken = fx.Token })
+	b := startNode(t, up, a.node.Addrs(), mod)
+	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 })
+	u := "/hf/acme/gated/resolve/main/w.bin"
+	if resp, body := httpGet(t, "http://"+a.Addr()+u); resp.StatusCode != http.StatusOK || !bytes.Equal(body, secret) {
+		t.Fatalf("node A with the token: status %d", resp.StatusCode)
+	}
+	if resp, _ := httpGet(t, "http://"+b.Addr()+u); resp.StatusCode == http.StatusOK {
+		t.Errorf("node B without a token got the gated file (from a peer or the Hub)")
+	}
+	if out := peerStatus(a.node, b.node.ID()).BytesOut; out != 0 {
+		t.Errorf("node A sent %d bytes of a gated file to a peer", out)
+	}
+	if n := fx.CDNAuth.Load(); n != 0 {
+		t.Errorf("the CDN got %d requests with an Authorization header", n)
+	}
+}
+
+// TestFilesParallelRangesShareOneDownload: a client's parallel Range requests on a cold file
+// share one upstream download, and every range is right.
+func TestFilesParallelRangesShareOneDownload(t *testing.T) {
+	fx := filestest.New(t)
+	data := randBytes(t, 8<<20)
+	fx.AddModel("acme/m", map[string][]byte{"w.bin": data}, false)
+	d := startFilesDaemon(t, fx)
+	const parts = 4
+	errs := make(chan error, parts)
+	for i := range parts {
+		go func() {
+			lo, hi := i*len(data)/parts, (i+1)*len(data)/parts-1
+			resp, body := httpGet(t, "http://"+d.Addr()+"/hf/acme/m/resolve/main/w.bin", "Range", fmt.Sprintf("bytes=%d-%d", lo, hi))
+			switch {
+			case resp.StatusCode != http.StatusPartialContent:
+				errs <- fmt.Errorf("range %d-%d: status %d", lo, hi, resp.StatusCode)
+			case !bytes.Equal(body, data[lo:hi+1]):
+				errs <- fmt.Errorf("range %d-%d: wrong bytes", lo, hi)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range parts {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := fx.Count("cdn GET"); n != 1 {
+		t.Errorf("%d parallel ranges made %d CDN GETs, want 1", parts, n)
+	}
+	if sent := fx.FileBytes.Load(); sent != int64(len(data)) {
+		t.Errorf("upstream sent %d bytes for an %d-byte file", sent, len(data))
+	}
+}
+
+// TestFilesGuardRepoPatterns: deny_repo and allow_repo cover hf/ORG/NAME and
+// github.com/OWNER/REPO.
+func TestFilesGuardRepoPatterns(t *testing.T) {
+	fx := filestest.New(t)
+	fx.AddModel("acme/ok", map[string][]byte{"c.json": []byte("{}")}, false)
+	fx.AddModel("evil/m", map[string][]byte{"c.json": []byte("{}")}, false)
+	fx.AddRelease("acme/tool", "v1", map[string][]byte{"a.tgz": []byte("x")}, true)
+	fx.AddRelease("evil/tool", "v1", map[string][]byte{"b.tgz": []byte("y")}, true)
+	d := startFilesDaemon(t, fx, func(c *Config) { c.Guard.DenyRepo = []string{"hf/evil/*", "github.com/evil/*"} })
+	base := "http://" + d.Addr()
+	for u, want := range map[string]int{
+		"/hf/acme/ok/resolve/main/c.json":                          200,
+		"/hf/evil/m/resolve/main/c.json":                           403,
+		"/hf/api/models/evil/m/revision/main":                      403,
+		"/https://github.com/acme/tool/releases/download/v1/a.tgz": 200,
+		"/https://github.com/evil/tool/releases/download/v1/b.tgz": 403,
+	} {
+		if resp, _ := httpGet(t, base+u); resp.StatusCode != want {
+			t.Errorf("%s: status %d, want %d", u, resp.StatusCode, want)
+		}
+	}
+}

@@ -82,6 +82,8 @@ type Fixture struct {
 	Down, Corrupt atomic.Bool
 	// Token, when set, is required for gated repos.
 	Token string
+	// CDNAuth counts CDN and release-asset requests that carried an Authorization header.
+	CDNAuth atomic.Int64
 
 	mu       sync.Mutex
 	repos    map[string]*repo
@@ -264,6 +266,9 @@ func (f *Fixture) hub(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fixture) cdn(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "" {
+		f.CDNAuth.Add(1)
+	}
 	sum := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 	if r.URL.Query().Get("X-Amz-Signature") == "" {
 		w.WriteHeader(http.StatusForbidden)
@@ -440,6 +445,9 @@ func (f *Fixture) github(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fixture) assets(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "" {
+		f.CDNAuth.Add(1)
+	}
 	if r.URL.Query().Get("sig") == "" {
 		w.WriteHeader(http.StatusForbidden)
 		return
