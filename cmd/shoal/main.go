@@ -91,6 +91,9 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "listen", EnvVars: env("LISTEN"), Usage: "mirror API address (default 127.0.0.1:5000)"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: env("DATA_DIR"), Usage: "state directory (default /var/lib/shoal)"},
 			&cli.StringSliceFlag{Name: "registry", EnvVars: env("REGISTRY"), Usage: "upstream endpoint for a registry, `HOST=URL` (repeatable)"},
+			&cli.StringSliceFlag{Name: "file-host", EnvVars: env("FILE_HOST"), Usage: "endpoint for a Hugging Face or GitHub file host, `HOST=URL` (repeatable; docs/files.md)"},
+			&cli.StringFlag{Name: "hf-token-file", EnvVars: env("HF_TOKEN_FILE"), Usage: "Hugging Face token for gated and private repos, read from `FILE`"},
+			&cli.StringFlag{Name: "github-token-file", EnvVars: env("GITHUB_TOKEN_FILE"), Usage: "GitHub token (API rate limits, private releases), read from `FILE`"},
 			&cli.StringFlag{Name: "default-registry", EnvVars: env("DEFAULT_REGISTRY"), Usage: "registry for requests that name none (default docker.io)"},
 			&cli.DurationFlag{Name: "tag-ttl", EnvVars: env("TAG_TTL"), Usage: "how long a tag is served without asking the upstream (default 30s)"},
 			&cli.StringFlag{Name: "docker-config", EnvVars: env("DOCKER_CONFIG"), Usage: "read upstream credentials from this Docker config.json"},
@@ -212,6 +215,19 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 		if err := cfg.SetRegistryFlag(v); err != nil {
 			return cfg, err
 		}
+	}
+	for _, v := range c.StringSlice("file-host") {
+		host, u, ok := strings.Cut(v, "=")
+		if !ok || host == "" || u == "" {
+			return cfg, &daemon.ConfigError{Key: "--file-host", Err: fmt.Errorf("%q: want HOST=URL", v)}
+		}
+		cfg.SetFileHost(host, u)
+	}
+	if c.IsSet("hf-token-file") {
+		cfg.Files.HFTokenFile = c.String("hf-token-file")
+	}
+	if c.IsSet("github-token-file") {
+		cfg.Files.GitHubTokenFile = c.String("github-token-file")
 	}
 	if err := applySecurityFlags(c, &cfg); err != nil { // security.go
 		return cfg, err
