@@ -2,7 +2,9 @@ package files
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base32"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +56,7 @@ type Handler struct {
 
 	mu      sync.Mutex
 	sources map[digest.Digest]blobSource // where each digest served here comes from
+	private map[string]bool              // BlobRef.Repo → fetched with this node's token
 }
 
 type blobSource struct {
@@ -82,7 +85,7 @@ func New(cfg Config, dir string, blobs Blobs, log *slog.Logger) (*Handler, error
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, c: c, meta: meta, local: local, blobs: blobs, log: log, sources: map[digest.Digest]blobSource{}}, nil
+	return &Handler{cfg: cfg, c: c, meta: meta, local: local, blobs: blobs, log: log, sources: map[digest.Digest]blobSource{}, private: map[string]bool{}}, nil
 }
 
 // IsFilePath reports whether a request path belongs to the file endpoints.
@@ -188,8 +191,14 @@ func (h *Handler) blobRef(host, path string, d digest.Digest, size int64, privat
 	}
 	repo := repoEnc.EncodeToString([]byte(path))
 	if len(repo) > maxRepoLen {
-		repo = "long" // a peer asked to fetch it for the swarm cannot: it then goes upstream itself
+		// Too long to name in the OCI grammar: a peer asked to fetch it for the swarm cannot
+		// (it answers not-found and the asker goes upstream itself); this node finds it by digest.
+		sum := sha256.Sum256([]byte(path))
+		repo = "long-" + hex.EncodeToString(sum[:16])
 	}
+	h.mu.Lock()
+	h.private[repo] = private
+	h.mu.Unlock()
 	return BlobRef{Registry: host, Repo: repo, Digest: d, Size: size}
 }
 
@@ -221,18 +230,9 @@ func (h *Handler) source(host, repo string, d digest.Digest) (blobSource, bool) 
 // Private reports whether d (named by host and repo) needed this node's token: the daemon
 // keeps such content from peers unless configured to share it.
 func (h *Handler) Private(host, repo string) bool {
-	b, err := repoEnc.DecodeString(repo)
-	if err != nil {
-		return true
-	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, s := range h.sources {
-		if s.path == string(b) {
-			return s.private
-		}
-	}
-	return false
+	return h.private[repo] // a path named by a peer was fetched without a token: not private
 }
 
 // OpenBlob opens d's bytes from the upstream at offset (redirects to CDN hosts followed here).
