@@ -59,6 +59,11 @@ func (h *Handler) releaseFile(w http.ResponseWriter, r *http.Request, owner, rep
 			return nil, err
 		}
 		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusForbidden && resp.Header.Get("X-Ratelimit-Remaining") == "0" {
+			// GitHub's API rate limit (60/h anonymous): a 429 to the client, and a stale
+			// answer when there is one.
+			resp.StatusCode = http.StatusTooManyRequests
+		}
 		if resp.StatusCode != http.StatusOK {
 			return nil, statusError(resp)
 		}
