@@ -58,6 +58,14 @@ func (k *keepHeaders) WriteHeader(code int) {
 
 func (k *keepHeaders) Unwrap() http.ResponseWriter { return k.ResponseWriter }
 
+// ReadFrom keeps sendfile for stored files (serveStored copies from an *os.File).
+func (k *keepHeaders) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := k.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{k.ResponseWriter}, r)
+}
+
 func (fe *filesEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	err := fe.h.Serve(w, r)
 	switch {
