@@ -136,4 +136,3 @@ func BenchmarkFilesCached(b *testing.B) {
 	b.ReportMetric(ms/mf, "shoal/fileserver")
 	b.Logf("cached %d MiB file: shoal %.0f MiB/s, http.FileServer %.0f MiB/s, ratio %.3f", len(f.Data)>>20, ms, mf, ms/mf)
 }
-

@@ -260,7 +260,8 @@ type admin struct {
 
 	mirrorAddr func() string
 	// fileName names a file kept under a digest (files.go); nil when files are off.
-	fileName func(digest.Digest) string
+	fileName   func(digest.Digest) string
+	fileDigest func(name string) (digest.Digest, bool)
 
 	addr, metricsAddr string
 }

@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	if fe != nil {
-		d.ops.admin.fileName = fe.h.Name
+		d.ops.admin.fileName, d.ops.admin.fileDigest = fe.h.Name, fe.h.DigestOf
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })

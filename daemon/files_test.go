@@ -496,6 +496,12 @@ func TestFilesPullWarmsNode(t *testing.T) {
 	if got := named[digestOf(asset).String()]; got != "https://github.com/acme/tool/releases/download/v2/t.tgz" {
 		t.Errorf("cache ls names the release asset %q", got)
 	}
+	// explain takes the name cache ls shows.
+	name := named[digestOf(model["model.safetensors"]).String()]
+	ex, err := cl.Explain(t.Context(), name)
+	if err != nil || ex.Digest != digestOf(model["model.safetensors"]).String() || len(ex.Blobs) != 1 || ex.Blobs[0].Kind != "file" || !ex.Blobs[0].InStore {
+		t.Errorf("explain %s: %+v, %v", name, ex, err)
+	}
 	_, metrics := httpGet(t, "http://"+d.MetricsAddr()+"/metrics")
 	if !strings.Contains(string(metrics), `shoal_http_requests_total{route="file",source="store",status="200"}`) {
 		t.Errorf("metrics have no route=\"file\" answers from the store")

@@ -187,7 +187,9 @@ func (h *Handler) blobRef(host, path string, d digest.Digest, size int64, privat
 	h.sources[d] = blobSource{path: path, private: private}
 	h.mu.Unlock()
 	if key := "name " + d.String(); h.meta.peek(key) == nil {
-		h.meta.put(key, &metaEntry{Status: http.StatusOK, Header: map[string]string{"name": fileName(host, path)}, Immutable: true})
+		name := fileName(host, path)
+		h.meta.put(key, &metaEntry{Status: http.StatusOK, Header: map[string]string{"name": name}, Immutable: true})
+		h.meta.put("digest "+name, &metaEntry{Status: http.StatusOK, Header: map[string]string{"digest": d.String()}, Immutable: true})
 	}
 	repo := repoEnc.EncodeToString([]byte(path))
 	if len(repo) > maxRepoLen {
@@ -324,4 +326,14 @@ func (h *Handler) Name(d digest.Digest) string {
 		return e.Header["name"]
 	}
 	return ""
+}
+
+// DigestOf returns the digest of a file this node served, by the name Name gives it.
+func (h *Handler) DigestOf(name string) (digest.Digest, bool) {
+	if e := h.meta.peek("digest " + name); e != nil {
+		if d, err := digest.Parse(e.Header["digest"]); err == nil {
+			return d, true
+		}
+	}
+	return "", false
 }
