@@ -17,6 +17,7 @@ type filesFile struct {
 	GitHubTokenFile *string           `yaml:"github_token_file"`
 	MetaTTL         *time.Duration    `yaml:"meta_ttl"`
 	MaxLocalSize    *string           `yaml:"max_local_size"`
+	LocalMaxTotal   *string           `yaml:"local_max_total"`
 }
 
 // apply overlays the block on c. A hosts map adds to (or, with "", keeps) the built-in hosts;
@@ -34,6 +35,13 @@ func (f filesFile) apply(c *files.Config) error {
 			return &ConfigError{Key: "files.max_local_size", Err: err}
 		}
 		c.MaxLocalSize = n
+	}
+	if f.LocalMaxTotal != nil {
+		n, err := store.ParseSize(*f.LocalMaxTotal)
+		if err != nil {
+			return &ConfigError{Key: "files.local_max_total", Err: err}
+		}
+		c.LocalMaxTotal = n
 	}
 	if len(f.Hosts) > 0 && c.Hosts == nil {
 		c.Hosts = map[string]string{}

@@ -30,8 +30,9 @@ var DefaultHosts = []string{
 
 // Defaults for Config.
 const (
-	DefaultMetaTTL      = 5 * time.Minute
-	DefaultMaxLocalSize = 4 << 30
+	DefaultMetaTTL       = 5 * time.Minute
+	DefaultMaxLocalSize  = 4 << 30
+	DefaultLocalMaxTotal = 20 << 30
 )
 
 // Config configures the file endpoints.
@@ -48,8 +49,10 @@ type Config struct {
 	// they are asked again (commit-pinned answers are kept for good); an upstream that fails
 	// then gets the stale answer served.
 	MetaTTL time.Duration
-	// MaxLocalSize bounds a file kept on the node only (no sha256 digest).
-	MaxLocalSize int64
+	// MaxLocalSize bounds a file kept on the node only (no sha256 digest), LocalMaxTotal all
+	// of them together: the least recently served go first (0: no bound).
+	MaxLocalSize  int64
+	LocalMaxTotal int64
 }
 
 // DefaultConfig returns the built-in configuration.
@@ -58,7 +61,7 @@ func DefaultConfig() Config {
 	for _, n := range DefaultHosts {
 		h[n] = ""
 	}
-	return Config{Enabled: true, Hosts: h, MetaTTL: DefaultMetaTTL, MaxLocalSize: DefaultMaxLocalSize}
+	return Config{Enabled: true, Hosts: h, MetaTTL: DefaultMetaTTL, MaxLocalSize: DefaultMaxLocalSize, LocalMaxTotal: DefaultLocalMaxTotal}
 }
 
 // Validate checks the configuration; the error names the key.
@@ -78,6 +81,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxLocalSize < 0 {
 		return errors.New("files.max_local_size: must not be negative")
+	}
+	if c.LocalMaxTotal < 0 {
+		return errors.New("files.local_max_total: must not be negative")
 	}
 	for key, f := range map[string]string{"files.hf_token_file": c.HFTokenFile, "files.github_token_file": c.GitHubTokenFile} {
 		if f != "" {

@@ -1,12 +1,15 @@
 package files
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -112,5 +115,33 @@ func TestRedirectToUnknownHostRefused(t *testing.T) {
 	}
 	if _, err := h.c.do(t.Context(), http.MethodGet, "https://example.com/", nil, nil, true); err == nil {
 		t.Error("a request to an unconfigured host went out")
+	}
+}
+
+// Node-local files stay within their total bound, least recently served first.
+func TestLocalCacheTrims(t *testing.T) {
+	l, err := newLocalCache(t.TempDir(), 0, 2500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill := func(key string) {
+		t.Helper()
+		body := strings.Repeat("x", 1000)
+		if err := l.fill(t.Context(), key, func(context.Context) (io.ReadCloser, int64, error) {
+			return io.NopCloser(strings.NewReader(body)), int64(len(body)), nil
+		}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill("a")
+	fill("b")
+	old := time.Now().Add(-time.Hour)
+	_ = os.Chtimes(l.path("a"), old, old) // a: served long ago
+	fill("c")
+	for key, want := range map[string]bool{"a": false, "b": true, "c": true} {
+		_, err := os.Stat(l.path(key))
+		if (err == nil) != want {
+			t.Errorf("%s kept = %v, want %v", key, err == nil, want)
+		}
 	}
 }

@@ -132,6 +132,7 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, key string,
 		return err
 	}
 	defer f.Close()
+	h.local.touch(f)
 	w.Header().Set(hdrSource, source)
 	serveFile(w, r, f)
 	return nil
@@ -214,6 +215,7 @@ func (h *Handler) serveNoDigest(w http.ResponseWriter, r *http.Request, host, pa
 	if et := e.Header["ETag"]; et != "" {
 		w.Header().Set("ETag", et)
 	}
+	h.local.touch(f)
 	w.Header().Set(hdrSource, source)
 	serveFile(w, r, f)
 	return nil

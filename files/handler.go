@@ -81,7 +81,7 @@ func New(cfg Config, dir string, blobs Blobs, log *slog.Logger) (*Handler, error
 	if err != nil {
 		return nil, err
 	}
-	local, err := newLocalCache(filepath.Join(dir, "local"), cfg.MaxLocalSize)
+	local, err := newLocalCache(filepath.Join(dir, "local"), cfg.MaxLocalSize, cfg.LocalMaxTotal)
 	if err != nil {
 		return nil, err
 	}

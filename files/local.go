@@ -12,6 +12,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 )
@@ -27,15 +31,61 @@ var ErrTooLarge = errors.New("file too large to keep on the node")
 // for revalidation). Files appear only by rename, whole and checked.
 type localCache struct {
 	dir    string
-	max    int64
+	max    int64 // one file
+	total  int64 // all files; least recently served go first (0: no bound)
 	flight singleflight.Group
+	mu     sync.Mutex // trim
 }
 
-func newLocalCache(dir string, max int64) (*localCache, error) {
+func newLocalCache(dir string, max, total int64) (*localCache, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	return &localCache{dir: dir, max: max}, nil
+	return &localCache{dir: dir, max: max, total: total}, nil
+}
+
+// touch marks a file as just served (its mtime orders eviction).
+func (l *localCache) touch(f *os.File) {
+	now := time.Now()
+	_ = os.Chtimes(f.Name(), now, now)
+}
+
+// trim removes the least recently served files until the cache fits its total bound.
+func (l *localCache) trim() {
+	if l.total <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ents, err := os.ReadDir(l.dir)
+	if err != nil {
+		return
+	}
+	type kept struct {
+		path string
+		size int64
+		mt   time.Time
+	}
+	var all []kept
+	var sum int64
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // a fill in progress
+		}
+		if fi, err := e.Info(); err == nil {
+			all = append(all, kept{filepath.Join(l.dir, e.Name()), fi.Size(), fi.ModTime()})
+			sum += fi.Size()
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].mt.Before(all[j].mt) })
+	for _, k := range all {
+		if sum <= l.total {
+			return
+		}
+		if os.Remove(k.path) == nil { // an open reader keeps its bytes until it closes
+			sum -= k.size
+		}
+	}
 }
 
 func (l *localCache) path(key string) string {
@@ -101,7 +151,11 @@ func (l *localCache) fill(ctx context.Context, key string, open func(ctx context
 		if err := tmp.Sync(); err != nil {
 			return nil, err
 		}
-		return nil, os.Rename(tmp.Name(), l.path(key))
+		if err := os.Rename(tmp.Name(), l.path(key)); err != nil {
+			return nil, err
+		}
+		l.trim()
+		return nil, nil
 	})
 	return err
 }
