@@ -65,13 +65,21 @@ func (c *metaCache) peek(key string) *metaEntry {
 		return nil
 	}
 	c.mu.Lock()
-	c.mem[key] = e
+	if len(c.mem) < maxMemEntries {
+		c.mem[key] = e
+	}
 	c.mu.Unlock()
 	return e
 }
 
+// maxMemEntries bounds the in-memory copy; the directory keeps every answer.
+const maxMemEntries = 8192
+
 func (c *metaCache) put(key string, e *metaEntry) {
 	c.mu.Lock()
+	if len(c.mem) >= maxMemEntries {
+		clear(c.mem)
+	}
 	c.mem[key] = e
 	c.mu.Unlock()
 	b, err := json.Marshal(e)
