@@ -598,3 +598,28 @@ func TestFilesGuardRepoPatterns(t *testing.T) {
 		}
 	}
 }
+
+// TestFilesWithoutDigestRevalidate: a raw.githubusercontent.com file (no digest) is kept on the
+// node by URL and ETag; past meta_ttl it is revalidated (304: 0 bytes) and a change is fetched.
+func TestFilesWithoutDigestRevalidate(t *testing.T) {
+	fx := filestest.New(t)
+	fx.SetRaw("/acme/tool/main/install.sh", []byte("#!/bin/sh\necho v1\n"))
+	d := startFilesDaemon(t, fx, func(c *Config) { c.Files.MetaTTL = time.Nanosecond })
+	u := "http://" + d.Addr() + "/https://raw.githubusercontent.com/acme/tool/main/install.sh"
+	for i := range 2 {
+		before := fx.FileBytes.Load()
+		if resp, body := httpGet(t, u); resp.StatusCode != http.StatusOK || string(body) != "#!/bin/sh\necho v1\n" {
+			t.Fatalf("fetch %d: %d %q", i, resp.StatusCode, body)
+		}
+		if n := fx.FileBytes.Load() - before; i == 1 && n != 0 {
+			t.Errorf("revalidation sent %d bytes, want 0 (304)", n)
+		}
+	}
+	if n := fx.Count("raw GET"); n != 2 {
+		t.Errorf("raw GETs = %d, want 2 (fetch, revalidation)", n)
+	}
+	fx.SetRaw("/acme/tool/main/install.sh", []byte("#!/bin/sh\necho v2\n"))
+	if _, body := httpGet(t, u); string(body) != "#!/bin/sh\necho v2\n" {
+		t.Errorf("after a change upstream: %q", body)
+	}
+}

@@ -72,7 +72,7 @@ type asset struct {
 
 // Fixture is the set of fixture servers.
 type Fixture struct {
-	HF, CDN, API, GitHub, Assets *httptest.Server
+	HF, CDN, API, GitHub, Assets, Raw *httptest.Server
 	// FileBytes counts file content bytes sent (CDN, small resolve bodies, release assets).
 	FileBytes atomic.Int64
 	// Requests counts requests by "HOST-ROLE METHOD PATH" prefix, for assertions.
@@ -86,6 +86,7 @@ type Fixture struct {
 	CDNAuth atomic.Int64
 
 	mu       sync.Mutex
+	rawFiles map[string][]byte // raw.githubusercontent.com path → content
 	repos    map[string]*repo
 	releases map[string]map[string][]asset // owner/repo → tag → assets
 	latest   map[string]string
@@ -93,7 +94,7 @@ type Fixture struct {
 
 // New starts the fixture servers; they stop when the test ends.
 func New(t testing.TB) *Fixture {
-	f := &Fixture{repos: map[string]*repo{}, releases: map[string]map[string][]asset{}, latest: map[string]string{}}
+	f := &Fixture{rawFiles: map[string][]byte{}, repos: map[string]*repo{}, releases: map[string]map[string][]asset{}, latest: map[string]string{}}
 	start := func(role string, h http.HandlerFunc) *httptest.Server {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if f.Down.Load() {
@@ -119,6 +120,7 @@ func New(t testing.TB) *Fixture {
 	f.API = start("api", f.api)
 	f.GitHub = start("github", f.github)
 	f.Assets = start("assets", f.assets)
+	f.Raw = start("raw", f.raw)
 	return f
 }
 
@@ -127,6 +129,7 @@ func (f *Fixture) Hosts() map[string]string {
 	return map[string]string{
 		"huggingface.co": f.HF.URL, "cdn-lfs.hf.co": f.CDN.URL,
 		"api.github.com": f.API.URL, "github.com": f.GitHub.URL, "release-assets.githubusercontent.com": f.Assets.URL,
+		"raw.githubusercontent.com": f.Raw.URL,
 	}
 }
 
@@ -471,5 +474,29 @@ func (f *Fixture) assets(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("ETag", `"0x8DD`+file.SHA256[:12]+`"`)
 	w.Header().Set("Last-Modified", "Mon, 02 Jun 2025 10:00:00 GMT")
+	f.serveBytes(w, r, file)
+}
+
+// SetRaw sets a raw.githubusercontent.com file (/OWNER/REPO/REF/PATH).
+func (f *Fixture) SetRaw(path string, data []byte) {
+	f.mu.Lock()
+	f.rawFiles[path] = data
+	f.mu.Unlock()
+}
+
+// raw answers like raw.githubusercontent.com: a strong ETag (the content's hash), 304 to a
+// matching If-None-Match, no digest the client could check in advance.
+func (f *Fixture) raw(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	data, ok := f.rawFiles[r.URL.Path]
+	f.mu.Unlock()
+	if !ok {
+		http.Error(w, "404: Not Found", http.StatusNotFound)
+		return
+	}
+	file := newFile(data)
+	w.Header().Set("ETag", `"`+file.SHA256[:40]+`"`)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "max-age=300")
 	f.serveBytes(w, r, file)
 }
