@@ -149,13 +149,15 @@ type Ping struct {
 
 // CacheEntry is one piece of content in the store.
 type CacheEntry struct {
-	Digest    string    `json:"digest"`
-	Size      int64     `json:"size"`
-	MediaType string    `json:"media_type,omitempty"`
-	Kind      string    `json:"kind"` // index, manifest or blob
-	Created   time.Time `json:"created"`
-	Accessed  time.Time `json:"accessed"`
-	Pinned    bool      `json:"pinned"`
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+	MediaType string `json:"media_type,omitempty"`
+	Kind      string `json:"kind"` // index, manifest, blob or file
+	// Name is a file's name (hf://ORG/NAME@COMMIT/PATH, https://github.com/…), kind file only.
+	Name     string    `json:"name,omitempty"`
+	Created  time.Time `json:"created"`
+	Accessed time.Time `json:"accessed"`
+	Pinned   bool      `json:"pinned"`
 }
 
 // CacheList is `shoal cache ls`.
@@ -202,6 +204,9 @@ type PinResult struct {
 type PullRequest struct {
 	Images   []string `json:"images"`
 	Platform string   `json:"platform,omitempty"`
+	// Include limits a Hugging Face snapshot (hf://ORG/NAME[@REV]) to files whose path or base
+	// name matches one of these patterns (path.Match).
+	Include []string `json:"include,omitempty"`
 }
 
 // Pull event types, in the order they come for one image.

@@ -259,6 +259,9 @@ type admin struct {
 	ready   func() bool
 
 	mirrorAddr func() string
+	// fileName names a file kept under a digest (files.go); nil when files are off.
+	fileName   func(digest.Digest) string
+	fileDigest func(name string) (digest.Digest, bool)
 
 	addr, metricsAddr string
 }

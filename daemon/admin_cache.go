@@ -36,7 +36,13 @@ func (a *admin) cacheList(r *http.Request) (any, error) {
 	}
 	var out []adminapi.CacheEntry
 	err := a.store.Walk(r.Context(), func(i store.Info) error {
-		out = append(out, cacheEntry(i))
+		e := cacheEntry(i)
+		if a.fileName != nil && e.Kind == "blob" {
+			if n := a.fileName(i.Digest); n != "" { // files.go
+				e.Kind, e.Name = "file", n
+			}
+		}
+		out = append(out, e)
 		return nil
 	})
 	if err != nil {

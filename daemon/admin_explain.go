@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,13 +54,27 @@ func (a *admin) explain(r *http.Request) (any, error) {
 		return fm.data, fm.mediaType, true
 	}
 
+	fileTarget := false
+	if (isFileTarget(target) || strings.HasPrefix(target, "https://")) && a.fileDigest != nil { // files.go
+		d, ok := a.fileDigest(target)
+		if !ok {
+			return nil, notFound("%s: no file of that name was served by this node (name it as `shoal cache ls` does: hf://ORG/NAME@COMMIT/PATH)", target)
+		}
+		target, fileTarget = d.String(), true
+	}
 	if d, err := digest.Parse(target); err == nil {
 		res.Digest, res.Resolution = d.String(), "digest given"
+		if fileTarget {
+			res.Resolution = "file name, as this node served it"
+		}
 		info, serr := a.store.Stat(ctx, d)
 		kind := "blob"
 		if serr == nil {
 			res.MediaType = info.MediaType
 			kind = cacheEntry(info).Kind
+		}
+		if a.fileName != nil && kind == "blob" && a.fileName(d) != "" {
+			kind = "file"
 		}
 		add(d, kind, "", info.Size)
 		if kind == "index" || kind == "manifest" {

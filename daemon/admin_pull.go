@@ -78,7 +78,12 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 		want = p
 	}
 	refs := make([]imageRef, 0, len(req.Images))
+	var fileTargets []string // admin_pull_files.go
 	for _, s := range req.Images {
+		if isFileTarget(s) {
+			fileTargets = append(fileTargets, s)
+			continue
+		}
 		ref, err := parseImageRef(s, a.cfg.DefaultRegistry)
 		if err != nil {
 			writeAPIError(w, err)
@@ -92,6 +97,10 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 	var tot pullTotals
 	for _, ref := range refs {
 		a.pullImage(r.Context(), ref, want, ev, &tot)
+		tot.images++
+	}
+	for _, t := range fileTargets {
+		a.pullFiles(r.Context(), t, req.Include, ev, &tot)
 		tot.images++
 	}
 	ev.send(adminapi.PullEvent{Type: adminapi.EventDone, Images: tot.images, Blobs: tot.blobs, Bytes: tot.bytes, Errors: tot.errors})

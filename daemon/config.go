@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -59,6 +60,8 @@ type Config struct {
 	// ShutdownTimeout bounds each of the two waits on stop: for requests in progress, then
 	// for downloads that outlive their clients.
 	ShutdownTimeout time.Duration
+	// Files is the Hugging Face and GitHub file endpoints (files_config.go, docs/files.md).
+	Files files.Config
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 
@@ -202,6 +205,25 @@ var settings = []Setting{
 		ptr: func(c *Config) any { return &c.Doctor.Interval }},
 	{Key: "doctor.containerd_config", Default: `""`, Arg: "FILE", Help: "containerd's `config.toml` (as the daemon sees it), to explain a bypass in the log",
 		ptr: func(c *Config) any { return &c.Doctor.ContainerdConfig }},
+
+	{Key: "files.enabled", Default: "true", Help: "Hugging Face (`HF_ENDPOINT=http://127.0.0.1:5000/hf`) and GitHub release files (`http://127.0.0.1:5000/https://github.com/…`) through the store and swarm (docs/files.md)",
+		ptr: func(c *Config) any { return &c.Files.Enabled }},
+	{Key: "files.hosts", Default: "{}", Flag: "file-host", Arg: "HOST=URL", Help: "adds to the built-in file hosts (huggingface.co and its CDNs, github.com and its download hosts): `HOST: URL`; `-` removes one (repeatable flag)",
+		ptr: func(c *Config) any { return &c.Files.Hosts }},
+	{Key: "files.hf_token", Default: `""`, Help: "Hugging Face token for gated and private repos (never logged, sent to the Hub only)",
+		ptr: func(c *Config) any { return &c.Files.HFToken }},
+	{Key: "files.hf_token_file", Default: `""`, Flag: "hf-token-file", Arg: "FILE", Help: "read `hf_token` from this file",
+		ptr: func(c *Config) any { return &c.Files.HFTokenFile }},
+	{Key: "files.github_token", Default: `""`, Help: "GitHub token (API rate limits, private releases; never logged, sent to GitHub only)",
+		ptr: func(c *Config) any { return &c.Files.GitHubToken }},
+	{Key: "files.github_token_file", Default: `""`, Flag: "github-token-file", Arg: "FILE", Help: "read `github_token` from this file",
+		ptr: func(c *Config) any { return &c.Files.GitHubTokenFile }},
+	{Key: "files.meta_ttl", Default: "5m", Help: "API answers and branch → commit are reused this long; commit-pinned answers are kept; stale when the upstream fails",
+		ptr: func(c *Config) any { return &c.Files.MetaTTL }},
+	{Key: "files.max_local_size", Default: "4GiB", Arg: "SIZE", Help: "largest file kept on the node only (no sha256 digest to share it by)",
+		ptr: func(c *Config) any { return &c.Files.MaxLocalSize }, parse: store.ParseSize},
+	{Key: "files.local_max_total", Default: "20GiB", Arg: "SIZE", Help: "all such node-only files together; the least recently served go first",
+		ptr: func(c *Config) any { return &c.Files.LocalMaxTotal }, parse: store.ParseSize},
 }
 
 // ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
@@ -219,7 +241,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // DefaultConfig returns the built-in defaults of the settings table. It panics only if the
 // table's defaults are broken, which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Files: files.DefaultConfig()}
 	if err := c.applyYAML(defaultsFromTable(), "settings table"); err != nil {
 		panic("settings table defaults: " + err.Error())
 	}
@@ -280,6 +302,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Doctor.validate(); err != nil {
 		return err
+	}
+	if err := c.Files.Validate(); err != nil {
+		return &ConfigError{Key: "files", Err: err}
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return &ConfigError{Key: "listen", Err: fmt.Errorf("%q: %w", c.Listen, err)}

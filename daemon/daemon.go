@@ -106,17 +106,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		verifyMaxWait:   cfg.P2PVerifyMaxWait,
 		canary:          newCanaryLog(),
 	}
+	var fe *filesEndpoint // files.go: Hugging Face and GitHub files
+	if cfg.Files.Enabled {
+		if fe, err = newFilesEndpoint(cfg, m, log.With("component", "files")); err != nil {
+			(&Daemon{ln: ln, store: st, node: node}).abortNew()
+			return nil, err
+		}
+		src.up = fileUpstream{upstreamClient: up, files: fe.h}
+	}
 	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g, canary: m.canary}
-	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
+	if err := d.openOps(routeFiles(fe, m), sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
+	}
+	if fe != nil {
+		d.ops.admin.fileName, d.ops.admin.fileDigest = fe.h.Name, fe.h.DigestOf
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           accessLog(mlog, g.wrap(routeRoot(mux, m)), d.ops.observeRequest), // guard.go: access controls, limits
+		Handler:           accessLog(mlog, g.wrap(routeFiles(fe, routeRoot(mux, m))), d.ops.observeRequest), // guard.go: access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,

@@ -27,6 +27,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/time/rate"
 
+	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
@@ -538,6 +539,11 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 		}
 		if len(p.allowRepo) > 0 || len(p.denyRepo) > 0 {
 			if rt, err := parseRoute(r, g.defaultRegistry); err == nil && !p.repoAllowed(rt.registry, rt.repo) {
+				g.refuse(w, r, refusedRepository, errRepoDenied)
+				return
+			}
+			// Files (files.go): hf/ORG/NAME, github.com/OWNER/REPO.
+			if reg, repo, ok := files.GuardName(r.URL.Path); ok && !p.repoAllowed(reg, repo) {
 				g.refuse(w, r, refusedRepository, errRepoDenied)
 				return
 			}

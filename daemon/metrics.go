@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -84,6 +85,12 @@ func routeOf(path string) string {
 		if path == "/healthz" || path == "/readyz" {
 			return "health"
 		}
+		if strings.HasPrefix(path, "/hf/api/") {
+			return "file_meta" // files.go
+		}
+		if files.IsFilePath(path) {
+			return "file"
+		}
 		return "other"
 	case strings.HasSuffix(path, "/tags/list"):
 		return "tags"
@@ -109,7 +116,7 @@ func (m *metrics) observeRequest(rd requestDone) {
 	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.status)).Inc()
 	m.bytes.WithLabelValues(route, source).Add(float64(rd.bytes))
 	m.duration.WithLabelValues(route).Observe(rd.duration.Seconds())
-	if (route == "manifest" || route == "blob") && rd.status < 300 && source != "none" {
+	if (route == "manifest" || route == "blob" || route == "file") && rd.status < 300 && source != "none" {
 		m.mu.Lock()
 		sc := m.bySource[source]
 		if sc == nil {

@@ -39,6 +39,7 @@ const (
 	KindDuration
 	KindList       // []string: repeatable flag, comma-separated variable
 	KindRegistries // registries: the flag takes HOST=URL
+	KindHosts      // a HOST → URL map (files.hosts): the flag takes HOST=URL, `-` removes HOST
 )
 
 // Settings returns the table, each entry with its flag and variable filled in.
@@ -76,6 +77,8 @@ func (s Setting) Kind() Kind {
 		return KindList
 	case *map[string]upstream.RegistryConfig:
 		return KindRegistries
+	case *map[string]string:
+		return KindHosts
 	}
 	return KindString
 }
@@ -112,6 +115,17 @@ func (s Setting) set(c *Config, v any) error {
 				return fmt.Errorf("%q: want HOST=URL, e.g. docker.io=https://registry-1.docker.io", hv)
 			}
 			setRegistry(regs, host, upstream.RegistryConfig{URL: u})
+		}
+		return nil
+	}
+	if hosts, ok := s.ptr(c).(*map[string]string); ok {
+		list, _ := v.([]string)
+		for _, hv := range list {
+			host, u, ok := strings.Cut(hv, "=")
+			if !ok || host == "" || u == "" {
+				return fmt.Errorf("%q: want HOST=URL (or HOST=- to remove a host)", hv)
+			}
+			setHost(hosts, host, u)
 		}
 		return nil
 	}
@@ -152,6 +166,16 @@ func (s Setting) decode(c *Config, n *yaml.Node) error {
 		}
 		for host, rc := range m {
 			setRegistry(regs, host, rc)
+		}
+		return nil
+	}
+	if hosts, ok := s.ptr(c).(*map[string]string); ok {
+		var m map[string]string
+		if err := n.Decode(&m); err != nil {
+			return yamlError(s.Key, err)
+		}
+		for host, u := range m {
+			setHost(hosts, host, u)
 		}
 		return nil
 	}
@@ -396,4 +420,16 @@ func restartNeeded(old, cur Config) []string {
 		}
 	}
 	return keys
+}
+
+// setHost adds host → u to a host map that starts from built-in hosts; u "-" removes host.
+func setHost(hosts *map[string]string, host, u string) {
+	if u == "-" {
+		delete(*hosts, host)
+		return
+	}
+	if *hosts == nil {
+		*hosts = map[string]string{}
+	}
+	(*hosts)[host] = u
 }

@@ -61,7 +61,7 @@ func at(l []string, n int) string {
 // up in that entry's field and in no other entry's.
 func TestEverySettingReachesItsField(t *testing.T) {
 	other := map[Kind]string{KindString: "x.example:1", KindBool: "", KindInt: "7", KindFloat: "2.5",
-		KindDuration: "7s", KindList: "[10.1.2.0/24]", KindRegistries: "{ghcr.io: {url: https://ghcr.example}}"}
+		KindDuration: "7s", KindList: "[10.1.2.0/24]", KindRegistries: "{ghcr.io: {url: https://ghcr.example}}", KindHosts: "{hf.example: http://127.0.0.1:1}"}
 	keys := map[string]bool{}
 	for _, s := range settings {
 		if keys[s.Key] {

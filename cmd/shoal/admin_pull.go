@@ -18,17 +18,20 @@ import (
 func pullCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "pull",
-		Usage:     "warm this node's cache (and so its peers') with images, through the daemon's own mirror",
-		ArgsUsage: "IMAGE[:TAG|@DIGEST]...",
+		Usage:     "warm this node's cache (and so its peers') with images or files, through the daemon's own mirror",
+		ArgsUsage: "IMAGE[:TAG|@DIGEST]|hf://ORG/NAME[@REV]|https://github.com/OWNER/REPO/releases/download/TAG/FILE...",
 		Description: "Every platform of a multi-platform image is pulled unless --platform names one. On a terminal\n" +
 			"each layer gets a progress bar; otherwise one line per manifest and layer is printed\n" +
 			"(--json: the daemon's progress events, one JSON object per line).",
-		Flags: []cli.Flag{&cli.StringFlag{Name: "platform", Usage: "only this platform of an index, `OS/ARCH[/VARIANT]`"}},
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "platform", Usage: "only this platform of an index, `OS/ARCH[/VARIANT]`"},
+			&cli.StringSliceFlag{Name: "include", Usage: "hf:// only: files whose path or name matches `PATTERN` (repeatable; default all)"},
+		},
 		Action: adminAction(func(c *cli.Context, ctx context.Context, cl *adminapi.Client) error {
 			if err := needArgs(c, 1, "IMAGE"); err != nil {
 				return err
 			}
-			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform")}
+			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform"), Include: c.StringSlice("include")}
 			var r pullRenderer
 			switch {
 			case jsonOut(c):

@@ -139,6 +139,8 @@ func settingFlag(s daemon.Setting) cli.Flag {
 			f.Value = cli.NewStringSlice(l...)
 		}
 		return f
+	case daemon.KindHosts:
+		return &cli.StringSliceFlag{Name: s.Flag, EnvVars: envs, Usage: usage}
 	case daemon.KindRegistries:
 		var m map[string]struct{ URL string }
 		_ = yaml.Unmarshal([]byte(s.Default), &m)
@@ -175,7 +177,7 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 			v = c.Float64(s.Flag)
 		case daemon.KindDuration:
 			v = c.Duration(s.Flag)
-		case daemon.KindList, daemon.KindRegistries:
+		case daemon.KindList, daemon.KindRegistries, daemon.KindHosts:
 			v = c.StringSlice(s.Flag)
 		default:
 			v = c.String(s.Flag)

@@ -1,0 +1,132 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+// filesEndpoint mounts package files (Hugging Face and GitHub files, docs/files.md) on the
+// mirror listener. Files with a sha256 digest go through the mirror's blob path.
+type filesEndpoint struct {
+	h   *files.Handler
+	m   *mirror
+	log *slog.Logger
+}
+
+func newFilesEndpoint(cfg Config, m *mirror, log *slog.Logger) (*filesEndpoint, error) {
+	fe := &filesEndpoint{m: m, log: log}
+	h, err := files.New(cfg.Files, filepath.Join(cfg.DataDir, "files"), fe, log)
+	if err != nil {
+		return nil, &ConfigError{Key: "files", Err: err}
+	}
+	fe.h = h
+	return fe, nil
+}
+
+var _ files.Blobs = (*filesEndpoint)(nil)
+
+// ServeBlob serves a file that has a sha256 digest exactly as a blob: store, download in
+// flight, peers, designated fetcher, upstream (through fileUpstream), verified.
+func (fe *filesEndpoint) ServeBlob(w http.ResponseWriter, r *http.Request, ref files.BlobRef) error {
+	rt := route{kind: "blob", registry: ref.Registry, repo: ref.Repo, ref: ref.Digest.String(), clientName: ref.Repo}
+	return fe.m.blob(&keepHeaders{ResponseWriter: w, etag: w.Header().Get("Etag")}, r, rt)
+}
+
+// keepHeaders restores the file's own ETag, which the blob path sets to the digest.
+type keepHeaders struct {
+	http.ResponseWriter
+	etag string
+}
+
+func (k *keepHeaders) WriteHeader(code int) {
+	if k.etag != "" && code < 300 {
+		k.Header().Set("Etag", k.etag)
+	}
+	k.Header().Del("Docker-Distribution-Api-Version")
+	k.ResponseWriter.WriteHeader(code)
+}
+
+func (k *keepHeaders) Unwrap() http.ResponseWriter { return k.ResponseWriter }
+
+// ReadFrom keeps sendfile for stored files (serveStored copies from an *os.File).
+func (k *keepHeaders) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := k.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{k.ResponseWriter}, r)
+}
+
+func (fe *filesEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	err := fe.h.Serve(w, r)
+	switch {
+	case err == nil:
+	case errors.Is(err, errAborted):
+		panic(http.ErrAbortHandler)
+	case errors.Is(err, files.ErrNotFound):
+		writeError(w, r, fe.log, errNotFound)
+	case errors.Is(err, files.ErrMismatch):
+		writeError(w, r, fe.log, &ociError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "the upstream sent a file that does not match its digest; nothing was kept", Err: err})
+	case errors.Is(err, files.ErrTooLarge):
+		writeError(w, r, fe.log, &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "file larger than files.max_local_size", Err: err})
+	case errors.Is(err, files.ErrRefused):
+		writeError(w, r, fe.log, &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream pointed shoal at a host it may not contact", Err: err})
+	default:
+		if ue, ok := errors.AsType[*upstream.Error](err); ok && ue.Code != "" {
+			w.Header().Set("X-Error-Code", ue.Code) // the Hub's clients read it (EntryNotFound, …)
+		}
+		writeError(w, r, fe.log, err)
+	}
+}
+
+// routeFiles sends the file endpoints' paths to fe before anything cleans them (ServeMux
+// would redirect /https://… to /https:/…).
+func routeFiles(fe *filesEndpoint, next http.Handler) http.Handler {
+	if fe == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if files.IsFilePath(r.URL.Path) {
+			fe.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// fileUpstream is the upstream as the blob path sees it: file hosts answer through package
+// files, registries through the registry client.
+type fileUpstream struct {
+	upstreamClient
+	files *files.Handler
+}
+
+func (u fileUpstream) GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	if files.IsFileRegistry(host) {
+		return u.files.OpenBlob(ctx, host, repo, d, offset)
+	}
+	return u.upstreamClient.GetBlob(ctx, host, repo, d, offset)
+}
+
+func (u fileUpstream) Private(host, repo string) bool {
+	if files.IsFileRegistry(host) {
+		return u.files.Private(host, repo)
+	}
+	return u.upstreamClient.Private(host, repo)
+}
+
+func (u fileUpstream) Endpoint(host string) (*url.URL, error) {
+	if files.IsFileRegistry(host) {
+		return &url.URL{Scheme: "https", Host: host}, nil
+	}
+	return u.upstreamClient.Endpoint(host)
+}
