@@ -63,6 +63,8 @@ type Config struct {
 	MetricsListen string
 	// Doctor is the periodic canary pull through CRI (doctor.go); off by default.
 	Doctor DoctorConfig
+	// Console is the web console and its search (console_config.go).
+	Console ConsoleConfig
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 }
@@ -126,6 +128,7 @@ type fileConfig struct {
 	} `yaml:"store"`
 	Security securityFile `yaml:"security"` // guard_config.go
 	Doctor   doctorFile   `yaml:"doctor"`   // doctor.go
+	Console  consoleFile  `yaml:"console"`  // console_config.go
 }
 
 // DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
@@ -227,6 +230,7 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.Upstream.Retries, f.Upstream.Retries)
 	set(&c.Upstream.Proxy, f.Upstream.Proxy)
 	f.Doctor.apply(&c.Doctor)
+	f.Console.apply(&c.Console)
 	if err := f.Security.apply(&c.Guard); err != nil {
 		return err
 	}
@@ -341,6 +345,9 @@ func (c *Config) SetStoreMaxBlobSize(v string) error {
 // Validate checks the whole configuration and names the first bad key.
 func (c *Config) Validate() error {
 	if err := c.Doctor.validate(); err != nil {
+		return err
+	}
+	if err := c.Console.validate(); err != nil {
 		return err
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
