@@ -436,7 +436,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		if err := chromedp.Do(tctx, chromedp.Navigate(evilURL)); err != nil {
 			t.Fatal(err)
 		}
-		waitJS(t, tctx, `location.pathname === "/act/rm" && document.readyState === "complete"`)
+		waitJS(t, tctx, fmt.Sprintf(`location.host === %q && document.readyState === "complete"`, a.ConsoleAddr()))
 		if body := text(t, tctx, "body"); !strings.Contains(body, "only the console's own pages may act") {
 			t.Errorf("the cross-site form got %q", body)
 		}
@@ -573,5 +573,65 @@ func TestConsoleLogin(t *testing.T) {
 		if strings.Contains(string(b), string(hash)) || strings.Contains(string(b), "s3cret") {
 			t.Errorf("%s: a secret is in the page", tc.name)
 		}
+	}
+}
+
+// /v1/search: Docker Hub's answers are cached; each client may search search_per_minute times
+// a minute (after a burst of 10), cached answers cost nothing; a registry's catalog is
+// searched by name; /v1/tags lists tags.
+func TestAdminSearchAndTags(t *testing.T) {
+	up := newUpstream(t)
+	pushRandom(t, up, "team/alpha:1", 1<<10, 1)
+	pushRandom(t, up, "team/alpha:2", 1<<10, 1)
+	pushRandom(t, up, "other/beta", 1<<10, 1)
+	hub := newHubSearch(t, map[string][]adminapi.SearchResult{"redis": {{Name: "redis", Description: "Redis", StarCount: 13000, IsOfficial: true}}})
+	d := startDaemon(t, up, withOps, func(c *Config) {
+		c.Console.Listen = "off"
+		c.Console.HubSearchURL = hub.srv.URL
+		c.Console.SearchPerMinute = 1
+	})
+	cl := adminFor(t, d)
+	ctx := t.Context()
+
+	for i := range 3 {
+		res, err := cl.Search(ctx, "redis", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.NumResults != 1 || res.Results[0].Name != "redis" || res.Registry != "docker.io" || res.Cached != (i > 0) {
+			t.Errorf("search %d: %+v", i, res)
+		}
+	}
+	if n := hub.queries.Load(); n != 1 {
+		t.Errorf("Docker Hub asked %d times, want 1", n)
+	}
+	res, err := cl.Search(ctx, "ALPHA", up.host(), 0)
+	if err != nil || len(res.Results) != 1 || res.Results[0].Name != up.host()+"/team/alpha" {
+		t.Errorf("catalog search: %+v, %v", res, err)
+	}
+	// 8 more distinct searches use up the burst of 10; the 11th is refused with 429.
+	for i := range 8 {
+		if _, err := cl.Search(ctx, fmt.Sprint("term", i), "docker.io", 5); err != nil {
+			t.Fatalf("search %d within the burst: %v", i, err)
+		}
+	}
+	_, err = cl.Search(ctx, "one-too-many", "", 0)
+	var ae *adminapi.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.Code != adminapi.CodeRateLimited {
+		t.Errorf("search over the limit: %v, want 429 rate_limited", err)
+	}
+	if _, err := cl.Search(ctx, "redis", "", 0); err != nil {
+		t.Errorf("a cached answer over the limit: %v", err)
+	}
+
+	tags, err := cl.Tags(ctx, "team/alpha")
+	if err != nil || strings.Join(tags.Tags, ",") != "1,2" || tags.Repo != "team/alpha" {
+		t.Errorf("tags: %+v, %v", tags, err)
+	}
+	if _, err := cl.Tags(ctx, "team/nothing"); !isAPICode(err, adminapi.CodeNotFound) {
+		t.Errorf("tags of an unknown repository: %v, want not_found", err)
+	}
+	if _, err := cl.Search(ctx, "", "", 0); !isAPICode(err, adminapi.CodeBadRequest) {
+		t.Errorf("empty search: %v", err)
 	}
 }
