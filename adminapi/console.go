@@ -14,6 +14,7 @@ import (
 //	GET /v1/inflight                          []InFlight: downloads under way
 //	GET /v1/search?q=TERM&n=N[&registry=R]    SearchResults (Docker Hub, or a registry's catalog)
 //	GET /v1/tags?image=NAME                   Tags
+//	GET /v1/cache?sort=S&limit=N&pinned=true  CacheList, cut to N entries, only pinned ones
 //
 // Search is rate-limited per client (HTTP 429, code "rate_limited") and cached.
 
@@ -106,4 +107,15 @@ func (c *Client) Search(ctx context.Context, term, registry string, n int) (Sear
 func (c *Client) Tags(ctx context.Context, image string) (Tags, error) {
 	var t Tags
 	return t, c.getJSON(ctx, http.MethodGet, "/v1/tags", url.Values{"image": {image}}, nil, &t)
+}
+
+// CacheListPart lists at most limit entries of the store in the order of sort ("size" or
+// "atime"); pinned true keeps only pinned content. CacheList.Total counts them all.
+func (c *Client) CacheListPart(ctx context.Context, sort string, limit int, pinned bool) (CacheList, error) {
+	var l CacheList
+	q := url.Values{"sort": {sort}, "limit": {strconv.Itoa(limit)}}
+	if pinned {
+		q.Set("pinned", "true")
+	}
+	return l, c.getJSON(ctx, http.MethodGet, "/v1/cache", q, nil, &l)
 }

@@ -163,6 +163,8 @@ type CacheList struct {
 	Entries   []CacheEntry `json:"entries"`
 	BytesUsed int64        `json:"bytes_used"`
 	MaxSize   int64        `json:"max_size"`
+	// Total is how many entries the store holds (Entries may be fewer: limit, pinned).
+	Total int `json:"total"`
 }
 
 // RemoveResult is `shoal cache rm`.

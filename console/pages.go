@@ -19,8 +19,9 @@ import (
 // adminTimeout bounds one page's admin API calls.
 const adminTimeout = 10 * time.Second
 
-// cacheRows is how many cache entries a page lists (the totals count them all).
-const cacheRows = 200
+// cacheRows is how many cache entries a page lists (the totals count them all): enough to
+// see what fills the store, few enough to paint fast.
+const cacheRows = 100
 
 type overviewData struct {
 	Status   adminapi.Status
@@ -127,29 +128,21 @@ func (c *Console) cache(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
 	defer cancel()
-	l, err := c.admin.CacheList(ctx, by)
-	if err != nil {
+	var top, pinned adminapi.CacheList
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) { top, err = c.admin.CacheListPart(gctx, by, cacheRows, false); return })
+	// Pinned content is listed even when it is not among the largest or latest.
+	g.Go(func() (err error) { pinned, err = c.admin.CacheListPart(gctx, by, 10*cacheRows, true); return })
+	if err := g.Wait(); err != nil {
 		c.fail(w, r, status(err), err)
 		return
 	}
-	d := cacheData{List: l, Sort: by, Total: len(l.Entries)}
-	var pinned []adminapi.CacheEntry
-	for _, e := range l.Entries {
-		if e.Pinned {
-			d.Pinned++
-			pinned = append(pinned, e)
-		}
-	}
-	d.Entries = l.Entries
-	if len(d.Entries) > cacheRows {
-		d.Entries = d.Entries[:cacheRows]
-	}
-	// Pinned content is listed even when it is not among the largest or latest.
+	d := cacheData{List: top, Sort: by, Total: top.Total, Pinned: len(pinned.Entries), Entries: top.Entries}
 	seen := map[string]bool{}
 	for _, e := range d.Entries {
 		seen[e.Digest] = true
 	}
-	for _, e := range pinned {
+	for _, e := range pinned.Entries {
 		if !seen[e.Digest] {
 			d.Entries = append(d.Entries, e)
 		}

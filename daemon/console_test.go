@@ -330,6 +330,12 @@ func TestConsoleInBrowser(t *testing.T) {
 		if !cachePinned(t, cl, top) {
 			t.Error("the store does not have it pinned")
 		}
+		if part, err := cl.CacheListPart(t.Context(), "size", 5, true); err != nil || len(part.Entries) != 1 || part.Entries[0].Digest != top || part.Total != len(l.Entries) {
+			t.Errorf("cache list of the pinned entries: %+v, %v", part, err)
+		}
+		if part, err := cl.CacheListPart(t.Context(), "size", 2, false); err != nil || len(part.Entries) != 2 || part.Entries[1].Digest != l.Entries[1].Digest {
+			t.Errorf("cache list limited to 2: %+v, %v", part, err)
+		}
 		if m := clickThenNotice(t, ctx, row+" button"); m != "unpinned "+top || cachePinned(t, cl, top) {
 			t.Errorf("after Unpin the page says %q (pinned in the store: %v)", m, cachePinned(t, cl, top))
 		}
