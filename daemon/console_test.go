@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/crypto/bcrypt"
@@ -417,6 +418,32 @@ func TestConsoleInBrowser(t *testing.T) {
 		names := tarNames(t, file)
 		if !names["manifest.json"] || !names["index.json"] {
 			t.Errorf("the downloaded tar lacks manifest.json or index.json: %v", names)
+		}
+	})
+
+	t.Run("a hidden tab does not refresh", func(t *testing.T) {
+		// Count the page's fetches; in one tab the page is made to look hidden (as a
+		// background tab or a minimised window is).
+		const count = `window.__fetches = 0; { const f = window.fetch; window.fetch = (...a) => { window.__fetches++; return f(...a); }; }`
+		hidden, cancel := chromedp.NewContext(ctx)
+		defer cancel()
+		if _, err := chromedp.Call(hidden, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+			Source: count + ` Object.defineProperty(document, "visibilityState", {get: () => "hidden"});`}); err != nil {
+			t.Fatal(err)
+		}
+		visit(t, hidden, base+"/", "#version")
+		visible, cancel2 := chromedp.NewContext(ctx)
+		defer cancel2()
+		if _, err := chromedp.Call(visible, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: count}); err != nil {
+			t.Fatal(err)
+		}
+		visit(t, visible, base+"/", "#version")
+		// The visible tab refreshes after 5 s; the hidden one, loaded first, had its turn.
+		wctx, cancel3 := context.WithTimeout(visible, 20*time.Second)
+		defer cancel3()
+		waitJS(t, wctx, `window.__fetches >= 1`)
+		if n := eval[int](t, hidden, `window.__fetches`); n != 0 {
+			t.Errorf("the hidden tab fetched %d times", n)
 		}
 	})
 
