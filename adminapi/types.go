@@ -268,6 +268,8 @@ type ExplainEntry struct {
 	Reason string `json:"reason"`
 	// Last is the newest recorded decision for it, if any.
 	Last *Decision `json:"last,omitempty"`
+	// Labels are a stored config's labels (the image author's text: display it as text).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Decision is one recorded answer: where content came from and why.

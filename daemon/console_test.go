@@ -23,6 +23,11 @@ import (
 	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/crypto/bcrypt"
 
@@ -221,6 +226,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	pushRandom(t, up, "library/consoletest:1.0", 128<<10, 1)
 	shared := pushRandom(t, up, "team/shared", 512<<10, 3)
 	pushRandom(t, up, "team/solo", 64<<10, 1)
+	pushLabelled(t, up, "team/labelled", map[string]string{"org.opencontainers.image.title": xss, "maintainer": "ops@example.com"})
 
 	a := startNode(t, up, nil, withOps, withConsole(hub.srv.URL), dockerIO)
 	b := startNode(t, up, a.node.Addrs(), withOps, dockerIO)
@@ -236,6 +242,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := pullThrough(t, a, "team/solo:latest"); err != nil { // from the upstream
+		t.Fatal(err)
+	}
+	if _, err := pullThrough(t, a, "team/labelled:latest"); err != nil {
 		t.Fatal(err)
 	}
 	cl := adminFor(t, a)
@@ -308,6 +317,16 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Errorf("a stored layer's next answer is shown as %q, want store", got)
 		}
 		screenshot(t, ctx, "explain")
+
+		// An image's labels are its author's text: shown as text.
+		visit(t, ctx, base+"/explain?target="+url.QueryEscape("team/labelled:latest"), "#explain dl.labels")
+		if got := text(t, ctx, "#explain dl.labels"); !strings.Contains(got, xss) || !strings.Contains(got, "ops@example.com") {
+			t.Errorf("labels shown as %q", got)
+		}
+		if n, flag := eval[int](t, ctx, `document.querySelectorAll("main img, main script").length`), eval[string](t, ctx, `String(window.__xss)`); n != 0 || flag != "undefined" {
+			t.Errorf("a label became markup: %d elements, window.__xss=%s", n, flag)
+		}
+		screenshot(t, ctx, "explain-labels")
 	})
 
 	t.Run("cache pin unpin remove", func(t *testing.T) {
@@ -510,6 +529,25 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Errorf("GET with a foreign Host answered %s, want 421", resp.Status)
 		}
 	})
+}
+
+// pushLabelled pushes a one-layer image whose config carries labels.
+func pushLabelled(t *testing.T, up *upstreamLog, repo string, labels map[string]string) {
+	t.Helper()
+	img, err := random.Image(1<<10, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.Config(img, v1.Config{Labels: labels}); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(up.host()+"/"+repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func cachePinned(t *testing.T, cl *adminapi.Client, d string) bool {
