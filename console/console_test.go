@@ -16,10 +16,10 @@ func TestSameOrigin(t *testing.T) {
 		header map[string]string
 		ok     bool
 	}{
-		{"browser form, same origin", map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1:9096"}, true},
+		{"browser form, same origin", map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1:9097"}, true},
 		{"fetch, same origin, no Origin", map[string]string{"Sec-Fetch-Site": "same-origin"}, true},
-		{"old browser: Origin only", map[string]string{"Origin": "http://127.0.0.1:9096"}, true},
-		{"https behind a proxy", map[string]string{"Origin": "https://127.0.0.1:9096"}, true},
+		{"old browser: Origin only", map[string]string{"Origin": "http://127.0.0.1:9097"}, true},
+		{"https behind a proxy", map[string]string{"Origin": "https://127.0.0.1:9097"}, true},
 		{"nothing (curl)", nil, false},
 		{"another site", map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}, false},
 		{"another loopback port", map[string]string{"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:8080"}, false},
@@ -28,7 +28,7 @@ func TestSameOrigin(t *testing.T) {
 		{"same-origin but a foreign Origin", map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://evil.example"}, false},
 		{"opaque Origin", map[string]string{"Origin": "null"}, false},
 	} {
-		r := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:9096/act/rm", nil)
+		r := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:9097/act/rm", nil)
 		for k, v := range tc.header {
 			r.Header.Set(k, v)
 		}
@@ -40,8 +40,8 @@ func TestSameOrigin(t *testing.T) {
 
 func TestLoopbackHost(t *testing.T) {
 	for h, want := range map[string]bool{
-		"127.0.0.1:9096": true, "localhost:9096": true, "LOCALHOST": true, "[::1]:9096": true, "[::1]": true,
-		"127.8.9.10": true, "10.0.0.1:9096": false, "evil.example:9096": false, "localhost.evil.example": false,
+		"127.0.0.1:9097": true, "localhost:9097": true, "LOCALHOST": true, "[::1]:9097": true, "[::1]": true,
+		"127.8.9.10": true, "10.0.0.1:9097": false, "evil.example:9097": false, "localhost.evil.example": false,
 		"[fe80::1%eth0]:1": false, "": false,
 	} {
 		if got := loopbackHost(h); got != want {

@@ -11,7 +11,7 @@ import (
 // DefaultConsoleListen is the web console's default address. When it is taken (another shoal
 // on the host), the daemon runs without the console and says so; an address set explicitly
 // must be free.
-const DefaultConsoleListen = "127.0.0.1:9096"
+const DefaultConsoleListen = "127.0.0.1:9097"
 
 // ConsoleConfig is the web console (console/) and the search the admin API offers it and
 // `shoal search`.

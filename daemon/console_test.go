@@ -590,7 +590,7 @@ func tarNames(t *testing.T, file string) map[string]bool {
 func TestConsoleLogin(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.DataDir = t.TempDir()
-	cfg.Console.Listen = "0.0.0.0:9096"
+	cfg.Console.Listen = "0.0.0.0:9097"
 	err := cfg.Validate()
 	var ce *ConfigError
 	if !errors.As(err, &ce) || ce.Key != "console.listen" || !strings.Contains(err.Error(), "htpasswd") {

@@ -116,7 +116,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-level", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error (default info)"},
 			&cli.StringFlag{Name: "admin-listen", EnvVars: env("ADMIN_LISTEN"), Usage: "admin API `ADDR`: unix:/path, HOST:PORT or off (default unix:<data-dir>/admin.sock)"},
 			&cli.StringFlag{Name: "metrics-listen", EnvVars: env("METRICS_LISTEN"), Usage: "Prometheus /metrics, /healthz, /readyz on `HOST:PORT`, or off (default 127.0.0.1:9095)"},
-			&cli.StringFlag{Name: "console-listen", EnvVars: env("CONSOLE_LISTEN"), Usage: "web console on `HOST:PORT`, or off (default 127.0.0.1:9096; off loopback it needs --console-htpasswd)"},
+			&cli.StringFlag{Name: "console-listen", EnvVars: env("CONSOLE_LISTEN"), Usage: "web console on `HOST:PORT`, or off (default 127.0.0.1:9097; off loopback it needs --console-htpasswd)"},
 			&cli.StringFlag{Name: "console-htpasswd", EnvVars: env("CONSOLE_HTPASSWD"), Usage: "bcrypt htpasswd `FILE`: console users must log in"},
 			&cli.StringFlag{Name: "doctor-cri-endpoint", EnvVars: env("DOCTOR_CRI_ENDPOINT"), Usage: "repeat `shoal doctor`'s CRI check through this `SOCKET` (unix:///run/containerd/containerd.sock) and export shoal_doctor_in_path (default off: the socket is root-equivalent)"},
 			&cli.DurationFlag{Name: "doctor-interval", EnvVars: env("DOCTOR_INTERVAL"), Usage: "time between the daemon's doctor checks (default 5m)"},
