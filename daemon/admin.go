@@ -57,6 +57,7 @@ type ops struct {
 	serveGroup  sync.WaitGroup
 	metricsAddr string
 
+	consoleLog  *slog.Logger
 	consoleLn   net.Listener // the web console (console.go); nil when off
 	consoleSrv  *http.Server
 	consoleAddr string
@@ -89,7 +90,7 @@ func (c *Config) validateOps() error {
 // spool (for in-flight downloads), src its sources (their P2P lookups are timed for the
 // metrics).
 func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
-	o := &ops{log: d.log.With("component", "admin")}
+	o := &ops{log: d.log.With("component", "admin"), consoleLog: d.log.With("component", "console")}
 	var node p2pNode
 	if d.node != nil {
 		node = d.node

@@ -30,7 +30,7 @@ func (o *ops) listenConsole(cfg Config) error {
 	switch {
 	case err == nil:
 	case addr == DefaultConsoleListen && errors.Is(err, syscall.EADDRINUSE):
-		o.log.Warn("console address in use: running without the web console (set --console-listen)", "addr", addr)
+		o.consoleLog.Warn("console address in use: running without the web console (set --console-listen)", "addr", addr)
 		return nil
 	default:
 		return fmt.Errorf("console listener: %w", err)
@@ -54,7 +54,7 @@ func (o *ops) listenConsole(cfg Config) error {
 		Admin:        adminapi.NewClientFor(inProcess{h: o.admin.routes()}),
 		Loopback:     listensOnLoopback(ln.Addr().String()),
 		Authenticate: auth,
-		Log:          o.log.With("component", "console"),
+		Log:          o.consoleLog,
 	})
 	if err != nil {
 		_ = ln.Close()
