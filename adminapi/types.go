@@ -165,6 +165,8 @@ type CacheList struct {
 	Entries   []CacheEntry `json:"entries"`
 	BytesUsed int64        `json:"bytes_used"`
 	MaxSize   int64        `json:"max_size"`
+	// Total is how many entries the store holds (Entries may be fewer: limit, pinned).
+	Total int `json:"total"`
 }
 
 // RemoveResult is `shoal cache rm`.
@@ -271,6 +273,8 @@ type ExplainEntry struct {
 	Reason string `json:"reason"`
 	// Last is the newest recorded decision for it, if any.
 	Last *Decision `json:"last,omitempty"`
+	// Labels are a stored config's labels (the image author's text: display it as text).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Decision is one recorded answer: where content came from and why.

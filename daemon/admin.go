@@ -56,6 +56,11 @@ type ops struct {
 	stopOnce    sync.Once
 	serveGroup  sync.WaitGroup
 	metricsAddr string
+
+	consoleLog  *slog.Logger
+	consoleLn   net.Listener // the web console (console.go); nil when off
+	consoleSrv  *http.Server
+	consoleAddr string
 }
 
 func (c *Config) validateOps() error {
@@ -85,7 +90,7 @@ func (c *Config) validateOps() error {
 // spool (for in-flight downloads), src its sources (their P2P lookups are timed for the
 // metrics).
 func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
-	o := &ops{log: d.log.With("component", "admin")}
+	o := &ops{log: d.log.With("component", "admin"), consoleLog: d.log.With("component", "console")}
 	var node p2pNode
 	if d.node != nil {
 		node = d.node
@@ -100,7 +105,7 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 		// The mirror without the guard (the admin API is the operator's already), with the
 		// access log and metrics like any client's request.
 		self:   newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
-		canary: d.canary,
+		canary: d.canary, finder: newSearcher(d.cfg.Console, d.up),
 	}
 	if err := o.listen(d.cfg); err != nil {
 		return err
@@ -151,6 +156,10 @@ func (o *ops) listen(cfg Config) error {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 	}
+	if err := o.listenConsole(cfg); err != nil {
+		o.close()
+		return err
+	}
 	return nil
 }
 
@@ -197,6 +206,10 @@ func (o *ops) start() (stop func()) {
 		o.serve(o.metricsSrv, o.metricsLn)
 		o.log.Info("metrics listening", "addr", o.metricsAddr)
 	}
+	if o.consoleLn != nil {
+		o.serve(o.consoleSrv, o.consoleLn)
+		o.log.Info("web console listening", "url", "http://"+o.consoleAddr+"/")
+	}
 	o.ready.Store(true)
 	return func() { o.stopOnce.Do(o.stop) }
 }
@@ -216,7 +229,7 @@ func (o *ops) stop() {
 	if o.cancel != nil {
 		o.cancel()
 	}
-	for _, srv := range []*http.Server{o.adminSrv, o.metricsSrv} {
+	for _, srv := range []*http.Server{o.adminSrv, o.metricsSrv, o.consoleSrv} {
 		if srv == nil {
 			continue
 		}
@@ -241,6 +254,9 @@ func (o *ops) close() {
 	if o.metricsLn != nil {
 		_ = o.metricsLn.Close()
 	}
+	if o.consoleLn != nil {
+		_ = o.consoleLn.Close()
+	}
 }
 
 // admin serves the admin API.
@@ -255,6 +271,7 @@ type admin struct {
 	metrics *metrics
 	self    *selfClient
 	canary  *canaryLog // the mirror's record of `shoal doctor`'s nonces (canary.go)
+	finder  *searcher  // /v1/search (admin_search.go)
 	started time.Time
 	ready   func() bool
 
@@ -335,6 +352,10 @@ func (a *admin) routes() http.Handler {
 	mux.Handle("/v1/explain", a.handle(http.MethodGet, a.explain))
 	mux.Handle("/v1/history", a.handle(http.MethodGet, a.history))
 	mux.Handle("/v1/doctor/canary", a.handle(http.MethodGet, a.doctorCanary))
+	mux.Handle("/v1/timeline", a.handle(http.MethodGet, a.timeline))
+	mux.Handle("/v1/inflight", a.handle(http.MethodGet, a.inflightList))
+	mux.Handle("/v1/search", a.handle(http.MethodGet, a.search))
+	mux.Handle("/v1/tags", a.handle(http.MethodGet, a.tags))
 	mux.HandleFunc("/v1/pull", a.pull)
 	mux.HandleFunc("/v1/export", a.export)
 	mux.HandleFunc("/_shoal/export", a.export)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 
 	"github.com/opencontainers/go-digest"
 
@@ -62,7 +63,16 @@ func (a *admin) cacheList(r *http.Request) (any, error) {
 		out = []adminapi.CacheEntry{}
 	}
 	st := a.store.Stats()
-	return adminapi.CacheList{Entries: out, BytesUsed: st.BytesUsed, MaxSize: st.MaxSize}, nil
+	l := adminapi.CacheList{Entries: out, BytesUsed: st.BytesUsed, MaxSize: st.MaxSize, Total: len(out)}
+	// The web console lists the first entries and the pinned ones of a large store.
+	if q := r.URL.Query(); q.Get("limit") != "" || q.Get("pinned") != "" {
+		limited, err := limitCache(l.Entries, q.Get("limit"), q.Get("pinned"))
+		if err != nil {
+			return nil, err
+		}
+		l.Entries = limited
+	}
+	return l, nil
 }
 
 // resolveCached turns DIGEST or IMAGE into a digest using only what the store knows: operator
@@ -258,4 +268,31 @@ func (a *admin) cachePin(r *http.Request, pin bool) (any, error) {
 		return nil, err
 	}
 	return adminapi.PinResult{Image: target, Digest: d.String(), Pinned: pin}, nil
+}
+
+// limitCache keeps the pinned entries (pinned=true) and at most limit entries.
+func limitCache(es []adminapi.CacheEntry, limit, pinned string) ([]adminapi.CacheEntry, error) {
+	if pinned != "" {
+		only, err := strconv.ParseBool(pinned)
+		if err != nil {
+			return nil, badRequest("pinned %q: want true or false", pinned)
+		}
+		kept := []adminapi.CacheEntry{}
+		for _, e := range es {
+			if e.Pinned == only {
+				kept = append(kept, e)
+			}
+		}
+		es = kept
+	}
+	if limit != "" {
+		n, err := strconv.Atoi(limit)
+		if err != nil || n < 0 {
+			return nil, badRequest("limit %q: want a number", limit)
+		}
+		if len(es) > n {
+			es = es[:n]
+		}
+	}
+	return es, nil
 }

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -34,6 +36,9 @@ func (a *admin) explain(r *http.Request) (any, error) {
 		e := adminapi.ExplainEntry{Digest: d.String(), Kind: kind, Platform: plat, Size: size}
 		if info, err := a.store.Stat(ctx, d); err == nil {
 			e.InStore, e.Pinned, e.Size = true, info.Pinned, info.Size
+			if kind == "config" {
+				e.Labels = a.storedLabels(ctx, d, info.Size)
+			}
 		}
 		entries = append(entries, e)
 		return len(entries) - 1
@@ -235,4 +240,26 @@ func (s *spool) has(d digest.Digest) bool {
 	defer s.mu.Unlock()
 	_, ok := s.fills[d]
 	return ok
+}
+
+// storedLabels reads an image config's labels from the store (nil when it is not there, too
+// large or not a config). They come from the image's author: shown, never trusted.
+func (a *admin) storedLabels(ctx context.Context, d digest.Digest, size int64) map[string]string {
+	if size > 1<<20 {
+		return nil
+	}
+	rc, _, err := a.store.Reader(ctx, d)
+	if err != nil {
+		return nil
+	}
+	defer rc.Close()
+	var cfg struct {
+		Config struct {
+			Labels map[string]string `json:"Labels"`
+		} `json:"config"`
+	}
+	if json.NewDecoder(io.LimitReader(rc, 1<<20)).Decode(&cfg) != nil {
+		return nil
+	}
+	return cfg.Config.Labels
 }

@@ -62,6 +62,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Files is the Hugging Face and GitHub file endpoints (files_config.go, docs/files.md).
 	Files files.Config
+	// Console is the web console and its search (console_config.go).
+	Console ConsoleConfig
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 
@@ -224,6 +226,17 @@ var settings = []Setting{
 		ptr: func(c *Config) any { return &c.Files.MaxLocalSize }, parse: store.ParseSize},
 	{Key: "files.local_max_total", Default: "20GiB", Arg: "SIZE", Help: "all such node-only files together; the least recently served go first",
 		ptr: func(c *Config) any { return &c.Files.LocalMaxTotal }, parse: store.ParseSize},
+
+	{Key: "console.listen", Default: "127.0.0.1:9097", Arg: "HOST:PORT", Help: "the web console (docs/console.md), or `off`; off loopback it needs `console.htpasswd`. If the *default* port is taken the daemon runs without it and says so",
+		ptr: func(c *Config) any { return &c.Console.Listen }},
+	{Key: "console.htpasswd", Default: `""`, Arg: "FILE", Help: "bcrypt htpasswd (`htpasswd -B`): console users must log in",
+		ptr: func(c *Config) any { return &c.Console.Htpasswd }},
+	{Key: "console.hub_search_url", Default: "https://index.docker.io", Arg: "URL", Help: "Docker Hub's search API (`GET /v1/search?q=TERM`)",
+		ptr: func(c *Config) any { return &c.Console.HubSearchURL }},
+	{Key: "console.search_cache_ttl", Default: "5m", Help: "a search's answer is reused this long",
+		ptr: func(c *Config) any { return &c.Console.SearchCacheTTL }},
+	{Key: "console.search_per_minute", Default: "30", Help: "searches per client per minute (burst 10); `0` = no limit",
+		ptr: func(c *Config) any { return &c.Console.SearchPerMinute }},
 }
 
 // ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
@@ -305,6 +318,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Files.Validate(); err != nil {
 		return &ConfigError{Key: "files", Err: err}
+	}
+	if err := c.Console.validate(); err != nil {
+		return err
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return &ConfigError{Key: "listen", Err: fmt.Errorf("%q: %w", c.Listen, err)}

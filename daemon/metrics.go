@@ -36,6 +36,7 @@ type metrics struct {
 
 	mu       sync.Mutex
 	bySource map[string]*adminapi.SourceCount // manifest and blob answers, for `shoal status`
+	timeline timeline                         // the same per minute, last hour (timeline.go)
 }
 
 func newMetrics(version string, state *stateCollector) *metrics {
@@ -125,6 +126,7 @@ func (m *metrics) observeRequest(rd requestDone) {
 		}
 		sc.Requests++
 		sc.Bytes += rd.bytes
+		m.timeline.add(time.Now(), source, rd.bytes)
 		m.mu.Unlock()
 	}
 }
@@ -144,6 +146,13 @@ func (m *metrics) sources() []adminapi.SourceCount {
 		return out[i].Source < out[j].Source
 	})
 	return out
+}
+
+// lastHour returns the answers by source per minute over the last hour.
+func (m *metrics) lastHour() adminapi.Timeline {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.timeline.minutes(time.Now())
 }
 
 // routes serves /metrics and the probes. /healthz answers while the process serves HTTP at

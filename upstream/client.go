@@ -306,6 +306,9 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 	ch, known := c.challenges[reg.host]
 	c.mu.Unlock()
 	scope := pullScope(r.repo)
+	if r.subpath == catalogPath && r.repo == "" {
+		scope = "registry:catalog:*"
+	}
 	var sent string
 	for round := 0; ; round++ {
 		// Each round has its own context so that a stalled body (even an error body) can be

@@ -70,7 +70,7 @@ func completionCommand() *cli.Command {
 
 // operatorCommands are the commands that talk to a running daemon, plus completion.
 func operatorCommands() []*cli.Command {
-	cmds := []*cli.Command{statusCommand(), peersCommand(), cacheCommand(), pullCommand(), exportCommand(), explainCommand(), versionCommand()}
+	cmds := []*cli.Command{statusCommand(), peersCommand(), cacheCommand(), pullCommand(), exportCommand(), explainCommand(), searchCommand(), versionCommand()}
 	for _, c := range cmds {
 		withClientFlags(c)
 	}
