@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -63,6 +64,8 @@ type Config struct {
 	MetricsListen string
 	// Doctor is the periodic canary pull through CRI (doctor.go); off by default.
 	Doctor DoctorConfig
+	// Push is the cluster-local namespace clients push to (push_config.go, package push).
+	Push push.Config
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 }
@@ -126,12 +129,13 @@ type fileConfig struct {
 	} `yaml:"store"`
 	Security securityFile `yaml:"security"` // guard_config.go
 	Doctor   doctorFile   `yaml:"doctor"`   // doctor.go
+	Push     pushFile     `yaml:"push"`     // push_config.go
 }
 
 // DefaultConfig returns the embedded defaults. It panics only if the embedded file is broken,
 // which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Push: push.DefaultConfig()}
 	if err := c.apply(defaultsYAML, "defaults.yaml"); err != nil {
 		panic("embedded defaults.yaml: " + err.Error())
 	}
@@ -227,6 +231,7 @@ func (c *Config) apply(b []byte, name string) error {
 	set(&c.Upstream.Retries, f.Upstream.Retries)
 	set(&c.Upstream.Proxy, f.Upstream.Proxy)
 	f.Doctor.apply(&c.Doctor)
+	f.Push.apply(&c.Push)
 	if err := f.Security.apply(&c.Guard); err != nil {
 		return err
 	}
@@ -367,6 +372,9 @@ func (c *Config) Validate() error {
 		return &ConfigError{Key: "log_format", Err: fmt.Errorf("%q: want text or json", c.LogFormat)}
 	}
 	if err := c.validateOps(); err != nil { // admin.go
+		return err
+	}
+	if err := c.validatePush(); err != nil { // push_config.go
 		return err
 	}
 	switch strings.ToLower(c.LogLevel) {
