@@ -100,8 +100,10 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) err
 
 // manifestShape is what shoal reads of a pushed manifest or index.
 type manifestShape struct {
-	SchemaVersion int          `json:"schemaVersion"`
-	MediaType     string       `json:"mediaType"`
+	SchemaVersion int               `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	ArtifactType  string            `json:"artifactType"`
+	Annotations   map[string]string `json:"annotations"`
 	Config        *descriptor  `json:"config"`
 	Layers        []descriptor `json:"layers"`
 	Manifests     []descriptor `json:"manifests"`
@@ -217,6 +219,14 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 			return storeErr(err, "tag")
 		}
 	}
+	if m.Subject != nil && m.Subject.Digest.Validate() == nil {
+		// The referrers API's index: a tag-like record per (subject, referrer) that the store
+		// drops with the referrer.
+		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
+		if err := h.st.PutTag(wctx, h.referrerKey(q.repo, m.Subject.Digest)+d.String(), t); err != nil {
+			return storeErr(err, "referrer")
+		}
+	}
 	h.onCommit(d)
 	hd := w.Header()
 	hd.Set("Location", location(q.prefix, "manifests", d.String()))
@@ -293,6 +303,68 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error 
 	}{strings.TrimPrefix(q.prefix, "/v2/"), tags})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
+
+// referrerKey is the prefix of the records naming the referrers of subject in repo. "@" cannot
+// appear in a repository or tag, so these never mix with tags.
+func (h *Handler) referrerKey(repo string, subject digest.Digest) string {
+	return h.cfg.Namespace + "/" + repo + "@referrers/" + subject.String() + "/"
+}
+
+// referrers answers the referrers API: an image index of the manifests whose subject is the
+// digest, filtered by ?artifactType=.
+func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
+	filter := r.URL.Query().Get("artifactType")
+	type desc struct {
+		MediaType    string            `json:"mediaType"`
+		Digest       digest.Digest     `json:"digest"`
+		Size         int64             `json:"size"`
+		ArtifactType string            `json:"artifactType,omitempty"`
+		Annotations  map[string]string `json:"annotations,omitempty"`
+	}
+	list := []desc{}
+	prefix := h.referrerKey(q.repo, digest.Digest(q.ref))
+	for _, n := range h.st.TagNames(prefix) {
+		t, err := h.st.GetTag(ctx, n)
+		if err != nil {
+			continue
+		}
+		rc, _, err := h.st.Reader(ctx, t.Digest)
+		if err != nil {
+			continue // deleted since
+		}
+		data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+		rc.Close()
+		var m manifestShape
+		if err != nil || json.Unmarshal(data, &m) != nil {
+			continue
+		}
+		at := m.ArtifactType
+		if at == "" && m.Config != nil {
+			at = m.Config.MediaType
+		}
+		if filter != "" && at != filter {
+			continue
+		}
+		list = append(list, desc{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size, ArtifactType: at, Annotations: m.Annotations})
+	}
+	body, _ := json.Marshal(struct {
+		SchemaVersion int    `json:"schemaVersion"`
+		MediaType     string `json:"mediaType"`
+		Manifests     []desc `json:"manifests"`
+	}{2, "application/vnd.oci.image.index.v1+json", list})
+	hd := w.Header()
+	hd.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	if filter != "" {
+		hd.Set("OCI-Filters-Applied", "artifactType")
+	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
 		_, _ = w.Write(body)

@@ -280,7 +280,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, c Client) error 
 	case "tags GET", "tags HEAD":
 		return h.listTags(w, r, q)
 	case "referrers GET", "referrers HEAD":
-		return errorf(http.StatusNotFound, "UNSUPPORTED", nil, "the local namespace does not serve the referrers API")
+		return h.referrers(w, r, q)
 	}
 	return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "%s is not supported on this route", r.Method)
 }

@@ -57,7 +57,11 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, q req) err
 		}
 		// Not here: fall back to a new session, as the spec says.
 	}
-	u, err := h.newUpload(ctx, q.repo)
+	alg := digest.SHA256
+	if d, err := digest.Parse(qs.Get("digest")); err == nil {
+		alg = d.Algorithm() // hash with the algorithm the client already named
+	}
+	u, err := h.newUpload(ctx, q.repo, alg)
 	if err != nil {
 		return err
 	}
@@ -70,8 +74,8 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, q req) err
 	return nil
 }
 
-func (h *Handler) newUpload(ctx context.Context, repo string) (*upload, error) {
-	wr, err := h.st.Ingest(ctx, digest.SHA256, "application/octet-stream")
+func (h *Handler) newUpload(ctx context.Context, repo string, alg digest.Algorithm) (*upload, error) {
+	wr, err := h.st.Ingest(ctx, alg, "application/octet-stream")
 	if err != nil {
 		return nil, storeErr(err, "upload")
 	}
@@ -140,22 +144,33 @@ func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, q req) err
 		return err
 	}
 	defer u.mu.Unlock()
-	if cr := r.Header.Get("Content-Range"); cr != "" {
-		start, end, ok := parseContentRange(cr)
-		if !ok || start != u.w.Written() || end < start {
-			hd := w.Header()
-			hd.Set("Location", location(q.prefix, "blobs/uploads", u.id))
-			hd.Set("Range", fmt.Sprintf("0-%d", max(0, u.w.Written()-1)))
-			hd.Set("Docker-Upload-UUID", u.id)
-			return errorf(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID", nil,
-				"Content-Range %q does not continue the upload, which holds %d bytes", cr, u.w.Written())
-		}
+	if err := checkRange(w, r, q, u); err != nil {
+		return err
 	}
 	if err := h.receive(r, u); err != nil {
 		return err
 	}
 	h.accepted(w, q, u, http.StatusAccepted)
 	return nil
+}
+
+// checkRange refuses a chunk whose Content-Range does not start where the upload stands (416,
+// with the current Range so that the client can resume).
+func checkRange(w http.ResponseWriter, r *http.Request, q req, u *upload) error {
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		return nil
+	}
+	start, end, ok := parseContentRange(cr)
+	if ok && start == u.w.Written() && end >= start-1 {
+		return nil
+	}
+	hd := w.Header()
+	hd.Set("Location", location(q.prefix, "blobs/uploads", u.id))
+	hd.Set("Range", fmt.Sprintf("0-%d", max(0, u.w.Written()-1)))
+	hd.Set("Docker-Upload-UUID", u.id)
+	return errorf(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID", nil,
+		"Content-Range %q does not continue the upload, which holds %d bytes", cr, u.w.Written())
 }
 
 // receive appends the request body to the upload, within MaxBlobSize. A body that breaks the
@@ -221,9 +236,8 @@ func (h *Handler) finishLocked(w http.ResponseWriter, r *http.Request, q req, u 
 		h.drop(u)
 		return errorf(http.StatusBadRequest, "DIGEST_INVALID", err, "the upload's final PUT needs ?digest=<algorithm:hex>")
 	}
-	if d.Algorithm() != digest.SHA256 {
-		h.drop(u)
-		return errorf(http.StatusBadRequest, "DIGEST_INVALID", nil, "only sha256 digests can be pushed")
+	if err := checkRange(w, r, q, u); err != nil {
+		return err
 	}
 	if err := h.receive(r, u); err != nil {
 		var pe *Error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 
@@ -23,17 +24,25 @@ func (s *Store) Ingest(ctx context.Context, alg digest.Algorithm, mediaType stri
 	return s.Writer(ctx, digest.NewDigestFromEncoded(alg, strings.Repeat("0", alg.Size()*2)), mediaType)
 }
 
-// CommitAs is Commit for a writer from Ingest: d must use the writer's algorithm. On a mismatch
-// it returns ErrDigestMismatch and removes the temporary file.
+// CommitAs is Commit for a writer from Ingest. When d uses another algorithm than the writer
+// hashed with (a client that named a sha512 digest only at the end), the bytes written are read
+// back and hashed again with d's algorithm. On a mismatch it returns ErrDigestMismatch and
+// removes the temporary file.
 func (w *Writer) CommitAs(ctx context.Context, d digest.Digest, size int64) error {
 	if err := d.Validate(); err != nil {
+		w.Abort()
 		return fmt.Errorf("%w: %q: %w", ErrDigestMismatch, d, err)
 	}
 	w.mu.Lock()
-	if d.Algorithm() != w.d.Algorithm() {
-		w.mu.Unlock()
-		w.Abort()
-		return fmt.Errorf("%w: %s is not a %s digest", ErrDigestMismatch, d, w.d.Algorithm())
+	if w.state == writing && d.Algorithm() != w.d.Algorithm() {
+		w.h.stop()
+		h := d.Algorithm().Hash()
+		if _, err := io.Copy(h, io.NewSectionReader(w.f, 0, w.written.Load())); err != nil {
+			w.abortLocked()
+			w.mu.Unlock()
+			return w.s.ioErr("rehash "+d.String(), err)
+		}
+		w.h = &hasher{h: h, stopped: true, done: closedChan}
 	}
 	if w.state == writing {
 		w.d = d
@@ -41,6 +50,8 @@ func (w *Writer) CommitAs(ctx context.Context, d digest.Digest, size int64) erro
 	w.mu.Unlock()
 	return w.Commit(ctx, size)
 }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // DeleteTag forgets a tag; ErrNotFound if it is not known.
 func (s *Store) DeleteTag(ctx context.Context, name string) error {
