@@ -120,6 +120,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			return nil, &ConfigError{Key: "push", Err: err}
 		}
 		d.push, m.push, m.pushUser = ph, ph, g.pushUser
+		if node != nil {
+			ph.SetCluster(&pushCluster{node: node, m: m, ns: pc.Namespace})
+		}
 	}
 	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()

@@ -122,6 +122,9 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	d := digest.Digest(rt.ref)
 	open := m.src.blobOpener(rt, d)
+	if m.push != nil && rt.registry == m.push.Namespace() {
+		open = m.src.peersOnly(d) // push_cluster.go: the local namespace has no upstream
+	}
 	for {
 		rc, info, err := m.store.Reader(ctx, d)
 		if err == nil {

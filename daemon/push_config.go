@@ -12,6 +12,7 @@ type pushFile struct {
 	Namespace     *string        `yaml:"namespace"`
 	UploadTimeout *time.Duration `yaml:"upload_timeout"`
 	AllowDelete   *bool          `yaml:"allow_delete"`
+	TagTTL        *time.Duration `yaml:"tag_ttl"`
 	TrustedCIDR   []string       `yaml:"trusted_cidr"`
 	Users         []string       `yaml:"users"`
 }
@@ -20,6 +21,7 @@ func (f *pushFile) apply(c *push.Config) {
 	set(&c.Namespace, f.Namespace)
 	set(&c.UploadTimeout, f.UploadTimeout)
 	set(&c.AllowDelete, f.AllowDelete)
+	set(&c.TagTTL, f.TagTTL)
 	if f.TrustedCIDR != nil {
 		c.TrustedCIDR = f.TrustedCIDR
 	}

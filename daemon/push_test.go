@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
@@ -420,5 +421,83 @@ func TestPushNamespaceMayNotShadowARegistry(t *testing.T) {
 	c.Push.Namespace = "local" // no dot: would read as docker.io/local/...
 	if err := c.Validate(); err == nil {
 		t.Fatal("namespace without a dot accepted")
+	}
+}
+
+// A tag pushed on node A resolves on B–E within a second, with the upstream down; the image
+// comes from A (a peer), verified; a tag deleted on C is gone everywhere; two nodes pushing one
+// tag at nearly the same time leave every node on the same, newer image.
+func TestPushClusterTags(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true) // the local namespace never needs it
+	a := startNode(t, up, nil)
+	nodes := []*Daemon{a}
+	for range 4 {
+		nodes = append(nodes, startNode(t, up, a.node.Addrs()))
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+
+	img, _ := random.Image(200<<10, 2)
+	ref, _ := name.ParseReference(a.Addr()+"/shoal.local/team/app:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatalf("push on A: %v", err)
+	}
+	pushed := time.Now()
+	for i, n := range nodes[1:] {
+		got, err := pullThrough(t, n, "shoal.local/team/app:v1")
+		if err != nil {
+			t.Fatalf("node %d: pull of A's push: %v", i+1, err)
+		}
+		if mustDigest(t, got) != mustDigest(t, img) {
+			t.Fatalf("node %d: %s, want %s", i+1, mustDigest(t, got), mustDigest(t, img))
+		}
+	}
+	t.Logf("A's tag resolved and pulled on 4 nodes in %v", time.Since(pushed).Round(time.Millisecond))
+	if since := time.Since(pushed); since > 10*time.Second {
+		t.Errorf("took %v", since)
+	}
+
+	// Delete on C: every node stops resolving the tag (within the tag TTL).
+	st, _, body := pushReq(t, nodes[2], "DELETE", "/v2/shoal.local/team/app/manifests/v1", nil, nil)
+	if st != http.StatusAccepted {
+		t.Fatalf("delete on C: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, _ := pushReq(t, n, "HEAD", "/v2/shoal.local/team/app/manifests/v1", nil, nil)
+			return st == http.StatusNotFound
+		})
+	}
+
+	// B and D push the same tag at nearly the same time: every node settles on the same one.
+	imgs := make([]v1.Image, 2)
+	errs := make(chan error, 2)
+	for i, n := range []*Daemon{nodes[1], nodes[3]} {
+		imgs[i], _ = random.Image(10<<10, 1)
+		go func() {
+			r, _ := name.ParseReference(n.Addr()+"/shoal.local/race/app:latest", name.Insecure)
+			errs <- remote.Write(r, imgs[i])
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent push: %v", err)
+		}
+	}
+	want := map[string]bool{mustDigest(t, imgs[0]).String(): true, mustDigest(t, imgs[1]).String(): true}
+	var settled string
+	waitFor(t, func() bool {
+		seen := map[string]bool{}
+		for _, n := range nodes {
+			_, hdr, _ := pushReq(t, n, "HEAD", "/v2/shoal.local/race/app/manifests/latest", nil, nil)
+			seen[hdr.Get("Docker-Content-Digest")] = true
+			settled = hdr.Get("Docker-Content-Digest")
+		}
+		return len(seen) == 1 && want[settled]
+	})
+	if _, err := pullThrough(t, nodes[4], "shoal.local/race/app:latest"); err != nil {
+		t.Fatalf("pull of the settled tag on E: %v", err)
 	}
 }

@@ -21,6 +21,9 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, q req) error {
 	d := digest.Digest(q.ref)
 	rc, _, err := h.st.Reader(r.Context(), d)
 	if err != nil {
+		if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
+			return h.cluster.ServeBlobFromPeers(w, r, q.repo, d)
+		}
 		if errors.Is(err, store.ErrNotFound) {
 			return errorf(http.StatusNotFound, "BLOB_UNKNOWN", nil, "blob %s is not in the local namespace", d)
 		}
@@ -55,25 +58,34 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, q req) erro
 	return nil
 }
 
-// resolve maps a manifest reference of the namespace to a digest.
-func (h *Handler) resolve(ctx context.Context, q req) (digest.Digest, error) {
+// resolve maps a manifest reference of the namespace to a digest; stale says the swarm had no
+// record and the node's cached one was used.
+func (h *Handler) resolve(ctx context.Context, q req) (d digest.Digest, stale bool, err error) {
 	if oci.IsDigestRef(q.ref) {
-		return digest.Digest(q.ref), nil
+		return digest.Digest(q.ref), false, nil
 	}
-	t, err := h.st.GetTag(ctx, q.tagName(h.cfg.Namespace, q.ref))
+	d, stale, err = h.resolveTag(ctx, q.tagName(h.cfg.Namespace, q.ref))
 	if err != nil {
-		return "", errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
+		return "", false, errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
 	}
-	return t.Digest, nil
+	return d, stale, nil
 }
 
 func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) error {
 	ctx := r.Context()
-	d, err := h.resolve(ctx, q)
+	d, stale, err := h.resolve(ctx, q)
 	if err != nil {
 		return err
 	}
 	rc, info, err := h.st.Reader(ctx, d)
+	if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
+		if ferr := h.manifestFromSwarm(ctx, d); ferr == nil {
+			rc, info, err = h.st.Reader(ctx, d)
+		}
+	}
+	if stale {
+		w.Header().Set(hdrStale, "true")
+	}
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in the local namespace", d)
@@ -104,10 +116,10 @@ type manifestShape struct {
 	MediaType     string            `json:"mediaType"`
 	ArtifactType  string            `json:"artifactType"`
 	Annotations   map[string]string `json:"annotations"`
-	Config        *descriptor  `json:"config"`
-	Layers        []descriptor `json:"layers"`
-	Manifests     []descriptor `json:"manifests"`
-	Subject       *descriptor  `json:"subject"`
+	Config        *descriptor       `json:"config"`
+	Layers        []descriptor      `json:"layers"`
+	Manifests     []descriptor      `json:"manifests"`
+	Subject       *descriptor       `json:"subject"`
 }
 
 type descriptor struct {
@@ -213,11 +225,14 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 		}
 	}
 	h.mu.Unlock()
+	h.onCommit(d) // peers can fetch it before the tag names it anywhere
 	if !oci.IsDigestRef(q.ref) {
+		name := q.tagName(h.cfg.Namespace, q.ref)
 		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
-		if err := h.st.PutTag(wctx, q.tagName(h.cfg.Namespace, q.ref), t); err != nil {
+		if err := h.st.PutTag(wctx, name, t); err != nil {
 			return storeErr(err, "tag")
 		}
+		h.publish(ctx, name, t, false)
 	}
 	if m.Subject != nil && m.Subject.Digest.Validate() == nil {
 		// The referrers API's index: a tag-like record per (subject, referrer) that the store
@@ -227,7 +242,6 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 			return storeErr(err, "referrer")
 		}
 	}
-	h.onCommit(d)
 	hd := w.Header()
 	hd.Set("Location", location(q.prefix, "manifests", d.String()))
 	hd.Set("Docker-Content-Digest", d.String())
@@ -246,12 +260,14 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) 
 	}
 	ctx := r.Context()
 	if !oci.IsDigestRef(q.ref) {
-		if err := h.st.DeleteTag(ctx, q.tagName(h.cfg.Namespace, q.ref)); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
-			}
+		name := q.tagName(h.cfg.Namespace, q.ref)
+		if _, _, err := h.resolveTag(ctx, name); err != nil {
+			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
+		}
+		if err := h.st.DeleteTag(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
+		h.publish(ctx, name, store.Tag{}, true) // a tombstone: deleted on every node
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/store"
@@ -40,6 +41,9 @@ type Config struct {
 	// pattern matches (the repository without the namespace; * matches any run of
 	// characters, slashes included, ? one character; "*" is every repository).
 	Users []string
+	// TagTTL is how long a node answers a tag from its own record before it asks the swarm
+	// for a newer one.
+	TagTTL time.Duration
 	// MaxBlobSize caps one upload (store.max_blob_size; 0 = no cap beyond the store's budget).
 	MaxBlobSize int64
 }
@@ -48,7 +52,7 @@ type Config struct {
 // after 15 minutes.
 func DefaultConfig() Config {
 	return Config{Namespace: DefaultNamespace, UploadTimeout: 15 * time.Minute, AllowDelete: true,
-		TrustedCIDR: []string{"127.0.0.0/8", "::1/128"}}
+		TrustedCIDR: []string{"127.0.0.0/8", "::1/128"}, TagTTL: time.Second}
 }
 
 // Validate checks the configuration; errors name the key.
@@ -60,6 +64,9 @@ func (c Config) Validate() error {
 	}
 	if c.UploadTimeout <= 0 {
 		return errors.New("push.upload_timeout: must be positive")
+	}
+	if c.TagTTL < 0 {
+		return errors.New("push.tag_ttl: must not be negative")
 	}
 	if c.MaxBlobSize < 0 {
 		return errors.New("push: max blob size must not be negative")
@@ -87,6 +94,8 @@ type Handler struct {
 	log     *slog.Logger
 	trusted []netip.Prefix
 	rules   []rule
+	cluster Cluster // nil without P2P
+	flight  singleflight.Group
 	// onCommit is told about content that became visible (the daemon advertises it to peers).
 	onCommit func(digest.Digest)
 
@@ -96,6 +105,8 @@ type Handler struct {
 	// manifest, with the time they were pushed: after UploadTimeout they are unpinned, so a
 	// push that never sent its manifest does not hold disk space forever.
 	unreferenced map[digest.Digest]time.Time
+	// seqs is the newest tag record sequence seen per tag name (pushed here or looked up).
+	seqs map[string]int64
 
 	stop chan struct{}
 	done chan struct{}
@@ -117,7 +128,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, onCommit func(digest.Dig
 		onCommit = func(digest.Digest) {}
 	}
 	h := &Handler{cfg: cfg, st: st, log: log, trusted: trusted, rules: rules, onCommit: onCommit,
-		uploads: map[string]*upload{}, unreferenced: map[digest.Digest]time.Time{},
+		uploads: map[string]*upload{}, unreferenced: map[digest.Digest]time.Time{}, seqs: map[string]int64{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go h.sweepLoop()
 	return h, nil
