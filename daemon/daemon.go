@@ -121,7 +121,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		}
 		d.push, m.push, m.pushUser = ph, ph, g.pushUser
 		if node != nil {
-			ph.SetCluster(&pushCluster{node: node, m: m, ns: pc.Namespace})
+			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
+			node.HandleReplicate(pcl.hold)
+			ph.SetCluster(pcl)
 		}
 	}
 	if err := d.openOps(m, sp, src); err != nil { // admin.go: admin API and metrics

@@ -13,6 +13,8 @@ type pushFile struct {
 	UploadTimeout *time.Duration `yaml:"upload_timeout"`
 	AllowDelete   *bool          `yaml:"allow_delete"`
 	TagTTL        *time.Duration `yaml:"tag_ttl"`
+	LocalReplicas *int           `yaml:"local_replicas"`
+	RepairEvery   *time.Duration `yaml:"repair_interval"`
 	TrustedCIDR   []string       `yaml:"trusted_cidr"`
 	Users         []string       `yaml:"users"`
 }
@@ -22,6 +24,8 @@ func (f *pushFile) apply(c *push.Config) {
 	set(&c.UploadTimeout, f.UploadTimeout)
 	set(&c.AllowDelete, f.AllowDelete)
 	set(&c.TagTTL, f.TagTTL)
+	set(&c.LocalReplicas, f.LocalReplicas)
+	set(&c.RepairInterval, f.RepairEvery)
 	if f.TrustedCIDR != nil {
 		c.TrustedCIDR = f.TrustedCIDR
 	}

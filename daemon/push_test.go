@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -500,4 +501,121 @@ func TestPushClusterTags(t *testing.T) {
 	if _, err := pullThrough(t, nodes[4], "shoal.local/race/app:latest"); err != nil {
 		t.Fatalf("pull of the settled tag on E: %v", err)
 	}
+}
+
+// startStoppable is startDaemon with a stop function, for a node that leaves mid-test.
+func startStoppable(t *testing.T, up *upstreamLog, bootstrap []string, mod ...func(*Config)) (*Daemon, func()) {
+	t.Helper()
+	ip := nextIP()
+	cfg := DefaultConfig()
+	cfg.Listen = ip + ":0"
+	cfg.DataDir = t.TempDir()
+	cfg.DefaultRegistry = up.host()
+	cfg.Upstream.OnlyConfigured = true
+	cfg.SetRegistry(up.host(), upstream.RegistryConfig{URL: up.srv.URL})
+	cfg.P2PEnabled = true
+	cfg.P2P.Listen = []string{"/ip4/" + ip + "/tcp/0"}
+	cfg.P2P.Bootstrap = bootstrap
+	cfg.P2P.LookupTimeout = 2 * time.Second
+	for _, f := range mod {
+		f(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := New(ctx, cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("daemon.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("daemon.Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return d, stop
+}
+
+// A push returns once push.local_replicas nodes hold the image (X-Shoal-Copies says how many);
+// when the pushing node is killed right after, the image still pulls everywhere and the
+// remaining holders bring the copies back to K.
+func TestPushCopiesSurviveANode(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	fast := func(c *Config) { c.Push.RepairInterval = 200 * time.Millisecond }
+	a, stopA := startStoppable(t, up, nil, fast)
+	nodes := []*Daemon{a}
+	for range 3 {
+		n, _ := startStoppable(t, up, a.node.Addrs(), fast)
+		nodes = append(nodes, n)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	img, _ := random.Image(100<<10, 2)
+	var copies string
+	ref, _ := name.ParseReference(a.Addr()+"/shoal.local/keep/app:v1", name.Insecure)
+	tr := &headerSpy{rt: http.DefaultTransport, path: "/manifests/v1", header: "X-Shoal-Copies", got: &copies}
+	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if copies != "2" {
+		t.Fatalf("X-Shoal-Copies %q, want 2", copies)
+	}
+	md := digest.Digest(mustDigest(t, img).String())
+	all := layerDigests(t, img)
+	holds := func(n *Daemon) bool {
+		for _, d := range append(all, md) {
+			if _, err := n.store.Stat(context.Background(), d); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	holders := 0
+	for _, n := range nodes[1:] {
+		if holds(n) {
+			holders++
+		}
+	}
+	if holders != 1 {
+		t.Fatalf("%d other nodes hold the image when the push returned, want 1", holders)
+	}
+	stopA() // the pushing node leaves right after the push
+	rest := nodes[1:]
+	waitFor(t, func() bool {
+		n := 0
+		for _, d := range rest {
+			if holds(d) {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	for i, n := range rest {
+		got, err := pullThrough(t, n, "shoal.local/keep/app:v1")
+		if err != nil || mustDigest(t, got) != mustDigest(t, img) {
+			t.Fatalf("node %d after A left: %v", i+1, err)
+		}
+	}
+}
+
+// headerSpy records a response header of requests whose path has a suffix.
+type headerSpy struct {
+	rt     http.RoundTripper
+	path   string
+	header string
+	got    *string
+}
+
+func (h *headerSpy) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.rt.RoundTrip(r)
+	if err == nil && r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, h.path) {
+		*h.got = resp.Header.Get(h.header)
+	}
+	return resp, err
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -27,10 +28,23 @@ type Cluster interface {
 	// ServeBlobFromPeers answers a blob request from peers only (never an upstream),
 	// storing the verified blob.
 	ServeBlobFromPeers(w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) error
+	// Replicate asks peers (none in except, which already hold it) to hold the image root
+	// tagged name until k nodes do; it returns the number of copies.
+	Replicate(ctx context.Context, name string, root digest.Digest, k int, except map[string]bool) int
+	// Holders lists the live peers that hold root, and whether this node comes first among
+	// them (the one that restores missing copies).
+	Holders(ctx context.Context, root digest.Digest) (holders map[string]bool, first bool)
 }
 
-// SetCluster connects the handler to the swarm (before it serves).
-func (h *Handler) SetCluster(c Cluster) { h.cluster = c }
+// SetCluster connects the handler to the swarm (before it serves) and starts restoring
+// copies of pushed images (see LocalReplicas).
+func (h *Handler) SetCluster(c Cluster) {
+	h.cluster = c
+	if h.cfg.LocalReplicas > 1 {
+		h.repairDone = make(chan struct{})
+		go h.repairLoop()
+	}
+}
 
 const (
 	lookupTimeout  = time.Second      // a tag lookup in the swarm
@@ -161,4 +175,59 @@ func (h *Handler) manifestFromSwarm(ctx context.Context, d digest.Digest) error 
 		return nil, nil
 	})
 	return err
+}
+
+// replicate makes LocalReplicas nodes hold a pushed image before the push answers.
+func (h *Handler) replicate(ctx context.Context, name string, root digest.Digest) int {
+	if h.cluster == nil || h.cfg.LocalReplicas <= 1 {
+		return 1
+	}
+	return h.cluster.Replicate(context.WithoutCancel(ctx), name, root, h.cfg.LocalReplicas, nil)
+}
+
+// repairLoop restores copies of pushed images when holders leave: for every tag of the
+// namespace this node holds, the first of the live holders asks more peers until
+// LocalReplicas nodes hold it again.
+func (h *Handler) repairLoop() {
+	defer close(h.repairDone)
+	t := time.NewTicker(h.cfg.RepairInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
+			h.repair()
+		}
+	}
+}
+
+func (h *Handler) repair() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	go func() {
+		select {
+		case <-h.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for _, name := range h.st.TagNames(h.cfg.Namespace + "/") {
+		if strings.Contains(name, "@") || ctx.Err() != nil {
+			continue
+		}
+		t, err := h.st.GetTag(ctx, name)
+		if err != nil {
+			continue
+		}
+		if _, err := h.st.Stat(ctx, t.Digest); err != nil {
+			continue
+		}
+		holders, first := h.cluster.Holders(ctx, t.Digest)
+		if holders == nil || !first || 1+len(holders) >= h.cfg.LocalReplicas {
+			continue
+		}
+		n := h.cluster.Replicate(ctx, name, t.Digest, h.cfg.LocalReplicas, holders)
+		h.log.Info("restored copies of a pushed image", "image", name, "digest", t.Digest, "copies", n, "want", h.cfg.LocalReplicas)
+	}
 }

@@ -233,6 +233,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 			return storeErr(err, "tag")
 		}
 		h.publish(ctx, name, t, false)
+		w.Header().Set(hdrCopies, strconv.Itoa(h.replicate(ctx, name, d)))
 	}
 	if m.Subject != nil && m.Subject.Digest.Validate() == nil {
 		// The referrers API's index: a tag-like record per (subject, referrer) that the store

@@ -44,6 +44,11 @@ type Config struct {
 	// TagTTL is how long a node answers a tag from its own record before it asks the swarm
 	// for a newer one.
 	TagTTL time.Duration
+	// LocalReplicas is how many nodes hold a pushed image before the push answers (this one
+	// included; fewer when the swarm has fewer nodes), and how many the holders restore when
+	// one leaves. RepairInterval is how often they check.
+	LocalReplicas  int
+	RepairInterval time.Duration
 	// MaxBlobSize caps one upload (store.max_blob_size; 0 = no cap beyond the store's budget).
 	MaxBlobSize int64
 }
@@ -52,7 +57,8 @@ type Config struct {
 // after 15 minutes.
 func DefaultConfig() Config {
 	return Config{Namespace: DefaultNamespace, UploadTimeout: 15 * time.Minute, AllowDelete: true,
-		TrustedCIDR: []string{"127.0.0.0/8", "::1/128"}, TagTTL: time.Second}
+		TrustedCIDR: []string{"127.0.0.0/8", "::1/128"}, TagTTL: time.Second,
+		LocalReplicas: 2, RepairInterval: 10 * time.Second}
 }
 
 // Validate checks the configuration; errors name the key.
@@ -64,6 +70,12 @@ func (c Config) Validate() error {
 	}
 	if c.UploadTimeout <= 0 {
 		return errors.New("push.upload_timeout: must be positive")
+	}
+	if c.LocalReplicas < 1 {
+		return errors.New("push.local_replicas: must be at least 1")
+	}
+	if c.RepairInterval <= 0 {
+		return errors.New("push.repair_interval: must be positive")
 	}
 	if c.TagTTL < 0 {
 		return errors.New("push.tag_ttl: must not be negative")
@@ -108,9 +120,10 @@ type Handler struct {
 	// seqs is the newest tag record sequence seen per tag name (pushed here or looked up).
 	seqs map[string]int64
 
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	stop       chan struct{}
+	done       chan struct{}
+	repairDone chan struct{} // nil unless the repair loop runs
+	once       sync.Once
 }
 
 // New builds the handler and starts the sweep that drops abandoned uploads; Close stops it.
@@ -139,6 +152,9 @@ func (h *Handler) Close() {
 	h.once.Do(func() {
 		close(h.stop)
 		<-h.done
+		if h.repairDone != nil {
+			<-h.repairDone
+		}
 		h.mu.Lock()
 		ups := h.uploads
 		h.uploads = map[string]*upload{}

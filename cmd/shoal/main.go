@@ -108,6 +108,7 @@ func daemonCommand() *cli.Command {
 			&cli.StringFlag{Name: "swarm-key", EnvVars: env("SWARM_KEY"), Usage: "libp2p private-network key `FILE`: only nodes with the same key can join"},
 			&cli.DurationFlag{Name: "p2p-lookup-timeout", EnvVars: env("P2P_LOOKUP_TIMEOUT"), Usage: "budget for finding a peer before going upstream (default 300ms)"},
 			&cli.DurationFlag{Name: "p2p-designated-timeout", EnvVars: env("P2P_DESIGNATED_TIMEOUT"), Usage: "wait this long for the swarm's designated fetcher before going upstream (default 500ms)"},
+			&cli.IntFlag{Name: "local-replicas", EnvVars: env("LOCAL_REPLICAS"), Usage: "nodes holding an image pushed to the local namespace before the push answers, this one included (default 2; fewer when the swarm is smaller)"},
 			&cli.IntFlag{Name: "p2p-max-uploads-per-blob", EnvVars: env("P2P_MAX_UPLOADS_PER_BLOB"), Usage: "peers streaming one blob from this node at once; more are redirected to them (0 = no limit, default 4)"},
 			&cli.BoolFlag{Name: "p2p-share-private", EnvVars: env("P2P_SHARE_PRIVATE"), Usage: "share content from repositories that needed credentials (default false)"},
 			&cli.DurationFlag{Name: "p2p-verify-max-wait", EnvVars: env("P2P_VERIFY_MAX_WAIT"), Usage: "with --p2p-verify-before-serving, a client waiting this long for peer bytes gets them as they arrive (never the last byte unverified); 0 = no limit (default 30s)"},
@@ -195,6 +196,9 @@ func loadConfig(c *cli.Context) (daemon.Config, error) {
 	}
 	if c.IsSet("p2p-designated-timeout") {
 		cfg.P2P.DesignatedTimeout = c.Duration("p2p-designated-timeout")
+	}
+	if c.IsSet("local-replicas") {
+		cfg.Push.LocalReplicas = c.Int("local-replicas")
 	}
 	if c.IsSet("p2p-max-uploads-per-blob") {
 		cfg.P2P.MaxUploadsPerBlob = c.Int("p2p-max-uploads-per-blob")
