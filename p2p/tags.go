@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	dht "github.com/libp2p/go-libp2p-kad-dht"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/routing"
@@ -20,6 +21,9 @@ import (
 // "/shoaltag/<name>", name being "<namespace>/<repo>:<tag>". The DHT accepts no other records
 // (no IPFS "pk" or "ipns" ones).
 const tagNamespace = "shoaltag"
+
+// tagQuorum is how many DHT answers a tag lookup waits for.
+const tagQuorum = 2
 
 // maxTagRecord bounds a tag record's encoding; a real one is a few hundred bytes.
 const maxTagRecord = 4 << 10
@@ -168,7 +172,9 @@ var ErrTagOutdated = errors.New("p2p: a newer record exists for this tag")
 
 // LookupTag finds the newest record of a tag in the swarm, or ErrNotFound.
 func (n *Node) LookupTag(ctx context.Context, name string) (TagRecord, error) {
-	b, err := n.dht.GetValue(ctx, tagKey(name))
+	// Two answers (this node's own copy counts) are enough: records go to the 20 closest
+	// nodes, and the newer of two wins; a full walk costs seconds in a busy 60-node swarm.
+	b, err := n.dht.GetValue(ctx, tagKey(name), dht.Quorum(tagQuorum))
 	if len(b) == 0 { // a deadline with a value in hand still returns the best one seen
 		if err == nil || errors.Is(err, routing.ErrNotFound) {
 			return TagRecord{}, fmt.Errorf("%w: tag %s", ErrNotFound, name)
