@@ -619,3 +619,45 @@ func (h *headerSpy) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return resp, err
 }
+
+// Rejected pushes leak nothing to peers: no provider record, no tag record, nothing a peer can
+// fetch.
+func TestPushRejectedContentNeverReachesPeers(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	waitFor(t, func() bool { return len(b.node.Status().Peers) >= 1 })
+
+	data := []byte("bytes sent under the wrong digest")
+	sent, wrong := digest.FromBytes(data), digest.FromString("something else")
+	if st, _, _ := pushReq(t, a, "POST", "/v2/shoal.local/bad/blobs/uploads/?digest="+wrong.String(), bytes.NewReader(data), nil); st != 400 {
+		t.Fatalf("digest mismatch: %d", st)
+	}
+	man := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":2},"layers":[]}`, wrong)
+	if st, _, _ := pushReq(t, a, "PUT", "/v2/shoal.local/bad/manifests/v1", strings.NewReader(man), map[string]string{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}); st != 400 {
+		t.Fatalf("manifest with missing blobs: %d", st)
+	}
+	// A good push after them, so that we know announcements do reach B.
+	img, _ := random.Image(1024, 1)
+	ref, _ := name.ParseReference(a.Addr()+"/shoal.local/good/app:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	waitProvided(t, b.node, digest.Digest(mustDigest(t, img).String()))
+
+	for _, d := range []digest.Digest{sent, wrong, digest.FromString(man)} {
+		if ps, _ := b.node.FindProviders(t.Context(), d, 5); len(ps) != 0 {
+			t.Errorf("%s is provided by %v", d, ps)
+		}
+		if st, _, _ := pushReq(t, b, "GET", "/v2/shoal.local/bad/blobs/"+d.String(), nil, nil); st != 404 {
+			t.Errorf("B serves %s: %d", d, st)
+		}
+	}
+	if _, err := b.node.LookupTag(t.Context(), "shoal.local/bad:v1"); err == nil {
+		t.Error("the rejected manifest's tag reached the DHT")
+	}
+	if st, _, _ := pushReq(t, b, "GET", "/v2/shoal.local/bad/manifests/v1", nil, nil); st != 404 {
+		t.Errorf("B resolves the rejected tag: %d", st)
+	}
+}
