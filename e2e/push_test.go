@@ -173,3 +173,58 @@ func TestPushCtrAndDocker(t *testing.T) {
 		}
 	})
 }
+
+// TestPushSwarm: crane, skopeo and oras push to node 1 of five `shoal daemon` processes; nodes
+// 2–5 pull each image by tag with the same digest, from peers: the upstream sees nothing.
+func TestPushSwarm(t *testing.T) {
+	t.Parallel()
+	up := startUpstreamProxy(t, upstreams(t).Open.URL) // never asked for the local namespace
+	nodes := startSwarm(t, 5, up)
+	a := nodes[0]
+	dir := t.TempDir()
+	env := []string{"DOCKER_CONFIG=" + dir, "REGISTRY_AUTH_FILE=" + filepath.Join(dir, "auth.json")}
+	if err := os.WriteFile(filepath.Join(dir, "auth.json"), []byte(`{"auths":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(argv ...string) string {
+		t.Helper()
+		out, err := runCmd(t.Context(), 2*time.Minute, env, argv...)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(argv[:2], " "), err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	crane, skopeo, oras := tool(t, "crane"), tool(t, "skopeo"), tool(t, "oras")
+	layer := filepath.Join(dir, "layer.tar")
+	run("tar", "-C", "/usr/share/common-licenses", "-cf", layer, ".")
+	run(crane, "append", "--insecure", "-f", layer, "-t", a.Addr+"/shoal.local/swarm/crane:v1")
+	run(skopeo, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+		"docker://"+a.Addr+"/shoal.local/swarm/crane:v1", "docker://"+a.Addr+"/shoal.local/swarm/skopeo:v1")
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("from node 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run("sh", "-c", "cd "+dir+" && "+oras+" push --plain-http "+a.Addr+"/shoal.local/swarm/oras:v1 notes.txt")
+	mark := len(up.requests())
+	for _, repo := range []string{"crane", "skopeo", "oras"} {
+		ref := "shoal.local/swarm/" + repo + ":v1"
+		want := run(crane, "digest", "--insecure", a.Addr+"/"+ref)
+		for _, n := range nodes[1:] {
+			if got := run(crane, "digest", "--insecure", n.Addr+"/"+ref); got != want {
+				t.Errorf("%s on %s: %s, want %s", ref, n.Name, got, want)
+			}
+			if repo != "oras" {
+				if out, err := cranePull(t.Context(), t, n.Addr, ref, filepath.Join(t.TempDir(), "img")); err != nil {
+					t.Errorf("crane pull %s on %s: %v\n%s", ref, n.Name, err, out)
+				}
+			}
+		}
+	}
+	pulled := filepath.Join(dir, "pulled")
+	run(oras, "pull", "--plain-http", "-o", pulled, nodes[3].Addr+"/shoal.local/swarm/oras:v1")
+	if b, err := os.ReadFile(filepath.Join(pulled, "notes.txt")); err != nil || string(b) != "from node 1\n" {
+		t.Errorf("oras pull on %s: %q %v", nodes[3].Name, b, err)
+	}
+	if reqs := up.since(mark); len(reqs) != 0 {
+		t.Errorf("the upstream saw %d requests for the local namespace: %v", len(reqs), reqs)
+	}
+}
