@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -64,6 +65,8 @@ type Config struct {
 	Files files.Config
 	// Console is the web console and its search (console_config.go).
 	Console ConsoleConfig
+	// Push is the cluster-local namespace clients push to (push_config.go, package push).
+	Push push.Config
 	// Version is what the admin API and metrics report; main sets it from its build stamp.
 	Version string
 
@@ -237,6 +240,23 @@ var settings = []Setting{
 		ptr: func(c *Config) any { return &c.Console.SearchCacheTTL }},
 	{Key: "console.search_per_minute", Default: "30", Help: "searches per client per minute (burst 10); `0` = no limit",
 		ptr: func(c *Config) any { return &c.Console.SearchPerMinute }},
+
+	{Key: "push.namespace", Default: "shoal.local", Arg: "NAME", Help: "the cluster-local namespace clients push to: `HOST:5000/shoal.local/REPO:TAG` (docs/push.md); `\"\"` = pushes off (`405`)",
+		ptr: func(c *Config) any { return &c.Push.Namespace }},
+	{Key: "push.upload_timeout", Default: "15m", Help: "an upload idle this long is dropped with its temporary data",
+		ptr: func(c *Config) any { return &c.Push.UploadTimeout }},
+	{Key: "push.allow_delete", Default: "true", Help: "`DELETE` of pushed tags (cluster-wide), manifests and blobs",
+		ptr: func(c *Config) any { return &c.Push.AllowDelete }},
+	{Key: "push.tag_ttl", Default: "1s", Help: "a node answers a pushed tag from its own record this long, then asks the swarm",
+		ptr: func(c *Config) any { return &c.Push.TagTTL }},
+	{Key: "push.local_replicas", Default: "2", Flag: "local-replicas", Help: "nodes holding a pushed image, this one included, before the push answers (fewer when the swarm is smaller)",
+		ptr: func(c *Config) any { return &c.Push.LocalReplicas }},
+	{Key: "push.repair_interval", Default: "10s", Help: "how often holders restore missing copies",
+		ptr: func(c *Config) any { return &c.Push.RepairInterval }},
+	{Key: "push.trusted_cidr", Default: `[127.0.0.0/8, "::1/128"]`, Arg: "CIDR", Help: "clients that may push without a login",
+		ptr: func(c *Config) any { return &c.Push.TrustedCIDR }},
+	{Key: "push.users", Default: "[]", Arg: "USER=PATTERN", Help: "htpasswd users and the repositories they may push to",
+		ptr: func(c *Config) any { return &c.Push.Users }},
 }
 
 // ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
@@ -254,7 +274,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // DefaultConfig returns the built-in defaults of the settings table. It panics only if the
 // table's defaults are broken, which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Files: files.DefaultConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Files: files.DefaultConfig(), Push: push.DefaultConfig()}
 	if err := c.applyYAML(defaultsFromTable(), "settings table"); err != nil {
 		panic("settings table defaults: " + err.Error())
 	}
@@ -349,6 +369,9 @@ func (c *Config) Validate() error {
 		return &ConfigError{Key: "log_format", Err: fmt.Errorf("%q: want text or json", c.LogFormat)}
 	}
 	if err := c.validateOps(); err != nil { // admin.go
+		return err
+	}
+	if err := c.validatePush(); err != nil { // push_config.go
 		return err
 	}
 	switch strings.ToLower(c.LogLevel) {

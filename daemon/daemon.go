@@ -10,7 +10,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -31,6 +34,7 @@ type Daemon struct {
 	ops   *ops // admin API and metrics (admin.go, metrics.go)
 	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
 	canary *canaryLog
+	push   *push.Handler // the cluster-local namespace (push_config.go, package push); nil when off
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -115,6 +119,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		src.up = fileUpstream{upstreamClient: up, files: fe.h}
 	}
 	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g, canary: m.canary}
+	if cfg.Push.Namespace != "" {
+		pc := cfg.Push
+		pc.MaxBlobSize = sp.maxBlob
+		ph, err := push.New(pc, st, log.With("component", "push"), func(dg digest.Digest) { src.advertise(context.Background(), dg) })
+		if err != nil {
+			d.abortNew()
+			return nil, &ConfigError{Key: "push", Err: err}
+		}
+		d.push, m.push, m.pushUser = ph, ph, g.pushUser
+		if node != nil {
+			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
+			node.HandleReplicate(pcl.hold)
+			ph.SetCluster(pcl)
+		}
+	}
 	if err := d.openOps(routeFiles(fe, m), sp, src); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
@@ -189,6 +208,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
 	d.spool.shutdown(dctx)
 	cancel()
+	if d.push != nil {
+		d.push.Close() // drops uploads in progress with their temporary data
+	}
 	if d.node != nil {
 		if cerr := d.node.Close(); cerr != nil {
 			d.log.Warn("closing the p2p node", "err", cerr)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -67,6 +68,12 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		w.Header().Set("Retry-After", strconv.Itoa(int(ue.RetryAfter.Seconds()+0.5)))
 	}
 	h := w.Header()
+	var pe *push.Error
+	if errors.As(err, &pe) {
+		for k, v := range pe.Header {
+			h[k] = v
+		}
+	}
 	h.Set("Content-Type", "application/json")
 	h.Del("Content-Length")
 	h.Del("Docker-Content-Digest")
@@ -91,9 +98,12 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 func classify(err error) *ociError {
 	var oe *ociError
 	var ue *upstream.Error
+	var pe *push.Error
 	switch {
 	case errors.As(err, &oe):
 		return oe
+	case errors.As(err, &pe):
+		return &ociError{Status: pe.Status, Code: pe.Code, Message: pe.Message, Err: pe.Err}
 	case errors.Is(err, context.Canceled):
 		return nil
 	case errors.Is(err, oci.ErrNameInvalid):

@@ -646,6 +646,19 @@ func (g *guard) authenticated(r *http.Request, p *guardPolicy) bool {
 	return true
 }
 
+// pushUser names the htpasswd user whose valid password the request carries, or "" (package
+// push decides what that user may write).
+func (g *guard) pushUser(r *http.Request) string {
+	p := g.policy.Load()
+	if p.users == nil {
+		return ""
+	}
+	if user, _, ok := r.BasicAuth(); ok && g.authenticated(r, p) {
+		return user
+	}
+	return ""
+}
+
 // deadlineWriter gives every write to the client its own deadline, so a client that stops
 // reading is cut off after the write timeout while a slow but steady one is served in full.
 // It keeps io.ReaderFrom (in bounded chunks) so that stored blobs still go out by sendfile.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -51,6 +52,10 @@ type mirror struct {
 	verifyMaxWait   time.Duration      // p2p.verify_max_wait: ... but not longer than this without a byte
 	staleLog        logEvery
 	canary          *canaryLog // canary.go: `shoal doctor`'s nonces
+	// push serves the cluster-local namespace, reads and writes (package push); nil when
+	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.go).
+	push     *push.Handler
+	pushUser func(*http.Request) string
 }
 
 func (m *mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -80,6 +85,9 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !strings.HasPrefix(r.URL.Path, "/v2/") {
 		return errNotFound
+	}
+	if m.push.Match(r) { // the cluster-local namespace: never routed upstream
+		return m.push.Serve(w, r, push.Client{Addr: remoteIP(r), User: m.pushUser(r)})
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
@@ -114,6 +122,9 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	d := digest.Digest(rt.ref)
 	open := m.src.blobOpener(rt, d)
+	if m.push != nil && rt.registry == m.push.Namespace() {
+		open = m.src.peersOnly(d) // push_cluster.go: the local namespace has no upstream
+	}
 	for {
 		rc, info, err := m.store.Reader(ctx, d)
 		if err == nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p-kad-dht/provider"
 	"github.com/libp2p/go-libp2p-kad-dht/provider/keystore"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
+	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -325,7 +326,8 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	d, err := dht.New(dh,
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(dhtPrefix),
-		dht.DisableValues(),
+		// Values: only shoal's signed tag records (tags.go), no IPFS namespaces.
+		dht.Validator(record.NamespacedValidator{tagNamespace: tagValidator{}}),
 		dht.ProviderManagerOpts(
 			records.ProvideValidity(cfg.RecordTTL),
 			records.ProviderAddrTTL(cfg.RecordTTL),

@@ -1,0 +1,185 @@
+package p2p
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	record "github.com/libp2p/go-libp2p-record"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
+	"github.com/opencontainers/go-digest"
+)
+
+// tagNamespace is the DHT record namespace of cluster-local tags: keys are
+// "/shoaltag/<name>", name being "<namespace>/<repo>:<tag>". The DHT accepts no other records
+// (no IPFS "pk" or "ipns" ones).
+const tagNamespace = "shoaltag"
+
+// tagQuorum is how many DHT answers a tag lookup waits for.
+const tagQuorum = 2
+
+// maxTagRecord bounds a tag record's encoding; a real one is a few hundred bytes.
+const maxTagRecord = 4 << 10
+
+// TagRecord is a cluster-local tag as the swarm knows it: what the tag names, who pushed it
+// and when. Records are signed by the pushing node's key; of two records for one name the one
+// with the higher Seq wins (ties: the higher digest, then peer), on every node alike.
+type TagRecord struct {
+	Name      string        `json:"name"`
+	Digest    digest.Digest `json:"digest,omitempty"`
+	MediaType string        `json:"mediaType,omitempty"`
+	Size      int64         `json:"size,omitempty"`
+	// Seq orders the pushes of a name: the pushing node's clock in nanoseconds, above any
+	// record of the name it had seen.
+	Seq int64 `json:"seq"`
+	// Deleted marks a tag deleted cluster-wide (a tombstone that outranks older pushes).
+	Deleted bool   `json:"deleted,omitempty"`
+	Peer    string `json:"peer"`
+	Sig     []byte `json:"sig,omitempty"`
+}
+
+func (r TagRecord) signed() []byte {
+	r.Sig = nil
+	b, _ := json.Marshal(r)
+	return b
+}
+
+func tagKey(name string) string { return "/" + tagNamespace + "/" + name }
+
+// tagValidator accepts a record only under its own name's key, well formed and signed by the
+// peer it names (whose public key its peer ID carries). In a swarm with a key only members
+// can reach the DHT at all, so only members can write.
+type tagValidator struct{}
+
+var _ record.Validator = tagValidator{}
+
+func decodeTag(key string, value []byte) (TagRecord, error) {
+	var r TagRecord
+	if len(value) > maxTagRecord {
+		return r, errors.New("tag record too large")
+	}
+	if err := json.Unmarshal(value, &r); err != nil {
+		return r, fmt.Errorf("tag record: %w", err)
+	}
+	if tagKey(r.Name) != key || r.Name == "" {
+		return r, fmt.Errorf("tag record for %q stored under %q", r.Name, key)
+	}
+	if !r.Deleted {
+		if err := r.Digest.Validate(); err != nil {
+			return r, fmt.Errorf("tag record %s: %w", r.Name, err)
+		}
+	}
+	if r.Seq <= 0 {
+		return r, fmt.Errorf("tag record %s: no sequence", r.Name)
+	}
+	return r, nil
+}
+
+// Validate checks the record's shape and signature.
+func (tagValidator) Validate(key string, value []byte) error {
+	r, err := decodeTag(key, value)
+	if err != nil {
+		return err
+	}
+	id, err := peer.Decode(r.Peer)
+	if err != nil {
+		return fmt.Errorf("tag record %s: peer: %w", r.Name, err)
+	}
+	pub, err := id.ExtractPublicKey()
+	if err != nil {
+		return fmt.Errorf("tag record %s: the peer ID carries no public key: %w", r.Name, err)
+	}
+	ok, err := pub.Verify(r.signed(), r.Sig)
+	if err != nil || !ok {
+		return fmt.Errorf("tag record %s: bad signature", r.Name)
+	}
+	return nil
+}
+
+// Select picks the newest record; equal sequences fall back to the digest, then the peer, so
+// that every node picks the same one.
+func (tagValidator) Select(key string, values [][]byte) (int, error) {
+	best, bestI := TagRecord{}, -1
+	for i, v := range values {
+		r, err := decodeTag(key, v)
+		if err != nil {
+			continue
+		}
+		if bestI < 0 || compareTags(r, best) > 0 {
+			best, bestI = r, i
+		}
+	}
+	if bestI < 0 {
+		return 0, errors.New("no valid tag record")
+	}
+	return bestI, nil
+}
+
+func compareTags(a, b TagRecord) int {
+	return cmp.Or(cmp.Compare(a.Seq, b.Seq), strings.Compare(string(a.Digest), string(b.Digest)),
+		strings.Compare(a.Peer, b.Peer), bytes.Compare(a.Sig, b.Sig))
+}
+
+// PublishTag signs r as this node's (Peer, Sig; Seq if zero: now) and stores it in the DHT on
+// this node and the closest peers. It returns the record as published. A newer record already
+// known for the name makes it fail with ErrTagOutdated.
+func (n *Node) PublishTag(ctx context.Context, r TagRecord) (TagRecord, error) {
+	priv := n.host.Peerstore().PrivKey(n.host.ID())
+	if priv == nil {
+		return r, errors.New("p2p: no private key to sign tags with")
+	}
+	r.Peer = n.host.ID().String()
+	if r.Seq == 0 {
+		r.Seq = time.Now().UnixNano()
+	}
+	sig, err := priv.Sign(r.signed())
+	if err != nil {
+		return r, fmt.Errorf("p2p: sign tag %s: %w", r.Name, err)
+	}
+	r.Sig = sig
+	b, err := json.Marshal(r)
+	if err != nil {
+		return r, err
+	}
+	if err := n.dht.PutValue(ctx, tagKey(r.Name), b); err != nil {
+		if strings.Contains(err.Error(), "newer value") {
+			return r, fmt.Errorf("%w: %s", ErrTagOutdated, r.Name)
+		}
+		return r, fmt.Errorf("p2p: publish tag %s: %w", r.Name, err)
+	}
+	return r, nil
+}
+
+// RepublishTag stores a record received earlier (signed by whoever pushed it) again, so that
+// it outlives the DHT's record expiry while nodes still hold the tag.
+func (n *Node) RepublishTag(ctx context.Context, r TagRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return n.dht.PutValue(ctx, tagKey(r.Name), b)
+}
+
+// ErrTagOutdated: a newer record for the tag exists.
+var ErrTagOutdated = errors.New("p2p: a newer record exists for this tag")
+
+// LookupTag finds the newest record of a tag in the swarm, or ErrNotFound.
+func (n *Node) LookupTag(ctx context.Context, name string) (TagRecord, error) {
+	// Two answers (this node's own copy counts) are enough: records go to the 20 closest
+	// nodes, and the newer of two wins; a full walk costs seconds in a busy 60-node swarm.
+	b, err := n.dht.GetValue(ctx, tagKey(name), dht.Quorum(tagQuorum))
+	if len(b) == 0 { // a deadline with a value in hand still returns the best one seen
+		if err == nil || errors.Is(err, routing.ErrNotFound) {
+			return TagRecord{}, fmt.Errorf("%w: tag %s", ErrNotFound, name)
+		}
+		return TagRecord{}, fmt.Errorf("p2p: look up tag %s: %w", name, err)
+	}
+	return decodeTag(tagKey(name), b)
+}

@@ -1,0 +1,390 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/store"
+)
+
+func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, q req) error {
+	d := digest.Digest(q.ref)
+	rc, _, err := h.st.Reader(r.Context(), d)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
+			return h.cluster.ServeBlobFromPeers(w, r, q.repo, d)
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return errorf(http.StatusNotFound, "BLOB_UNKNOWN", nil, "blob %s is not in the local namespace", d)
+		}
+		return err
+	}
+	defer rc.Close()
+	hd := w.Header()
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("Etag", `"`+d.String()+`"`)
+	hd.Set("X-Shoal-Source", "store")
+	// ServeContent answers Range requests (206, 416) and HEAD; the content is verified.
+	http.ServeContent(w, r, "", time.Time{}, rc)
+	return nil
+}
+
+func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, q req) error {
+	if !h.cfg.AllowDelete {
+		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "deletes are off (push.allow_delete)")
+	}
+	d := digest.Digest(q.ref)
+	if err := h.st.Delete(r.Context(), d); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errorf(http.StatusNotFound, "BLOB_UNKNOWN", nil, "blob %s is not in the local namespace", d)
+		}
+		return err
+	}
+	h.mu.Lock()
+	delete(h.unreferenced, d)
+	h.mu.Unlock()
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// resolve maps a manifest reference of the namespace to a digest; stale says the swarm had no
+// record and the node's cached one was used.
+func (h *Handler) resolve(ctx context.Context, q req) (d digest.Digest, stale bool, err error) {
+	if oci.IsDigestRef(q.ref) {
+		return digest.Digest(q.ref), false, nil
+	}
+	d, stale, err = h.resolveTag(ctx, q.tagName(h.cfg.Namespace, q.ref))
+	if err != nil {
+		return "", false, errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
+	}
+	return d, stale, nil
+}
+
+func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
+	d, stale, err := h.resolve(ctx, q)
+	if err != nil {
+		return err
+	}
+	rc, info, err := h.st.Reader(ctx, d)
+	if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
+		if ferr := h.manifestFromSwarm(ctx, d); ferr == nil {
+			rc, info, err = h.st.Reader(ctx, d)
+		}
+	}
+	if stale {
+		w.Header().Set(hdrStale, "true")
+	}
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in the local namespace", d)
+		}
+		return err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+	if err != nil {
+		return err
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", info.MediaType)
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Length", strconv.Itoa(len(data)))
+	hd.Set("Etag", `"`+d.String()+`"`)
+	hd.Set("X-Shoal-Source", "store")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(data)
+	}
+	return nil
+}
+
+// manifestShape is what shoal reads of a pushed manifest or index.
+type manifestShape struct {
+	SchemaVersion int               `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	ArtifactType  string            `json:"artifactType"`
+	Annotations   map[string]string `json:"annotations"`
+	Config        *descriptor       `json:"config"`
+	Layers        []descriptor      `json:"layers"`
+	Manifests     []descriptor      `json:"manifests"`
+	Subject       *descriptor       `json:"subject"`
+}
+
+type descriptor struct {
+	MediaType string        `json:"mediaType"`
+	Digest    digest.Digest `json:"digest"`
+	Size      int64         `json:"size"`
+	URLs      []string      `json:"urls"`
+}
+
+// putManifest verifies a manifest (its digest when pushed by digest, its JSON, that every blob
+// and child manifest it references is held here), then stores, pins and tags it.
+func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
+	if r.ContentLength > oci.MaxManifestSize {
+		return errorf(http.StatusRequestEntityTooLarge, "SIZE_INVALID", nil, "manifest is larger than %d bytes", oci.MaxManifestSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(r.Body, oci.MaxManifestSize+1))
+	if err != nil {
+		return errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "reading the manifest failed")
+	}
+	if len(data) > oci.MaxManifestSize {
+		return errorf(http.StatusRequestEntityTooLarge, "SIZE_INVALID", nil, "manifest is larger than %d bytes", oci.MaxManifestSize)
+	}
+	d := digest.SHA256.FromBytes(data)
+	if oci.IsDigestRef(q.ref) {
+		want := digest.Digest(q.ref)
+		if got := want.Algorithm().FromBytes(data); got != want {
+			return errorf(http.StatusBadRequest, "DIGEST_INVALID", nil, "manifest hashes to %s, not %s; nothing was stored", got, want)
+		}
+		d = want
+	}
+	var m manifestShape
+	if err := json.Unmarshal(data, &m); err != nil {
+		return errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "manifest is not valid JSON")
+	}
+	mt := r.Header.Get("Content-Type")
+	if i := strings.IndexByte(mt, ';'); i >= 0 {
+		mt = strings.TrimSpace(mt[:i])
+	}
+	if mt == "" {
+		mt = m.MediaType
+	}
+	if mt == "" {
+		mt = "application/vnd.oci.image.manifest.v1+json"
+		if m.Manifests != nil {
+			mt = "application/vnd.oci.image.index.v1+json"
+		}
+	}
+	if m.MediaType != "" && m.MediaType != mt {
+		return errorf(http.StatusBadRequest, "MANIFEST_INVALID", nil, "Content-Type %s differs from the manifest's mediaType %s", mt, m.MediaType)
+	}
+	var refs []digest.Digest
+	var missing []string
+	check := func(ds descriptor) error {
+		if err := ds.Digest.Validate(); err != nil {
+			return errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "manifest references an invalid digest %q", ds.Digest)
+		}
+		if len(ds.URLs) > 0 { // a non-distributable layer lives at its URLs, not here
+			return nil
+		}
+		refs = append(refs, ds.Digest)
+		info, err := h.st.Stat(ctx, ds.Digest)
+		if err != nil {
+			missing = append(missing, ds.Digest.String())
+		} else if ds.Size > 0 && info.Size != ds.Size {
+			return errorf(http.StatusBadRequest, "MANIFEST_INVALID", nil, "manifest says %s has %d bytes; it has %d", ds.Digest, ds.Size, info.Size)
+		}
+		return nil
+	}
+	if m.Config != nil {
+		if err := check(*m.Config); err != nil {
+			return err
+		}
+	}
+	for _, l := range slices.Concat(m.Layers, m.Manifests) {
+		if err := check(l); err != nil {
+			return err
+		}
+	}
+	if len(missing) > 0 {
+		return errorf(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", nil,
+			"manifest references content not pushed to this node: %s; nothing was stored", strings.Join(missing, ", "))
+	}
+	wctx := context.WithoutCancel(ctx)
+	if err := h.st.PutSmall(wctx, d, mt, data); err != nil {
+		return storeErr(err, "manifest")
+	}
+	if len(refs) > 0 {
+		if err := h.st.SetRefs(wctx, d, refs); err != nil {
+			return storeErr(err, "manifest references")
+		}
+	}
+	if err := h.st.Pin(wctx, d); err != nil {
+		return storeErr(err, "manifest pin")
+	}
+	// Referenced blobs are now protected through the manifest's pin: their own pins go, so
+	// that deleting the manifest lets them be evicted.
+	h.mu.Lock()
+	for _, ref := range refs {
+		if _, ok := h.unreferenced[ref]; ok {
+			delete(h.unreferenced, ref)
+			_ = h.st.Unpin(wctx, ref)
+		}
+	}
+	h.mu.Unlock()
+	h.onCommit(d) // peers can fetch it before the tag names it anywhere
+	if !oci.IsDigestRef(q.ref) {
+		name := q.tagName(h.cfg.Namespace, q.ref)
+		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
+		if err := h.st.PutTag(wctx, name, t); err != nil {
+			return storeErr(err, "tag")
+		}
+		h.publish(ctx, name, t, false)
+		w.Header().Set(hdrCopies, strconv.Itoa(h.replicate(ctx, name, d)))
+	}
+	if m.Subject != nil && m.Subject.Digest.Validate() == nil {
+		// The referrers API's index: a tag-like record per (subject, referrer) that the store
+		// drops with the referrer.
+		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
+		if err := h.st.PutTag(wctx, h.referrerKey(q.repo, m.Subject.Digest)+d.String(), t); err != nil {
+			return storeErr(err, "referrer")
+		}
+	}
+	hd := w.Header()
+	hd.Set("Location", location(q.prefix, "manifests", d.String()))
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Length", "0")
+	if m.Subject != nil {
+		hd.Set("OCI-Subject", m.Subject.Digest.String())
+	}
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// deleteManifest deletes a manifest by digest (with every tag naming it) or just a tag.
+func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) error {
+	if !h.cfg.AllowDelete {
+		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "deletes are off (push.allow_delete)")
+	}
+	ctx := r.Context()
+	if !oci.IsDigestRef(q.ref) {
+		name := q.tagName(h.cfg.Namespace, q.ref)
+		if _, _, err := h.resolveTag(ctx, name); err != nil {
+			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
+		}
+		if err := h.st.DeleteTag(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		h.publish(ctx, name, store.Tag{}, true) // a tombstone: deleted on every node
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	}
+	if err := h.st.Delete(ctx, digest.Digest(q.ref)); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in the local namespace", q.ref)
+		}
+		return err
+	}
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// listTags answers tags/list with the n/last pagination of the spec.
+func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error {
+	prefix := h.cfg.Namespace + "/" + q.repo + ":"
+	names := h.st.TagNames(prefix)
+	tags := make([]string, 0, len(names))
+	for _, n := range names {
+		tags = append(tags, strings.TrimPrefix(n, prefix))
+	}
+	slices.Sort(tags)
+	if len(tags) == 0 {
+		return errorf(http.StatusNotFound, "NAME_UNKNOWN", nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
+	}
+	qs := r.URL.Query()
+	if last := qs.Get("last"); last != "" {
+		i, _ := slices.BinarySearch(tags, last)
+		for i < len(tags) && tags[i] <= last {
+			i++
+		}
+		tags = tags[i:]
+	}
+	if ns := qs.Get("n"); ns != "" {
+		n, err := strconv.Atoi(ns)
+		if err != nil || n < 0 {
+			return errorf(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", err, "n must be a non-negative number")
+		}
+		if n < len(tags) {
+			tags = tags[:n]
+			if n > 0 {
+				w.Header().Set("Link", `<`+q.prefix+`/tags/list?n=`+ns+`&last=`+tags[n-1]+`>; rel="next"`)
+			}
+		}
+	}
+	body, _ := json.Marshal(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{strings.TrimPrefix(q.prefix, "/v2/"), tags})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
+
+// referrerKey is the prefix of the records naming the referrers of subject in repo. "@" cannot
+// appear in a repository or tag, so these never mix with tags.
+func (h *Handler) referrerKey(repo string, subject digest.Digest) string {
+	return h.cfg.Namespace + "/" + repo + "@referrers/" + subject.String() + "/"
+}
+
+// referrers answers the referrers API: an image index of the manifests whose subject is the
+// digest, filtered by ?artifactType=.
+func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
+	filter := r.URL.Query().Get("artifactType")
+	type desc struct {
+		MediaType    string            `json:"mediaType"`
+		Digest       digest.Digest     `json:"digest"`
+		Size         int64             `json:"size"`
+		ArtifactType string            `json:"artifactType,omitempty"`
+		Annotations  map[string]string `json:"annotations,omitempty"`
+	}
+	list := []desc{}
+	prefix := h.referrerKey(q.repo, digest.Digest(q.ref))
+	for _, n := range h.st.TagNames(prefix) {
+		t, err := h.st.GetTag(ctx, n)
+		if err != nil {
+			continue
+		}
+		rc, _, err := h.st.Reader(ctx, t.Digest)
+		if err != nil {
+			continue // deleted since
+		}
+		data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
+		rc.Close()
+		var m manifestShape
+		if err != nil || json.Unmarshal(data, &m) != nil {
+			continue
+		}
+		at := m.ArtifactType
+		if at == "" && m.Config != nil {
+			at = m.Config.MediaType
+		}
+		if filter != "" && at != filter {
+			continue
+		}
+		list = append(list, desc{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size, ArtifactType: at, Annotations: m.Annotations})
+	}
+	body, _ := json.Marshal(struct {
+		SchemaVersion int    `json:"schemaVersion"`
+		MediaType     string `json:"mediaType"`
+		Manifests     []desc `json:"manifests"`
+	}{2, "application/vnd.oci.image.index.v1+json", list})
+	hd := w.Header()
+	hd.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	if filter != "" {
+		hd.Set("OCI-Filters-Applied", "artifactType")
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
