@@ -157,10 +157,11 @@ func parseUint(b []byte, max int64) (int64, error) {
 		if c < '0' || c > '9' {
 			return 0, errors.New("not a decimal number")
 		}
-		v = v*10 + int64(c-'0')
-		if v > max {
+		d := int64(c - '0')
+		if v > (max-d)/10 { // checked before v*10+d, which could overflow
 			return 0, fmt.Errorf("above %d", max)
 		}
+		v = v*10 + d
 	}
 	return v, nil
 }
