@@ -105,6 +105,9 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 	if err := o.listen(d.cfg); err != nil {
 		return err
 	}
+	if d.node != nil {
+		d.node.SetPreheater(o.admin) // peers' cluster pulls warm through the admin's pull
+	}
 	d.ops = o
 	return nil
 }

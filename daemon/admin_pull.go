@@ -86,6 +86,10 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 		}
 		refs = append(refs, ref)
 	}
+	if req.Cluster {
+		a.clusterPull(w, r, req, refs, want)
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	ev := &eventStream{w: w, rc: http.NewResponseController(w), enc: json.NewEncoder(w)}
@@ -140,7 +144,7 @@ func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetched
 	return docs, plats, nil
 }
 
-func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev *eventStream, tot *pullTotals) {
+func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals) {
 	fail := func(err error) {
 		ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), State: adminapi.StateError, Error: err.Error()})
 		tot.add(0, 0, 1)
@@ -202,7 +206,7 @@ func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev 
 
 // warmBlob makes sure one blob is in the store, fetching it through the mirror if it is not.
 // It returns the bytes fetched.
-func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev *eventStream) (int64, error) {
+func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventSink) (int64, error) {
 	base := adminapi.PullEvent{Type: adminapi.EventBlob, Image: ref.String(), Digest: j.desc.Digest.String(), Kind: j.kind,
 		Platform: j.platform, Size: j.desc.Size}
 	if info, err := a.store.Stat(ctx, j.desc.Digest); err == nil {

@@ -22,13 +22,29 @@ func pullCommand() *cli.Command {
 		ArgsUsage: "IMAGE[:TAG|@DIGEST]...",
 		Description: "Every platform of a multi-platform image is pulled unless --platform names one. On a terminal\n" +
 			"each layer gets a progress bar; otherwise one line per manifest and layer is printed\n" +
-			"(--json: the daemon's progress events, one JSON object per line).",
-		Flags: []cli.Flag{&cli.StringFlag{Name: "platform", Usage: "only this platform of an index, `OS/ARCH[/VARIANT]`"}},
+			"(--json: the daemon's progress events, one JSON object per line).\n\n" +
+			"--cluster warms every node of the swarm instead (or --nodes N of them, or --fraction F): this\n" +
+			"node resolves the images, then the ask travels over P2P; each node pulls through the swarm,\n" +
+			"so the upstream is paid about once. Progress is nodes done/selected and bytes fetched; Ctrl-C\n" +
+			"cancels it on every node. See docs/preheat.md.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "platform", Usage: "only this platform of an index, `OS/ARCH[/VARIANT]`"},
+			&cli.BoolFlag{Name: "cluster", Usage: "warm every node of the swarm, not only this one"},
+			&cli.IntFlag{Name: "nodes", Usage: "with --cluster: only `N` nodes (chosen at random after counting the swarm)"},
+			&cli.Float64Flag{Name: "fraction", Usage: "with --cluster: about this share `F` of the nodes, 0 < F ≤ 1"},
+		},
 		Action: adminAction(func(c *cli.Context, ctx context.Context, cl *adminapi.Client) error {
 			if err := needArgs(c, 1, "IMAGE"); err != nil {
 				return err
 			}
-			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform")}
+			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform"), Cluster: c.Bool("cluster"),
+				Nodes: c.Int("nodes"), Fraction: c.Float64("fraction")}
+			if !req.Cluster && (c.IsSet("nodes") || c.IsSet("fraction")) {
+				return cli.Exit("pull: --nodes and --fraction go with --cluster", exitUsage)
+			}
+			if c.IsSet("nodes") && req.Nodes < 1 || c.IsSet("fraction") && (req.Fraction <= 0 || req.Fraction > 1) {
+				return cli.Exit("pull: --nodes must be at least 1 and --fraction in (0, 1]", exitUsage)
+			}
 			var r pullRenderer
 			switch {
 			case jsonOut(c):
@@ -45,6 +61,11 @@ func pullCommand() *cli.Command {
 				return err
 			}
 			if done.Errors > 0 {
+				if cp := done.Cluster; cp != nil {
+					for _, e := range cp.Errors {
+						fmt.Fprintln(os.Stderr, "pull --cluster:", e)
+					}
+				}
 				return cli.Exit(fmt.Sprintf("pull: %d error(s)", done.Errors), exitFailure)
 			}
 			return nil
@@ -64,7 +85,10 @@ func (r *jsonRenderer) event(ev adminapi.PullEvent) { _ = r.enc.Encode(ev) }
 func (r *jsonRenderer) close()                      {}
 
 // lineRenderer prints one line per finished step, for logs and pipes.
-type lineRenderer struct{ w io.Writer }
+type lineRenderer struct {
+	w       io.Writer
+	cluster string // last cluster line printed
+}
 
 func (r *lineRenderer) event(ev adminapi.PullEvent) {
 	switch {
@@ -78,15 +102,46 @@ func (r *lineRenderer) event(ev adminapi.PullEvent) {
 		fmt.Fprintf(r.w, "%s: %s %s %s from %s\n", ev.Image, ev.Kind, ev.Digest, humanBytes(ev.Size), ev.Source)
 	case ev.Type == adminapi.EventBlob && ev.State == adminapi.StateError:
 		fmt.Fprintf(r.w, "%s: %s %s failed: %s\n", ev.Image, ev.Kind, ev.Digest, ev.Error)
+	case ev.Type == adminapi.EventCluster && ev.Cluster != nil:
+		// One line each time a node finishes (or more nodes are reached), not per byte.
+		if line := clusterLine(ev.Cluster, false); line != r.cluster {
+			r.cluster = line
+			fmt.Fprintln(r.w, clusterLine(ev.Cluster, true))
+		}
 	case ev.Type == adminapi.EventDone:
 		fmt.Fprintln(r.w, doneLine(ev))
 	}
+}
+
+// clusterLine says how far a cluster pull is: "cluster: 7/10 nodes done, 1.4 GiB fetched".
+func clusterLine(c *adminapi.ClusterProgress, withBytes bool) string {
+	s := fmt.Sprintf("cluster: %d/%d nodes done", c.Done, c.Selected)
+	if c.Selected != c.Reached || c.Total > 0 {
+		total := c.Reached
+		if c.Total > 0 {
+			total = c.Total
+		}
+		s += fmt.Sprintf(" (%d of %d nodes selected)", c.Selected, total)
+	}
+	if c.Failed > 0 {
+		s += fmt.Sprintf(", %d failed", c.Failed)
+	}
+	if c.Unreached > 0 {
+		s += fmt.Sprintf(", %d part(s) of the swarm unreached", c.Unreached)
+	}
+	if withBytes {
+		s += ", " + humanBytes(c.Bytes) + " fetched"
+	}
+	return s
 }
 
 func (r *lineRenderer) close() {}
 
 func doneLine(ev adminapi.PullEvent) string {
 	s := fmt.Sprintf("pulled %d image(s): %d blobs, %s fetched", ev.Images, ev.Blobs, humanBytes(ev.Bytes))
+	if c := ev.Cluster; c != nil {
+		s = fmt.Sprintf("pulled %d image(s) on %d/%d nodes: %s fetched", ev.Images, c.Done, c.Selected, humanBytes(c.Bytes))
+	}
 	if ev.Errors > 0 {
 		s += fmt.Sprintf(", %d error(s)", ev.Errors)
 	}
@@ -101,12 +156,13 @@ type barRenderer struct {
 	w             io.Writer
 	width, height int
 
-	mu     sync.Mutex
-	rows   []*barRow
-	byKey  map[string]*barRow
-	drawn  int // lines drawn last time
-	last   time.Time
-	footer string
+	mu      sync.Mutex
+	rows    []*barRow
+	byKey   map[string]*barRow
+	drawn   int // lines drawn last time
+	last    time.Time
+	footer  string
+	cluster *barRow // a cluster pull's progress line
 }
 
 type barRow struct {
@@ -158,6 +214,18 @@ func (r *barRenderer) event(ev adminapi.PullEvent) {
 		}
 		if ev.Source != "" {
 			row.src = ev.Source
+		}
+	case adminapi.EventCluster:
+		if ev.Cluster == nil {
+			return
+		}
+		if r.cluster == nil {
+			r.cluster = &barRow{}
+			r.rows = append(r.rows, r.cluster)
+		}
+		r.cluster.text = clusterLine(ev.Cluster, true)
+		if time.Since(r.last) < 100*time.Millisecond {
+			return
 		}
 	case adminapi.EventDone:
 		r.footer = doneLine(ev)
