@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/p2p"
 )
@@ -85,7 +87,7 @@ func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi
 	}
 	start := time.Now()
 	a.log.Info("cluster pull started", "images", pinned, "nodes", req.Nodes, "fraction", req.Fraction)
-	final, err := pn.Preheat(ctx, p2p.PreheatRequest{Images: pinned, Platform: req.Platform, Nodes: req.Nodes, Fraction: req.Fraction},
+	final, err := pn.Preheat(ctx, p2p.PreheatRequest{Images: pinned, Platform: req.Platform, Nodes: req.Nodes, Fraction: req.Fraction, Lead: true},
 		func(p p2p.PreheatProgress) {
 			ev.send(adminapi.PullEvent{Type: adminapi.EventCluster, Cluster: clusterProgress(p)})
 		})
@@ -106,9 +108,16 @@ func clusterProgress(p p2p.PreheatProgress) *adminapi.ClusterProgress {
 		Unreached: p.Unreached, Total: p.Total, Bytes: p.Bytes, Errors: p.Errors}
 }
 
-// Preheat warms this node's cache with images a peer's cluster pull asked for (p2p.Preheater):
-// the same pull as `shoal pull`, reporting the bytes it fetches.
-func (a *admin) Preheat(ctx context.Context, images []string, plat string, progress func(int64)) error {
+// preheatConcurrency is how many blobs of one image a preheat fetches at once: all of them up
+// to this, so that each is in flight (and advertised) early and the next level of the preheat
+// tree can follow them.
+const preheatConcurrency = 16
+
+// Preheat warms this node's cache with images a cluster pull asked for (p2p.Preheater): the
+// same pull as `shoal pull`, all images at once and up to preheatConcurrency blobs of each,
+// reporting the bytes it fetches, and calling started once every blob is in flight here or
+// done (the preheat then asks the next nodes, which find this node a provider).
+func (a *admin) Preheat(ctx context.Context, images []string, plat string, progress func(int64), started func()) error {
 	var want *platform
 	if plat != "" {
 		p, err := parsePlatform(plat)
@@ -126,11 +135,18 @@ func (a *admin) Preheat(ctx context.Context, images []string, plat string, progr
 		refs = append(refs, ref)
 	}
 	start := time.Now()
-	sink := &bytesSink{progress: progress, seen: map[string]int64{}}
+	sink := &bytesSink{progress: progress, seen: map[string]int64{}, started: map[string]bool{},
+		expect: map[string]bool{}, pending: len(refs), onStarted: started}
 	var tot pullTotals
+	var wg sync.WaitGroup
 	for _, ref := range refs {
-		a.pullImage(ctx, ref, want, sink, &tot)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.pullImageWith(ctx, ref, want, sink, &tot, pullOpts{conc: preheatConcurrency, onJobs: sink.jobs})
+		}()
 	}
+	wg.Wait()
 	err := ctx.Err()
 	if err == nil && tot.errors > 0 {
 		err = fmt.Errorf("%d error(s), first: %s", tot.errors, sink.firstErr)
@@ -139,12 +155,41 @@ func (a *admin) Preheat(ctx context.Context, images []string, plat string, progr
 	return err
 }
 
-// bytesSink turns a pull's events into bytes fetched, reported as they come.
+// bytesSink turns a pull's events into bytes fetched, reported as they come, and says when
+// every blob has started.
 type bytesSink struct {
-	progress func(int64)
-	mu       sync.Mutex
-	seen     map[string]int64 // per blob, bytes reported
-	firstErr string
+	progress  func(int64)
+	onStarted func()
+	mu        sync.Mutex
+	seen      map[string]int64 // per blob, bytes reported
+	started   map[string]bool  // blobs with bytes flowing, done or failed
+	expect    map[string]bool  // blobs of the images whose manifests were read
+	pending   int              // images whose blobs are not known yet
+	fired     bool
+	firstErr  string
+}
+
+func (s *bytesSink) jobs(ds []digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		s.expect[d.String()] = true
+	}
+	s.pending--
+	s.checkLocked()
+}
+
+func (s *bytesSink) checkLocked() {
+	if s.fired || s.pending > 0 || s.onStarted == nil {
+		return
+	}
+	for d := range s.expect {
+		if !s.started[d] {
+			return
+		}
+	}
+	s.fired = true
+	go s.onStarted()
 }
 
 func (s *bytesSink) send(ev adminapi.PullEvent) {
@@ -153,7 +198,14 @@ func (s *bytesSink) send(ev adminapi.PullEvent) {
 	if ev.State == adminapi.StateError && s.firstErr == "" {
 		s.firstErr = ev.Digest + ev.Image + ": " + ev.Error
 	}
-	if ev.Type != adminapi.EventBlob || ev.Source == "store" || ev.Source == "" {
+	if ev.Type != adminapi.EventBlob {
+		return
+	}
+	if ev.State != adminapi.StateStart && !s.started[ev.Digest] {
+		s.started[ev.Digest] = true
+		s.checkLocked()
+	}
+	if ev.Source == "store" || ev.Source == "" {
 		return
 	}
 	if d := ev.Done - s.seen[ev.Digest]; d > 0 {

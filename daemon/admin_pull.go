@@ -145,6 +145,17 @@ func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetched
 }
 
 func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals) {
+	a.pullImageWith(ctx, ref, want, ev, tot, pullOpts{})
+}
+
+// pullOpts tune a warm-up: conc blobs at once (0: pullConcurrency); onJobs sees the blobs
+// to warm once the manifests are read.
+type pullOpts struct {
+	conc   int
+	onJobs func([]digest.Digest)
+}
+
+func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals, o pullOpts) {
 	fail := func(err error) {
 		ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), State: adminapi.StateError, Error: err.Error()})
 		tot.add(0, 0, 1)
@@ -181,9 +192,20 @@ func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev 
 			jobs = append(jobs, j)
 		}
 	}
+	if o.onJobs != nil {
+		ds := make([]digest.Digest, len(jobs))
+		for i, j := range jobs {
+			ds[i] = j.desc.Digest
+		}
+		o.onJobs(ds)
+	}
+	conc := pullConcurrency
+	if o.conc > 0 {
+		conc = o.conc
+	}
 	work := make(chan blobJob)
 	var wg sync.WaitGroup
-	for range min(pullConcurrency, len(jobs)) {
+	for range min(conc, len(jobs)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -229,6 +251,10 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 		return fail(err)
 	}
 	defer rc.Close()
+	// Flowing: say so at once (a cluster preheat asks the next nodes once every blob flows).
+	flowing := base
+	flowing.State, flowing.Source = adminapi.StateProgress, source
+	ev.send(flowing)
 	h := j.desc.Digest.Algorithm().Hash()
 	buf := make([]byte, 256<<10)
 	var n int64

@@ -1,14 +1,17 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,4 +176,62 @@ func newHerdOn(t *testing.T, n int, p *upstreamProxy) *herd {
 	}
 	t.Logf("routing tables settled: %s", spread(h.routingTables()))
 	return h
+}
+
+// TestClusterPreheatCancel: Ctrl-C on `shoal pull --cluster` while the nodes are warming (the
+// upstream link is slow) stops the preheat on every node: each one logs its warm-up ended with
+// "context canceled", and the command says it was interrupted.
+func TestClusterPreheatCancel(t *testing.T) {
+	const n = 5
+	reg, img := seedSwarmImage(t, uint64(time.Now().UnixNano()), 2, 1<<20)
+	p := startUpstreamProxy(t, reg.URL)
+	p.shapeLink(256 << 10) // 2 MiB take 8 s: the cancel lands mid-way
+	nodes := startSwarm(t, n, p)
+	ref := "docker.io/" + img.Ref()
+	cmd := exec.CommandContext(t.Context(), shoalBin, "--admin", nodes[0].adminFlag(), "pull", "--cluster", ref)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the ask has reached every node and bytes flow.
+	reached := regexp.MustCompile(fmt.Sprintf(`^cluster: 0/%d nodes done, [1-9]`, n))
+	sc := bufio.NewScanner(stdout)
+	var out []string
+	for sc.Scan() {
+		out = append(out, sc.Text())
+		if reached.MatchString(sc.Text()) {
+			break
+		}
+	}
+	interrupted := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	werr := cmd.Wait()
+	t.Logf("output:\n%s\n%s", strings.Join(out, "\n"), stderr.String())
+	if werr == nil || !strings.Contains(stderr.String(), "interrupted") {
+		t.Errorf("after Ctrl-C: %v, stderr %q; want a failure saying interrupted", werr, stderr.String())
+	}
+	t.Logf("command exited %s after Ctrl-C", time.Since(interrupted).Round(time.Millisecond))
+	for _, nd := range nodes {
+		eventually(t, 5*time.Second, nd.proc, nd.Name+"'s warm-up to end cancelled", func() error {
+			for _, e := range nd.logged("preheat done") {
+				if strings.Contains(e.str("err"), "context canceled") {
+					t.Logf("%s: %v", nd.Name, e)
+					return nil
+				}
+				return fmt.Errorf("preheat done without being cancelled: %v", e)
+			}
+			return fmt.Errorf("no \"preheat done\" line yet")
+		})
+	}
 }

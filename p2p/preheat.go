@@ -57,6 +57,9 @@ const (
 	preheatSeenMax = 4096
 	// preheatReportEvery spaces out progress reports up the tree.
 	preheatReportEvery = 250 * time.Millisecond
+	// preheatLeadMax bounds how long a node that leads its subtree (Lead) waits for its own
+	// warm-up to have every blob flowing before it asks the next nodes anyway.
+	preheatLeadMax = 10 * time.Second
 	// preheatAnswer bounds the wait for a child's first answer (accepted/refused).
 	preheatAnswer = 5 * time.Second
 	// PreheatMaxTimeout bounds the time an ask may run on any node.
@@ -68,9 +71,11 @@ const (
 // ErrPreheatOff means this node cannot warm images (no Preheater set).
 var ErrPreheatOff = errors.New("p2p: preheat is not available on this node")
 
-// Preheater warms this node's cache with images; progress reports bytes newly fetched.
+// Preheater warms this node's cache with images; progress reports bytes newly fetched, and
+// started (called at most once, from any goroutine) says every blob is in flight here or done,
+// so that peers asking for them find this node a provider.
 type Preheater interface {
-	Preheat(ctx context.Context, images []string, platform string, progress func(bytes int64)) error
+	Preheat(ctx context.Context, images []string, platform string, progress func(bytes int64), started func()) error
 }
 
 // SetPreheater sets what runs the asks this node accepts. Without one it refuses them.
@@ -90,6 +95,10 @@ type PreheatRequest struct {
 	Fraction float64
 	// Timeout bounds the whole preheat on every node (0: PreheatMaxTimeout).
 	Timeout time.Duration
+	// Lead: a node that warms asks its subtree only once its own warm-up has every blob in
+	// flight (Preheater's started), or after preheatLeadMax. The swarm then follows downloads
+	// already running, level by level, instead of all nodes missing at the same instant.
+	Lead bool
 }
 
 // PreheatProgress is the state of a preheat, summed over a subtree (the whole swarm at the
@@ -148,6 +157,8 @@ type preheatAsk struct {
 	// under WarmID, the ID of the warm ask that will follow.
 	Census int    `json:"census,omitempty"`
 	WarmID string `json:"warm_id,omitempty"`
+	// Lead: see PreheatRequest.Lead.
+	Lead bool `json:"lead,omitempty"`
 }
 
 func (a preheatAsk) validate() error {
@@ -277,7 +288,7 @@ func (n *Node) Preheat(ctx context.Context, req PreheatRequest, fn func(PreheatP
 		fn = func(PreheatProgress) {}
 	}
 	ask := preheatAsk{ID: newPreheatID(), Images: req.Images, Platform: req.Platform, Hops: preheatMaxHops,
-		TimeoutMS: timeout.Milliseconds(), Select: math.MaxUint64}
+		TimeoutMS: timeout.Milliseconds(), Select: math.MaxUint64, Lead: req.Lead}
 	total := 0
 	switch {
 	case req.Nodes > 0:
@@ -360,12 +371,29 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 	}
 	own.Reached = 1
 
+	selected := ask.Census == 0 && selectHash(ask.ID, self) <= ask.Select
+	// forward opens when this node may ask its subtree: at once, or (Lead) once its own
+	// warm-up has every blob flowing, ended, or preheatLeadMax passed.
+	forward := make(chan struct{})
+	var openOnce sync.Once
+	open := func() { openOnce.Do(func() { close(forward) }) }
+	if !ask.Lead || !selected {
+		open()
+	} else {
+		t := time.AfterFunc(preheatLeadMax, open)
+		defer t.Stop()
+	}
+
 	var wg sync.WaitGroup
 	groups := n.preheatSubtrees(self, ask.Depth)
 	for i, g := range groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			select {
+			case <-forward:
+			case <-ctx.Done():
+			}
 			child := ask
 			child.Depth, child.Hops = g.depth+1, ask.Hops-1
 			child.TimeoutMS = max(1, time.Until(deadlineOf(ctx)).Milliseconds())
@@ -393,7 +421,7 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 	switch {
 	case ask.Census > 0:
 		own.Hashes = []uint64{selectHash(ask.WarmID, self)}
-	case selectHash(ask.ID, self) <= ask.Select:
+	case selected:
 		own.Selected = 1
 		n.preheat.mu.Lock()
 		warm := n.preheat.warm
@@ -401,6 +429,7 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer open()
 			var err error
 			if warm == nil {
 				err = ErrPreheatOff
@@ -410,7 +439,7 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 					own.Bytes += b
 					mu.Unlock()
 					touch()
-				})
+				}, open)
 			}
 			mu.Lock()
 			if err != nil {

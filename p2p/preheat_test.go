@@ -20,18 +20,25 @@ type testWarmer struct {
 	running atomic.Int64
 	ended   atomic.Int64 // calls that returned because their context ended
 	block   bool
+	gate    chan struct{} // set: wait for it, then say started
+	entered chan struct{} // closed on the first call (with gate)
 	bytes   int64
 	mu      sync.Mutex
 	images  [][]string
 }
 
-func (w *testWarmer) Preheat(ctx context.Context, images []string, _ string, progress func(int64)) error {
+func (w *testWarmer) Preheat(ctx context.Context, images []string, _ string, progress func(int64), started func()) error {
 	w.calls.Add(1)
 	w.running.Add(1)
 	defer w.running.Add(-1)
 	w.mu.Lock()
 	w.images = append(w.images, images)
 	w.mu.Unlock()
+	if w.gate != nil {
+		close(w.entered)
+		<-w.gate
+		started()
+	}
 	if w.block {
 		<-ctx.Done()
 		w.ended.Add(1)
@@ -62,8 +69,11 @@ func (n *Node) preheatCounts() (handled, seen int) {
 func TestPreheatReachesEveryNodeOnce(t *testing.T) {
 	const n = 100
 	s := newSimSwarm(t, simMock, 17)
+	t0 := time.Now()
 	s.grow(n)
-	s.settle(2*time.Second, 30*time.Second)
+	grown := time.Since(t0)
+	settled := s.settle(time.Second, 10*time.Second)
+	t.Logf("%d nodes grown in %v, settled in %v", n, grown.Round(time.Millisecond), settled.Round(time.Millisecond))
 	ws := warmSwarm(s.nodes, false)
 	init := s.nodes[41]
 	var reports []PreheatProgress
@@ -372,5 +382,42 @@ func TestPreheatRateLimit(t *testing.T) {
 	}
 	if _, status, _ := s.admit("run0", now); status != "seen" {
 		t.Fatalf("an ask seen before: %s, want seen", status)
+	}
+}
+
+// With Lead, a node asks its subtree only once its own warm-up says every blob is flowing: the
+// swarm then follows downloads already running instead of all missing at once.
+func TestPreheatLeadWaitsForStarted(t *testing.T) {
+	ips := loopbackIPs(6)
+	first := startNode(t, testConfig(ips[0]), nil)
+	nodes := []*testNode{first}
+	for _, ip := range ips[1:] {
+		nodes = append(nodes, startNode(t, bootstrapTo(testConfig(ip), first), nil))
+	}
+	for _, x := range nodes {
+		waitRT(t, x, len(nodes)-1)
+	}
+	ws := warmSwarm(nodes, false)
+	lead := ws[0]
+	lead.gate, lead.entered = make(chan struct{}), make(chan struct{})
+	res := make(chan error, 1)
+	var final PreheatProgress
+	go func() {
+		var err error
+		final, err = nodes[0].Preheat(t.Context(), PreheatRequest{Images: []string{"a/b:c"}, Lead: true}, nil)
+		res <- err
+	}()
+	<-lead.entered
+	for i, w := range ws[1:] {
+		if c := w.calls.Load(); c != 0 {
+			t.Fatalf("node %d was asked before the leader's blobs flowed (%d calls)", i+1, c)
+		}
+	}
+	if sent := nodes[0].preheat.sent.Load(); sent != 0 {
+		t.Fatalf("the leader sent %d asks before its blobs flowed", sent)
+	}
+	close(lead.gate)
+	if err := <-res; err != nil || final.Done != len(nodes) {
+		t.Fatalf("led preheat: %+v, %v", final, err)
 	}
 }
