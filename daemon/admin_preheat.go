@@ -143,7 +143,7 @@ func (a *admin) Preheat(ctx context.Context, images []string, plat string, progr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.pullImageWith(ctx, ref, want, sink, &tot, pullOpts{conc: preheatConcurrency, onJobs: sink.jobs})
+			a.pullImageWith(ctx, ref, want, sink, &tot, pullOpts{conc: preheatConcurrency, onJobs: sink.jobs, storeVerifies: true})
 		}()
 	}
 	wg.Wait()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -419,5 +421,69 @@ func TestPreheatLeadWaitsForStarted(t *testing.T) {
 	close(lead.gate)
 	if err := <-res; err != nil || final.Done != len(nodes) {
 		t.Fatalf("led preheat: %+v, %v", final, err)
+	}
+}
+
+// TestPreheatSim measures the tree at sizes too big for the suite, on the mocknet:
+//
+//	flock /tmp/shoal-heavy.lock env SHOAL_PREHEAT_SIM_N=300,1000 go test -vet=off -count=1 -run TestPreheatSim -timeout 60m -v ./p2p/
+//
+// For each size: nodes reached (want all, each once), repeats dropped, the most asks one node
+// sent, the tree's depth (hops), and the time until the initiator's final report (warm-ups are
+// instant here: this is the protocol's own cost).
+func TestPreheatSim(t *testing.T) {
+	sizes := os.Getenv("SHOAL_PREHEAT_SIM_N")
+	if sizes == "" {
+		t.Skip("set SHOAL_PREHEAT_SIM_N=300,1000 to run the preheat tree at scale (TestPreheatReachesEveryNodeOnce runs 100 nodes in the suite)")
+	}
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
+			s := newSimSwarm(t, simMock, uint64(n))
+			t0 := time.Now()
+			s.grow(n)
+			grown := time.Since(t0)
+			settled := s.settle(3*time.Second, 120*time.Second)
+			ws := warmSwarm(s.nodes, false)
+			for i := range 3 {
+				before := make([]int64, n)
+				sentBefore := make([]int64, n)
+				for j, w := range ws {
+					before[j] = w.calls.Load()
+					sentBefore[j] = s.nodes[j].preheat.sent.Load()
+				}
+				start := time.Now()
+				p, err := s.nodes[i*n/3].Preheat(t.Context(), PreheatRequest{Images: []string{"a/b:c"}}, nil)
+				took := time.Since(start)
+				if err != nil {
+					t.Fatal(err)
+				}
+				once, never, more := 0, 0, 0
+				for j, w := range ws {
+					switch w.calls.Load() - before[j] {
+					case 0:
+						never++
+					case 1:
+						once++
+					default:
+						more++
+					}
+				}
+				maxSent, dropped := 0, 0
+				for j, x := range s.nodes {
+					maxSent = max(maxSent, int(x.preheat.sent.Load()-sentBefore[j]))
+					_, d := x.preheatCounts()
+					dropped += d
+				}
+				t.Logf("N=%d (grown %v, settled %v) run %d: reached %d, warmed once %d, never %d, more than once %d, unreached subtrees %d, repeats dropped %d, max asks sent by a node %d, final report after %v",
+					n, grown.Round(time.Second), settled.Round(time.Second), i+1, p.Reached, once, never, more, p.Unreached, dropped, maxSent, took.Round(time.Millisecond))
+				if once != n {
+					t.Errorf("%d of %d nodes warmed exactly once", once, n)
+				}
+			}
+		})
 	}
 }
