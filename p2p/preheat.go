@@ -55,8 +55,12 @@ const (
 	// preheatSeenTTL is how long a node remembers an ask's ID to drop it when it comes again.
 	preheatSeenTTL = 30 * time.Minute
 	preheatSeenMax = 4096
-	// preheatReportEvery spaces out progress reports up the tree.
+	// preheatReportEvery spaces out progress reports up the tree; preheatKeepalive is the
+	// longest a node stays silent (it repeats its last report), and an asker that hears
+	// nothing from a child for preheatSilence gives up on it (a frozen or cut-off node).
 	preheatReportEvery = 250 * time.Millisecond
+	preheatKeepalive   = 5 * time.Second
+	preheatSilence     = 30 * time.Second
 	// preheatLeadMax bounds how long a node that leads its subtree (Lead) waits for its own
 	// warm-up to have every blob flowing before it asks the next nodes anyway.
 	preheatLeadMax = 10 * time.Second
@@ -458,6 +462,7 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 	defer tick.Stop()
 	report(sum())
 	dirty := false
+	lastReport := time.Now()
 	for {
 		select {
 		case <-finished:
@@ -471,8 +476,8 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 		case <-changed:
 			dirty = true
 		case <-tick.C:
-			if dirty {
-				dirty = false
+			if dirty || time.Since(lastReport) >= preheatKeepalive {
+				dirty, lastReport = false, time.Now()
 				report(sum())
 			}
 		}
@@ -614,11 +619,9 @@ func (n *Node) askPeer(ctx context.Context, p peer.ID, ask preheatAsk, fn func(P
 		return false, fmt.Errorf("refused: %s", a.Reason)
 	}
 	_ = s.SetDeadline(time.Time{})
-	// Reports come every preheatReportEvery while something changes; a child whose subtree
-	// waits on a slow download sends nothing for a while, so only the preheat's own deadline
-	// bounds the wait. A dead child closes the connection (TCP keepalive, libp2p ping).
-	_ = s.SetReadDeadline(deadlineOf(ctx).Add(preheatAnswer))
 	for {
+		// A live child reports at least every preheatKeepalive, whatever its warm-up does.
+		_ = s.SetReadDeadline(time.Now().Add(preheatSilence))
 		line, err := readLine(br, preheatMaxLine)
 		if err != nil {
 			s.Reset()
