@@ -324,7 +324,7 @@ func (n *Node) Preheat(ctx context.Context, req PreheatRequest, fn func(PreheatP
 func (n *Node) runOwn(ctx context.Context, ask preheatAsk, report func(PreheatProgress)) (PreheatProgress, error) {
 	release, status, reason := n.preheat.admit(ask.ID, time.Now())
 	if status != "accepted" {
-		return PreheatProgress{}, fmt.Errorf("p2p: preheat: this node is %s", reason)
+		return PreheatProgress{}, fmt.Errorf("p2p: preheat refused on this node: %s", reason)
 	}
 	defer release()
 	return n.runAsk(ctx, ask, report)
