@@ -37,12 +37,6 @@ type eventSink interface {
 
 // clusterPull answers POST /v1/pull with cluster set.
 func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi.PullRequest, refs []imageRef, want *platform) {
-	pn, ok := a.node.(preheatNode)
-	if a.node == nil || !ok {
-		writeAPIError(w, &apiError{status: http.StatusConflict, code: adminapi.CodeDisabled,
-			err: errors.New("pull --cluster: P2P is disabled on this node (p2p: true), so there is no swarm to ask")})
-		return
-	}
 	switch {
 	case req.Nodes < 0 || req.Nodes > p2p.PreheatMaxNodes:
 		writeAPIError(w, badRequest("pull --cluster: nodes must be 1 to %d", p2p.PreheatMaxNodes))
@@ -52,6 +46,12 @@ func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi
 		return
 	case req.Nodes > 0 && req.Fraction > 0:
 		writeAPIError(w, badRequest("pull --cluster: give nodes or fraction, not both"))
+		return
+	}
+	pn, ok := a.node.(preheatNode)
+	if a.node == nil || !ok {
+		writeAPIError(w, &apiError{status: http.StatusConflict, code: adminapi.CodeDisabled,
+			err: errors.New("pull --cluster: P2P is disabled on this node (set p2p: true), so there is no swarm to ask")})
 		return
 	}
 	ctx := r.Context()
