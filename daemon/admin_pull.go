@@ -157,6 +157,10 @@ type pullOpts struct {
 	conc          int
 	onJobs        func([]digest.Digest)
 	storeVerifies bool
+	// onFlowing hears of each blob as soon as this node's download of it has started (and
+	// is advertised to peers), which can be long before the mirror answers the warm-up
+	// (peer content is served once verified).
+	onFlowing func(digest.Digest)
 }
 
 func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals, o pullOpts) {
@@ -214,7 +218,7 @@ func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform,
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				n, err := a.warmBlob(ctx, ref, j, ev, o.storeVerifies)
+				n, err := a.warmBlob(ctx, ref, j, ev, o)
 				errs := 0
 				if err != nil {
 					errs = 1
@@ -232,7 +236,7 @@ func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform,
 
 // warmBlob makes sure one blob is in the store, fetching it through the mirror if it is not.
 // It returns the bytes fetched.
-func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventSink, storeVerifies bool) (int64, error) {
+func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventSink, o pullOpts) (int64, error) {
 	base := adminapi.PullEvent{Type: adminapi.EventBlob, Image: ref.String(), Digest: j.desc.Digest.String(), Kind: j.kind,
 		Platform: j.platform, Size: j.desc.Size}
 	if info, err := a.store.Stat(ctx, j.desc.Digest); err == nil {
@@ -250,6 +254,10 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 	start := base
 	start.State = adminapi.StateStart
 	ev.send(start)
+	if o.onFlowing != nil {
+		stop := a.whenFlowing(ctx, j.desc.Digest, func() { o.onFlowing(j.desc.Digest) })
+		defer stop()
+	}
 	rc, source, err := a.self.blob(ctx, ref, j.desc.Digest)
 	if err != nil {
 		return fail(err)
@@ -260,7 +268,7 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 	flowing.State, flowing.Source = adminapi.StateProgress, source
 	ev.send(flowing)
 	h := j.desc.Digest.Algorithm().Hash()
-	hash := !storeVerifies || source == "passthrough" // passthrough: nothing is stored
+	hash := !o.storeVerifies || source == "passthrough" // passthrough: nothing is stored
 	buf := make([]byte, 256<<10)
 	var n int64
 	last := time.Now()
