@@ -267,6 +267,27 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 	flowing := base
 	flowing.State, flowing.Source = adminapi.StateProgress, source
 	ev.send(flowing)
+	if o.storeVerifies && source != "passthrough" {
+		// The download runs on in the spool without this reader (a fill outlives its
+		// clients): wait for its verified commit instead of copying every byte through the
+		// mirror once more.
+		rc.Close()
+		n, err := a.waitStoredProgress(ctx, j.desc.Digest, func(n int64) {
+			e := base
+			e.State, e.Source, e.Done = adminapi.StateProgress, source, n
+			ev.send(e)
+		})
+		if err != nil {
+			return fail(err)
+		}
+		e := base
+		e.State, e.Source, e.Done = adminapi.StateDone, source, n
+		if e.Size == 0 {
+			e.Size = n
+		}
+		ev.send(e)
+		return n, nil
+	}
 	h := j.desc.Digest.Algorithm().Hash()
 	hash := !o.storeVerifies || source == "passthrough" // passthrough: nothing is stored
 	buf := make([]byte, 256<<10)
@@ -313,33 +334,45 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 // waitStored waits until a blob just read through the mirror is committed: the mirror sends the
 // last byte as soon as the digest is verified, before the store has made the blob durable.
 func (a *admin) waitStored(ctx context.Context, d digest.Digest) error {
+	_, err := a.waitStoredProgress(ctx, d, nil)
+	return err
+}
+
+// waitStoredProgress is waitStored telling progress (bytes the download has written, at most
+// every progressEvery) and returning the blob's size once stored.
+func (a *admin) waitStoredProgress(ctx context.Context, d digest.Digest, progress func(int64)) (int64, error) {
+	last := time.Now()
 	for {
-		if _, err := a.store.Stat(ctx, d); err == nil {
-			return nil
+		if info, err := a.store.Stat(ctx, d); err == nil {
+			return info.Size, nil
 		}
 		f := a.spool.lookup(d)
 		if f == nil {
-			if _, err := a.store.Stat(ctx, d); err == nil {
-				return nil
+			if info, err := a.store.Stat(ctx, d); err == nil {
+				return info.Size, nil
 			}
-			return fmt.Errorf("%s was served but could not be stored (see the daemon's log)", d)
+			return 0, fmt.Errorf("%s was served but could not be stored (see the daemon's log)", d)
 		}
 		f.mu.Lock()
-		done, ferr, changed := f.done, f.err, f.changed
+		done, ferr, changed, written := f.done, f.err, f.changed, f.written
 		f.mu.Unlock()
 		if done {
 			f.release()
 			if ferr != nil {
-				return fmt.Errorf("storing %s: %w", d, ferr)
+				return 0, fmt.Errorf("storing %s: %w", d, ferr)
 			}
 			continue
+		}
+		if progress != nil && time.Since(last) >= progressEvery {
+			last = time.Now()
+			progress(written)
 		}
 		select {
 		case <-changed:
 			f.release()
 		case <-ctx.Done():
 			f.release()
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 }
