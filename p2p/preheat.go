@@ -99,9 +99,10 @@ type PreheatRequest struct {
 	Fraction float64
 	// Timeout bounds the whole preheat on every node (0: PreheatMaxTimeout).
 	Timeout time.Duration
-	// Lead: a node that warms asks its subtree only once its own warm-up has every blob in
-	// flight (Preheater's started), or after preheatLeadMax. The swarm then follows downloads
-	// already running, level by level, instead of all nodes missing at the same instant.
+	// Lead: the initiator asks the swarm once its own warm-up is done; below it, a node that
+	// warms asks its subtree once its own downloads have all started (Preheater's started), or
+	// after preheatLeadMax. The swarm then follows content already there or downloads already
+	// running, level by level, instead of all nodes missing at the same instant.
 	Lead bool
 }
 
@@ -381,11 +382,20 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 	forward := make(chan struct{})
 	var openOnce sync.Once
 	open := func() { openOnce.Do(func() { close(forward) }) }
-	if !ask.Lead || !selected {
+	// The initiator (depth 0) leads by finishing first: once it holds every blob, any node
+	// that misses one finds a provider holding it whole, and none needs the designated-fetcher
+	// path (whose agreement a loaded swarm can lose: two fetchers, the upstream paid twice).
+	// Below it, a node asks on as soon as its downloads run (cut-through).
+	switch {
+	case !ask.Lead || !selected:
 		open()
-	} else {
+	case ask.Depth > 0:
 		t := time.AfterFunc(preheatLeadMax, open)
 		defer t.Stop()
+	}
+	started := open
+	if ask.Depth == 0 {
+		started = func() {}
 	}
 
 	var wg sync.WaitGroup
@@ -443,7 +453,7 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 					own.Bytes += b
 					mu.Unlock()
 					touch()
-				}, open)
+				}, started)
 			}
 			mu.Lock()
 			if err != nil {

@@ -24,6 +24,8 @@ type testWarmer struct {
 	block   bool
 	gate    chan struct{} // set: wait for it, then say started
 	entered chan struct{} // closed on the first call (with gate)
+	said    chan struct{} // closed once started was called (with gate)
+	finish  chan struct{} // with gate: wait for it after saying started
 	bytes   int64
 	mu      sync.Mutex
 	images  [][]string
@@ -40,6 +42,8 @@ func (w *testWarmer) Preheat(ctx context.Context, images []string, _ string, pro
 		close(w.entered)
 		<-w.gate
 		started()
+		close(w.said)
+		<-w.finish
 	}
 	if w.block {
 		<-ctx.Done()
@@ -387,8 +391,8 @@ func TestPreheatRateLimit(t *testing.T) {
 	}
 }
 
-// With Lead, a node asks its subtree only once its own warm-up says every blob is flowing: the
-// swarm then follows downloads already running instead of all missing at once.
+// With Lead, the initiator asks the swarm only once its own warm-up is done (not merely
+// started): every node that misses a blob then finds a provider holding it whole.
 func TestPreheatLeadWaitsForStarted(t *testing.T) {
 	ips := loopbackIPs(6)
 	first := startNode(t, testConfig(ips[0]), nil)
@@ -401,7 +405,7 @@ func TestPreheatLeadWaitsForStarted(t *testing.T) {
 	}
 	ws := warmSwarm(nodes, false)
 	lead := ws[0]
-	lead.gate, lead.entered = make(chan struct{}), make(chan struct{})
+	lead.gate, lead.entered, lead.said, lead.finish = make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
 	res := make(chan error, 1)
 	var final PreheatProgress
 	go func() {
@@ -419,6 +423,11 @@ func TestPreheatLeadWaitsForStarted(t *testing.T) {
 		t.Fatalf("the leader sent %d asks before its blobs flowed", sent)
 	}
 	close(lead.gate)
+	<-lead.said
+	if sent := nodes[0].preheat.sent.Load(); sent != 0 {
+		t.Fatalf("the initiator sent %d asks when its downloads had started but not finished", sent)
+	}
+	close(lead.finish)
 	if err := <-res; err != nil || final.Done != len(nodes) {
 		t.Fatalf("led preheat: %+v, %v", final, err)
 	}
