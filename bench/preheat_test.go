@@ -14,6 +14,7 @@ package bench
 // Peer-to-peer traffic runs over loopback unshaped (a LAN faster than the WAN link).
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -50,8 +51,22 @@ func (e *swarmEnv) shoalCmd(b *testing.B, nd *benchNode, args ...string) (string
 	argv := append([]string{"--admin", "unix:" + filepath.Join(nd.dataDir, "admin.sock")}, args...)
 	c := exec.Command(e.shoal, argv...)
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := c.CombinedOutput()
-	return string(out), err
+	c.Stderr = c.Stdout
+	pipe, err := c.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	start := time.Now()
+	if err := c.Start(); err != nil {
+		return "", err
+	}
+	// Each line with the time it came (the preheat's timeline).
+	var out strings.Builder
+	sc := bufio.NewScanner(pipe)
+	for sc.Scan() {
+		fmt.Fprintf(&out, "%6.2fs %s\n", time.Since(start).Seconds(), sc.Text())
+	}
+	return out.String(), c.Wait()
 }
 
 // lacks lists the blobs of ref a node's store does not hold (`shoal explain`).
