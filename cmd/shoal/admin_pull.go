@@ -87,7 +87,9 @@ func (r *jsonRenderer) close()                      {}
 // lineRenderer prints one line per finished step, for logs and pipes.
 type lineRenderer struct {
 	w       io.Writer
-	cluster string // last cluster line printed
+	cluster string // last cluster line printed (without bytes)
+	bytes   int64
+	printed time.Time
 }
 
 func (r *lineRenderer) event(ev adminapi.PullEvent) {
@@ -103,15 +105,20 @@ func (r *lineRenderer) event(ev adminapi.PullEvent) {
 	case ev.Type == adminapi.EventBlob && ev.State == adminapi.StateError:
 		fmt.Fprintf(r.w, "%s: %s %s failed: %s\n", ev.Image, ev.Kind, ev.Digest, ev.Error)
 	case ev.Type == adminapi.EventCluster && ev.Cluster != nil:
-		// One line each time a node finishes (or more nodes are reached), not per byte.
-		if line := clusterLine(ev.Cluster, false); line != r.cluster {
-			r.cluster = line
+		// A line each time a node finishes (or more nodes are reached), and while only bytes
+		// move (a long first download) one every clusterLineEvery.
+		line := clusterLine(ev.Cluster, false)
+		if line != r.cluster || ev.Cluster.Bytes != r.bytes && time.Since(r.printed) >= clusterLineEvery {
+			r.cluster, r.bytes, r.printed = line, ev.Cluster.Bytes, time.Now()
 			fmt.Fprintln(r.w, clusterLine(ev.Cluster, true))
 		}
 	case ev.Type == adminapi.EventDone:
 		fmt.Fprintln(r.w, doneLine(ev))
 	}
 }
+
+// clusterLineEvery spaces out the plain output's cluster lines when only bytes move.
+const clusterLineEvery = 5 * time.Second
 
 // clusterLine says how far a cluster pull is: "cluster: 7/10 nodes done, 1.4 GiB fetched".
 func clusterLine(c *adminapi.ClusterProgress, withBytes bool) string {
