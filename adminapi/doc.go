@@ -16,7 +16,8 @@
 //	POST /v1/cache/gc                    GCResult
 //	POST /v1/cache/verify                VerifyResult
 //	POST /v1/cache/pin?image=IMAGE       PinResult (also /v1/cache/unpin)
-//	POST /v1/pull                        PullRequest in, PullEvent JSON lines out (streamed)
+//	POST /v1/pull                        PullRequest in, PullEvent JSON lines out (streamed);
+//	                                     with cluster: every node of the swarm (docs/preheat.md)
 //	GET  /v1/explain?target=IMAGE|DIGEST Explain
 //	GET  /v1/history?digest=D&limit=N    []Decision
 //	GET  /v1/export?image=I&image=J&platform=P&all_platforms=true   a tar (streamed)

@@ -203,12 +203,19 @@ type PinResult struct {
 
 // PullRequest asks the daemon to warm its cache with images, pulled through its own mirror
 // API. Platform ("os/arch[/variant]") limits an index to one platform; "" pulls all.
+//
+// With Cluster set, every node of the swarm warms the images (the asked node included), or
+// Nodes of them, or about Fraction of them: the ask travels over the P2P network (see
+// docs/preheat.md) and the stream carries "cluster" events with the nodes' summed progress.
 type PullRequest struct {
 	Images   []string `json:"images"`
 	Platform string   `json:"platform,omitempty"`
 	// Include limits a Hugging Face snapshot (hf://ORG/NAME[@REV]) to files whose path or base
 	// name matches one of these patterns (path.Match).
-	Include []string `json:"include,omitempty"`
+	Include  []string `json:"include,omitempty"`
+	Cluster  bool     `json:"cluster,omitempty"`
+	Nodes    int      `json:"nodes,omitempty"`
+	Fraction float64  `json:"fraction,omitempty"`
 }
 
 // Pull event types, in the order they come for one image.
@@ -217,6 +224,7 @@ const (
 	EventManifest = "manifest" // a platform manifest was fetched
 	EventBlob     = "blob"     // a config or layer: State says how far
 	EventDone     = "done"     // the last event of a pull: totals
+	EventCluster  = "cluster"  // a cluster pull's progress over the nodes (Cluster is set)
 )
 
 // Blob states.
@@ -245,6 +253,25 @@ type PullEvent struct {
 	Blobs  int   `json:"blobs,omitempty"`
 	Bytes  int64 `json:"bytes,omitempty"`
 	Errors int   `json:"errors,omitempty"`
+	// Cluster is a cluster pull's progress, on cluster events and its done event.
+	Cluster *ClusterProgress `json:"cluster,omitempty"`
+}
+
+// ClusterProgress sums a cluster pull over the nodes reached so far.
+type ClusterProgress struct {
+	// Reached: nodes that took the ask; Selected: those of them that warm (all, unless
+	// nodes or fraction was asked); Done and Failed: selected nodes that finished.
+	Reached  int `json:"reached"`
+	Selected int `json:"selected"`
+	Done     int `json:"done"`
+	Failed   int `json:"failed"`
+	// Unreached counts parts of the swarm (subtrees, not nodes) that no peer took the ask for.
+	Unreached int `json:"unreached"`
+	// Total is the number of nodes a census counted (with nodes only).
+	Total int `json:"total,omitempty"`
+	// Bytes is what the nodes fetched into their stores.
+	Bytes  int64    `json:"bytes"`
+	Errors []string `json:"errors,omitempty"`
 }
 
 // Explain is `shoal explain`: where each piece of an image is, where the next pull of it

@@ -110,6 +110,13 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 	if err := o.listen(d.cfg); err != nil {
 		return err
 	}
+	if d.node != nil {
+		d.node.SetPreheater(o.admin) // peers' cluster pulls warm through the admin's pull
+	}
+	if sp != nil && sp.onStarted != nil { // a preheat asks the next nodes once its downloads run
+		advertise := sp.onStarted
+		sp.onStarted = func(f *fill) { advertise(f); o.admin.fills.started(f.d) }
+	}
 	d.ops = o
 	return nil
 }
@@ -272,6 +279,7 @@ type admin struct {
 	self    *selfClient
 	canary  *canaryLog // the mirror's record of `shoal doctor`'s nonces (canary.go)
 	finder  *searcher  // /v1/search (admin_search.go)
+	fills   fillWatch  // downloads starting, for cluster preheat (admin_preheat.go)
 	started time.Time
 	ready   func() bool
 

@@ -91,6 +91,10 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 		}
 		refs = append(refs, ref)
 	}
+	if req.Cluster {
+		a.clusterPull(w, r, req, refs, want)
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	ev := &eventStream{w: w, rc: http.NewResponseController(w), enc: json.NewEncoder(w)}
@@ -149,7 +153,26 @@ func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetched
 	return docs, plats, nil
 }
 
-func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev *eventStream, tot *pullTotals) {
+func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals) {
+	a.pullImageWith(ctx, ref, want, ev, tot, pullOpts{})
+}
+
+// pullOpts tune a warm-up: conc blobs at once (0: pullConcurrency); onJobs sees the blobs
+// to warm once the manifests are read; storeVerifies skips hashing what the mirror sends when
+// the store commits the blob (it commits only bytes that match the digest, and the warm-up
+// waits for that commit), which saves a second SHA-256 pass per byte on every node of a
+// cluster preheat.
+type pullOpts struct {
+	conc          int
+	onJobs        func([]digest.Digest)
+	storeVerifies bool
+	// onFlowing hears of each blob as soon as this node's download of it has started (and
+	// is advertised to peers), which can be long before the mirror answers the warm-up
+	// (peer content is served once verified).
+	onFlowing func(digest.Digest)
+}
+
+func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals, o pullOpts) {
 	fail := func(err error) {
 		ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), State: adminapi.StateError, Error: err.Error()})
 		tot.add(0, 0, 1)
@@ -186,14 +209,25 @@ func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev 
 			jobs = append(jobs, j)
 		}
 	}
+	if o.onJobs != nil {
+		ds := make([]digest.Digest, len(jobs))
+		for i, j := range jobs {
+			ds[i] = j.desc.Digest
+		}
+		o.onJobs(ds)
+	}
+	conc := pullConcurrency
+	if o.conc > 0 {
+		conc = o.conc
+	}
 	work := make(chan blobJob)
 	var wg sync.WaitGroup
-	for range min(pullConcurrency, len(jobs)) {
+	for range min(conc, len(jobs)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				n, err := a.warmBlob(ctx, ref, j, ev)
+				n, err := a.warmBlob(ctx, ref, j, ev, o)
 				errs := 0
 				if err != nil {
 					errs = 1
@@ -211,7 +245,7 @@ func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev 
 
 // warmBlob makes sure one blob is in the store, fetching it through the mirror if it is not.
 // It returns the bytes fetched.
-func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev *eventStream) (int64, error) {
+func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventSink, o pullOpts) (int64, error) {
 	base := adminapi.PullEvent{Type: adminapi.EventBlob, Image: ref.String(), Digest: j.desc.Digest.String(), Kind: j.kind,
 		Platform: j.platform, Size: j.desc.Size}
 	if info, err := a.store.Stat(ctx, j.desc.Digest); err == nil {
@@ -229,19 +263,51 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev *event
 	start := base
 	start.State = adminapi.StateStart
 	ev.send(start)
+	if o.onFlowing != nil {
+		stop := a.whenFlowing(ctx, j.desc.Digest, func() { o.onFlowing(j.desc.Digest) })
+		defer stop()
+	}
 	rc, source, err := a.self.blob(ctx, ref, j.desc.Digest)
 	if err != nil {
 		return fail(err)
 	}
 	defer rc.Close()
+	// Flowing: say so at once (a cluster preheat asks the next nodes once every blob flows).
+	flowing := base
+	flowing.State, flowing.Source = adminapi.StateProgress, source
+	ev.send(flowing)
+	if o.storeVerifies && source != "passthrough" {
+		// The download runs on in the spool without this reader (a fill outlives its
+		// clients): wait for its verified commit instead of copying every byte through the
+		// mirror once more.
+		rc.Close()
+		n, err := a.waitStoredProgress(ctx, j.desc.Digest, func(n int64) {
+			e := base
+			e.State, e.Source, e.Done = adminapi.StateProgress, source, n
+			ev.send(e)
+		})
+		if err != nil {
+			return fail(err)
+		}
+		e := base
+		e.State, e.Source, e.Done = adminapi.StateDone, source, n
+		if e.Size == 0 {
+			e.Size = n
+		}
+		ev.send(e)
+		return n, nil
+	}
 	h := j.desc.Digest.Algorithm().Hash()
+	hash := !o.storeVerifies || source == "passthrough" // passthrough: nothing is stored
 	buf := make([]byte, 256<<10)
 	var n int64
 	last := time.Now()
 	for {
 		k, rerr := rc.Read(buf)
 		if k > 0 {
-			h.Write(buf[:k])
+			if hash {
+				h.Write(buf[:k])
+			}
 			n += int64(k)
 			if time.Since(last) >= progressEvery {
 				last = time.Now()
@@ -257,7 +323,7 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev *event
 			return fail(fmt.Errorf("reading %s from the mirror: %w", j.desc.Digest, rerr))
 		}
 	}
-	if got := digest.NewDigest(j.desc.Digest.Algorithm(), h); got != j.desc.Digest || (j.desc.Size > 0 && n != j.desc.Size) {
+	if got := digest.NewDigest(j.desc.Digest.Algorithm(), h); hash && got != j.desc.Digest || (j.desc.Size > 0 && n != j.desc.Size) {
 		return fail(fmt.Errorf("%s: got %d bytes hashing to %s", j.desc.Digest, n, got))
 	}
 	if source != "passthrough" { // passthrough: the store is full, nothing to wait for
@@ -277,33 +343,45 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev *event
 // waitStored waits until a blob just read through the mirror is committed: the mirror sends the
 // last byte as soon as the digest is verified, before the store has made the blob durable.
 func (a *admin) waitStored(ctx context.Context, d digest.Digest) error {
+	_, err := a.waitStoredProgress(ctx, d, nil)
+	return err
+}
+
+// waitStoredProgress is waitStored telling progress (bytes the download has written, at most
+// every progressEvery) and returning the blob's size once stored.
+func (a *admin) waitStoredProgress(ctx context.Context, d digest.Digest, progress func(int64)) (int64, error) {
+	last := time.Now()
 	for {
-		if _, err := a.store.Stat(ctx, d); err == nil {
-			return nil
+		if info, err := a.store.Stat(ctx, d); err == nil {
+			return info.Size, nil
 		}
 		f := a.spool.lookup(d)
 		if f == nil {
-			if _, err := a.store.Stat(ctx, d); err == nil {
-				return nil
+			if info, err := a.store.Stat(ctx, d); err == nil {
+				return info.Size, nil
 			}
-			return fmt.Errorf("%s was served but could not be stored (see the daemon's log)", d)
+			return 0, fmt.Errorf("%s was served but could not be stored (see the daemon's log)", d)
 		}
 		f.mu.Lock()
-		done, ferr, changed := f.done, f.err, f.changed
+		done, ferr, changed, written := f.done, f.err, f.changed, f.written
 		f.mu.Unlock()
 		if done {
 			f.release()
 			if ferr != nil {
-				return fmt.Errorf("storing %s: %w", d, ferr)
+				return 0, fmt.Errorf("storing %s: %w", d, ferr)
 			}
 			continue
+		}
+		if progress != nil && time.Since(last) >= progressEvery {
+			last = time.Now()
+			progress(written)
 		}
 		select {
 		case <-changed:
 			f.release()
 		case <-ctx.Done():
 			f.release()
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 }

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"fmt"
-
 )
 
 // validatePush checks the push keys and that the local namespace shadows no upstream.

@@ -24,6 +24,13 @@
 //     Without any bootstrap source (single-node mode) the node is silent.
 //   - Membership: with SwarmKeyFile set, the node runs a libp2p private network (PSK); nodes
 //     without the same key can neither connect nor fetch.
+//   - Cluster preheat (/shoal/preheat/1.0.0, preheat.go): Preheat asks the whole swarm (or a
+//     selection) to warm images, down a tree over the DHT key space (one ask per sibling
+//     subtree, depth growing every hop, ask IDs remembered, hops bounded), reports summed back
+//     up the same streams; accepted asks are rate-limited and run through the Preheater the
+//     daemon sets (its own mirror, so the usual order and verification apply). It is the one
+//     request a peer may make that leads this node to fetch from an upstream: an operator's
+//     explicit warm-up, from a member when a swarm key is set. See docs/preheat.md.
 //   - Bans: Ban disconnects a peer, refuses its connections and leaves it out of lookups and
 //     fetches for BanDuration.
 //

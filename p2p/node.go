@@ -117,6 +117,8 @@ type Node struct {
 	kadOnce   sync.Once
 	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
 
+	preheat preheatState // cluster preheat asks (preheat.go)
+
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing
 
@@ -351,6 +353,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		defer n.holdConn(s.Conn().RemotePeer())()
 		n.serveBlob(life, s)
 	})
+	h.SetStreamHandler(preheatProtocol, func(s network.Stream) { n.servePreheat(life, s) })
 
 	if cfg.MDNS {
 		m, err := startMDNS(life, n)

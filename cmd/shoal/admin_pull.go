@@ -22,16 +22,30 @@ func pullCommand() *cli.Command {
 		ArgsUsage: "IMAGE[:TAG|@DIGEST]|hf://ORG/NAME[@REV]|https://github.com/OWNER/REPO/releases/download/TAG/FILE...",
 		Description: "Every platform of a multi-platform image is pulled unless --platform names one. On a terminal\n" +
 			"each layer gets a progress bar; otherwise one line per manifest and layer is printed\n" +
-			"(--json: the daemon's progress events, one JSON object per line).",
+			"(--json: the daemon's progress events, one JSON object per line).\n\n" +
+			"--cluster warms every node of the swarm instead (or --nodes N of them, or --fraction F): this\n" +
+			"node resolves the images, then the ask travels over P2P; each node pulls through the swarm,\n" +
+			"so the upstream is paid about once. Progress is nodes done/selected and bytes fetched; Ctrl-C\n" +
+			"cancels it on every node. See docs/preheat.md.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "platform", Usage: "only this platform of an index, `OS/ARCH[/VARIANT]`"},
+			&cli.BoolFlag{Name: "cluster", Usage: "warm every node of the swarm, not only this one"},
+			&cli.IntFlag{Name: "nodes", Usage: "with --cluster: only `N` nodes (chosen at random after counting the swarm)"},
+			&cli.Float64Flag{Name: "fraction", Usage: "with --cluster: about this share `F` of the nodes, 0 < F ≤ 1"},
 			&cli.StringSliceFlag{Name: "include", Usage: "hf:// only: files whose path or name matches `PATTERN` (repeatable; default all)"},
 		},
 		Action: adminAction(func(c *cli.Context, ctx context.Context, cl *adminapi.Client) error {
 			if err := needArgs(c, 1, "IMAGE"); err != nil {
 				return err
 			}
-			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform"), Include: c.StringSlice("include")}
+			req := adminapi.PullRequest{Images: posArgs(c), Platform: c.String("platform"), Include: c.StringSlice("include"), Cluster: c.Bool("cluster"),
+				Nodes: c.Int("nodes"), Fraction: c.Float64("fraction")}
+			if !req.Cluster && (c.IsSet("nodes") || c.IsSet("fraction")) {
+				return cli.Exit("pull: --nodes and --fraction go with --cluster", exitUsage)
+			}
+			if c.IsSet("nodes") && req.Nodes < 1 || c.IsSet("fraction") && (req.Fraction <= 0 || req.Fraction > 1) {
+				return cli.Exit("pull: --nodes must be at least 1 and --fraction in (0, 1]", exitUsage)
+			}
 			var r pullRenderer
 			switch {
 			case jsonOut(c):
@@ -48,6 +62,11 @@ func pullCommand() *cli.Command {
 				return err
 			}
 			if done.Errors > 0 {
+				if cp := done.Cluster; cp != nil {
+					for _, e := range cp.Errors {
+						fmt.Fprintln(os.Stderr, "pull --cluster:", e)
+					}
+				}
 				return cli.Exit(fmt.Sprintf("pull: %d error(s)", done.Errors), exitFailure)
 			}
 			return nil
@@ -67,7 +86,12 @@ func (r *jsonRenderer) event(ev adminapi.PullEvent) { _ = r.enc.Encode(ev) }
 func (r *jsonRenderer) close()                      {}
 
 // lineRenderer prints one line per finished step, for logs and pipes.
-type lineRenderer struct{ w io.Writer }
+type lineRenderer struct {
+	w       io.Writer
+	cluster string // last cluster line printed (without bytes)
+	bytes   int64
+	printed time.Time
+}
 
 func (r *lineRenderer) event(ev adminapi.PullEvent) {
 	switch {
@@ -81,15 +105,51 @@ func (r *lineRenderer) event(ev adminapi.PullEvent) {
 		fmt.Fprintf(r.w, "%s: %s %s %s from %s\n", ev.Image, ev.Kind, ev.Digest, humanBytes(ev.Size), ev.Source)
 	case ev.Type == adminapi.EventBlob && ev.State == adminapi.StateError:
 		fmt.Fprintf(r.w, "%s: %s %s failed: %s\n", ev.Image, ev.Kind, ev.Digest, ev.Error)
+	case ev.Type == adminapi.EventCluster && ev.Cluster != nil:
+		// A line each time a node finishes (or more nodes are reached), and while only bytes
+		// move (a long first download) one every clusterLineEvery.
+		line := clusterLine(ev.Cluster, false)
+		if line != r.cluster || ev.Cluster.Bytes != r.bytes && time.Since(r.printed) >= clusterLineEvery {
+			r.cluster, r.bytes, r.printed = line, ev.Cluster.Bytes, time.Now()
+			fmt.Fprintln(r.w, clusterLine(ev.Cluster, true))
+		}
 	case ev.Type == adminapi.EventDone:
 		fmt.Fprintln(r.w, doneLine(ev))
 	}
+}
+
+// clusterLineEvery spaces out the plain output's cluster lines when only bytes move.
+const clusterLineEvery = 5 * time.Second
+
+// clusterLine says how far a cluster pull is: "cluster: 7/10 nodes done, 1.4 GiB fetched".
+func clusterLine(c *adminapi.ClusterProgress, withBytes bool) string {
+	s := fmt.Sprintf("cluster: %d/%d nodes done", c.Done, c.Selected)
+	if c.Selected != c.Reached || c.Total > 0 {
+		total := c.Reached
+		if c.Total > 0 {
+			total = c.Total
+		}
+		s += fmt.Sprintf(" (%d of %d nodes selected)", c.Selected, total)
+	}
+	if c.Failed > 0 {
+		s += fmt.Sprintf(", %d failed", c.Failed)
+	}
+	if c.Unreached > 0 {
+		s += fmt.Sprintf(", %d part(s) of the swarm unreached", c.Unreached)
+	}
+	if withBytes {
+		s += ", " + humanBytes(c.Bytes) + " fetched"
+	}
+	return s
 }
 
 func (r *lineRenderer) close() {}
 
 func doneLine(ev adminapi.PullEvent) string {
 	s := fmt.Sprintf("pulled %d image(s): %d blobs, %s fetched", ev.Images, ev.Blobs, humanBytes(ev.Bytes))
+	if c := ev.Cluster; c != nil {
+		s = fmt.Sprintf("pulled %d image(s) on %d/%d nodes: %s fetched", ev.Images, c.Done, c.Selected, humanBytes(c.Bytes))
+	}
 	if ev.Errors > 0 {
 		s += fmt.Sprintf(", %d error(s)", ev.Errors)
 	}
@@ -104,12 +164,13 @@ type barRenderer struct {
 	w             io.Writer
 	width, height int
 
-	mu     sync.Mutex
-	rows   []*barRow
-	byKey  map[string]*barRow
-	drawn  int // lines drawn last time
-	last   time.Time
-	footer string
+	mu      sync.Mutex
+	rows    []*barRow
+	byKey   map[string]*barRow
+	drawn   int // lines drawn last time
+	last    time.Time
+	footer  string
+	cluster *barRow // a cluster pull's progress line
 }
 
 type barRow struct {
@@ -161,6 +222,18 @@ func (r *barRenderer) event(ev adminapi.PullEvent) {
 		}
 		if ev.Source != "" {
 			row.src = ev.Source
+		}
+	case adminapi.EventCluster:
+		if ev.Cluster == nil {
+			return
+		}
+		if r.cluster == nil {
+			r.cluster = &barRow{}
+			r.rows = append(r.rows, r.cluster)
+		}
+		r.cluster.text = clusterLine(ev.Cluster, true)
+		if time.Since(r.last) < 100*time.Millisecond {
+			return
 		}
 	case adminapi.EventDone:
 		r.footer = doneLine(ev)
