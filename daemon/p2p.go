@@ -26,7 +26,7 @@ type peerNode interface {
 	FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error)
 	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
-	Designated(ctx context.Context, d digest.Digest) (p2p.Peer, bool, error)
+	Designate(ctx context.Context, d digest.Digest) (p2p.Designation, error)
 	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
 }
@@ -56,7 +56,7 @@ var (
 // FetchForSwarm downloads d from the upstream for a peer that designated this node, once for
 // the whole swarm (coalesced with every local and remote request), and streams it as it
 // arrives. It never asks another peer: a request from a peer is never forwarded.
-func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
+func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
 	registry = canonicalRegistry(registry)
 	if !validHost(registry) || oci.ValidateRepo(repo) != nil {
 		return nil, 0, fmt.Errorf("%w: bad repository %s/%s", p2p.ErrNotFound, registry, repo)
@@ -75,10 +75,12 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset
 	switch {
 	case started:
 		c.log.Info("fetching for the swarm", "digest", d, "registry", registry, "repo", repo)
-	case f.leavePeer():
-		// This node followed a peer for d, and the swarm now designates it (the fetcher it
-		// followed died): that peer may be the asker, waiting on us. Go to the source.
-		c.log.Info("designated for a blob this node followed from a peer: resuming it from the upstream", "digest", d)
+	case f.leavePeerFor(asker, offset):
+		// This node follows a peer for d, and the swarm now designates it (the fetcher it
+		// followed died), asked by a node that may be where our bytes come from: following
+		// on would wait on ourselves. Go to the source. (An asker that merely disagrees on
+		// the designated node, while our download runs ahead of it, follows our download.)
+		c.log.Info("designated for a blob this node followed from a peer: resuming it from the upstream", "digest", d, "asker", asker)
 	}
 	size, err := f.waitStarted(ctx)
 	switch {
@@ -218,8 +220,11 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 	return func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error) {
 		calls++
 		defer func() { _, last, _ = strings.Cut(source, ":") }() // "peer:ID", "designated:ID" or "upstream"
-		if s.node == nil || calls > 2 {
+		if s.node == nil {
 			return up(ctx, offset)
+		}
+		if calls > 2 {
+			return s.upstreamOpener(rt, d, fmt.Sprintf("resume %d: the stream broke again (last source %s)", calls-1, last))(ctx, offset)
 		}
 		if calls == 2 {
 			// A resume: the stream broke. If the source that died was the one every in-flight
@@ -248,7 +253,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			if ctx.Err() != nil {
 				return nil, 0, "", ctx.Err()
 			}
-			return up(ctx, offset)
+			return s.upstreamOpener(rt, d, "the stream from "+last+" broke and neither a designated peer nor a provider took over")(ctx, offset)
 		}
 		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup)
 		if err == nil {
@@ -260,16 +265,88 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		}
 		// Nobody has it or is fetching it: ask the peer the swarm designates for this
 		// digest, so that the upstream is paid once for everyone.
-		dp, self, derr := s.node.Designated(ctx, d)
-		if derr == nil && !self && !tried[dp.ID] {
-			if rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer "); err == nil {
+		des, derr := s.node.Designate(ctx, d)
+		dp, self := des.Peer, des.Self
+		if derr == nil && len(des.Passed) > 0 {
+			// The walk passed over closer peers that did not answer in time. Most often they
+			// are busy (the whole swarm asks at once), and one of them is the fetcher the
+			// others found: its download is advertised within milliseconds of its start.
+			// Look for it a moment before starting a second one.
+			if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, unsureWait); err == nil {
+				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
+					Reason: "closer peers did not answer the designated walk; provided by peer " + peerID})
+				return rc, size, "peer:" + peerID, nil
+			}
+			if ctx.Err() != nil {
+				return nil, 0, "", ctx.Err()
+			}
+		}
+		var why string
+		switch {
+		case derr != nil:
+			why = "no peer had it and finding its designated fetcher failed: " + derr.Error()
+			s.log.Info("finding the designated fetcher failed", "digest", d, "err", derr)
+		case self:
+			why = "no peer had it and this node is its designated fetcher"
+		case tried[dp.ID]:
+			why = "no peer had it and its designated peer " + dp.ID + " was tried already"
+		default:
+			rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer ")
+			if err == nil {
 				return rc, size, source, nil
+			}
+			why = "no peer had it and its designated peer " + dp.ID + " did not answer: " + err.Error()
+			// A designated peer that did not answer in time is most often busy, not gone:
+			// the whole swarm asked it at the same instant. It advertises its download within
+			// milliseconds of the upstream's first byte, so wait for a provider record (its,
+			// or that of a node following it) before paying the upstream once more. It may
+			// be asked again as a plain provider.
+			delete(tried, dp.ID)
+			if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, providerWait); err == nil {
+				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
+					Reason: "designated peer " + dp.ID + " did not answer in time; provided by peer " + peerID})
+				return rc, size, "peer:" + peerID, nil
 			}
 		}
 		if ctx.Err() != nil {
 			return nil, 0, "", ctx.Err()
 		}
-		return up(ctx, offset)
+		return s.upstreamOpener(rt, d, why)(ctx, offset)
+	}
+}
+
+// providerWait bounds how long a node waits for a provider record of a blob whose designated
+// fetcher did not answer before it goes to the upstream itself; providerPoll spaces the
+// lookups meanwhile. A busy designated fetcher's record appears well within it (it advertises
+// a download as soon as the upstream answers); a dead one costs each asker this once.
+// unsureWait is that wait when the walk to the designated fetcher passed over closer peers
+// that did not answer (see p2p.Designation).
+const (
+	providerWait = 3 * time.Second
+	unsureWait   = 1500 * time.Millisecond
+	providerPoll = 100 * time.Millisecond
+)
+
+// awaitPeers is fromPeers (one provider at a time), repeated until a provider answers or wait
+// has passed.
+func (s *sources) awaitPeers(ctx context.Context, d digest.Digest, offset int64, tried map[string]bool, wait time.Duration) (io.ReadCloser, int64, string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, 1)
+		if err == nil || ctx.Err() != nil {
+			return rc, size, peerID, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, 0, "", err
+		}
+		t := time.NewTimer(min(providerPoll, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, 0, "", ctx.Err()
+		case <-t.C:
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +53,7 @@ type fill struct {
 	// cur is the stream the fill reads now, fromPeer whether a peer sends it (leavePeer).
 	cur       io.Reader
 	fromPeer  bool
+	lastByte  time.Time // when cur opened or last sent bytes
 	w         *store.Writer
 	discarded []*store.Writer // writers of refills, closed with the last reference
 	refs      int             // fill goroutine + readers holding w
@@ -250,13 +252,26 @@ func (s *spool) restart(ctx context.Context, f *fill) error {
 	return old.Abort()
 }
 
-// leavePeer breaks the stream the fill reads if a peer sends it, so that the fill resumes from
-// the next source (reporting whether it did). A node the swarm designates for a blob it was
-// following from a peer calls it: that peer may be waiting on the designated node itself.
-func (f *fill) leavePeer() bool {
+// stuckAfter: a peer stream that sent nothing for this long is taken for stuck when this node
+// is asked to fetch its blob for the swarm (well under p2p.stall_timeout, which ends it anyway).
+const stuckAfter = 2 * time.Second
+
+// leavePeerFor breaks the stream the fill reads if a peer sends it and that stream may lead
+// back to asker, a peer that asks this node (at offset) to fetch the blob for the swarm, so
+// that the fill resumes from the next source (reporting whether it did). It may lead back when
+// asker is the peer that sends it, or when the asker already holds every byte the fill has
+// (then the bytes may come from the asker through other followers, and the asker waits on
+// us: nobody would move), or when the stream sent nothing for stuckAfter (the peer died or
+// froze). A fill that moves and runs ahead of the asker cannot be fed by it: it goes on, and
+// the asker follows it.
+func (f *fill) leavePeerFor(asker string, offset int64) bool {
 	f.mu.Lock()
 	a, ok := f.cur.(interface{ Abort() })
-	ok = ok && f.fromPeer
+	from := ""
+	if n := len(f.sources); n > 0 {
+		_, from, _ = strings.Cut(f.sources[n-1], ":")
+	}
+	ok = ok && f.fromPeer && (from == asker || offset > 0 && f.written <= offset || time.Since(f.lastByte) >= stuckAfter)
 	f.mu.Unlock()
 	if ok {
 		a.Abort()
@@ -290,7 +305,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if source != "upstream" && f.peerFrom < 0 {
 			f.peerFrom = f.written
 		}
-		f.cur, f.fromPeer = rc, source != "upstream"
+		f.cur, f.fromPeer, f.lastByte = rc, source != "upstream", time.Now()
 		f.mu.Unlock()
 		if size, err = s.checkAnnounced(f.known, size); err != nil {
 			f.mu.Lock()
@@ -337,6 +352,7 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 			}
 			f.mu.Lock()
 			f.written += int64(n)
+			f.lastByte = time.Now()
 			f.broadcast()
 			f.mu.Unlock()
 		}

@@ -510,7 +510,55 @@ func (h *herd) upstreamReport(mark int) (ratio float64, report string) {
 	}
 	ratio = float64(total) / float64(h.blobBytes())
 	fmt.Fprintf(&b, "  all blobs: upstream sent %d bytes = %.3f× the %d blob bytes", total, ratio, h.blobBytes())
+	if why := h.upstreamWhy(); why != "" {
+		fmt.Fprintf(&b, "\n  why nodes other than the swarm's fetcher went to the upstream:\n%s", why)
+	}
 	return ratio, b.String()
+}
+
+// upstreamWhy explains each upstream fetch of a herd blob by a node other than the blob's
+// XOR-closest one: the reason the node recorded (its history) and what its log said about the blob
+// before (a designated peer that did not answer, a broken stream). It ends with the reasons
+// counted, which is what says where the extra upstream bytes come from.
+func (h *herd) upstreamWhy() string {
+	var b strings.Builder
+	counts := map[string]int{}
+	for _, n := range h.nodes {
+		for _, d := range h.layers {
+			var ds []adminapi.Decision
+			if err := n.adminGet("/v1/history?limit=50&digest="+d, &ds); err != nil {
+				continue
+			}
+			for _, dec := range ds {
+				if dec.Source != "upstream" || strings.Contains(dec.Reason, "fetched for the swarm") ||
+					n == h.designatedFor(d) && strings.Contains(dec.Reason, "this node is its designated fetcher") {
+					continue // the one fetch the swarm should make
+				}
+				counts[dec.Reason]++
+				var notes []string
+				for _, e := range n.entries() {
+					if e.str("digest") != d || e.str("msg") == "request" {
+						continue
+					}
+					note := e.str("msg")
+					if err := e.str("err"); err != "" {
+						note += ": " + peerIDRe.ReplaceAllStringFunc(err, func(id string) string {
+							if x := h.byPeerID(id); x != nil {
+								return x.Name
+							}
+							return short(id)
+						})
+					}
+					notes = append(notes, note)
+				}
+				fmt.Fprintf(&b, "    %s blob %s: %s; log: %s\n", n.Name, short(d), dec.Reason, strings.Join(notes, " | "))
+			}
+		}
+	}
+	for _, c := range countsList(counts) {
+		fmt.Fprintf(&b, "    reason %s\n", c)
+	}
+	return b.String()
 }
 
 func (h *herd) swarmNodes() []*swarmNode {

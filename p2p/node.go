@@ -52,9 +52,10 @@ type Content interface {
 
 // SwarmFetcher is implemented by Content that downloads on the swarm's behalf when this node is
 // the designated fetcher of a digest (FetchVia). It fetches from the upstream only, never from
-// another peer, and must refuse (ErrNotFound) what it may not share.
+// another peer, and must refuse (ErrNotFound) what it may not share. asker is the peer ID of
+// the node asking, offset how much of the blob it has already.
 type SwarmFetcher interface {
-	FetchForSwarm(ctx context.Context, d digest.Digest, offset int64, registry, repo string) (rc io.ReadCloser, size int64, err error)
+	FetchForSwarm(ctx context.Context, asker string, d digest.Digest, offset int64, registry, repo string) (rc io.ReadCloser, size int64, err error)
 }
 
 // Sentinel errors, compared with errors.Is.

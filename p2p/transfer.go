@@ -311,7 +311,7 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			s.Reset()
 			return
 		}
-		rc, size, err = sf.FetchForSwarm(ctx, req.Digest, req.Offset, req.Registry, req.Repo)
+		rc, size, err = sf.FetchForSwarm(ctx, p.String(), req.Digest, req.Offset, req.Registry, req.Repo)
 	} else {
 		rc, size, err = n.content.OpenForPeer(ctx, req.Digest, req.Offset)
 	}
@@ -469,6 +469,7 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	reset := context.AfterFunc(ctx, func() { s.Reset() })
 	release := n.holdConn(pid) // no connection-manager trim mid-transfer; every exit calls stop
 	stop := func() bool { release(); return reset() }
+	waited := stall // the deadline of the read or write under way, for the error message
 	abort := func(err error) (io.ReadCloser, int64, error) {
 		stop()
 		s.Reset()
@@ -476,7 +477,7 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
 		}
 		if isTimeout(err) {
-			err = fmt.Errorf("%w: no answer for %v", ErrStalled, stall)
+			err = fmt.Errorf("%w: no answer for %v", ErrStalled, waited)
 		}
 		return fail(fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, err))
 	}
@@ -486,8 +487,10 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	}
 	_ = s.CloseWrite()
 	_ = s.SetReadDeadline(time.Now().Add(answer))
+	waited = answer
 	br := bufio.NewReaderSize(s, 64<<10)
 	line, err := readLine(br, maxResponseLine)
+	waited = stall
 	if err != nil {
 		return abort(err)
 	}
