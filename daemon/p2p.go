@@ -296,16 +296,31 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 				return rc, size, source, nil
 			}
 			why = "no peer had it and its designated peer " + dp.ID + " did not answer: " + err.Error()
-			// A designated peer that did not answer in time is most often busy, not gone:
-			// the whole swarm asked it at the same instant. It advertises its download within
-			// milliseconds of the upstream's first byte, so wait for a provider record (its,
-			// or that of a node following it) before paying the upstream once more. It may
-			// be asked again as a plain provider.
-			delete(tried, dp.ID)
-			if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, providerWait); err == nil {
-				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
-					Reason: "designated peer " + dp.ID + " did not answer in time; provided by peer " + peerID})
-				return rc, size, "peer:" + peerID, nil
+			if errors.Is(err, p2p.ErrStalled) {
+				// A designated peer that did not answer in time is most often busy, not
+				// gone: the whole swarm asked it at the same instant. It advertises its
+				// download within milliseconds of the upstream's first byte, so wait for a
+				// provider record (its, or that of a node following it) before paying the
+				// upstream once more. It may be asked again as a plain provider.
+				delete(tried, dp.ID)
+				if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, providerWait); err == nil {
+					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
+						Reason: "designated peer " + dp.ID + " did not answer in time; provided by peer " + peerID})
+					return rc, size, "peer:" + peerID, nil
+				}
+				tried[dp.ID] = true
+			}
+			if ctx.Err() != nil {
+				return nil, 0, "", ctx.Err()
+			}
+			// Gone (its connection broke: killed, restarting) or silent: every node that asked
+			// it designates the next closest alike, which fetches once for all of them.
+			r, n, src, self, rerr := s.redesignate(ctx, rt, d, offset, tried, dp.ID)
+			switch {
+			case rerr == nil:
+				return r, n, src, nil
+			case self:
+				why = "its designated peer " + dp.ID + " did not answer and this node is the next closest: " + err.Error()
 			}
 		}
 		if ctx.Err() != nil {

@@ -110,8 +110,10 @@ type herd struct {
 	nodes  []*herdNode
 	rng    *rand.Rand
 	seed   uint64
-	start  time.Time // when the first daemon was started
-	joined time.Duration
+	// pullStart is the barrier of the last pull started.
+	pullStart time.Time
+	start     time.Time // when the first daemon was started
+	joined    time.Duration
 }
 
 // newHerd seeds a fresh image of herdLayers random blobs into a registry of the test's own,
@@ -389,6 +391,7 @@ func (h *herd) startPull(ctx context.Context, o pullOpts) *herdPull {
 	}
 	ready.Wait()
 	p.start = time.Now()
+	h.pullStart = p.start
 	close(barrier)
 	return p
 }
@@ -523,6 +526,7 @@ func (h *herd) upstreamReport(mark int) (ratio float64, report string) {
 func (h *herd) upstreamWhy() string {
 	var b strings.Builder
 	counts := map[string]int{}
+	explained := map[string]bool{}
 	for _, n := range h.nodes {
 		for _, d := range h.layers {
 			var ds []adminapi.Decision
@@ -534,24 +538,12 @@ func (h *herd) upstreamWhy() string {
 					n == h.designatedFor(d) && strings.Contains(dec.Reason, "this node is its designated fetcher") {
 					continue // the one fetch the swarm should make
 				}
-				counts[dec.Reason]++
-				var notes []string
-				for _, e := range n.entries() {
-					if e.str("digest") != d || e.str("msg") == "request" {
-						continue
-					}
-					note := e.str("msg")
-					if err := e.str("err"); err != "" {
-						note += ": " + peerIDRe.ReplaceAllStringFunc(err, func(id string) string {
-							if x := h.byPeerID(id); x != nil {
-								return x.Name
-							}
-							return short(id)
-						})
-					}
-					notes = append(notes, note)
+				counts[reasonKind(dec.Reason)]++
+				fmt.Fprintf(&b, "    %s blob %s at %s: %s; log: %s\n", n.Name, short(d), h.sincePull(dec.Time), h.names(dec.Reason), h.blobLog(n, d))
+				if x := h.designatedFor(d); !explained[x.Name+d] {
+					explained[x.Name+d] = true
+					fmt.Fprintf(&b, "      meanwhile the XOR-closest %s: %s\n", x.Name, h.blobLog(x, d))
 				}
-				fmt.Fprintf(&b, "    %s blob %s: %s; log: %s\n", n.Name, short(d), dec.Reason, strings.Join(notes, " | "))
 			}
 		}
 	}
@@ -559,6 +551,66 @@ func (h *herd) upstreamWhy() string {
 		fmt.Fprintf(&b, "    reason %s\n", c)
 	}
 	return b.String()
+}
+
+// reasonKind is a decision's reason without the peer IDs, digests, addresses and error details
+// that make each one unique, to count them.
+func reasonKind(r string) string {
+	r = peerIDRe.ReplaceAllString(r, "P")
+	if i := strings.Index(r, ": p2p: "); i >= 0 {
+		rest := r[i+2:]
+		switch {
+		case strings.Contains(rest, "stalled"):
+			rest = "stalled"
+		case strings.Contains(rest, "reset"), strings.Contains(rest, "refused"), strings.Contains(rest, "closed"):
+			rest = "connection broke"
+		default:
+			rest = "other error"
+		}
+		r = r[:i] + ": " + rest
+	}
+	return r
+}
+
+// names replaces the peer IDs in s with node names.
+func (h *herd) names(s string) string {
+	return peerIDRe.ReplaceAllStringFunc(s, func(id string) string {
+		if x := h.byPeerID(id); x != nil {
+			return x.Name
+		}
+		return short(id)
+	})
+}
+
+// sincePull formats t as seconds after the pull's barrier.
+func (h *herd) sincePull(t time.Time) string {
+	return fmt.Sprintf("+%.2fs", t.Sub(h.pullStart).Seconds())
+}
+
+// blobLog is what n's log (all incarnations) and history say about blob d, with times after
+// the pull's barrier.
+func (h *herd) blobLog(n *herdNode, d string) string {
+	var notes []string
+	for _, e := range n.entries() {
+		if e.str("digest") != d || e.str("msg") == "request" {
+			continue
+		}
+		note := e.str("msg")
+		if t, err := time.Parse(time.RFC3339Nano, e.str("time")); err == nil {
+			note = h.sincePull(t) + " " + note
+		}
+		if err := e.str("err"); err != "" {
+			note += ": " + h.names(err)
+		}
+		notes = append(notes, note)
+	}
+	var ds []adminapi.Decision
+	if err := n.adminGet("/v1/history?limit=50&digest="+d, &ds); err == nil {
+		for _, dec := range ds {
+			notes = append(notes, fmt.Sprintf("%s decided %s (%s)", h.sincePull(dec.Time), dec.Source, h.names(dec.Reason)))
+		}
+	}
+	return strings.Join(notes, " | ")
 }
 
 func (h *herd) swarmNodes() []*swarmNode {
