@@ -26,6 +26,7 @@ type peerNode interface {
 	FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error)
 	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
+	FetchViaWithin(ctx context.Context, answer time.Duration, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
 	Designate(ctx context.Context, d digest.Digest) (p2p.Designation, error)
 	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
@@ -269,16 +270,26 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		dp, self := des.Peer, des.Self
 		if derr == nil && len(des.Passed) > 0 {
 			// The walk passed over closer peers that did not answer in time. Most often they
-			// are busy (the whole swarm asks at once), and one of them is the fetcher the
-			// others found: its download is advertised within milliseconds of its start.
-			// Look for it a moment before starting a second one.
-			if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, unsureWait); err == nil {
-				s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
-					Reason: "closer peers did not answer the designated walk; provided by peer " + peerID})
-				return rc, size, "peer:" + peerID, nil
-			}
-			if ctx.Err() != nil {
-				return nil, 0, "", ctx.Err()
+			// are busy (the whole swarm asks at once), and the closest of them is the fetcher
+			// that the nodes that heard it in time ask: ask it too, patiently, rather than
+			// start a second download. One that is really gone fails fast (its connection
+			// is refused or reset); a frozen one costs this asker patientAnswer once.
+			for i, id := range des.Passed {
+				if i == maxPassedAsked {
+					break
+				}
+				if tried[id] {
+					continue
+				}
+				tried[id] = true
+				rc, size, err := s.node.FetchViaWithin(ctx, patientAnswer, p2p.Peer{ID: id}, d, offset, rt.registry, rt.repo)
+				if err == nil {
+					return s.designatedAnswer(rt, d, id, rc, size, "the designated walk passed over closer peer ")
+				}
+				s.log.Info("closer peer passed over by the designated walk did not answer", "digest", d, "peer", id, "err", err)
+				if ctx.Err() != nil {
+					return nil, 0, "", ctx.Err()
+				}
 			}
 		}
 		var why string
@@ -298,10 +309,15 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			why = "no peer had it and its designated peer " + dp.ID + " did not answer: " + err.Error()
 			if errors.Is(err, p2p.ErrStalled) {
 				// A designated peer that did not answer in time is most often busy, not
-				// gone: the whole swarm asked it at the same instant. It advertises its
-				// download within milliseconds of the upstream's first byte, so wait for a
-				// provider record (its, or that of a node following it) before paying the
-				// upstream once more. It may be asked again as a plain provider.
+				// gone: the whole swarm asked it at the same instant. Ask it once more,
+				// patiently; then look for a provider record (its download is advertised
+				// once the upstream answers, or that of a node following it) before paying
+				// the upstream once more. It may be asked again as a plain provider.
+				rc, size, err2 := s.node.FetchViaWithin(ctx, patientAnswer, dp, d, offset, rt.registry, rt.repo)
+				if err2 == nil {
+					return s.designatedAnswer(rt, d, dp.ID, rc, size, "nobody had it; asked again, designated peer ")
+				}
+				s.log.Info("designated peer did not answer a second time", "digest", d, "peer", dp.ID, "err", err2)
 				delete(tried, dp.ID)
 				if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, providerWait); err == nil {
 					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
@@ -321,6 +337,12 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 				return r, n, src, nil
 			case self:
 				why = "its designated peer " + dp.ID + " did not answer and this node is the next closest: " + err.Error()
+				// A node that followed the one that went may hold the blob, or more of it.
+				if rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup); err == nil {
+					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
+						Reason: "designated peer " + dp.ID + " did not answer; provided by peer " + peerID})
+					return rc, size, "peer:" + peerID, nil
+				}
 			}
 		}
 		if ctx.Err() != nil {
@@ -334,11 +356,16 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 // fetcher did not answer before it goes to the upstream itself; providerPoll spaces the
 // lookups meanwhile. A busy designated fetcher's record appears well within it (it advertises
 // a download as soon as the upstream answers); a dead one costs each asker this once.
-// unsureWait is that wait when the walk to the designated fetcher passed over closer peers
-// that did not answer (see p2p.Designation).
+// patientAnswer bounds the wait for the first answer of a closer peer that the designated walk
+// passed over (it let the walk's requests time out, so it is busy or gone); maxPassedAsked
+// bounds how many such peers one miss asks.
 const (
-	providerWait = 3 * time.Second
-	unsureWait   = 1500 * time.Millisecond
+	patientAnswer  = 3 * time.Second
+	maxPassedAsked = 2
+)
+
+const (
+	providerWait = 1500 * time.Millisecond
 	providerPoll = 100 * time.Millisecond
 )
 
@@ -398,12 +425,17 @@ func (s *sources) viaDesignated(ctx context.Context, rt route, d digest.Digest, 
 		s.log.Info("designated peer did not answer", "digest", d, "peer", dp.ID, "err", err)
 		return nil, 0, "", err
 	}
-	if from := servedBy(rc, dp.ID); from != dp.ID {
-		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: why + dp.ID + " was at its upload limit and sent this node to " + from + ", which follows its download"})
+	return s.designatedAnswer(rt, d, dp.ID, rc, size, why)
+}
+
+// designatedAnswer records and returns the answer of a designated peer id to a swarm fetch.
+func (s *sources) designatedAnswer(rt route, d digest.Digest, id string, rc io.ReadCloser, size int64, why string) (io.ReadCloser, int64, string, error) {
+	if from := servedBy(rc, id); from != id {
+		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: why + id + " was at its upload limit and sent this node to " + from + ", which follows its download"})
 		return rc, size, "peer:" + from, nil
 	}
-	s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: why + dp.ID + " fetched it for the swarm"})
-	return rc, size, "designated:" + dp.ID, nil
+	s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: why + id + " fetched it for the swarm"})
+	return rc, size, "designated:" + id, nil
 }
 
 // upstreamOpener opens d from the upstream only, recording whether the repository needed

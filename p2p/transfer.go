@@ -414,6 +414,18 @@ func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int
 	return n.fetch(ctx, p, req, min(n.cfg.DesignatedTimeout, n.cfg.StallTimeout), 0, &tries)
 }
 
+// FetchViaWithin is FetchVia with its own bound on the wait for the peer's first answer: for
+// a peer known to be busy (it let a walk's request time out) but likely the one the rest of
+// the swarm asks.
+func (n *Node) FetchViaWithin(ctx context.Context, answer time.Duration, p Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
+	req := request{Digest: d, Offset: offset, Mode: modeFetch, Registry: registry, Repo: repo}
+	if !token([]byte(registry), maxRegistryLen) || !token([]byte(repo), maxRepoLen) {
+		return nil, 0, fmt.Errorf("p2p: fetch %s via %s: invalid registry or repository", d, p.ID)
+	}
+	tries := maxRedirectPeers
+	return n.fetch(ctx, p, req, min(answer, n.cfg.StallTimeout), 0, &tries)
+}
+
 // fetch sends req to p; answer bounds the wait for the response line. hops counts the
 // redirects followed so far, and tries bounds the peers asked after a redirect, in all.
 func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Duration, hops int, tries *int) (io.ReadCloser, int64, error) {
