@@ -224,10 +224,10 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		if s.node == nil {
 			return up(ctx, offset)
 		}
-		if calls > 2 {
+		if calls > maxPeerResumes+1 {
 			return s.upstreamOpener(rt, d, fmt.Sprintf("resume %d: the stream broke again (last source %s)", calls-1, last))(ctx, offset)
 		}
-		if calls == 2 {
+		if calls >= 2 {
 			// A resume: the stream broke. If the source that died was the one every in-flight
 			// copy followed (a killed designated fetcher), the other providers are stuck at the
 			// same offset, and if each node went to the upstream the rest of the blob would be
@@ -351,6 +351,11 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		return s.upstreamOpener(rt, d, why)(ctx, offset)
 	}
 }
+
+// maxPeerResumes bounds the resumes of one download that look for a peer (a designated one, or
+// a provider) before the upstream: a swarm whose designated fetcher died may take a second
+// hand-over (a node that took its role was following it too).
+const maxPeerResumes = 3
 
 // providerWait bounds how long a node waits for a provider record of a blob whose designated
 // fetcher did not answer before it goes to the upstream itself; providerPoll spaces the

@@ -257,13 +257,13 @@ func (s *spool) restart(ctx context.Context, f *fill) error {
 const stuckAfter = 2 * time.Second
 
 // leavePeerFor breaks the stream the fill reads if a peer sends it and that stream may lead
-// back to asker, a peer that asks this node (at offset) to fetch the blob for the swarm, so
-// that the fill resumes from the next source (reporting whether it did). It may lead back when
-// asker is the peer that sends it, or when the asker already holds every byte the fill has
-// (then the bytes may come from the asker through other followers, and the asker waits on
-// us: nobody would move), or when the stream sent nothing for stuckAfter (the peer died or
-// froze). A fill that moves and runs ahead of the asker cannot be fed by it: it goes on, and
-// the asker follows it.
+// to a dead end, when asker, a peer, asks this node (at offset) to fetch the blob for the
+// swarm, so that the fill resumes from the next source (reporting whether it did). It may when
+// asker is the peer that sends it (following on would wait on ourselves), when the asker
+// resumes (offset > 0: its stream broke, most often because the designated fetcher that every
+// copy follows died, and ours leads there too), or when the stream sent nothing for stuckAfter
+// (the peer died or froze). A fresh asker (offset 0) that merely disagrees on the designated
+// node while our download moves follows it: leaving would start a second upstream download.
 func (f *fill) leavePeerFor(asker string, offset int64) bool {
 	f.mu.Lock()
 	a, ok := f.cur.(interface{ Abort() })
@@ -271,7 +271,7 @@ func (f *fill) leavePeerFor(asker string, offset int64) bool {
 	if n := len(f.sources); n > 0 {
 		_, from, _ = strings.Cut(f.sources[n-1], ":")
 	}
-	ok = ok && f.fromPeer && (from == asker || offset > 0 && f.written <= offset || time.Since(f.lastByte) >= stuckAfter)
+	ok = ok && f.fromPeer && (from == asker || offset > 0 || time.Since(f.lastByte) >= stuckAfter)
 	f.mu.Unlock()
 	if ok {
 		a.Abort()
