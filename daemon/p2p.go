@@ -96,7 +96,7 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.
 		f.release()
 		return nil, 0, err
 	}
-	return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
+	return &releasingReader{Reader: peerReader(context.WithoutCancel(ctx), f, offset, size), f: f}, size, nil
 }
 
 func (c *peerContent) shareable(ctx context.Context, d digest.Digest) bool {
@@ -129,7 +129,7 @@ func (c *peerContent) OpenForPeer(ctx context.Context, d digest.Digest, offset i
 			return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
 		}
 		// Peers follow the download ungated: they verify the digest themselves.
-		return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
+		return &releasingReader{Reader: peerReader(context.WithoutCancel(ctx), f, offset, size), f: f}, size, nil
 	}
 	return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
 }

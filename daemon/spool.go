@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 )
 
@@ -188,6 +189,15 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		if errors.As(err, &be) {
 			s.noteBound(f.rt, f.d, f.sourceList(), be)
 		}
+		if errors.Is(err, p2p.ErrRetracted) && attempt < s.refills {
+			// The peer we followed took back what it sent (its source lied): discard it all
+			// and start again; the peer only passed the bytes on, so it is not banned.
+			s.log.Info("the peer this download followed retracted its bytes; starting again from other sources", "digest", f.d, "err", err)
+			if err = s.restart(ctx, f); err != nil {
+				break
+			}
+			continue
+		}
 		// Wrong bytes, or too many, mean a lying peer when one took part: ban it, start again.
 		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
 			break
@@ -325,7 +335,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || ctx.Err() != nil {
+		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || errors.Is(err, p2p.ErrRetracted) || ctx.Err() != nil {
 			return err
 		}
 		lastErr = err
@@ -458,6 +468,12 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 			}
 			r.attempt = f.restarts
 		}
+		if r.peer && r.attempt != f.restarts {
+			// A peer follows this download ungated: what it got of the discarded attempt
+			// may be wrong. It is told to discard it.
+			f.mu.Unlock()
+			return 0, p2p.ErrRetracted
+		}
 		if f.verified {
 			err = nil
 		}
@@ -534,12 +550,22 @@ type fillReader struct {
 	off, end int64
 	gated    bool
 	eager    bool
+	peer     bool // a peer's reader: cut with p2p.ErrRetracted when the attempt it reads is discarded
 	attempt  int  // eager: the fill attempt it reads
 	tainted  bool // eager: it was handed bytes that came from a peer
 	// maxWait: a gated reader that got no byte for this long turns eager (0: never);
 	// progress is when it last got one (or was made).
 	maxWait  time.Duration
 	progress time.Time
+}
+
+// peerReader reads f for a peer, from off to end (the blob's size), ungated: the peer
+// verifies the digest itself. If the attempt it reads is discarded (its bytes did not verify),
+// it fails with p2p.ErrRetracted, which the peer is told.
+func peerReader(ctx context.Context, f *fill, off, end int64) *fillReader {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &fillReader{ctx: ctx, f: f, off: off, end: end, peer: true, attempt: f.restarts}
 }
 
 // clientReader reads f for a client of this node, from off to end. With verifyFirst, peer

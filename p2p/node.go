@@ -64,6 +64,10 @@ var (
 	ErrNotFound = errors.New("p2p: not found")
 	// ErrStalled means a transfer received no byte for StallTimeout.
 	ErrStalled = errors.New("p2p: transfer stalled")
+	// ErrRetracted means the peer took back the bytes it sent: they came from a download of
+	// its own that did not verify (its source lied). The receiver discards them and fetches
+	// the blob afresh elsewhere; it has no reason to ban the peer that told it.
+	ErrRetracted = errors.New("p2p: the peer retracted the bytes it sent (its own download did not verify)")
 	// ErrBanned means the peer is banned; nothing is exchanged with it.
 	ErrBanned = errors.New("p2p: peer banned")
 )

@@ -54,6 +54,8 @@ const (
 	modeFetch       = "fetch"
 	maxRegistryLen  = 255
 	maxRepoLen      = 255
+	// retractCode resets a stream whose bytes the sender takes back (ErrRetracted).
+	retractCode network.StreamErrorCode = 0x5e01
 	// maxOffset keeps offsets far from int64 overflow in size arithmetic.
 	maxOffset = 1 << 62
 )
@@ -366,6 +368,13 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			if rerr == io.EOF && sent == want {
 				break
 			}
+			if errors.Is(rerr, ErrRetracted) {
+				// The bytes sent so far came from a source that lied to this node: tell the
+				// peer to discard them (it verifies what it gets anyway).
+				n.log.Info("retracting the bytes sent to a peer: this node's own download did not verify", "peer", p.String(), "digest", req.Digest, "sent", sent)
+				_ = s.ResetWithError(retractCode)
+				return
+			}
 			// Content ended early or failed (an in-progress download that was aborted, say).
 			// Close cleanly rather than reset: the peer knows the size, so it sees the short
 			// body as io.ErrUnexpectedEOF, and it keeps the bytes it got to resume elsewhere
@@ -648,9 +657,12 @@ func (r *blobReader) Read(p []byte) (int, error) {
 	if err == nil || r.remaining == 0 {
 		return n, nil
 	}
+	var se *network.StreamError
 	switch {
 	case r.ctx.Err() != nil:
 		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, r.ctx.Err())
+	case errors.As(err, &se) && se.Remote && se.ErrorCode == retractCode:
+		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, ErrRetracted)
 	case isTimeout(err):
 		r.err = fmt.Errorf("p2p: fetch %s: %w: no data for %v", r.what, ErrStalled, r.stall)
 		r.stats.failures.Add(1)
