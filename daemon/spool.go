@@ -180,6 +180,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 	defer cancel()
 	defer context.AfterFunc(s.base, cancel)()
 	var err error
+	retracted := 0
 	for attempt := 0; ; attempt++ {
 		err = s.copy(ctx, f, open)
 		if err == nil {
@@ -189,7 +190,9 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		if errors.As(err, &be) {
 			s.noteBound(f.rt, f.d, f.sourceList(), be)
 		}
-		if errors.Is(err, p2p.ErrRetracted) && attempt < s.refills {
+		if errors.Is(err, p2p.ErrRetracted) && retracted < maxRetractions {
+			retracted++
+			attempt-- // not a lie of the peer that told us: it does not use up the refills
 			// The peer we followed took back what it sent (its source lied): discard it all
 			// and start again; the peer only passed the bytes on, so it is not banned.
 			s.log.Info("the peer this download followed retracted its bytes; starting again from other sources", "digest", f.d, "err", err)
@@ -261,6 +264,11 @@ func (s *spool) restart(ctx context.Context, f *fill) error {
 	f.mu.Unlock()
 	return old.Abort()
 }
+
+// maxRetractions bounds the fresh starts of one download after a peer retracted the bytes it
+// sent (see p2p.ErrRetracted): in a tree of followers under a lying node, each level may
+// retract once, so this is a few; a peer that keeps retracting cannot keep a download going.
+const maxRetractions = 8
 
 // stuckAfter: a peer stream that sent nothing for this long is taken for stuck when this node
 // is asked to fetch its blob for the swarm (well under p2p.stall_timeout, which ends it anyway).
