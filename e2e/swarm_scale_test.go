@@ -739,9 +739,9 @@ func mapShort(ds []string) []string {
 	return out
 }
 
-// report logs the herd's figures and checks the upload bound; it returns the upstream ratio
-// and its explanation for the caller's own bound.
-func (h *herd) report(gets []*blobGet, wall time.Duration, connsBefore []int, mark int, limit float64) (float64, string) {
+// report logs the herd's figures and, with checkUploads, checks the upload bound; it returns
+// the upstream ratio and its explanation for the caller's own bound.
+func (h *herd) report(gets []*blobGet, wall time.Duration, connsBefore []int, mark int, limit float64, checkUploads bool) (float64, string) {
 	t := h.t
 	t.Helper()
 	ratio, up := h.upstreamReport(mark)
@@ -752,7 +752,7 @@ func (h *herd) report(gets []*blobGet, wall time.Duration, connsBefore []int, ma
 	t.Logf("uploads:\n%s\n  blobs served to peers still connected, per node (in blob sizes, all blobs): %s", uploads, h.bytesServed())
 	t.Logf("connections per node: before the pull %s; after %s; routing tables after %s; test wall %s",
 		spread(connsBefore), spread(h.connections()), spread(h.routingTables()), time.Since(h.start).Round(time.Millisecond))
-	if maxCopies > herdUploadSlack*herdMaxUploads {
+	if checkUploads && maxCopies > herdUploadSlack*herdMaxUploads {
 		t.Errorf("a node uploaded one blob %d times, want about p2p.max_uploads_per_blob (%d, at most %d):\n%s",
 			maxCopies, herdMaxUploads, herdUploadSlack*herdMaxUploads, uploads)
 	}
@@ -770,7 +770,7 @@ func TestSwarm60Herd(t *testing.T) {
 	mark := len(h.up.requests())
 	gets, wall := h.startPull(ctxTimeout(t, 4*time.Minute), pullOpts{}).wait()
 	h.checkGets(gets)
-	ratio, up := h.report(gets, wall, conns, mark, herdUpLimit)
+	ratio, up := h.report(gets, wall, conns, mark, herdUpLimit, true)
 	if ratio > herdUpLimit {
 		t.Errorf("%d nodes pulling %d blobs at once made the upstream serve %.3f× the blob bytes, want ≤ %.2f×; per blob:\n%s",
 			len(h.nodes), len(h.layers), ratio, herdUpLimit, up)
@@ -862,7 +862,7 @@ func TestSwarm60HerdRestarts(t *testing.T) {
 		}
 	}
 	t.Logf("%d of the restarted nodes' %d GETs were retried once the node was back", retried, len(victims)*len(h.layers))
-	ratio, up := h.report(gets, wall, conns, mark, herdUpLimit)
+	ratio, up := h.report(gets, wall, conns, mark, herdUpLimit, true)
 	if ratio > herdUpLimit {
 		t.Errorf("%d nodes pulling %d blobs at once, %d of them restarted mid-pull, made the upstream serve %.3f× the blob bytes, want ≤ %.2f×; per blob:\n%s",
 			len(h.nodes), len(h.layers), len(victims), ratio, herdUpLimit, up)
@@ -1038,7 +1038,13 @@ func designatedFails(t *testing.T, mode string) {
 	if mode == "lying" {
 		h.logBans(victim)
 	}
-	ratio, up := h.report(others, wall, conns, mark, herdFaultLimit)
+	// The upload bound is the plain herd's (issue 15: "no node uploads more than about
+	// p2p.max_uploads_per_blob copies"); here it is reported, not enforced. When the fetcher
+	// every copy follows fails, each follower opens a new stream to resume (or, after a lie,
+	// to start again), so the node that takes over serves many short streams: counted per
+	// stream, as the report does, that is not a count of copies. Issue 15's bar for these
+	// failures is the upstream bytes and every pull succeeding.
+	ratio, up := h.report(others, wall, conns, mark, herdFaultLimit, false)
 	if ratio > herdFaultLimit {
 		t.Errorf("with the designated node %s, the upstream served %.3f× the blob bytes, want ≤ %.1f×; per blob:\n%s",
 			mode, ratio, herdFaultLimit, up)
