@@ -30,6 +30,7 @@ type peerNode interface {
 	Designate(ctx context.Context, d digest.Digest) (p2p.Designation, error)
 	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
+	Connected(peerID string) bool
 }
 
 var _ peerNode = (*p2p.Node)(nil)
@@ -76,11 +77,11 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.
 	switch {
 	case started:
 		c.log.Info("fetching for the swarm", "digest", d, "registry", registry, "repo", repo)
-	case f.leavePeerFor(asker, offset):
+	case f.leavePeerFor(asker, offset > 0 && c.src.fetcherGone(ctx, d)):
 		// This node follows a peer for d, and the swarm now designates it (the fetcher it
-		// followed died), asked by a node that may be where our bytes come from: following
-		// on would wait on ourselves. Go to the source. (An asker that merely disagrees on
-		// the designated node, while our download runs ahead of it, follows our download.)
+		// followed died), or the asker may be where our bytes come from: following on would
+		// wait on ourselves or on the dead. Go to the source. (An asker that merely
+		// disagrees on the designated node follows our download.)
 		c.log.Info("designated for a blob this node followed from a peer: resuming it from the upstream", "digest", d, "asker", asker)
 	}
 	size, err := f.waitStarted(ctx)
@@ -441,6 +442,19 @@ func (s *sources) designatedAnswer(rt route, d digest.Digest, id string, rc io.R
 	}
 	s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: why + id + " fetched it for the swarm"})
 	return rc, size, "designated:" + id, nil
+}
+
+// fetcherGone reports whether the designated fetcher of d, as this node knows it, is gone
+// (this node is no longer connected to it); when that cannot be told, it says gone.
+func (s *sources) fetcherGone(ctx context.Context, d digest.Digest) bool {
+	if s.node == nil {
+		return true
+	}
+	des, err := s.node.Designate(ctx, d)
+	if err != nil {
+		return true
+	}
+	return !des.Self && !s.node.Connected(des.Peer.ID)
 }
 
 // upstreamOpener opens d from the upstream only, recording whether the repository needed

@@ -275,21 +275,22 @@ const maxRetractions = 8
 const stuckAfter = 2 * time.Second
 
 // leavePeerFor breaks the stream the fill reads if a peer sends it and that stream may lead
-// to a dead end, when asker, a peer, asks this node (at offset) to fetch the blob for the
-// swarm, so that the fill resumes from the next source (reporting whether it did). It may when
-// asker is the peer that sends it (following on would wait on ourselves), when the asker
-// resumes (offset > 0: its stream broke, most often because the designated fetcher that every
-// copy follows died, and ours leads there too), or when the stream sent nothing for stuckAfter
-// (the peer died or froze). A fresh asker (offset 0) that merely disagrees on the designated
-// node while our download moves follows it: leaving would start a second upstream download.
-func (f *fill) leavePeerFor(asker string, offset int64) bool {
+// to a dead end, when asker, a peer, asks this node to fetch the blob for the swarm, so that
+// the fill resumes from the next source (reporting whether it did). It may when asker is the
+// peer that sends it (following on would wait on ourselves), when fetcherGone (the asker
+// resumes and the designated fetcher that every copy follows is gone: ours leads there too),
+// or when the stream sent nothing for stuckAfter (the peer died or froze). An asker that
+// merely disagrees on the designated node, or whose stream broke because a node between it and
+// the fetcher went, follows our download while it moves: leaving would start a second upstream
+// download.
+func (f *fill) leavePeerFor(asker string, fetcherGone bool) bool {
 	f.mu.Lock()
 	a, ok := f.cur.(interface{ Abort() })
 	from := ""
 	if n := len(f.sources); n > 0 {
 		_, from, _ = strings.Cut(f.sources[n-1], ":")
 	}
-	ok = ok && f.fromPeer && (from == asker || offset > 0 || time.Since(f.lastByte) >= stuckAfter)
+	ok = ok && f.fromPeer && (from == asker || fetcherGone || time.Since(f.lastByte) >= stuckAfter)
 	f.mu.Unlock()
 	if ok {
 		a.Abort()

@@ -416,6 +416,13 @@ func (n *Node) Addrs() []string {
 	return out
 }
 
+// Connected reports whether this node holds a live connection to the peer (a killed peer's
+// connection is gone within moments; a frozen one's stays).
+func (n *Node) Connected(peerID string) bool {
+	id, err := peer.Decode(peerID)
+	return err == nil && n.host.Network().Connectedness(id) == network.Connected
+}
+
 // Ping measures the round-trip time to a peer (dialling it if it is known but not connected).
 func (n *Node) Ping(ctx context.Context, peerID string) (time.Duration, error) {
 	p, err := peer.Decode(peerID)
