@@ -37,7 +37,7 @@ import (
 // counting proxy, one proxy listener per node so every upstream request names its node.
 //
 // The tests are not parallel: each runs 60 daemons on a two-core machine. Run them alone, one
-// heavy job at a time on a shared machine:
+// heavy job at a time on a shared machine (SHOAL_E2E_HERD=1 adds the restart test, herdOptIn):
 //
 //	SHOAL_E2E_HERD=1 flock /tmp/shoal-heavy.lock go test -vet=off -count=1 -run 'TestSwarm60' ./e2e/
 //
@@ -63,15 +63,22 @@ const (
 	herdUploadSlack = 2
 )
 
+// herdOptIn skips a herd test unless SHOAL_E2E_HERD is set: TestSwarm60HerdRestarts, which does
+// not meet its bound reliably yet (upstream 1.02×, 1.02×, 1.82× in three runs on 2026-12-06: a
+// random victim that is another blob's designated fetcher, killed after its upstream download
+// but before its slower followers caught up, leaves what they lack to be paid again; see
+// docs/scale.md). TestSwarm60Herd and TestSwarm60DesignatedFails met theirs in three runs in a
+// row (about 1.5 minutes together) and run in the default suite.
+func herdOptIn(t *testing.T) {
+	t.Helper()
+	if os.Getenv("SHOAL_E2E_HERD") == "" {
+		t.Skip("issue 15's 60-daemon restart test: opt-in until the swarm meets its bound reliably; run with SHOAL_E2E_HERD=1")
+	}
+}
+
 // herdSize is the number of daemons of a herd test.
 func herdSize(t *testing.T) int {
 	t.Helper()
-	if os.Getenv("SHOAL_E2E_HERD") == "" {
-		// Not in the default suite yet: these are issue 15's acceptance tests and the swarm does
-		// not meet them (upstream 1.5–11.6× the blob bytes at N = 60 on 2026-12-06, see the
-		// issue's note). They join the suite the day they pass.
-		t.Skip("issue 15's 60-daemon acceptance tests: opt-in until the swarm meets them; run with SHOAL_E2E_HERD=1")
-	}
 	s := os.Getenv("SHOAL_E2E_HERD_N")
 	if s == "" {
 		return herdDefaultN
@@ -785,6 +792,7 @@ func TestSwarm60Herd(t *testing.T) {
 // mid-stream. Clients of a restarted node retry once it is back (as containerd does); every
 // other client must succeed at the first try. Same bounds as TestSwarm60Herd.
 func TestSwarm60HerdRestarts(t *testing.T) {
+	herdOptIn(t)
 	h := newHerd(t, herdSize(t))
 	// One blob is held after 256 KiB until the kills, so that they land while a node streams
 	// it from the upstream for the others. Only one, and only for a moment: a blob held longer
