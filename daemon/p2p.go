@@ -28,7 +28,7 @@ type peerNode interface {
 	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
 	FetchViaWithin(ctx context.Context, answer time.Duration, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
 	Designate(ctx context.Context, d digest.Digest) (p2p.Designation, error)
-	DesignateAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Designation, error)
+	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
 	Connected(peerID string) bool
 }
@@ -275,11 +275,22 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			// that the nodes that heard it in time ask: ask it too, patiently, rather than
 			// start a second download. One that is really gone fails fast (its connection
 			// is refused or reset); a frozen one costs this asker patientAnswer once.
-			if rc, size, source, ok := s.askPassed(ctx, rt, d, offset, tried, des.Passed); ok {
-				return rc, size, source, nil
-			}
-			if ctx.Err() != nil {
-				return nil, 0, "", ctx.Err()
+			for i, id := range des.Passed {
+				if i == maxPassedAsked {
+					break
+				}
+				if tried[id] {
+					continue
+				}
+				tried[id] = true
+				rc, size, err := s.node.FetchViaWithin(ctx, patientAnswer, p2p.Peer{ID: id}, d, offset, rt.registry, rt.repo)
+				if err == nil {
+					return s.designatedAnswer(rt, d, id, rc, size, "the designated walk passed over closer peer ")
+				}
+				s.log.Info("closer peer passed over by the designated walk did not answer", "digest", d, "peer", id, "err", err)
+				if ctx.Err() != nil {
+					return nil, 0, "", ctx.Err()
+				}
 			}
 		}
 		var why string
@@ -387,46 +398,13 @@ func (s *sources) awaitPeers(ctx context.Context, d digest.Digest, offset int64,
 	}
 }
 
-// askPassed asks the closest (at most maxPassedAsked) of the peers a designated walk passed
-// over, not asked before, to fetch d for the swarm, each within patientAnswer.
-func (s *sources) askPassed(ctx context.Context, rt route, d digest.Digest, offset int64, tried map[string]bool, passed []string) (io.ReadCloser, int64, string, bool) {
-	asked := 0
-	for _, id := range passed {
-		if asked == maxPassedAsked || ctx.Err() != nil {
-			break
-		}
-		if tried[id] {
-			continue
-		}
-		tried[id] = true
-		asked++
-		rc, size, err := s.node.FetchViaWithin(ctx, patientAnswer, p2p.Peer{ID: id}, d, offset, rt.registry, rt.repo)
-		if err == nil {
-			rc, size, source, _ := s.designatedAnswer(rt, d, id, rc, size, "the designated walk passed over closer peer ")
-			return rc, size, source, true
-		}
-		s.log.Info("closer peer passed over by the designated walk did not answer", "digest", d, "peer", id, "err", err)
-	}
-	return nil, 0, "", false
-}
-
 // redesignate, on a resume, asks the peer the swarm designates among the peers still
 // connected, except broken (the peer whose stream just broke) and peers that fail to answer
 // (at most 3 asked). self reports that this node is now the designated one.
 func (s *sources) redesignate(ctx context.Context, rt route, d digest.Digest, offset int64, tried map[string]bool, broken string) (rc io.ReadCloser, size int64, source string, self bool, err error) {
 	except := []string{broken}
 	for range 3 {
-		des, err := s.node.DesignateAmongConnected(ctx, d, except...)
-		if err == nil && len(des.Passed) > 0 {
-			// As on a first miss: a closer peer that was only busy is the one the others ask.
-			if rc, size, source, ok := s.askPassed(ctx, rt, d, offset, tried, des.Passed); ok {
-				return rc, size, source, false, nil
-			}
-			if ctx.Err() != nil {
-				return nil, 0, "", false, ctx.Err()
-			}
-		}
-		dp, self := des.Peer, des.Self
+		dp, self, err := s.node.DesignatedAmongConnected(ctx, d, except...)
 		if err != nil || self {
 			return nil, 0, "", self, errors.Join(errNoDesignated, err)
 		}

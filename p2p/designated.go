@@ -104,31 +104,19 @@ func (n *Node) Designate(ctx context.Context, d digest.Digest) (Designation, err
 // a moment late: the caller excepts the peer whose stream broke); in a large one a fresh walk
 // that skips the excepted peers and those that no longer answer.
 func (n *Node) DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p Peer, self bool, err error) {
-	des, err := n.DesignateAmongConnected(ctx, d, except...)
-	return des.Peer, des.Self, err
-}
-
-// DesignateAmongConnected is DesignatedAmongConnected, saying also which closer peers the walk
-// passed over (see Designation).
-func (n *Node) DesignateAmongConnected(ctx context.Context, d digest.Digest, except ...string) (Designation, error) {
 	key, err := digestKey(d)
 	if err != nil {
-		return Designation{}, err
+		return Peer{}, false, err
 	}
 	k := string(key.Hash())
 	if n.dht.RoutingTable().Size() < designateLocalMax {
-		p, self, err := n.designatedLocal(k, true, except...)
-		return Designation{Peer: p, Self: self}, err
+		return n.designatedLocal(k, true, except...)
 	}
-	id, passed, err := n.walkToKey(ctx, k, except)
+	id, _, err := n.walkToKey(ctx, k, except)
 	if err != nil {
-		return Designation{}, err
+		return Peer{}, false, err
 	}
-	var ps []string
-	for _, p := range passed {
-		ps = append(ps, p.String())
-	}
-	return Designation{Peer: n.peerResult(id), Self: id == n.host.ID(), Passed: ps}, nil
+	return n.peerResult(id), id == n.host.ID(), nil
 }
 
 func (n *Node) peerResult(id peer.ID) Peer {
