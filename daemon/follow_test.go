@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -312,5 +313,59 @@ func TestDesignatedNodeLeavesThePeerItFollowed(t *testing.T) {
 	}
 	if len(fromUpstream) != 1 || !strings.Contains(fromUpstream[0], "designated") {
 		t.Errorf("upstream fetches of the layer: %q, want one, as the designated fetcher", fromUpstream)
+	}
+}
+
+// A node that follows a lying peer and is followed by another peer tells that follower to
+// discard what it passed on once its own download fails verification (p2p.ErrRetracted),
+// instead of letting it read on into the refetched bytes with a wrong prefix (the follower then
+// banned the honest node in the middle, and the liar went unnoticed by it).
+func TestFollowerIsToldToDiscardALiarsBytes(t *testing.T) {
+	x, _, hc := halfwaySetup(t, true, true) // hc sends half the layer, then (released) the rest with a flipped byte
+	resp, err := http.Get("http://" + x.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	waitFor(t, func() bool {
+		f := x.spool.lookup(hc.d)
+		if f == nil {
+			return false
+		}
+		defer f.release()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.written > 0
+	})
+
+	zcfg := p2p.DefaultConfig()
+	zcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}
+	z, err := p2p.New(t.Context(), zcfg, t.TempDir(), &halfwayContent{}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	rc, size, err := z.Fetch(t.Context(), p2p.Peer{ID: x.node.ID(), Addrs: x.node.Addrs()}, hc.d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	half := make([]byte, 64<<10) // well within what x has: it writes in chunks and holds back its last byte
+	readWithin(t, rc, half, 30*time.Second, "a first part, which x follows from the lying peer")
+	close(hc.release)
+
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, rc); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, p2p.ErrRetracted) {
+			t.Fatalf("the follower read on after x's download failed verification (err %v), want p2p.ErrRetracted", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the follower heard nothing within 30s")
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || !bytes.Equal(body, hc.data) || int64(len(body)) != size {
+		t.Fatalf("x's own client: %d bytes, err %v", len(body), err)
 	}
 }

@@ -26,9 +26,11 @@ type peerNode interface {
 	FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error)
 	Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
-	Designated(ctx context.Context, d digest.Digest) (p2p.Peer, bool, error)
+	FetchViaWithin(ctx context.Context, answer time.Duration, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error)
+	Designate(ctx context.Context, d digest.Digest) (p2p.Designation, error)
 	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
+	Connected(peerID string) bool
 }
 
 var _ peerNode = (*p2p.Node)(nil)
@@ -56,7 +58,7 @@ var (
 // FetchForSwarm downloads d from the upstream for a peer that designated this node, once for
 // the whole swarm (coalesced with every local and remote request), and streams it as it
 // arrives. It never asks another peer: a request from a peer is never forwarded.
-func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
+func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
 	registry = canonicalRegistry(registry)
 	if !validHost(registry) || oci.ValidateRepo(repo) != nil {
 		return nil, 0, fmt.Errorf("%w: bad repository %s/%s", p2p.ErrNotFound, registry, repo)
@@ -75,10 +77,12 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset
 	switch {
 	case started:
 		c.log.Info("fetching for the swarm", "digest", d, "registry", registry, "repo", repo)
-	case f.leavePeer():
-		// This node followed a peer for d, and the swarm now designates it (the fetcher it
-		// followed died): that peer may be the asker, waiting on us. Go to the source.
-		c.log.Info("designated for a blob this node followed from a peer: resuming it from the upstream", "digest", d)
+	case f.leavePeerFor(asker, offset > 0 && c.src.fetcherGone(ctx, d)):
+		// This node follows a peer for d, and the swarm now designates it (the fetcher it
+		// followed died), or the asker may be where our bytes come from: following on would
+		// wait on ourselves or on the dead. Go to the source. (An asker that merely
+		// disagrees on the designated node follows our download.)
+		c.log.Info("designated for a blob this node followed from a peer: resuming it from the upstream", "digest", d, "asker", asker)
 	}
 	size, err := f.waitStarted(ctx)
 	switch {
@@ -93,7 +97,7 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, d digest.Digest, offset
 		f.release()
 		return nil, 0, err
 	}
-	return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
+	return &releasingReader{Reader: peerReader(context.WithoutCancel(ctx), f, offset, size), f: f}, size, nil
 }
 
 func (c *peerContent) shareable(ctx context.Context, d digest.Digest) bool {
@@ -126,7 +130,7 @@ func (c *peerContent) OpenForPeer(ctx context.Context, d digest.Digest, offset i
 			return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
 		}
 		// Peers follow the download ungated: they verify the digest themselves.
-		return &releasingReader{Reader: &fillReader{ctx: context.WithoutCancel(ctx), f: f, off: offset, end: size}, f: f}, size, nil
+		return &releasingReader{Reader: peerReader(context.WithoutCancel(ctx), f, offset, size), f: f}, size, nil
 	}
 	return nil, 0, fmt.Errorf("%w: %s", p2p.ErrNotFound, d)
 }
@@ -218,10 +222,13 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 	return func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error) {
 		calls++
 		defer func() { _, last, _ = strings.Cut(source, ":") }() // "peer:ID", "designated:ID" or "upstream"
-		if s.node == nil || calls > 2 {
+		if s.node == nil {
 			return up(ctx, offset)
 		}
-		if calls == 2 {
+		if calls > maxPeerResumes+1 {
+			return s.upstreamOpener(rt, d, fmt.Sprintf("resume %d: the stream broke again (last source %s)", calls-1, last))(ctx, offset)
+		}
+		if calls >= 2 {
 			// A resume: the stream broke. If the source that died was the one every in-flight
 			// copy followed (a killed designated fetcher), the other providers are stuck at the
 			// same offset, and if each node went to the upstream the rest of the blob would be
@@ -248,7 +255,7 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 			if ctx.Err() != nil {
 				return nil, 0, "", ctx.Err()
 			}
-			return up(ctx, offset)
+			return s.upstreamOpener(rt, d, "the stream from "+last+" broke and neither a designated peer nor a provider took over")(ctx, offset)
 		}
 		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup)
 		if err == nil {
@@ -260,16 +267,134 @@ func (s *sources) blobOpener(rt route, d digest.Digest) blobOpener {
 		}
 		// Nobody has it or is fetching it: ask the peer the swarm designates for this
 		// digest, so that the upstream is paid once for everyone.
-		dp, self, derr := s.node.Designated(ctx, d)
-		if derr == nil && !self && !tried[dp.ID] {
-			if rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer "); err == nil {
+		des, derr := s.node.Designate(ctx, d)
+		dp, self := des.Peer, des.Self
+		if derr == nil && len(des.Passed) > 0 {
+			// The walk passed over closer peers that did not answer in time. Most often they
+			// are busy (the whole swarm asks at once), and the closest of them is the fetcher
+			// that the nodes that heard it in time ask: ask it too, patiently, rather than
+			// start a second download. One that is really gone fails fast (its connection
+			// is refused or reset); a frozen one costs this asker patientAnswer once.
+			for i, id := range des.Passed {
+				if i == maxPassedAsked {
+					break
+				}
+				if tried[id] {
+					continue
+				}
+				tried[id] = true
+				rc, size, err := s.node.FetchViaWithin(ctx, patientAnswer, p2p.Peer{ID: id}, d, offset, rt.registry, rt.repo)
+				if err == nil {
+					return s.designatedAnswer(rt, d, id, rc, size, "the designated walk passed over closer peer ")
+				}
+				s.log.Info("closer peer passed over by the designated walk did not answer", "digest", d, "peer", id, "err", err)
+				if ctx.Err() != nil {
+					return nil, 0, "", ctx.Err()
+				}
+			}
+		}
+		var why string
+		switch {
+		case derr != nil:
+			why = "no peer had it and finding its designated fetcher failed: " + derr.Error()
+			s.log.Info("finding the designated fetcher failed", "digest", d, "err", derr)
+		case self:
+			why = "no peer had it and this node is its designated fetcher"
+		case tried[dp.ID]:
+			why = "no peer had it and its designated peer " + dp.ID + " was tried already"
+		default:
+			rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer ")
+			if err == nil {
 				return rc, size, source, nil
+			}
+			why = "no peer had it and its designated peer " + dp.ID + " did not answer: " + err.Error()
+			if errors.Is(err, p2p.ErrStalled) {
+				// A designated peer that did not answer in time is most often busy, not
+				// gone: the whole swarm asked it at the same instant. Ask it once more,
+				// patiently; then look for a provider record (its download is advertised
+				// once the upstream answers, or that of a node following it) before paying
+				// the upstream once more. It may be asked again as a plain provider.
+				rc, size, err2 := s.node.FetchViaWithin(ctx, patientAnswer, dp, d, offset, rt.registry, rt.repo)
+				if err2 == nil {
+					return s.designatedAnswer(rt, d, dp.ID, rc, size, "nobody had it; asked again, designated peer ")
+				}
+				s.log.Info("designated peer did not answer a second time", "digest", d, "peer", dp.ID, "err", err2)
+				delete(tried, dp.ID)
+				if rc, size, peerID, err := s.awaitPeers(ctx, d, offset, tried, providerWait); err == nil {
+					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
+						Reason: "designated peer " + dp.ID + " did not answer in time; provided by peer " + peerID})
+					return rc, size, "peer:" + peerID, nil
+				}
+				tried[dp.ID] = true
+			}
+			if ctx.Err() != nil {
+				return nil, 0, "", ctx.Err()
+			}
+			// Gone (its connection broke: killed, restarting) or silent: every node that asked
+			// it designates the next closest alike, which fetches once for all of them.
+			r, n, src, self, rerr := s.redesignate(ctx, rt, d, offset, tried, dp.ID)
+			switch {
+			case rerr == nil:
+				return r, n, src, nil
+			case self:
+				why = "its designated peer " + dp.ID + " did not answer and this node is the next closest: " + err.Error()
+				// A node that followed the one that went may hold the blob, or more of it.
+				if rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup); err == nil {
+					s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer",
+						Reason: "designated peer " + dp.ID + " did not answer; provided by peer " + peerID})
+					return rc, size, "peer:" + peerID, nil
+				}
 			}
 		}
 		if ctx.Err() != nil {
 			return nil, 0, "", ctx.Err()
 		}
-		return up(ctx, offset)
+		return s.upstreamOpener(rt, d, why)(ctx, offset)
+	}
+}
+
+// maxPeerResumes bounds the resumes of one download that look for a peer (a designated one, or
+// a provider) before the upstream: a swarm whose designated fetcher died may take a second
+// hand-over (a node that took its role was following it too).
+const maxPeerResumes = 3
+
+// providerWait bounds how long a node waits for a provider record of a blob whose designated
+// fetcher did not answer before it goes to the upstream itself; providerPoll spaces the
+// lookups meanwhile. A busy designated fetcher's record appears well within it (it advertises
+// a download as soon as the upstream answers); a dead one costs each asker this once.
+// patientAnswer bounds the wait for the first answer of a closer peer that the designated walk
+// passed over (it let the walk's requests time out, so it is busy or gone); maxPassedAsked
+// bounds how many such peers one miss asks.
+const (
+	patientAnswer  = 3 * time.Second
+	maxPassedAsked = 2
+)
+
+const (
+	providerWait = 1500 * time.Millisecond
+	providerPoll = 100 * time.Millisecond
+)
+
+// awaitPeers is fromPeers (one provider at a time), repeated until a provider answers or wait
+// has passed.
+func (s *sources) awaitPeers(ctx context.Context, d digest.Digest, offset int64, tried map[string]bool, wait time.Duration) (io.ReadCloser, int64, string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, 1)
+		if err == nil || ctx.Err() != nil {
+			return rc, size, peerID, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, 0, "", err
+		}
+		t := time.NewTimer(min(providerPoll, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, 0, "", ctx.Err()
+		case <-t.C:
+		}
 	}
 }
 
@@ -306,12 +431,30 @@ func (s *sources) viaDesignated(ctx context.Context, rt route, d digest.Digest, 
 		s.log.Info("designated peer did not answer", "digest", d, "peer", dp.ID, "err", err)
 		return nil, 0, "", err
 	}
-	if from := servedBy(rc, dp.ID); from != dp.ID {
-		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: why + dp.ID + " was at its upload limit and sent this node to " + from + ", which follows its download"})
+	return s.designatedAnswer(rt, d, dp.ID, rc, size, why)
+}
+
+// designatedAnswer records and returns the answer of a designated peer id to a swarm fetch.
+func (s *sources) designatedAnswer(rt route, d digest.Digest, id string, rc io.ReadCloser, size int64, why string) (io.ReadCloser, int64, string, error) {
+	if from := servedBy(rc, id); from != id {
+		s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "peer", Reason: why + id + " was at its upload limit and sent this node to " + from + ", which follows its download"})
 		return rc, size, "peer:" + from, nil
 	}
-	s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: why + dp.ID + " fetched it for the swarm"})
-	return rc, size, "designated:" + dp.ID, nil
+	s.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "blob", Source: "designated", Reason: why + id + " fetched it for the swarm"})
+	return rc, size, "designated:" + id, nil
+}
+
+// fetcherGone reports whether the designated fetcher of d, as this node knows it, is gone
+// (this node is no longer connected to it); when that cannot be told, it says gone.
+func (s *sources) fetcherGone(ctx context.Context, d digest.Digest) bool {
+	if s.node == nil {
+		return true
+	}
+	des, err := s.node.Designate(ctx, d)
+	if err != nil {
+		return true
+	}
+	return !des.Self && !s.node.Connected(des.Peer.ID)
 }
 
 // upstreamOpener opens d from the upstream only, recording whether the repository needed

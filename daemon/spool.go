@@ -7,11 +7,13 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 )
 
@@ -52,6 +54,7 @@ type fill struct {
 	// cur is the stream the fill reads now, fromPeer whether a peer sends it (leavePeer).
 	cur       io.Reader
 	fromPeer  bool
+	lastByte  time.Time // when cur opened or last sent bytes
 	w         *store.Writer
 	discarded []*store.Writer // writers of refills, closed with the last reference
 	refs      int             // fill goroutine + readers holding w
@@ -177,6 +180,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 	defer cancel()
 	defer context.AfterFunc(s.base, cancel)()
 	var err error
+	retracted := 0
 	for attempt := 0; ; attempt++ {
 		err = s.copy(ctx, f, open)
 		if err == nil {
@@ -185,6 +189,17 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		var be *boundError
 		if errors.As(err, &be) {
 			s.noteBound(f.rt, f.d, f.sourceList(), be)
+		}
+		if errors.Is(err, p2p.ErrRetracted) && retracted < maxRetractions {
+			retracted++
+			attempt-- // not a lie of the peer that told us: it does not use up the refills
+			// The peer we followed took back what it sent (its source lied): discard it all
+			// and start again; the peer only passed the bytes on, so it is not banned.
+			s.log.Info("the peer this download followed retracted its bytes; starting again from other sources", "digest", f.d, "err", err)
+			if err = s.restart(ctx, f); err != nil {
+				break
+			}
+			continue
 		}
 		// Wrong bytes, or too many, mean a lying peer when one took part: ban it, start again.
 		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
@@ -250,13 +265,32 @@ func (s *spool) restart(ctx context.Context, f *fill) error {
 	return old.Abort()
 }
 
-// leavePeer breaks the stream the fill reads if a peer sends it, so that the fill resumes from
-// the next source (reporting whether it did). A node the swarm designates for a blob it was
-// following from a peer calls it: that peer may be waiting on the designated node itself.
-func (f *fill) leavePeer() bool {
+// maxRetractions bounds the fresh starts of one download after a peer retracted the bytes it
+// sent (see p2p.ErrRetracted): in a tree of followers under a lying node, each level may
+// retract once, so this is a few; a peer that keeps retracting cannot keep a download going.
+const maxRetractions = 8
+
+// stuckAfter: a peer stream that sent nothing for this long is taken for stuck when this node
+// is asked to fetch its blob for the swarm (well under p2p.stall_timeout, which ends it anyway).
+const stuckAfter = 2 * time.Second
+
+// leavePeerFor breaks the stream the fill reads if a peer sends it and that stream may lead
+// to a dead end, when asker, a peer, asks this node to fetch the blob for the swarm, so that
+// the fill resumes from the next source (reporting whether it did). It may when asker is the
+// peer that sends it (following on would wait on ourselves), when fetcherGone (the asker
+// resumes and the designated fetcher that every copy follows is gone: ours leads there too),
+// or when the stream sent nothing for stuckAfter (the peer died or froze). An asker that
+// merely disagrees on the designated node, or whose stream broke because a node between it and
+// the fetcher went, follows our download while it moves: leaving would start a second upstream
+// download.
+func (f *fill) leavePeerFor(asker string, fetcherGone bool) bool {
 	f.mu.Lock()
 	a, ok := f.cur.(interface{ Abort() })
-	ok = ok && f.fromPeer
+	from := ""
+	if n := len(f.sources); n > 0 {
+		_, from, _ = strings.Cut(f.sources[n-1], ":")
+	}
+	ok = ok && f.fromPeer && (from == asker || fetcherGone || time.Since(f.lastByte) >= stuckAfter)
 	f.mu.Unlock()
 	if ok {
 		a.Abort()
@@ -290,7 +324,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if source != "upstream" && f.peerFrom < 0 {
 			f.peerFrom = f.written
 		}
-		f.cur, f.fromPeer = rc, source != "upstream"
+		f.cur, f.fromPeer, f.lastByte = rc, source != "upstream", time.Now()
 		f.mu.Unlock()
 		if size, err = s.checkAnnounced(f.known, size); err != nil {
 			f.mu.Lock()
@@ -310,7 +344,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || ctx.Err() != nil {
+		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || errors.Is(err, p2p.ErrRetracted) || ctx.Err() != nil {
 			return err
 		}
 		lastErr = err
@@ -337,6 +371,7 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 			}
 			f.mu.Lock()
 			f.written += int64(n)
+			f.lastByte = time.Now()
 			f.broadcast()
 			f.mu.Unlock()
 		}
@@ -442,6 +477,12 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 			}
 			r.attempt = f.restarts
 		}
+		if r.peer && r.attempt != f.restarts {
+			// A peer follows this download ungated: what it got of the discarded attempt
+			// may be wrong. It is told to discard it.
+			f.mu.Unlock()
+			return 0, p2p.ErrRetracted
+		}
 		if f.verified {
 			err = nil
 		}
@@ -518,12 +559,22 @@ type fillReader struct {
 	off, end int64
 	gated    bool
 	eager    bool
+	peer     bool // a peer's reader: cut with p2p.ErrRetracted when the attempt it reads is discarded
 	attempt  int  // eager: the fill attempt it reads
 	tainted  bool // eager: it was handed bytes that came from a peer
 	// maxWait: a gated reader that got no byte for this long turns eager (0: never);
 	// progress is when it last got one (or was made).
 	maxWait  time.Duration
 	progress time.Time
+}
+
+// peerReader reads f for a peer, from off to end (the blob's size), ungated: the peer
+// verifies the digest itself. If the attempt it reads is discarded (its bytes did not verify),
+// it fails with p2p.ErrRetracted, which the peer is told.
+func peerReader(ctx context.Context, f *fill, off, end int64) *fillReader {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &fillReader{ctx: ctx, f: f, off: off, end: end, peer: true, attempt: f.restarts}
 }
 
 // clientReader reads f for a client of this node, from off to end. With verifyFirst, peer

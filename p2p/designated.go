@@ -54,23 +54,47 @@ const (
 // when this node is the designated one. In a swarm larger than a k-bucket it costs a short
 // walk (a few FIND_NODE round trips), cached per digest for a while.
 func (n *Node) Designated(ctx context.Context, d digest.Digest) (p Peer, self bool, err error) {
+	des, err := n.Designate(ctx, d)
+	return des.Peer, des.Self, err
+}
+
+// Designation is Designate's answer.
+type Designation struct {
+	Peer Peer
+	Self bool // this node is the designated one
+	// Passed lists the peers closer to the key than Peer that did not answer the walk in
+	// time. They may be down (then every node passes them over alike) or only busy (then
+	// nodes that heard them in time name them instead): the answer is less sure.
+	Passed []string
+}
+
+// Designate is Designated, saying also which closer peers the walk passed over.
+func (n *Node) Designate(ctx context.Context, d digest.Digest) (Designation, error) {
 	key, err := digestKey(d)
 	if err != nil {
-		return Peer{}, false, err
+		return Designation{}, err
 	}
 	k := string(key.Hash())
 	if n.dht.RoutingTable().Size() < designateLocalMax {
-		return n.designatedLocal(k, false)
+		p, self, err := n.designatedLocal(k, false)
+		return Designation{Peer: p, Self: self}, err
 	}
-	if id, ok := n.designate.get(k); ok && !n.peers.isBanned(id) {
-		return n.peerResult(id), id == n.host.ID(), nil
+	if e, ok := n.designate.get(k); ok && !n.peers.isBanned(e.id) {
+		return Designation{Peer: n.peerResult(e.id), Self: e.id == n.host.ID(), Passed: e.passed}, nil
 	}
-	id, err := n.walkToKey(ctx, k, nil)
+	id, passed, err := n.walkToKey(ctx, k, nil)
 	if err != nil {
-		return Peer{}, false, err
+		return Designation{}, err
 	}
-	n.designate.put(k, id)
-	return n.peerResult(id), id == n.host.ID(), nil
+	var ps []string
+	for _, p := range passed {
+		ps = append(ps, p.String())
+	}
+	if len(ps) > 0 {
+		n.log.Info("designated fetcher walk passed over closer peers that did not answer", "digest", d, "designated", id.String(), "passed", ps)
+	}
+	n.designate.put(k, designateEntry{id: id, passed: ps})
+	return Designation{Peer: n.peerResult(id), Self: id == n.host.ID(), Passed: ps}, nil
 }
 
 // DesignatedAmongConnected is Designated among the peers that are up now, except the given
@@ -88,7 +112,7 @@ func (n *Node) DesignatedAmongConnected(ctx context.Context, d digest.Digest, ex
 	if n.dht.RoutingTable().Size() < designateLocalMax {
 		return n.designatedLocal(k, true, except...)
 	}
-	id, err := n.walkToKey(ctx, k, except)
+	id, _, err := n.walkToKey(ctx, k, except)
 	if err != nil {
 		return Peer{}, false, err
 	}
@@ -120,8 +144,20 @@ func (n *Node) designatedLocal(k string, connectedOnly bool, except ...string) (
 
 // walkToKey finds the live node closest to k: it asks the closest peer it knows (routing
 // table, then what the answers named) for peers closer to k, until the closest one not found
-// down has answered. This node is compared too (a peer never names the asker).
-func (n *Node) walkToKey(ctx context.Context, k string, except []string) (peer.ID, error) {
+// down has answered. This node is compared too (a peer never names the asker). passed lists
+// the peers found down that are closer to k than the answer.
+func (n *Node) walkToKey(ctx context.Context, k string, except []string) (id peer.ID, passed []peer.ID, err error) {
+	id, err = n.walk(ctx, k, except, func(p peer.ID) { passed = append(passed, p) })
+	var closer []peer.ID
+	for _, p := range passed {
+		if err == nil && kb.Closer(p, id, k) {
+			closer = append(closer, p)
+		}
+	}
+	return id, closer, err
+}
+
+func (n *Node) walk(ctx context.Context, k string, except []string, downSeen func(peer.ID)) (peer.ID, error) {
 	self := n.host.ID()
 	target := kb.ConvertKey(k)
 	skip := func(id peer.ID) bool {
@@ -170,6 +206,7 @@ func (n *Node) walkToKey(ctx context.Context, k string, except []string) (peer.I
 			}
 			n.log.Debug("designated fetcher walk: peer did not answer", "peer", next.String(), "err", err)
 			down[next] = true
+			downSeen(next)
 			continue
 		}
 		queried[next] = true
@@ -257,27 +294,29 @@ type designateCache struct {
 }
 
 type designateEntry struct {
-	id peer.ID
-	at time.Time
+	id     peer.ID
+	passed []string
+	at     time.Time
 }
 
-func (c *designateCache) get(k string) (peer.ID, bool) {
+func (c *designateCache) get(k string) (designateEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[k]
 	if !ok || time.Since(e.at) > designateCacheTTL {
-		return "", false
+		return designateEntry{}, false
 	}
-	return e.id, true
+	return e, true
 }
 
-func (c *designateCache) put(k string, id peer.ID) {
+func (c *designateCache) put(k string, e designateEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= designateCacheMax {
 		c.m = map[string]designateEntry{}
 	}
-	c.m[k] = designateEntry{id: id, at: time.Now()}
+	e.at = time.Now()
+	c.m[k] = e
 }
 
 func (n *Node) addrsOf(id peer.ID) []string {

@@ -23,7 +23,7 @@ type swarmContent struct {
 	asked    chan string // registry/repo of each FetchForSwarm
 }
 
-func (c *swarmContent) FetchForSwarm(_ context.Context, d digest.Digest, off int64, registry, repo string) (io.ReadCloser, int64, error) {
+func (c *swarmContent) FetchForSwarm(_ context.Context, _ string, d digest.Digest, off int64, registry, repo string) (io.ReadCloser, int64, error) {
 	c.asked <- registry + "/" + repo
 	b, ok := c.upstream[d]
 	if !ok {

@@ -53,9 +53,10 @@ type Content interface {
 
 // SwarmFetcher is implemented by Content that downloads on the swarm's behalf when this node is
 // the designated fetcher of a digest (FetchVia). It fetches from the upstream only, never from
-// another peer, and must refuse (ErrNotFound) what it may not share.
+// another peer, and must refuse (ErrNotFound) what it may not share. asker is the peer ID of
+// the node asking, offset how much of the blob it has already.
 type SwarmFetcher interface {
-	FetchForSwarm(ctx context.Context, d digest.Digest, offset int64, registry, repo string) (rc io.ReadCloser, size int64, err error)
+	FetchForSwarm(ctx context.Context, asker string, d digest.Digest, offset int64, registry, repo string) (rc io.ReadCloser, size int64, err error)
 }
 
 // Sentinel errors, compared with errors.Is.
@@ -64,6 +65,10 @@ var (
 	ErrNotFound = errors.New("p2p: not found")
 	// ErrStalled means a transfer received no byte for StallTimeout.
 	ErrStalled = errors.New("p2p: transfer stalled")
+	// ErrRetracted means the peer took back the bytes it sent: they came from a download of
+	// its own that did not verify (its source lied). The receiver discards them and fetches
+	// the blob afresh elsewhere; it has no reason to ban the peer that told it.
+	ErrRetracted = errors.New("p2p: the peer retracted the bytes it sent (its own download did not verify)")
 	// ErrBanned means the peer is banned; nothing is exchanged with it.
 	ErrBanned = errors.New("p2p: peer banned")
 )
@@ -417,6 +422,13 @@ func (n *Node) Addrs() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Connected reports whether this node holds a live connection to the peer (a killed peer's
+// connection is gone within moments; a frozen one's stays).
+func (n *Node) Connected(peerID string) bool {
+	id, err := peer.Decode(peerID)
+	return err == nil && n.host.Network().Connectedness(id) == network.Connected
 }
 
 // Ping measures the round-trip time to a peer (dialling it if it is known but not connected).

@@ -54,6 +54,8 @@ const (
 	modeFetch       = "fetch"
 	maxRegistryLen  = 255
 	maxRepoLen      = 255
+	// retractCode resets a stream whose bytes the sender takes back (ErrRetracted).
+	retractCode network.StreamErrorCode = 0x5e01
 	// maxOffset keeps offsets far from int64 overflow in size arithmetic.
 	maxOffset = 1 << 62
 )
@@ -312,7 +314,7 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			s.Reset()
 			return
 		}
-		rc, size, err = sf.FetchForSwarm(ctx, req.Digest, req.Offset, req.Registry, req.Repo)
+		rc, size, err = sf.FetchForSwarm(ctx, p.String(), req.Digest, req.Offset, req.Registry, req.Repo)
 	} else {
 		rc, size, err = n.content.OpenForPeer(ctx, req.Digest, req.Offset)
 	}
@@ -367,6 +369,13 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			if rerr == io.EOF && sent == want {
 				break
 			}
+			if errors.Is(rerr, ErrRetracted) {
+				// The bytes sent so far came from a source that lied to this node: tell the
+				// peer to discard them (it verifies what it gets anyway).
+				n.log.Info("retracting the bytes sent to a peer: this node's own download did not verify", "peer", p.String(), "digest", req.Digest, "sent", sent)
+				_ = s.ResetWithError(retractCode)
+				return
+			}
 			// Content ended early or failed (an in-progress download that was aborted, say).
 			// Close cleanly rather than reset: the peer knows the size, so it sees the short
 			// body as io.ErrUnexpectedEOF, and it keeps the bytes it got to resume elsewhere
@@ -413,6 +422,18 @@ func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int
 	}
 	tries := maxRedirectPeers
 	return n.fetch(ctx, p, req, min(n.cfg.DesignatedTimeout, n.cfg.StallTimeout), 0, &tries)
+}
+
+// FetchViaWithin is FetchVia with its own bound on the wait for the peer's first answer: for
+// a peer known to be busy (it let a walk's request time out) but likely the one the rest of
+// the swarm asks.
+func (n *Node) FetchViaWithin(ctx context.Context, answer time.Duration, p Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
+	req := request{Digest: d, Offset: offset, Mode: modeFetch, Registry: registry, Repo: repo}
+	if !token([]byte(registry), maxRegistryLen) || !token([]byte(repo), maxRepoLen) {
+		return nil, 0, fmt.Errorf("p2p: fetch %s via %s: invalid registry or repository", d, p.ID)
+	}
+	tries := maxRedirectPeers
+	return n.fetch(ctx, p, req, min(answer, n.cfg.StallTimeout), 0, &tries)
 }
 
 // fetch sends req to p; answer bounds the wait for the response line. hops counts the
@@ -470,6 +491,7 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	reset := context.AfterFunc(ctx, func() { s.Reset() })
 	release := n.holdConn(pid) // no connection-manager trim mid-transfer; every exit calls stop
 	stop := func() bool { release(); return reset() }
+	waited := stall // the deadline of the read or write under way, for the error message
 	abort := func(err error) (io.ReadCloser, int64, error) {
 		stop()
 		s.Reset()
@@ -477,7 +499,7 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
 		}
 		if isTimeout(err) {
-			err = fmt.Errorf("%w: no answer for %v", ErrStalled, stall)
+			err = fmt.Errorf("%w: no answer for %v", ErrStalled, waited)
 		}
 		return fail(fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, err))
 	}
@@ -487,8 +509,10 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	}
 	_ = s.CloseWrite()
 	_ = s.SetReadDeadline(time.Now().Add(answer))
+	waited = answer
 	br := bufio.NewReaderSize(s, 64<<10)
 	line, err := readLine(br, maxResponseLine)
+	waited = stall
 	if err != nil {
 		return abort(err)
 	}
@@ -634,9 +658,12 @@ func (r *blobReader) Read(p []byte) (int, error) {
 	if err == nil || r.remaining == 0 {
 		return n, nil
 	}
+	var se *network.StreamError
 	switch {
 	case r.ctx.Err() != nil:
 		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, r.ctx.Err())
+	case errors.As(err, &se) && se.Remote && se.ErrorCode == retractCode:
+		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, ErrRetracted)
 	case isTimeout(err):
 		r.err = fmt.Errorf("p2p: fetch %s: %w: no data for %v", r.what, ErrStalled, r.stall)
 		r.stats.failures.Add(1)
