@@ -303,16 +303,22 @@ func TestFilesCorruptUpstreamNeverServedOrKept(t *testing.T) {
 // advertising the file too, every client still gets the right bytes, nothing wrong is stored
 // and the liar is banned; the upstream bytes are logged, not bounded (nodes that took the
 // liar's bytes download again: see docs/files.md). SHOAL_FILES_SWARM_MIB sets the size
-// (default 24 MiB; the 1 GiB: SHOAL_FILES_SWARM_MIB=1024).
+// (default 24 MiB; the 1 GiB: SHOAL_FILES_SWARM_MIB=1024), SHOAL_FILES_SWARM_N the
+// number of nodes (default 5; each stores the file, so N × size of disk).
 func TestFilesSwarmPaysUpstreamOnce(t *testing.T) {
 	t.Run("honest", func(t *testing.T) { testFilesSwarm(t, false) })
 	t.Run("lying peer", func(t *testing.T) { testFilesSwarm(t, true) })
 }
 
 func testFilesSwarm(t *testing.T, liar bool) {
-	mib := 24
+	mib, count := 24, 5
 	if v := os.Getenv("SHOAL_FILES_SWARM_MIB"); v != "" {
 		mib, _ = strconv.Atoi(v)
+	}
+	if v := os.Getenv("SHOAL_FILES_SWARM_N"); v != "" {
+		if count, _ = strconv.Atoi(v); count < 2 {
+			t.Fatalf("SHOAL_FILES_SWARM_N=%q: want a number ≥ 2", v)
+		}
 	}
 	fx := filestest.New(t)
 	big := randBytes(t, mib<<20)
@@ -340,7 +346,7 @@ func testFilesSwarm(t *testing.T, liar bool) {
 	}
 	first := startNode(t, up, boot, mod)
 	nodes := []*Daemon{first}
-	for range 4 {
+	for range count - 1 {
 		nodes = append(nodes, startNode(t, up, first.node.Addrs(), mod))
 	}
 	for _, n := range nodes {
@@ -384,9 +390,9 @@ func testFilesSwarm(t *testing.T, liar bool) {
 		}
 	}
 	sent := fx.FileBytes.Load()
-	t.Logf("5 nodes, %d MiB file: the upstream sent %d bytes (%.3f×); CDN GETs %d", mib, sent, float64(sent)/float64(len(big)), fx.Count("cdn GET"))
+	t.Logf("%d nodes, %d MiB file: the upstream sent %d bytes (%.3f×); CDN GETs %d", count, mib, sent, float64(sent)/float64(len(big)), fx.Count("cdn GET"))
 	if !liar && float64(sent) > 1.05*float64(len(big)) {
-		t.Errorf("upstream sent %d bytes for a %d-byte file on 5 nodes, want ≤ 1.05×", sent, len(big))
+		t.Errorf("upstream sent %d bytes for a %d-byte file on %d nodes, want ≤ 1.05×", sent, len(big), count)
 	}
 	banned := 0
 	for _, n := range nodes {
