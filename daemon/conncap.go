@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,6 +113,15 @@ func (c *countedConn) Close() error {
 }
 
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if f, ok := lr.R.(*os.File); ok && lr.N > 0 {
+			n, handled, err := sendFile(c.Conn, f, lr.N)
+			if handled {
+				lr.N -= n
+				return n, err
+			}
+		}
+	}
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}
