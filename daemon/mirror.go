@@ -245,7 +245,14 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	// Send the headers and what there is now: the rest may wait for the digest check (peer
 	// bytes, a range's last byte), and net/http would hold a short start in its buffer.
 	_ = http.NewResponseController(w).Flush()
-	_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
+	if size >= 0 {
+		// Down the ResponseWriter's ReadFrom to the connection, which sends the bytes from the
+		// fill's temporary file with sendfile as they become readable (conncap.go): no copy
+		// through this process. Chunked (unknown size) bodies cannot, net/http copies those.
+		_, err = io.Copy(w, fr)
+	} else {
+		_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
+	}
 	if errors.Is(err, store.ErrNoSpace) && rng == nil && ctx.Err() == nil {
 		// The disk filled up under the download: go on from the upstream where we are,
 		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file). Not

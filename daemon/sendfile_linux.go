@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"syscall"
@@ -24,12 +25,8 @@ const sendfileChunk = 2 << 20
 // call per write-deadline step of 8 MiB). The write deadline set on c still applies
 // (RawConn.Write honours it).
 func sendFile(c net.Conn, f *os.File, n int64) (written int64, handled bool, err error) {
-	sc, ok := c.(syscall.Conn)
+	dst, ok := rawConn(c)
 	if !ok {
-		return 0, false, nil
-	}
-	dst, err := sc.SyscallConn()
-	if err != nil {
 		return 0, false, nil
 	}
 	src, err := f.SyscallConn()
@@ -48,33 +45,7 @@ func sendFile(c net.Conn, f *os.File, n int64) (written int64, handled bool, err
 		if serr = err; serr != nil {
 			return
 		}
-		span := min(n, st.Size-pos)
-		err = dst.Write(func(dfd uintptr) bool {
-			for written < span {
-				chunk := int(min(span-written, sendfileChunk))
-				k, err := syscall.Sendfile(int(dfd), int(sfd), nil, chunk)
-				if k > 0 {
-					written += int64(k)
-				}
-				switch {
-				case errors.Is(err, syscall.EINTR):
-					continue
-				case errors.Is(err, syscall.EAGAIN):
-					return false // wait until the socket is writable
-				case err != nil:
-					serr = err
-					return true
-				case k == 0:
-					return true // the file shrank under us: reported below
-				case k < chunk:
-					return false // the socket buffer is full: wait for it to drain
-				}
-			}
-			return true
-		})
-		if serr == nil {
-			serr = err
-		}
+		written, serr = sendLoop(dst, int(sfd), nil, min(n, st.Size-pos))
 		if serr == nil && written < n {
 			serr = io.ErrUnexpectedEOF // the file is shorter than announced
 		}
@@ -82,8 +53,99 @@ func sendFile(c net.Conn, f *os.File, n int64) (written int64, handled bool, err
 	if cerr != nil && serr == nil {
 		serr = cerr
 	}
-	if serr != nil && written == 0 && (errors.Is(serr, syscall.EINVAL) || errors.Is(serr, syscall.ENOSYS)) {
+	if written == 0 && unsupported(serr) {
 		return 0, false, nil // this file cannot be sent with sendfile: copy it
 	}
 	return written, true, serr
+}
+
+// sendSpans sends a download in flight (a fill's temporary file) to c with sendfile(2) as its
+// bytes become readable, up to limit bytes (-1: to the end). It reports false when it could
+// not send anything this way; the caller then copies.
+func sendSpans(c net.Conn, src fileSpanner, limit int64) (total int64, handled bool, err error) {
+	dst, ok := rawConn(c)
+	if !ok {
+		return 0, false, nil
+	}
+	for limit < 0 || total < limit {
+		max := int64(math.MaxInt64)
+		if limit >= 0 {
+			max = limit - total
+		}
+		f, off, n, err := src.span(max)
+		if err == io.EOF {
+			return total, true, nil
+		}
+		if err != nil {
+			return total, true, err
+		}
+		fc, err := f.SyscallConn()
+		if err != nil {
+			return total, total > 0, err
+		}
+		var k int64
+		var serr error
+		if cerr := fc.Control(func(sfd uintptr) { k, serr = sendLoop(dst, int(sfd), &off, n) }); cerr != nil && serr == nil {
+			serr = cerr
+		}
+		if serr == nil && k < n {
+			serr = io.ErrUnexpectedEOF
+		}
+		src.sent(k)
+		total += k
+		if serr != nil {
+			if total == 0 && unsupported(serr) {
+				return 0, false, nil
+			}
+			return total, true, serr
+		}
+	}
+	return total, true, nil
+}
+
+// sendLoop sends n bytes of the file sfd (at *off, or at its own offset when off is nil) to
+// dst, waiting whenever the socket buffer is full. The bytes must be in the file.
+func sendLoop(dst syscall.RawConn, sfd int, off *int64, n int64) (written int64, err error) {
+	var serr error
+	err = dst.Write(func(dfd uintptr) bool {
+		for written < n {
+			chunk := int(min(n-written, sendfileChunk))
+			k, err := syscall.Sendfile(int(dfd), sfd, off, chunk)
+			if k > 0 {
+				written += int64(k)
+			}
+			switch {
+			case errors.Is(err, syscall.EINTR):
+				continue
+			case errors.Is(err, syscall.EAGAIN):
+				return false // wait until the socket is writable
+			case err != nil:
+				serr = err
+				return true
+			case k == 0:
+				return true // the file shrank under us: the caller reports it
+			case k < chunk:
+				return false // the socket buffer is full: wait for it to drain
+			}
+		}
+		return true
+	})
+	if serr != nil {
+		err = serr
+	}
+	return written, err
+}
+
+func rawConn(c net.Conn) (syscall.RawConn, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := sc.SyscallConn()
+	return rc, err == nil
+}
+
+// unsupported: sendfile cannot send from this file or to this socket.
+func unsupported(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EOPNOTSUPP)
 }
