@@ -28,14 +28,29 @@ import (
 //
 // Needs docker-registry on PATH (`bash .ci/install-deps`); SHOAL_BENCH_SIZE overrides the size.
 func BenchmarkPeerBlob(b *testing.B) {
-	e := getSwarmEnv(b)
 	size := int64(bigSize)
 	if s := os.Getenv("SHOAL_BENCH_SIZE"); s != "" {
 		if _, err := fmt.Sscan(s, &size); err != nil {
 			b.Fatalf("SHOAL_BENCH_SIZE: %v", err)
 		}
 	}
-	repo := "bench/peer"
+	b.SetBytes(size)
+	rate, cpu := peerRates(b, size, b.N)
+	for _, name := range []string{"peer", "peer-eager", "upstream", "direct"} {
+		b.ReportMetric(rate[name], name+"-MiB/s")
+		b.ReportMetric(cpu[name], name+"-cpu-s/GiB")
+	}
+	b.ReportMetric(rate["peer"]/rate["upstream"], "peer/upstream")
+	b.ReportMetric(rate["peer-eager"]/rate["upstream"], "eager/upstream")
+	b.ReportMetric(rate["peer"]/rate["direct"], "peer/direct")
+	b.ReportMetric(rate["peer-eager"]/rate["direct"], "eager/direct")
+}
+
+// peerRates runs rounds of the four paths of BenchmarkPeerBlob for a blob of size bytes and
+// returns each path's MiB/s and the machine's CPU-s per GiB.
+func peerRates(b *testing.B, size int64, rounds int) (rate, cpuPerGiB map[string]float64) {
+	e := getSwarmEnv(b)
+	repo := fmt.Sprintf("bench/peer-%d", size)
 	f := filepath.Join(e.dir, "peer-blob.bin")
 	dgst, err := writeRandom(f, 7, size)
 	if err != nil {
@@ -107,23 +122,18 @@ func BenchmarkPeerBlob(b *testing.B) {
 			b.Fatalf("%s: the seed sent %d bytes to peers, want ≥ %d: the blob did not come from the peer", p.name, sent, size)
 		}
 	}
-	b.SetBytes(size)
 	b.ResetTimer()
-	for i := range b.N {
+	for i := range rounds {
 		for j := range paths {
 			run(paths[(i+j)%len(paths)])
 		}
 	}
 	b.StopTimer()
-	gib := float64(size) * float64(b.N) / (1 << 30)
-	rate := map[string]float64{}
+	gib := float64(size) * float64(rounds) / (1 << 30)
+	rate, cpuPerGiB = map[string]float64{}, map[string]float64{}
 	for _, p := range paths {
-		rate[p.name] = float64(size) * float64(b.N) / (1 << 20) / p.took.Seconds()
-		b.ReportMetric(rate[p.name], p.name+"-MiB/s")
-		b.ReportMetric(p.cpu.Seconds()/gib, p.name+"-cpu-s/GiB")
+		rate[p.name] = float64(size) * float64(rounds) / (1 << 20) / p.took.Seconds()
+		cpuPerGiB[p.name] = p.cpu.Seconds() / gib
 	}
-	b.ReportMetric(rate["peer"]/rate["upstream"], "peer/upstream")
-	b.ReportMetric(rate["peer-eager"]/rate["upstream"], "eager/upstream")
-	b.ReportMetric(rate["peer"]/rate["direct"], "peer/direct")
-	b.ReportMetric(rate["peer-eager"]/rate["direct"], "eager/direct")
+	return rate, cpuPerGiB
 }
