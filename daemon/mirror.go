@@ -175,8 +175,10 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 	if err != nil || r.Method == http.MethodHead {
 		return err
 	}
-	if _, err := rc.Seek(start, io.SeekStart); err != nil {
-		return fmt.Errorf("%w: %v", errAborted, err)
+	if start > 0 { // a fresh reader is at 0 already: one syscall less per GET
+		if _, err := rc.Seek(start, io.SeekStart); err != nil {
+			return fmt.Errorf("%w: %v", errAborted, err)
+		}
 	}
 	if _, err := io.CopyN(w, rc, end-start); err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)
