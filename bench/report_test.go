@@ -110,11 +110,19 @@ func BenchmarkReport(b *testing.B) {
 		fmt.Sprintf("%.2f", median(st.ratios)), spread(st.ratios), ""})
 
 	// 4. Peer transfer (libp2p: TLS 1.3 + yamux) against the same blob over plain HTTP.
-	rate, cpu := peerRates(b, 256<<20, long)
-	rows = append(rows, reportRow{"256 MiB blob from a peer (verified before serving) vs from the registry through shoal", mibs(rate["peer"]), mibs(rate["upstream"]) + " (HTTP upstream)",
-		fmt.Sprintf("%.2f", rate["peer"]/rate["upstream"]), "", "≥ 0.9"})
-	rows = append(rows, reportRow{"… the same, peer bytes streamed as they arrive", mibs(rate["peer-eager"]), mibs(rate["upstream"]) + " (HTTP upstream)",
-		fmt.Sprintf("%.2f", rate["peer-eager"]/rate["upstream"]), "", ""})
+	rate, cpu := peerRates(b, 256<<20, long, false)
+	peerRow := func(what, name, goal string) reportRow {
+		r := reportRow{what, "-", mibs(rate["upstream"]) + " (HTTP upstream)", "-", "", goal}
+		if v, ok := rate[name]; ok {
+			r.shoal, r.ratio = mibs(v), fmt.Sprintf("%.2f", v/rate["upstream"])
+		}
+		if m := rate[name+"-missed"]; m > 0 {
+			r.spread = fmt.Sprintf("%.0f of %d rounds came from the registry, left out", m, long)
+		}
+		return r
+	}
+	rows = append(rows, peerRow("256 MiB blob from a peer (verified before serving) vs from the registry through shoal", "peer", "≥ 0.9"))
+	rows = append(rows, peerRow("… the same, peer bytes streamed as they arrive", "peer-eager", ""))
 	b.Logf("peer: %v cpu-s/GiB %v", rate, cpu)
 
 	// 5. A herd: N nodes pull one image at once, each through its own mirror.
@@ -423,6 +431,13 @@ How shoal's data path is built (issue 18), so that these figures hold:
   place (SHA-256 with the CPU's SHA extensions, on its own goroutine, overlapping the write), written
   once to the temporary file, and sent to every client following the download with sendfile from
   that file: no copy through the process. fsync once, at commit.
+
+Reading the cold-pull row: on unshaped loopback the pull is CPU-bound on 2 cores shared by the registry,
+shoal and the client, and the client verifies every digest on both sides. Through shoal every byte is
+hashed twice (shoal, then the client) instead of once, and shoal also writes it to disk: at ~1.5 CPU-s
+per GiB for shoal next to ~0.8 for the client's own hash, the pull needs about twice the CPU of a direct
+one, which is what the ratio shows. Over a link slower than the CPU (the shaped row, the case a mirror is
+for) the CPU is idle enough and shoal costs no time.
 
 ![cached blob throughput vs size](benchmarks-cached.svg)
 
