@@ -120,7 +120,16 @@ func (w *Writer) WriteBuffer(b []byte) (int, error) {
 	n, err := w.f.Write(b)
 	w.s.writing.Add(-int64(len(b)))
 	w.written.Add(int64(n))
-	w.h.take(b[:n]) // after the file write: the hasher may recycle b at once
+	// After the file write: the hasher may recycle b at once. A small buffer (a slow link
+	// delivers 64 KiB at a time) is copied into the hasher's current one instead, so the
+	// hasher still wakes once per full chunk.
+	if n < hashChunk/2 {
+		w.h.write(b[:n])
+		b = b[:0]
+		hashBufs.Put(&b)
+	} else {
+		w.h.take(b[:n])
+	}
 	if err != nil {
 		w.err = w.s.ioErr("write "+w.d.String(), err)
 		return n, w.err
