@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -179,6 +180,11 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 		if _, err := rc.Seek(start, io.SeekStart); err != nil {
 			return fmt.Errorf("%w: %v", errAborted, err)
 		}
+	}
+	if _, ok := rc.(*os.File); ok {
+		// Send the headers now: net/http's ReadFrom would otherwise first read 512 bytes of
+		// the file through a buffer (to sniff a Content-Type we have set) before sendfile.
+		_ = http.NewResponseController(w).Flush()
 	}
 	if _, err := io.CopyN(w, rc, end-start); err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)
