@@ -9,6 +9,7 @@ package bench
 //
 //	SHOAL_REPORT_OUT     directory for benchmarks.md and its SVGs (default ../docs)
 //	SHOAL_REPORT_ROUNDS  interleaved rounds per comparison (default 5; 3 for the long ones)
+//	SHOAL_REPORT_BEFORE  an older shoal binary: cold pulls through it too, for shoal's CPU before/after
 //
 // Every comparison alternates the two sides round by round in the same run, and the page gives
 // medians of the rounds and the spread (min–max) of the per-round ratio: the machine is shared,
@@ -100,7 +101,12 @@ func BenchmarkReport(b *testing.B) {
 		b.Logf("cold pull, %s: %v", label, c)
 		rows = append(rows, reportRow{fmt.Sprintf("cold pull of a 4 × %d MiB image, %s", layerSize>>20, label), secs(median(c.shoal)), secs(median(c.direct)) + " (direct)",
 			fmt.Sprintf("%.2f", median(c.ratios)), spread(c.ratios), goal})
-		rows = append(rows, reportRow{"shoal's own CPU on that cold pull", fmt.Sprintf("%.2f CPU-s/GiB", median(c.cpuPerGiB)), "", "", spread(c.cpuPerGiB), "≤ 1.5"})
+		cpuRow := reportRow{"shoal's own CPU on that cold pull", fmt.Sprintf("%.2f CPU-s/GiB", median(c.cpuPerGiB)), "", "", spread(c.cpuPerGiB), "≤ 1.5"}
+		if len(c.before) > 0 {
+			cpuRow.base = fmt.Sprintf("%.2f CPU-s/GiB (%s, before)", median(c.before), beforeName())
+			cpuRow.ratio = fmt.Sprintf("%.2f", median(c.cpuPerGiB)/median(c.before))
+		}
+		rows = append(rows, cpuRow)
 	}
 
 	// 3. Store commit (write, hash, fsync, rename, index) against a plain write + fsync + rename.
@@ -164,7 +170,11 @@ func secs(v float64) string { return fmt.Sprintf("%.2f s", v) }
 // pairRounds is a comparison of shoal with a baseline, one value of each per round.
 type pairRounds struct {
 	shoal, direct, ratios, cpuPerGiB []float64
+	before                           []float64 // CPU-s/GiB of SHOAL_REPORT_BEFORE's binary
 }
+
+// beforeName says which binary SHOAL_REPORT_BEFORE is (its file name).
+func beforeName() string { return filepath.Base(os.Getenv("SHOAL_REPORT_BEFORE")) }
 
 func (p pairRounds) String() string {
 	return fmt.Sprintf("shoal %.2f, baseline %.2f, ratio %.3f (%s), shoal CPU %.2f s/GiB", median(p.shoal), median(p.direct), median(p.ratios), spread(p.ratios), median(p.cpuPerGiB))
@@ -205,6 +215,18 @@ func coldRounds(b *testing.B, e *env, upstream string, rounds int) pairRounds {
 		}
 		stopProc(cmd)
 		p.shoal, p.direct, p.ratios = append(p.shoal, s), append(p.direct, d), append(p.ratios, s/d)
+		if old := os.Getenv("SHOAL_REPORT_BEFORE"); old != "" {
+			cur := e.shoal
+			e.shoal = old
+			url, oc := e.startShoalFor(b, upstream)
+			e.shoal = cur
+			c0 := procCPU(oc.Process.Pid)
+			if _, err := pullImage(url, "bench/cold", "v1"); err != nil {
+				b.Fatal(err)
+			}
+			p.before = append(p.before, (procCPU(oc.Process.Pid)-c0).Seconds()/gib)
+			stopProc(oc)
+		}
 	}
 	return p
 }
