@@ -3,6 +3,7 @@ package daemon
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -122,5 +123,65 @@ func TestSendFileNotASocket(t *testing.T) {
 	defer b.Close()
 	if _, handled, _ := sendFile(a, f, 1<<10); handled {
 		t.Fatal("sendFile claimed a net.Pipe")
+	}
+}
+
+// TestSendFileManyAtOnce: concurrent sends under scheduler pressure (preemption signals cut
+// sends short) all complete; none waits for a wake-up that never comes. A stalled one would
+// run into its 20 s write deadline.
+func TestSendFileManyAtOnce(t *testing.T) {
+	t.Parallel()
+	f0, data := randomFile(t, 32<<20)
+	name := f0.Name()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // keeps the scheduler preempting
+		x := 0
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				x++
+			}
+		}
+	}()
+	const n = 16
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			f, err := os.Open(name)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			srv, cli := tcpPair(t)
+			srv.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			got := make(chan [32]byte, 1)
+			go func() {
+				h := sha256.New()
+				io.Copy(h, cli)
+				var sum [32]byte
+				copy(sum[:], h.Sum(nil))
+				got <- sum
+			}()
+			sent, _, err := sendFile(srv, f, int64(len(data)))
+			srv.Close()
+			if err != nil || sent != int64(len(data)) {
+				errs <- fmt.Errorf("sent %d of %d: %v", sent, len(data), err)
+				return
+			}
+			if <-got != sha256.Sum256(data) {
+				errs <- errors.New("received bytes differ")
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
