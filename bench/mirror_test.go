@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func getEnv(b *testing.B) *env {
+func getEnv(b testing.TB) *env {
 	b.Helper()
 	envOnce.Do(func() { theEnv, envErr = setup() })
 	if envErr != nil {
@@ -227,25 +227,33 @@ func stopProc(c *exec.Cmd) {
 }
 
 // startShoal runs a daemon with a fresh data dir in front of the upstream.
-func (e *env) startShoal(b *testing.B) (url string, cmd *exec.Cmd) {
+func (e *env) startShoal(b testing.TB) (url string, cmd *exec.Cmd) {
 	b.Helper()
 	return e.startShoalFor(b, e.upstream)
 }
 
 // startShoalFor runs a daemon whose docker.io upstream is the given URL.
-func (e *env) startShoalFor(b *testing.B, upstreamURL string) (url string, cmd *exec.Cmd) {
+func (e *env) startShoalFor(b testing.TB, upstreamURL string) (url string, cmd *exec.Cmd) {
+	b.Helper()
+	url, cmd, _ = e.startShoalData(b, upstreamURL)
+	return url, cmd
+}
+
+// startShoalData is startShoalFor that also returns the daemon's data directory.
+func (e *env) startShoalData(b testing.TB, upstreamURL string, extra ...string) (url string, cmd *exec.Cmd, data string) {
 	b.Helper()
 	addr, err := freeAddr()
 	if err != nil {
 		b.Fatal(err)
 	}
-	data, err := os.MkdirTemp(e.dir, "shoal-data-")
+	data, err = os.MkdirTemp(e.dir, "shoal-data-")
 	if err != nil {
 		b.Fatal(err)
 	}
 	up := strings.TrimPrefix(e.upstream, "http://")
-	cmd, err = e.start(data+".log", e.shoal, "daemon", "--p2p=false", "--listen", addr, "--data-dir", data,
-		"--registry", "docker.io="+upstreamURL, "--registry", up+"="+e.upstream, "--log-level", "warn")
+	args := []string{e.shoal, "daemon", "--p2p=false", "--listen", addr, "--data-dir", data,
+		"--registry", "docker.io=" + upstreamURL, "--registry", up + "=" + e.upstream, "--log-level", "warn"}
+	cmd, err = e.start(data+".log", append(args, extra...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -253,7 +261,7 @@ func (e *env) startShoalFor(b *testing.B, upstreamURL string) (url string, cmd *
 		b.Fatalf("shoal: %v", err)
 	}
 	b.Cleanup(func() { stopProc(cmd); os.RemoveAll(data) })
-	return "http://" + addr, cmd
+	return "http://" + addr, cmd, data
 }
 
 // BenchmarkMirrorCachedBlob compares a cached 1 GiB blob GET from shoal with http.FileServer.
@@ -389,7 +397,7 @@ func coldPulls(b *testing.B, e *env, upstream string) (shoalS, directS float64) 
 const shapedRate = 100 << 20
 
 // shapedProxy forwards to upstream and paces response bodies to rate bytes/s in total.
-func shapedProxy(b *testing.B, upstream string, bps int) string {
+func shapedProxy(b testing.TB, upstream string, bps int) string {
 	b.Helper()
 	target, err := url.Parse(upstream)
 	if err != nil {
@@ -498,7 +506,7 @@ func download(url, want string) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-func startFileServer(b *testing.B, file string) string {
+func startFileServer(b testing.TB, file string) string {
 	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -511,7 +519,7 @@ func startFileServer(b *testing.B, file string) string {
 }
 
 // vmHWM returns a process's peak resident set size in KiB.
-func vmHWM(b *testing.B, pid int) int64 {
+func vmHWM(b testing.TB, pid int) int64 {
 	b.Helper()
 	kb, err := procStatusKiB(pid, "VmHWM")
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,13 @@ func (cc *connCap) total() int {
 	return n
 }
 
+// fileSpanner is a source whose bytes are in a file that grows (a download in flight): span
+// waits for readable bytes and says where they are (at most max), sent records what went out.
+type fileSpanner interface {
+	span(max int64) (f *os.File, off, n int64, err error)
+	sent(n int64)
+}
+
 // countedConn gives its slot back when closed. It passes ReadFrom and CloseWrite through, so
 // that net/http still sends files with sendfile and closes connections gracefully.
 type countedConn struct {
@@ -112,6 +120,30 @@ func (c *countedConn) Close() error {
 }
 
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
+	src, limit := r, int64(-1)
+	lr, _ := r.(*io.LimitedReader)
+	if lr != nil {
+		src, limit = lr.R, lr.N
+	}
+	var (
+		n       int64
+		handled bool
+		err     error
+	)
+	switch s := src.(type) {
+	case *os.File: // a stored blob (sendfile_linux.go)
+		if limit > 0 {
+			n, handled, err = sendFile(c.Conn, s, limit)
+		}
+	case fileSpanner: // a download in flight, sent from its temporary file as it grows
+		n, handled, err = sendSpans(c.Conn, s, limit)
+	}
+	if handled {
+		if lr != nil {
+			lr.N -= n
+		}
+		return n, err
+	}
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -186,8 +187,15 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 	if err != nil || r.Method == http.MethodHead {
 		return err
 	}
-	if _, err := rc.Seek(start, io.SeekStart); err != nil {
-		return fmt.Errorf("%w: %v", errAborted, err)
+	if start > 0 { // a fresh reader is at 0 already: one syscall less per GET
+		if _, err := rc.Seek(start, io.SeekStart); err != nil {
+			return fmt.Errorf("%w: %v", errAborted, err)
+		}
+	}
+	if _, ok := rc.(*os.File); ok {
+		// Send the headers now: net/http's ReadFrom would otherwise first read 512 bytes of
+		// the file through a buffer (to sniff a Content-Type we have set) before sendfile.
+		_ = http.NewResponseController(w).Flush()
 	}
 	if _, err := io.CopyN(w, rc, end-start); err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)
@@ -256,7 +264,14 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	// Send the headers and what there is now: the rest may wait for the digest check (peer
 	// bytes, a range's last byte), and net/http would hold a short start in its buffer.
 	_ = http.NewResponseController(w).Flush()
-	_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
+	if size >= 0 {
+		// Down the ResponseWriter's ReadFrom to the connection, which sends the bytes from the
+		// fill's temporary file with sendfile as they become readable (conncap.go): no copy
+		// through this process. Chunked (unknown size) bodies cannot, net/http copies those.
+		_, err = io.Copy(w, fr)
+	} else {
+		_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
+	}
 	if errors.Is(err, store.ErrNoSpace) && rng == nil && ctx.Err() == nil {
 		// The disk filled up under the download: go on from the upstream where we are,
 		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file). Not

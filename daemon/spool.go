@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"os"
 	"sync"
 	"time"
 
@@ -307,7 +308,6 @@ func (f *fill) currentWriter() *store.Writer {
 // copy streams the remote blob into the writer, resuming with a Range request when the
 // stream breaks.
 func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
-	buf := make([]byte, 256<<10)
 	var lastErr error
 	for attempt := 0; attempt <= s.retries; attempt++ {
 		rc, size, source, err := open(ctx, f.written)
@@ -336,7 +336,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if f.start(size, nil) && s.onStarted != nil {
 			s.onStarted(f)
 		}
-		err = s.drain(f, rc, buf)
+		err = s.drain(f, rc)
 		f.mu.Lock()
 		f.cur = nil
 		f.mu.Unlock()
@@ -353,12 +353,16 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 	return fmt.Errorf("blob %s: giving up after %d resumes: %w", f.d, s.retries, lastErr)
 }
 
-func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
+func (s *spool) drain(f *fill, r io.Reader) error {
 	w := f.currentWriter()
 	for {
-		// Gather a good chunk before writing: fewer syscalls and wake-ups per byte, at a
-		// latency cost of well under a millisecond on any link worth mirroring.
-		n, rerr := io.ReadAtLeast(r, buf, len(buf)/4)
+		// Gather a good chunk (128 KiB) before writing: fewer syscalls and wake-ups per byte
+		// (the hasher takes it over without a copy), at a latency cost of about a millisecond
+		// at 100 MiB/s. The buffer is
+		// the store's: the writer hashes it in place, so the bytes are copied once, from the
+		// socket, and written once.
+		buf := w.Buffer()[:store.BufferSize]
+		n, rerr := io.ReadAtLeast(r, buf, len(buf)/2)
 		if rerr == io.ErrUnexpectedEOF {
 			rerr = io.EOF
 		}
@@ -366,7 +370,7 @@ func (s *spool) drain(f *fill, r io.Reader, buf []byte) error {
 			if err := s.overBound(f, f.size, f.written, n); err != nil {
 				return err
 			}
-			if _, err := w.Write(buf[:n]); err != nil {
+			if _, err := w.WriteBuffer(buf[:n]); err != nil {
 				return err
 			}
 			f.mu.Lock()
@@ -466,14 +470,38 @@ var errRetracted = errors.New("bytes already sent came from a peer whose downloa
 // peer. An eager reader (a client of this node, with p2p.verify_before_serving off) gets peer
 // bytes too, and errRetracted if the attempt that handed them out is discarded.
 func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
+	w, n, peerFrom, err := f.readable(r, int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	k, err := w.ReadAt(p[:n], r.off)
+	r.took(int64(k), peerFrom)
+	return k, err
+}
+
+// took records that n bytes at r.off were handed out (before r.off moves on); peerFrom is
+// the fill's as readable saw it.
+func (r *fillReader) took(n, peerFrom int64) {
+	if r.eager && peerFrom >= 0 && r.off+n > peerFrom {
+		r.tainted = true
+	}
+	if n > 0 && r.gated {
+		r.progress = time.Now()
+	}
+}
+
+// readable waits until bytes at r.off may be handed to r (the rules are readAt's) and returns
+// the writer that holds them, how many (1 to max) and the fill's first peer offset; io.EOF at
+// the end.
+func (f *fill) readable(r *fillReader, max int64) (w *store.Writer, n, peerFrom int64, err error) {
 	for {
 		f.mu.Lock()
-		done, err, limit, ch, w := f.done || f.verified, f.err, f.written, f.changed, f.w
-		peerFrom := f.peerFrom
+		done, err, limit, ch := f.done || f.verified, f.err, f.written, f.changed
+		w, peerFrom = f.w, f.peerFrom
 		if r.eager {
 			if r.tainted && r.attempt != f.restarts {
 				f.mu.Unlock()
-				return 0, errRetracted
+				return nil, 0, 0, errRetracted
 			}
 			r.attempt = f.restarts
 		}
@@ -481,7 +509,7 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 			// A peer follows this download ungated: what it got of the discarded attempt
 			// may be wrong. It is told to discard it.
 			f.mu.Unlock()
-			return 0, p2p.ErrRetracted
+			return nil, 0, 0, p2p.ErrRetracted
 		}
 		if f.verified {
 			err = nil
@@ -515,20 +543,13 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 		}
 		f.mu.Unlock()
 		if done && err != nil {
-			return 0, err
+			return nil, 0, 0, err
 		}
 		if off := r.off; off < limit { // never with a hold: the gate left nothing to read
-			n, err := w.ReadAt(p[:min(int64(len(p)), limit-off)], off)
-			if r.eager && peerFrom >= 0 && off+int64(n) > peerFrom {
-				r.tainted = true
-			}
-			if n > 0 && r.gated {
-				r.progress = time.Now()
-			}
-			return n, err
+			return w, min(max, limit-off), peerFrom, nil
 		}
 		if done {
-			return 0, io.EOF
+			return nil, 0, 0, io.EOF
 		}
 		var holdEnds <-chan time.Time
 		if hold != nil {
@@ -545,7 +566,7 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 			hold.Stop()
 		}
 		if ctxDone {
-			return 0, r.ctx.Err()
+			return nil, 0, 0, r.ctx.Err()
 		}
 	}
 }
@@ -566,6 +587,8 @@ type fillReader struct {
 	// progress is when it last got one (or was made).
 	maxWait  time.Duration
 	progress time.Time
+	// pendingPeer is the fill's first peer offset when the last span was handed out.
+	pendingPeer int64
 }
 
 // peerReader reads f for a peer, from off to end (the blob's size), ungated: the peer
@@ -596,6 +619,31 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	n, err := r.f.readAt(p, r)
 	r.off += int64(n)
 	return n, err
+}
+
+// span waits for bytes like Read and returns where they are instead of copying them: the fill's
+// temporary file, their offset and count (at most max, max > 0). The caller sends them with
+// sendfile(2) and reports what went out with sent; the file stays open while the caller holds
+// its reference to the fill.
+func (r *fillReader) span(max int64) (*os.File, int64, int64, error) {
+	if r.end >= 0 {
+		if r.off >= r.end {
+			return nil, 0, 0, io.EOF
+		}
+		max = min(max, r.end-r.off)
+	}
+	w, n, peerFrom, err := r.f.readable(r, max)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	r.pendingPeer = peerFrom
+	return w.File(), r.off, n, nil
+}
+
+// sent records that n bytes of the last span went out.
+func (r *fillReader) sent(n int64) {
+	r.took(n, r.pendingPeer)
+	r.off += n
 }
 
 // verifyingReader hashes what passes through and fails at EOF unless the digest matches; like

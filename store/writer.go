@@ -92,6 +92,51 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// Buffer returns an empty buffer (capacity BufferSize) to read content into and hand to
+// WriteBuffer, which hashes it without copying it.
+func (w *Writer) Buffer() []byte { return (*hashBufs.Get().(*[]byte))[:0] }
+
+// BufferSize is the capacity of the buffers Buffer returns.
+const BufferSize = hashChunk
+
+// WriteBuffer is Write for a buffer that came from Buffer: the writer takes it over (the
+// hasher works on it in place, then recycles it), so the caller must not touch b afterwards.
+func (w *Writer) WriteBuffer(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.state != writing {
+		return 0, errors.New("store: write after commit or abort")
+	}
+	if cap(b) != hashChunk {
+		return 0, errors.New("store: WriteBuffer of a buffer that Buffer did not return")
+	}
+	if err := w.s.claimSpace(int64(len(b))); err != nil {
+		w.err = w.s.ioErr("write "+w.d.String(), err)
+		return 0, w.err
+	}
+	n, err := w.f.Write(b)
+	w.s.writing.Add(-int64(len(b)))
+	w.written.Add(int64(n))
+	// After the file write: the hasher may recycle b at once. A small buffer (a slow link
+	// delivers 64 KiB at a time) is copied into the hasher's current one instead, so the
+	// hasher still wakes once per full chunk.
+	if n < hashChunk/2 {
+		w.h.write(b[:n])
+		b = b[:0]
+		hashBufs.Put(&b)
+	} else {
+		w.h.take(b[:n])
+	}
+	if err != nil {
+		w.err = w.s.ioErr("write "+w.d.String(), err)
+		return n, w.err
+	}
+	return n, nil
+}
+
 // ReadAt reads bytes already written; reading at or past Written() gives io.EOF. It may run
 // concurrently with Write, and keeps working after Commit or Abort until Close.
 func (w *Writer) ReadAt(p []byte, off int64) (int, error) {
@@ -109,6 +154,10 @@ func (w *Writer) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return k, err
 }
+
+// File is the temporary file, for sending bytes below Written() with sendfile(2) at an
+// explicit offset. The caller must not write, seek or close it, nor use it after Close.
+func (w *Writer) File() *os.File { return w.f }
 
 // Written is the number of bytes written so far.
 func (w *Writer) Written() int64 { return w.written.Load() }
@@ -241,6 +290,18 @@ func (hs *hasher) write(p []byte) {
 			hs.cur = nil
 		}
 	}
+}
+
+// take hands b (from hashBufs) to the hasher without copying it, after what came before.
+func (hs *hasher) take(b []byte) {
+	if hs.stopped {
+		hs.h.Write(b)
+		b = b[:0]
+		hashBufs.Put(&b)
+		return
+	}
+	hs.flush()
+	hs.q <- &b
 }
 
 // flush hands the partly filled buffer to the hasher.
