@@ -487,7 +487,7 @@ for) the CPU is idle enough and shoal costs no time.
 Run by hand (they print ratios against a baseline measured in the same run; machines are shared and
 absolute timings are not stable):
 
-` + "`" + `` + "`" + `` + "`" + `sh
+`+"```"+`sh
 go test -run '^$' -bench Mirror -benchtime 3x -timeout 60m ./bench          # cached blob vs http.FileServer, RSS under 50×1 GiB, cold pull vs direct (loopback and a 100 MiB/s link)
 go test -run '^$' -bench 'Swarm/N=(1|5|10|20)$' -benchtime 1x -timeout 60m ./bench   # N nodes pulling at once: upstream bytes and pull times vs N independent caches and distribution proxies
 go test -run '^$' -bench Load500 -benchtime 1x ./bench                       # 500 concurrent clients against one daemon
@@ -496,7 +496,7 @@ go test -run '^$' -bench 'Lookup10Nodes|ProvideToFindable10Nodes' -benchtime 500
 go test -run '^$' -bench Transfer -benchtime 5x ./p2p/                       # 1 GiB peer transfer (with and without a swarm key) vs plain HTTP and HTTPS over loopback, interleaved
 go test -run '^$' -bench PeerBlob -benchtime 3x -timeout 30m ./bench          # a client's 1 GiB blob GET through a daemon that gets it from a peer vs from the registry vs direct
 go test -run '^$' -bench Soak10Nodes -benchtime 1x -timeout 60m ./bench       # 10 daemons, 30 min of steady lookups and transfers: RSS per minute (SHOAL_SOAK=10m for less)
-` + "`" + `` + "`" + `` + "`" + `
+`+"```"+`
 `, herdMiB)
 	return b.Bytes()
 }

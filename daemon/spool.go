@@ -7,8 +7,8 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"strings"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
