@@ -319,6 +319,9 @@ func setRegistry(regs *map[string]upstream.RegistryConfig, host string, rc upstr
 	if rc.RealmHosts != nil {
 		cur.RealmHosts = rc.RealmHosts
 	}
+	if rc.WriteThrough {
+		cur.WriteThrough = true
+	}
 	(*regs)[host] = cur
 }
 

@@ -119,7 +119,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		src.up = fileUpstream{upstreamClient: up, files: fe.h}
 	}
 	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g, canary: m.canary}
-	if cfg.Push.Namespace != "" {
+	if cfg.Push.Namespace != "" || writeThroughConfigured(cfg) {
 		pc := cfg.Push
 		pc.MaxBlobSize = sp.maxBlob
 		ph, err := push.New(pc, st, log.With("component", "push"), func(dg digest.Digest) { src.advertise(context.Background(), dg) })
@@ -128,6 +128,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			return nil, &ConfigError{Key: "push", Err: err}
 		}
 		d.push, m.push, m.pushUser = ph, ph, g.pushUser
+		// Write-through: what the upstream accepted is advertised unless the registry needed
+		// credentials (private stays private, p2p.share_private).
+		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) {
+			private := up.Private(host, repo)
+			for _, dg := range held {
+				if private {
+					priv.add(ctx, dg)
+				}
+				src.advertise(ctx, dg)
+			}
+		})
 		if node != nil {
 			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
 			node.HandleReplicate(pcl.hold)
@@ -221,4 +232,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("shoal stopped")
 	return err
+}
+
+// writeThroughConfigured reports whether any registry accepts pushes (registries.HOST.write_through).
+func writeThroughConfigured(cfg Config) bool {
+	for _, rc := range cfg.Upstream.Registries {
+		if rc.WriteThrough {
+			return true
+		}
+	}
+	return false
 }

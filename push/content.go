@@ -199,6 +199,9 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 			return err
 		}
 	}
+	if q.host != "" {
+		return h.forwardManifest(w, r, q, forwarded{data: data, digest: d, mediaType: mt, refs: refs, missing: missing, index: m.Manifests != nil})
+	}
 	if len(missing) > 0 {
 		return errorf(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", nil,
 			"manifest references content not pushed to this node: %s; nothing was stored", strings.Join(missing, ", "))

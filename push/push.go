@@ -110,6 +110,9 @@ type Handler struct {
 	flight  singleflight.Group
 	// onCommit is told about content that became visible (the daemon advertises it to peers).
 	onCommit func(digest.Digest)
+	// fwd and accepted serve write-through pushes (writethrough.go); nil: none.
+	fwd         Forwarder
+	onForwarded func(ctx context.Context, host, repo string, held []digest.Digest)
 
 	mu      sync.Mutex
 	uploads map[string]*upload
@@ -213,6 +216,8 @@ type req struct {
 	// prefix is the path up to and including the name as the client wrote it
 	// ("/v2/shoal.local/team/app"), for Location headers.
 	prefix string
+	// host is the upstream registry of a write-through push ("" for the local namespace).
+	host string
 }
 
 func (q req) tagName(ns, tag string) string { return ns + "/" + q.repo + ":" + tag }
@@ -224,7 +229,7 @@ var routes = []struct{ kind, sep string }{
 	{"referrers", "/referrers/"},
 }
 
-func (h *Handler) parse(r *http.Request) (req, error) {
+func (h *Handler) parse(r *http.Request, space string) (req, error) {
 	p := strings.TrimPrefix(r.URL.Path, "/v2/")
 	var q req
 	var name string
@@ -243,7 +248,7 @@ func (h *Handler) parse(r *http.Request) (req, error) {
 	}
 	q.prefix = "/v2/" + name
 	if ns := r.URL.Query().Get("ns"); ns == "" {
-		name = strings.TrimPrefix(name, h.cfg.Namespace+"/")
+		name = strings.TrimPrefix(name, space+"/")
 	}
 	if err := oci.ValidateRepo(name); err != nil {
 		return q, errorf(http.StatusBadRequest, "NAME_INVALID", err, "invalid repository name")
@@ -273,7 +278,7 @@ func (h *Handler) parse(r *http.Request) (req, error) {
 // Serve answers one request for the local namespace; errors are *Error or errors the daemon
 // classifies (a client that went away).
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, c Client) error {
-	q, err := h.parse(r)
+	q, err := h.parse(r, h.cfg.Namespace)
 	if err != nil {
 		return err
 	}

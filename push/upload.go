@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,7 +62,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, q req) err
 	if d, err := digest.Parse(qs.Get("digest")); err == nil {
 		alg = d.Algorithm() // hash with the algorithm the client already named
 	}
-	u, err := h.newUpload(ctx, q.repo, alg)
+	u, err := h.newUpload(ctx, path.Join(q.host, q.repo), alg)
 	if err != nil {
 		return err
 	}
@@ -91,7 +92,7 @@ func (h *Handler) session(q req) (*upload, error) {
 	h.mu.Lock()
 	u := h.uploads[q.ref]
 	h.mu.Unlock()
-	if u == nil || u.repo != q.repo {
+	if u == nil || u.repo != path.Join(q.host, q.repo) {
 		return nil, errUploadUnknown(q.ref)
 	}
 	u.mu.Lock()
@@ -257,20 +258,23 @@ func (h *Handler) finishLocked(w http.ResponseWriter, r *http.Request, q req, u 
 	if err != nil {
 		return storeErr(err, "blob "+d.String())
 	}
-	h.pinPushed(ctx, d)
+	h.pinPushed(ctx, d, q.host == "")
 	return h.created(w, q, d)
 }
 
 // pinPushed protects a pushed blob from eviction until a manifest references it (then the
 // manifest's pin protects it) or UploadTimeout passes without one.
-func (h *Handler) pinPushed(ctx context.Context, d digest.Digest) {
+// Write-through blobs (advertise false) are advertised once the upstream took the manifest.
+func (h *Handler) pinPushed(ctx context.Context, d digest.Digest, advertise bool) {
 	if err := h.st.Pin(context.WithoutCancel(ctx), d); err != nil {
 		h.log.Warn("could not pin a pushed blob", "digest", d, "err", err)
 	}
 	h.mu.Lock()
 	h.unreferenced[d] = time.Now()
 	h.mu.Unlock()
-	h.onCommit(d)
+	if advertise {
+		h.onCommit(d)
+	}
 }
 
 func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, q req) error {

@@ -48,6 +48,8 @@ type registry struct {
 	trusted    bool // named in the configuration: its endpoint is dialled wherever it resolves
 	private    bool // endpoint on a loopback/private address: local realms and redirects are fine
 	realmHosts []string
+	// writeThrough: pushes to this registry are accepted and forwarded (push.go).
+	writeThrough bool
 }
 
 // Client talks to upstream registries. It is safe for concurrent use.
@@ -238,6 +240,11 @@ type request struct {
 	subpath  string // "manifests/latest", "blobs/sha256:…", "tags/list"
 	rawQuery string
 	header   http.Header
+	// scope overrides the token scope (pushes ask for pull,push); body, when set, opens the
+	// request body (again for the round that answers a 401), of size length.
+	scope  string
+	body   func() (io.ReadCloser, error)
+	length int64
 }
 
 // do sends an idempotent request to host with authentication, retries and back-off, and
@@ -309,6 +316,9 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 	if r.subpath == catalogPath && r.repo == "" {
 		scope = "registry:catalog:*"
 	}
+	if r.scope != "" {
+		scope = r.scope
+	}
 	var sent string
 	for round := 0; ; round++ {
 		// Each round has its own context so that a stalled body (even an error body) can be
@@ -318,6 +328,13 @@ func (c *Client) doAuthed(ctx context.Context, reg *registry, r request, u *url.
 		if err != nil {
 			rcancel()
 			return nil, err
+		}
+		if r.body != nil {
+			if req.Body, err = r.body(); err != nil {
+				rcancel()
+				return nil, err
+			}
+			req.ContentLength = r.length
 		}
 		for k, v := range r.header {
 			req.Header[k] = v

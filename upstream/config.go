@@ -74,6 +74,9 @@ type RegistryConfig struct {
 	// registries whose token server lives on another site (nvcr.io → authn.nvidia.com).
 	// Without it a realm must be on the registry's own site.
 	RealmHosts []string `yaml:"realm_hosts"`
+	// WriteThrough accepts pushes to this registry through shoal: stored and verified
+	// locally, then forwarded with these credentials (package push, docs/push.md).
+	WriteThrough bool `yaml:"write_through"`
 }
 
 // DefaultConfig returns the built-in configuration: Docker Hub at its API endpoint.

@@ -48,7 +48,7 @@ func buildRegistries(cfg Config, log *slog.Logger) (*registrySet, error) {
 			creds = set.dockerCreds[host]
 		}
 		set.regs[host] = &registry{host: host, endpoint: ep, creds: creds, trusted: true,
-			private: endpointIsPrivate(ep), realmHosts: rc.RealmHosts}
+			private: endpointIsPrivate(ep), realmHosts: rc.RealmHosts, writeThrough: rc.WriteThrough}
 	}
 	return set, nil
 }

@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/store"
+	"github.com/shoal-mirror/shoal/upstream"
+)
+
+// wtHost names the in-process upstream registry for write-through tests: a host name (not
+// 127.0.0.1:PORT) so that it can be the first element of a repository name clients accept.
+const wtHost = "wt.example"
+
+func writeThrough(up *upstreamLog, rc upstream.RegistryConfig) func(*Config) {
+	return func(c *Config) {
+		rc.URL = up.srv.URL
+		c.SetRegistry(wtHost, rc)
+	}
+}
+
+// crane push (go-containerregistry's remote.Write, crane's own code) through node A to a
+// registry configured with write_through: the upstream holds the image, with the same digest;
+// node B pulls it right after from A (0 upstream blob GETs).
+func TestWriteThroughPush(t *testing.T) {
+	up := newUpstream(t)
+	wt := writeThrough(up, upstream.RegistryConfig{WriteThrough: true})
+	a := startNode(t, up, nil, wt)
+	b := startNode(t, up, a.node.Addrs(), wt)
+	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 && a.node.Status().RoutingTableSize > 0 })
+
+	img, _ := random.Image(512<<10, 3)
+	ref, _ := name.ParseReference(a.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatalf("push through A: %v", err)
+	}
+	// The upstream holds it: a client asking the upstream directly gets the same digest.
+	direct, _ := name.ParseReference(up.host()+"/team/app:v1", name.Insecure)
+	got, err := remote.Image(direct)
+	if err != nil {
+		t.Fatalf("pull from the upstream: %v; upstream saw %v", err, up.reqs)
+	}
+	if mustDigest(t, got) != mustDigest(t, img) {
+		t.Fatalf("upstream holds %s, pushed %s", mustDigest(t, got), mustDigest(t, img))
+	}
+	if tg, err := a.store.GetTag(t.Context(), wtHost+"/team/app:v1"); err != nil || tg.Digest.String() != mustDigest(t, img).String() {
+		t.Fatalf("A's tag: %+v %v", tg, err)
+	}
+
+	// B pulls right after: the blobs come from A, not from the upstream.
+	waitProvided(t, b.node, layerDigests(t, img)...)
+	up.reset()
+	pulled, err := pullThrough(t, b, wtHost+"/team/app:v1")
+	if err != nil {
+		t.Fatalf("pull on B: %v", err)
+	}
+	if mustDigest(t, pulled) != mustDigest(t, img) {
+		t.Fatalf("B pulled %s", mustDigest(t, pulled))
+	}
+	if n := up.count("GET", "/blobs/"); n != 0 {
+		t.Errorf("B's pull made %d upstream blob GETs, want 0", n)
+	}
+}
+
+// A registry without write_through, and any registry not configured, still answer 405.
+func TestWriteThroughOnlyWhereConfigured(t *testing.T) {
+	up := newUpstream(t)
+	d := startDaemon(t, up, writeThrough(up, upstream.RegistryConfig{}))
+	for _, p := range []string{"/v2/" + wtHost + "/team/app/blobs/uploads/", "/v2/other.example/team/app/blobs/uploads/", "/v2/team/app/blobs/uploads/"} {
+		st, _, body := pushReq(t, d, "POST", p, nil, nil)
+		if st != http.StatusMethodNotAllowed || firstCode(t, body) != "UNSUPPORTED" {
+			t.Errorf("POST %s: %d %s, want 405 UNSUPPORTED", p, st, body)
+		}
+	}
+	img, _ := random.Image(1024, 1)
+	ref, _ := name.ParseReference(d.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+	if err := remote.Write(ref, img); err == nil {
+		t.Fatal("push to a registry without write_through succeeded")
+	}
+	if up.count("PUT", "/manifests/") != 0 || up.count("POST", "/blobs/uploads/") != 0 {
+		t.Error("something was forwarded to a registry without write_through")
+	}
+}
+
+// The upstream refuses: shoal's credentials (the client's first blob HEAD already sees it),
+// or the push alone (an account that may pull, not push: 403 DENIED on the upload, as Docker
+// Hub and distribution answer). The client sees the refusal, nothing is tagged on the node,
+// the upstream holds nothing.
+func TestWriteThroughUpstreamRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*upstreamLog)
+	}{
+		{"wrong credentials", func(u *upstreamLog) { u.basicAuth("team/", "ci", "right") }},
+		{"push denied", func(u *upstreamLog) { u.denyWrites() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newUpstream(t)
+			tc.set(up)
+			d := startDaemon(t, up, writeThrough(up, upstream.RegistryConfig{WriteThrough: true, Username: "ci", Password: "wrong"}))
+			img, _ := random.Image(4096, 2)
+			ref, _ := name.ParseReference(d.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+			err := remote.Write(ref, img)
+			if err == nil {
+				t.Fatal("push succeeded though the upstream refused it")
+			}
+			if !strings.Contains(err.Error(), "DENIED") && !strings.Contains(err.Error(), "403") {
+				t.Errorf("client saw %v, want the upstream's refusal (403 DENIED)", err)
+			}
+			t.Logf("client saw: %v", err)
+			if _, err := d.store.GetTag(t.Context(), wtHost+"/team/app:v1"); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("tag on the node after a refused push: %v", err)
+			}
+			md, _ := img.Digest()
+			if _, err := d.store.Stat(t.Context(), digest.Digest(md.String())); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("manifest stored on the node after a refused push: %v", err)
+			}
+			direct, _ := name.ParseReference(up.host()+"/team/app:v1", name.Insecure)
+			if _, err := remote.Head(direct, remote.WithAuth(&authn.Basic{Username: "ci", Password: "right"})); err == nil {
+				t.Error("the upstream holds the tag")
+			}
+		})
+	}
+}
+
+// denyWrites refuses every write with 403 DENIED: an account that may pull but not push.
+func (u *upstreamLog) denyWrites() {
+	inner := u.registry
+	u.registry = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`))
+			return
+		}
+		inner.ServeHTTP(w, r)
+	})
+}
+
+// Content pushed to a registry that needed credentials is not offered to peers (private stays
+// private): B has to fetch it from the upstream itself.
+func TestWriteThroughPrivateStaysPrivate(t *testing.T) {
+	up := newUpstream(t)
+	up.basicAuth("team/", "ci", "right")
+	wt := writeThrough(up, upstream.RegistryConfig{WriteThrough: true, Username: "ci", Password: "right"})
+	a := startNode(t, up, nil, wt)
+	b := startNode(t, up, a.node.Addrs(), wt)
+	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 && a.node.Status().RoutingTableSize > 0 })
+
+	img, _ := random.Image(64<<10, 2)
+	ref, _ := name.ParseReference(a.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatalf("push through A: %v", err)
+	}
+	up.reset()
+	if _, err := pullThrough(t, b, wtHost+"/team/app:v1"); err != nil {
+		t.Fatalf("pull on B: %v", err)
+	}
+	if n := up.count("GET", "/blobs/"); n != len(layerDigests(t, img)) {
+		t.Errorf("B fetched %d blobs from the upstream, want all %d (none from A)", n, len(layerDigests(t, img)))
+	}
+	for _, d := range layerDigests(t, img) {
+		if ps, _ := b.node.FindProviders(t.Context(), d, 5); len(ps) != 0 && ps[0].ID == a.node.ID() {
+			t.Errorf("A advertises private blob %s", d)
+		}
+	}
+}
