@@ -106,6 +106,10 @@ func (is *issuer) serve(w http.ResponseWriter, r *http.Request) {
 		if len(parts) == 3 && parts[0] == "repository" && (authed || is.anonPull) {
 			cl.Access = append(cl.Access, parts[1]+":pull")
 		}
+		// Push only for users who logged in and asked for it (write-through tests).
+		if len(parts) == 3 && parts[0] == "repository" && authed && strings.Contains(","+parts[2]+",", ",push,") {
+			cl.Access = append(cl.Access, parts[1]+":push")
+		}
 	}
 	tok := is.sign(cl)
 	is.mu.Lock()
@@ -214,12 +218,18 @@ func (u *testRegistry) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case u.iss != nil:
 		cl, ok := u.iss.verify(strings.TrimPrefix(authz, "Bearer "))
+		// Reads need pull, writes push; the challenge names what the request needs, as
+		// distribution's token auth does ("repository:R:pull,push" on an upload).
+		need, actions := repo+":pull", "pull"
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			need, actions = repo+":push", "pull,push"
+		}
 		granted := false
 		for _, a := range cl.Access {
-			granted = granted || a == repo+":pull"
+			granted = granted || a == need
 		}
 		if !ok || !strings.HasPrefix(authz, "Bearer ") || !granted {
-			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service=%q,scope="repository:%s:pull"`, u.realm, u.service, repo))
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service=%q,scope="repository:%s:%s"`, u.realm, u.service, repo, actions))
 			w.WriteHeader(http.StatusUnauthorized)
 			io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
 			return
