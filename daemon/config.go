@@ -105,7 +105,7 @@ var settings = []Setting{
 	{Key: "metrics_listen", Default: "127.0.0.1:9095", Arg: "HOST:PORT", Help: "Prometheus `/metrics`, `/healthz`, `/readyz`; `off` disables. If the *default* port is taken the daemon runs without it and logs a warning; an address you set must be free",
 		ptr: func(c *Config) any { return &c.MetricsListen }},
 	{Key: "registries", Default: "{docker.io: {url: https://registry-1.docker.io}}", Flag: "registry", Arg: "HOST=URL", Reload: true,
-		Help: "per registry HOST: `url` (unnamed hosts use `https://HOST`; plain `http://` only when named), `username`, `password` / `password_file` (never logged; the file is read at start); the flag and variable set `url` only (repeatable, comma-separated)",
+		Help: "per registry HOST: `url` (unnamed hosts use `https://HOST`; plain `http://` only when named), `username`, `password` / `password_file` (never logged; the file is read at start), `write_through` (accept pushes and forward them, docs/push.md); the flag and variable set `url` only (repeatable, comma-separated)",
 		ptr:  func(c *Config) any { return &c.Upstream.Registries }},
 	{Key: "docker_config", Default: `""`, Arg: "FILE", Reload: true, Help: "also read credentials from a Docker `config.json` (`auths`)",
 		ptr: func(c *Config) any { return &c.Upstream.DockerConfig }},

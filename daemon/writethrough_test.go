@@ -3,6 +3,8 @@ package daemon
 import (
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -171,5 +173,21 @@ func TestWriteThroughPrivateStaysPrivate(t *testing.T) {
 		if ps, _ := b.node.FindProviders(t.Context(), d, 5); len(ps) != 0 && ps[0].ID == a.node.ID() {
 			t.Errorf("A advertises private blob %s", d)
 		}
+	}
+}
+
+// write_through in the file reaches the upstream configuration (setRegistry merges field by
+// field and would drop a field it does not know).
+func TestWriteThroughFromFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte("registries:\n  "+wtHost+":\n    url: http://127.0.0.1:1\n    write_through: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	if err := c.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Upstream.Registries[wtHost].WriteThrough {
+		t.Fatalf("write_through lost: %+v", c.Upstream.Registries[wtHost])
 	}
 }
