@@ -46,6 +46,7 @@ type shoalRegistry struct {
 	Username     string `yaml:"username,omitempty"`
 	Password     string `yaml:"password,omitempty"`
 	PasswordFile string `yaml:"password_file,omitempty"`
+	WriteThrough bool   `yaml:"write_through,omitempty"`
 }
 
 type shoalUpstream struct {
