@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -189,5 +191,33 @@ func TestWriteThroughFromFile(t *testing.T) {
 	}
 	if !c.Upstream.Registries[wtHost].WriteThrough {
 		t.Fatalf("write_through lost: %+v", c.Upstream.Registries[wtHost])
+	}
+}
+
+// containerd's hosts.toml names the registry with ?ns= (the path then holds the repository
+// only): a monolithic upload and a manifest PUT that way reach the registry too.
+func TestWriteThroughNsParameter(t *testing.T) {
+	up := newUpstream(t)
+	d := startDaemon(t, up, writeThrough(up, upstream.RegistryConfig{WriteThrough: true}))
+	cfg := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
+	cd := digest.SHA256.FromBytes(cfg)
+	st, _, body := pushReq(t, d, "POST", "/v2/team/ns/blobs/uploads/?ns="+wtHost+"&digest="+cd.String(), bytes.NewReader(cfg),
+		map[string]string{"Content-Type": "application/octet-stream"})
+	if st != http.StatusCreated {
+		t.Fatalf("monolithic upload: %d %s", st, body)
+	}
+	man := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[]}`, cd, len(cfg)))
+	st, hdr, body := pushReq(t, d, "PUT", "/v2/team/ns/manifests/v1?ns="+wtHost, bytes.NewReader(man),
+		map[string]string{"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+	if st != http.StatusCreated || hdr.Get("Docker-Content-Digest") != digest.SHA256.FromBytes(man).String() {
+		t.Fatalf("manifest PUT: %d %v %s", st, hdr, body)
+	}
+	resp, err := http.Get(up.srv.URL + "/v2/team/ns/manifests/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != digest.SHA256.FromBytes(man).String() {
+		t.Fatalf("registry answers %s %q", resp.Status, resp.Header.Get("Docker-Content-Digest"))
 	}
 }
