@@ -221,3 +221,38 @@ func TestWriteThroughNsParameter(t *testing.T) {
 		t.Fatalf("registry answers %s %q", resp.Status, resp.Header.Get("Docker-Content-Digest"))
 	}
 }
+
+// A multi-platform image (an index and its child manifests, pushed by digest first) goes
+// through write-through whole: the registry serves the index with the same digest.
+func TestWriteThroughIndex(t *testing.T) {
+	up := newUpstream(t)
+	d := startDaemon(t, up, writeThrough(up, upstream.RegistryConfig{WriteThrough: true}))
+	idx, err := random.Index(2048, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(d.Addr()+"/"+wtHost+"/team/multi:v1", name.Insecure)
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatalf("index push through shoal: %v", err)
+	}
+	direct, _ := name.ParseReference(up.host()+"/team/multi:v1", name.Insecure)
+	got, err := remote.Index(direct)
+	if err != nil {
+		t.Fatalf("registry: %v", err)
+	}
+	gd, _ := got.Digest()
+	wd, _ := idx.Digest()
+	if gd != wd {
+		t.Fatalf("registry holds %s, pushed %s", gd, wd)
+	}
+	im, _ := got.IndexManifest()
+	for _, m := range im.Manifests {
+		img, err := got.Image(m.Digest)
+		if err != nil {
+			t.Fatalf("child %s: %v", m.Digest, err)
+		}
+		if _, err := img.Layers(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
