@@ -382,21 +382,16 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 	forward := make(chan struct{})
 	var openOnce sync.Once
 	open := func() { openOnce.Do(func() { close(forward) }) }
-	// The initiator (depth 0) leads by finishing first: once it holds every blob, any node
-	// that misses one finds a provider holding it whole, and none needs the designated-fetcher
-	// path (whose agreement a loaded swarm can lose: two fetchers, the upstream paid twice).
-	// Below it, a node asks on as soon as its downloads run (cut-through).
-	switch {
-	case !ask.Lead || !selected:
+	// Every node, the initiator included, asks on as soon as its own downloads run
+	// (cut-through): a node below that misses a blob finds this one's download in flight
+	// (advertised at the spool's start) and follows it instead of going upstream.
+	if !ask.Lead || !selected {
 		open()
-	case ask.Depth > 0:
+	} else {
 		t := time.AfterFunc(preheatLeadMax, open)
 		defer t.Stop()
 	}
 	started := open
-	if ask.Depth == 0 {
-		started = func() {}
-	}
 
 	var wg sync.WaitGroup
 	groups := n.preheatSubtrees(self, ask.Depth)
