@@ -99,10 +99,10 @@ type PreheatRequest struct {
 	Fraction float64
 	// Timeout bounds the whole preheat on every node (0: PreheatMaxTimeout).
 	Timeout time.Duration
-	// Lead: the initiator asks the swarm once its own warm-up is done; below it, a node that
-	// warms asks its subtree once its own downloads have all started (Preheater's started), or
-	// after preheatLeadMax. The swarm then follows content already there or downloads already
-	// running, level by level, instead of all nodes missing at the same instant.
+	// Lead: a node that warms (the initiator included) asks its subtree once its own downloads
+	// have all started (Preheater's started), or after preheatLeadMax. The swarm then follows
+	// content already there or downloads already running, level by level, instead of all nodes
+	// missing at the same instant.
 	Lead bool
 }
 
