@@ -179,10 +179,10 @@ func newHerdOn(t *testing.T, n int, p *upstreamProxy) *herd {
 }
 
 // TestClusterPreheatCancel: Ctrl-C on `shoal pull --cluster` while the asked node is still
-// warming (it leads: the other nodes are asked once it holds the image, and the upstream link is
-// slow) ends its warm-up ("context canceled" in its log), the command says it was interrupted,
-// and no other node is ever asked. (That a cancel reaches every node of a tree that is already
-// warming is TestPreheatCancel in p2p, over real libp2p hosts.)
+// warming (the upstream link is slow; the others, asked once its downloads started, follow
+// them) ends its warm-up and that of every node it asked ("context canceled" in their logs),
+// and the command says it was interrupted. (TestPreheatCancel in p2p checks the same over a
+// bigger tree of real libp2p hosts.)
 func TestClusterPreheatCancel(t *testing.T) {
 	const n = 5
 	reg, img := seedSwarmImage(t, uint64(time.Now().UnixNano()), 2, 1<<20)
@@ -202,7 +202,7 @@ func TestClusterPreheatCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait until the asked node's bytes flow (--json: a cluster event with bytes).
-	reached := regexp.MustCompile(`"type":"cluster".*"reached":1,.*"done":0,.*"bytes":[1-9]`)
+	reached := regexp.MustCompile(`"type":"cluster".*"reached":[1-9][0-9]*,.*"done":0,.*"bytes":[1-9]`)
 	sc := bufio.NewScanner(stdout)
 	var out []string
 	for sc.Scan() {
@@ -224,18 +224,18 @@ func TestClusterPreheatCancel(t *testing.T) {
 		t.Errorf("after Ctrl-C: %v, stderr %q; want a failure saying interrupted", werr, stderr.String())
 	}
 	t.Logf("command exited %s after Ctrl-C", time.Since(interrupted).Round(time.Millisecond))
-	eventually(t, 5*time.Second, nodes[0].proc, "the asked node's warm-up to end cancelled", func() error {
-		for _, e := range nodes[0].logged("preheat done") {
-			if strings.Contains(e.str("err"), "context canceled") {
-				return nil
+	for i, nd := range nodes {
+		if i > 0 && len(nd.logged("preheat ask accepted")) == 0 {
+			continue // not asked before the cancel
+		}
+		eventually(t, 5*time.Second, nd.proc, nd.Name+"'s warm-up to end cancelled", func() error {
+			for _, e := range nd.logged("preheat done") {
+				if strings.Contains(e.str("err"), "context canceled") {
+					return nil
+				}
+				return fmt.Errorf("preheat done without being cancelled: %v", e)
 			}
-			return fmt.Errorf("preheat done without being cancelled: %v", e)
-		}
-		return fmt.Errorf("no \"preheat done\" line yet")
-	})
-	for _, nd := range nodes[1:] {
-		if l := nd.logged("preheat ask accepted"); len(l) > 0 {
-			t.Errorf("%s was asked after the preheat was cancelled: %v", nd.Name, l[0])
-		}
+			return fmt.Errorf("no \"preheat done\" line yet")
+		})
 	}
 }

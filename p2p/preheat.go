@@ -99,10 +99,10 @@ type PreheatRequest struct {
 	Fraction float64
 	// Timeout bounds the whole preheat on every node (0: PreheatMaxTimeout).
 	Timeout time.Duration
-	// Lead: the initiator asks the swarm once its own warm-up is done; below it, a node that
-	// warms asks its subtree once its own downloads have all started (Preheater's started), or
-	// after preheatLeadMax. The swarm then follows content already there or downloads already
-	// running, level by level, instead of all nodes missing at the same instant.
+	// Lead: a node that warms (the initiator included) asks its subtree once its own downloads
+	// have all started (Preheater's started), or after preheatLeadMax. The swarm then follows
+	// content already there or downloads already running, level by level, instead of all nodes
+	// missing at the same instant.
 	Lead bool
 }
 
@@ -382,21 +382,16 @@ func (n *Node) runAsk(ctx context.Context, ask preheatAsk, report func(PreheatPr
 	forward := make(chan struct{})
 	var openOnce sync.Once
 	open := func() { openOnce.Do(func() { close(forward) }) }
-	// The initiator (depth 0) leads by finishing first: once it holds every blob, any node
-	// that misses one finds a provider holding it whole, and none needs the designated-fetcher
-	// path (whose agreement a loaded swarm can lose: two fetchers, the upstream paid twice).
-	// Below it, a node asks on as soon as its downloads run (cut-through).
-	switch {
-	case !ask.Lead || !selected:
+	// Every node, the initiator included, asks on as soon as its own downloads run
+	// (cut-through): a node below that misses a blob finds this one's download in flight
+	// (advertised at the spool's start) and follows it instead of going upstream.
+	if !ask.Lead || !selected {
 		open()
-	case ask.Depth > 0:
+	} else {
 		t := time.AfterFunc(preheatLeadMax, open)
 		defer t.Stop()
 	}
 	started := open
-	if ask.Depth == 0 {
-		started = func() {}
-	}
 
 	var wg sync.WaitGroup
 	groups := n.preheatSubtrees(self, ask.Depth)
