@@ -288,17 +288,10 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, c Client) error 
 			return err
 		}
 	}
+	if ok, err := h.serveUpload(w, r, q); ok {
+		return err
+	}
 	switch q.kind + " " + r.Method {
-	case "uploads POST":
-		return h.startUpload(w, r, q)
-	case "upload PATCH":
-		return h.patchUpload(w, r, q)
-	case "upload PUT":
-		return h.finishUpload(w, r, q)
-	case "upload GET":
-		return h.uploadStatus(w, r, q)
-	case "upload DELETE":
-		return h.cancelUpload(w, r, q)
 	case "blob GET", "blob HEAD":
 		return h.getBlob(w, r, q)
 	case "blob DELETE":
@@ -406,3 +399,21 @@ func storeErr(err error, what string) error {
 }
 
 func location(prefix, kind, ref string) string { return path.Join(prefix, kind, ref) }
+
+// serveUpload answers the upload session requests (start, append, finish, status, cancel), the
+// same for the local namespace and write-through; ok is false for any other request.
+func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, q req) (ok bool, err error) {
+	switch q.kind + " " + r.Method {
+	case "uploads POST":
+		return true, h.startUpload(w, r, q)
+	case "upload PATCH":
+		return true, h.patchUpload(w, r, q)
+	case "upload PUT":
+		return true, h.finishUpload(w, r, q)
+	case "upload GET":
+		return true, h.uploadStatus(w, r, q)
+	case "upload DELETE":
+		return true, h.cancelUpload(w, r, q)
+	}
+	return false, nil
+}

@@ -45,18 +45,10 @@ func (h *Handler) ServeWriteThrough(w http.ResponseWriter, r *http.Request, c Cl
 	if err := h.authorize(c, host+"/"+q.repo); err != nil {
 		return err
 	}
-	switch q.kind + " " + r.Method {
-	case "uploads POST":
-		return h.startUpload(w, r, q)
-	case "upload PATCH":
-		return h.patchUpload(w, r, q)
-	case "upload PUT":
-		return h.finishUpload(w, r, q)
-	case "upload GET":
-		return h.uploadStatus(w, r, q)
-	case "upload DELETE":
-		return h.cancelUpload(w, r, q)
-	case "manifest PUT":
+	if ok, err := h.serveUpload(w, r, q); ok {
+		return err
+	}
+	if q.kind+" "+r.Method == "manifest PUT" {
 		return h.putManifest(w, r, q)
 	}
 	return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "%s is not supported for write-through to %s", r.Method, host)
