@@ -17,8 +17,10 @@ package bench
 //   - herd: all 5 nodes pull image B (the same size, other bytes) at the same instant.
 //
 // It prints per round the pull times, the ratios shoal / no mirror (single, and the slowest of
-// the herd), and upstream blob bytes / image blob bytes; for shoal, the per-request durations of
-// the herd's first node from its access log (where the time goes).
+// the herd), upstream blob bytes / image blob bytes, and where the time goes: the fetch span
+// (first request's start to last response's end: at the registry without a mirror, in the shoal
+// daemons' access logs with one; the rest of a pull is crictl, containerd's unpack and its own
+// bookkeeping), the span the upstream saw, and node 1's per-request durations and sources.
 
 import (
 	"archive/tar"
@@ -262,6 +264,9 @@ type criRun struct {
 	ampSingle, amp float64 // upstream blob bytes / image blob bytes
 	where          string  // shoal: the herd's first node's request durations
 	whereSingle    string  // shoal: the single pull's request durations
+	// fetch span: first request's start to last response's end, at the registry (direct) or in
+	// the shoal daemons' access logs (all nodes); upSingle/upHerd: the same at the upstream
+	fetchSingle, fetchHerd, upSingle, upHerd time.Duration
 }
 
 func (e *swarmEnv) criRound(b *testing.B, mirror bool, imgA, imgB swarmImg) criRun {
@@ -313,17 +318,46 @@ func (e *swarmEnv) criRound(b *testing.B, mirror bool, imgA, imgB swarmImg) criR
 		b.Fatal(err)
 	}
 	r.ampSingle = float64(proxy.blobBytes.Load()) / float64(imgA.blobBytes)
+	r.upSingle = proxy.takeSpan()
 	before := proxy.blobBytes.Load()
 	r.herd = criPull(b, nodes, imgB)
 	if err := proxy.settled(time.Minute); err != nil {
 		b.Fatal(err)
 	}
 	r.amp = float64(proxy.blobBytes.Load()-before) / float64(imgB.blobBytes)
+	r.upHerd = proxy.takeSpan()
+	r.fetchSingle, r.fetchHerd = r.upSingle, r.upHerd
 	if mirror {
+		r.fetchSingle, r.fetchHerd = logSpan(shoals, imgA), logSpan(shoals, imgB)
 		r.where = criRequests(shoals[0], imgB)
 		r.whereSingle = criRequests(shoals[0], imgA)
 	}
 	return r
+}
+
+// logSpan is the time from the first request's start to the last response's end for img in the
+// access logs of nodes.
+func logSpan(nodes []*benchNode, img swarmImg) time.Duration {
+	var first, last time.Time
+	for _, n := range nodes {
+		for _, m := range n.logEntries() {
+			p, _ := m["path"].(string)
+			ts, _ := m["time"].(string)
+			ns, _ := m["duration"].(float64)
+			end, err := time.Parse(time.RFC3339Nano, ts)
+			if m["msg"] != "request" || !strings.HasPrefix(p, "/v2/"+img.repo+"/") || err != nil {
+				continue
+			}
+			start := end.Add(-time.Duration(ns))
+			if first.IsZero() || start.Before(first) {
+				first = start
+			}
+			if end.After(last) {
+				last = end
+			}
+		}
+	}
+	return last.Sub(first)
 }
 
 // criRequests lists one shoal node's access-log lines for img: path (short), source, duration.
@@ -367,7 +401,8 @@ func BenchmarkCRIHerd(b *testing.B) {
 		var sb strings.Builder
 		var ratios, herdRatios, amps []float64
 		fmt.Fprintf(&sb, "CRI herd: %d nodes, containerd 2.4.2 + crictl 1.37.0 pull, 32 MiB image (config + 4 × 8 MiB), upstream docker-registry on loopback, unshaped\n", criNodes)
-		fmt.Fprintf(&sb, "  %-5s %-6s %9s %-34s %9s %9s\n", "round", "system", "single s", "herd s (5 nodes)", "upstr× 1", "upstr× 5")
+		fmt.Fprintf(&sb, "  %-5s %-6s %9s %-34s %9s %9s %-23s %s\n", "round", "system", "single s", "herd s (5 nodes)", "upstr× 1", "upstr× 5",
+			"fetch s: single, herd", "upstream s: single, herd")
 		for r := range rounds {
 			imgA := criImage(b, e, fmt.Sprintf("bench/cri-r%d-single", r), byte(10*r))
 			imgB := criImage(b, e, fmt.Sprintf("bench/cri-r%d-herd", r), byte(10*r+5))
@@ -385,7 +420,8 @@ func BenchmarkCRIHerd(b *testing.B) {
 				for _, d := range run.herd {
 					hs = append(hs, fmt.Sprintf("%.2f", d.Seconds()))
 				}
-				fmt.Fprintf(&sb, "  %-5d %-6s %9.3f %-34s %9.3f %9.3f\n", r+1, name, run.single.Seconds(), strings.Join(hs, " "), run.ampSingle, run.amp)
+				fmt.Fprintf(&sb, "  %-5d %-6s %9.3f %-34s %9.3f %9.3f %-23s %.3f, %.3f\n", r+1, name, run.single.Seconds(), strings.Join(hs, " "), run.ampSingle, run.amp,
+					fmt.Sprintf("%.3f, %.3f", run.fetchSingle.Seconds(), run.fetchHerd.Seconds()), run.upSingle.Seconds(), run.upHerd.Seconds())
 			}
 			s, d := runs[true], runs[false]
 			ratio := s.single.Seconds() / d.single.Seconds()
