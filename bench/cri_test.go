@@ -9,7 +9,8 @@ package bench
 //
 // Needs root, docker-registry and crane (`bash .ci/install-deps`, which also builds containerd
 // 2.4.2 and crictl 1.37.0 under /usr/local/lib/shoal-test/). SHOAL_BENCH_ROUNDS (default 3) sets
-// the number of rounds. The upstream is docker-registry on loopback behind an unshaped counting
+// the number of rounds; SHOAL_BENCH_CRI_P2P=0 runs the shoal daemons with --p2p=false (5
+// independent caches: what P2P costs in time); SHOAL_BENCH_SHOAL_ARGS adds daemon flags. The upstream is docker-registry on loopback behind an unshaped counting
 // proxy. Each round runs both systems, in alternating order, each on fresh containerd state,
 // fresh shoal stores and a fresh proxy:
 //
@@ -287,7 +288,12 @@ func (e *swarmEnv) criRound(b *testing.B, mirror bool, imgA, imgB swarmImg) criR
 	proxy := startLinkProxy(b, e.upstream, math.Inf(1)) // unshaped: counts blob bytes only
 	defer proxy.srv.Close()
 	var shoals []*benchNode
-	if mirror {
+	switch {
+	case mirror && os.Getenv("SHOAL_BENCH_CRI_P2P") == "0":
+		for range criNodes {
+			shoals = append(shoals, e.startShoalNode(b, dir, proxy.URL, "--p2p=false"))
+		}
+	case mirror:
 		shoals = shoalSwarm(b, e, dir, criNodes, proxy.URL, nil)
 	}
 	nodes := make([]*criNode, criNodes)
