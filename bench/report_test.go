@@ -158,6 +158,7 @@ func BenchmarkReport(b *testing.B) {
 
 	b.StopTimer()
 	page := renderReport(rows, rounds, long, time.Since(started), float64(img.blobBytes)/(1<<20))
+	page = append(page, handWritten(filepath.Join(out, "benchmarks.md"))...)
 	if err := os.WriteFile(filepath.Join(out, "benchmarks.md"), page, 0o644); err != nil {
 		b.Fatal(err)
 	}
@@ -418,6 +419,19 @@ func knobs() string {
 	return out
 }
 
+// handMarker starts the hand-written end of benchmarks.md: sections with figures of benchmarks
+// the report does not run (e.g. BenchmarkCRIHerd, which needs root and containerd 2.x).
+const handMarker = "<!-- hand-written from here on: BenchmarkReport keeps it -->"
+
+// handWritten is the part of the existing page at path from handMarker on, kept on regeneration.
+func handWritten(path string) []byte {
+	old, err := os.ReadFile(path)
+	if i := bytes.Index(old, []byte(handMarker)); err == nil && i >= 0 {
+		return append([]byte("\n"), old[i:]...)
+	}
+	return nil
+}
+
 func renderReport(rows []reportRow, rounds, long int, took time.Duration, herdMiB float64) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `# Benchmarks
@@ -495,6 +509,7 @@ go test -run '^$' -bench . -benchtime 2s ./store/                            # s
 go test -run '^$' -bench 'Lookup10Nodes|ProvideToFindable10Nodes' -benchtime 500x ./p2p/   # DHT lookup and provide-to-findable latency, 10 nodes
 go test -run '^$' -bench Transfer -benchtime 5x ./p2p/                       # 1 GiB peer transfer (with and without a swarm key) vs plain HTTP and HTTPS over loopback, interleaved
 go test -run '^$' -bench PeerBlob -benchtime 3x -timeout 30m ./bench          # a client's 1 GiB blob GET through a daemon that gets it from a peer vs from the registry vs direct
+go test -run '^$' -bench CRIHerd -benchtime 1x -timeout 30m ./bench       # 5 containerd 2.4.2 nodes (crictl pull), each with its shoal vs no mirror: single cold pull and herd, upstream bytes (root)
 go test -run '^$' -bench Soak10Nodes -benchtime 1x -timeout 60m ./bench       # 10 daemons, 30 min of steady lookups and transfers: RSS per minute (SHOAL_SOAK=10m for less)
 `+"```"+`
 `, herdMiB)

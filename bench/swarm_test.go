@@ -278,8 +278,20 @@ type linkProxy struct {
 
 	getsMu sync.Mutex
 	gets   map[string]int // blob GETs per digest
+	// first request's start and last response's end since the last takeSpan
+	first, last time.Time
 
 	link *testutil.Link
+}
+
+// takeSpan is the time from the first request's start to the last response's end since the
+// previous call (0: no request).
+func (p *linkProxy) takeSpan() time.Duration {
+	p.getsMu.Lock()
+	defer p.getsMu.Unlock()
+	d := p.last.Sub(p.first)
+	p.first, p.last = time.Time{}, time.Time{}
+	return max(d, 0)
 }
 
 func startLinkProxy(b *testing.B, target string, bytesPerSec float64) *linkProxy {
@@ -302,6 +314,17 @@ func startLinkProxy(b *testing.B, target string, bytesPerSec float64) *linkProxy
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.active.Add(1)
 		defer p.active.Add(-1) // also when ReverseProxy aborts with ErrAbortHandler
+		t0 := time.Now()
+		defer func() {
+			p.getsMu.Lock()
+			if p.first.IsZero() || t0.Before(p.first) {
+				p.first = t0
+			}
+			if now := time.Now(); now.After(p.last) {
+				p.last = now
+			}
+			p.getsMu.Unlock()
+		}()
 		rp.ServeHTTP(w, r)
 	})}
 	go p.srv.Serve(ln)
