@@ -43,7 +43,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	mode := os.FileMode(0o755) // /var/lib/shoal or a named dir: as system state dirs are
+	if cfg.dataDirWhy != "" {
+		mode = 0o700 // the per-user fallback under $XDG_STATE_HOME: the XDG spec asks 0700
+	}
+	if err := os.MkdirAll(cfg.DataDir, mode); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	up, err := upstream.New(cfg.Upstream, log.With("component", "upstream"))

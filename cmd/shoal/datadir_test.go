@@ -42,6 +42,9 @@ func TestNobodyRunsTheFirstCommand(t *testing.T) {
 			if !strings.Contains(line, "data_dir="+want+" ") || !strings.Contains(line, `data_dir_why="/var/lib/shoal is not writable for uid 65534"`) {
 				t.Fatalf("start-up line does not name %s and why:\n%s", want, line)
 			}
+			if fi, err := os.Stat(want); err != nil || fi.Mode().Perm() != 0o700 {
+				t.Fatalf("per-user data dir %s: %v, want mode 0700 (XDG base directory spec)", want, err)
+			}
 			addr := strings.TrimPrefix(env[2], "SHOAL_LISTEN=")
 			resp, err := http.Get("http://" + addr + "/v2/")
 			if err != nil {
