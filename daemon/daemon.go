@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -83,7 +84,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		if err != nil {
 			ln.Close()
 			st.Close()
-			return nil, fmt.Errorf("p2p: %w", err)
+			if !strings.HasPrefix(err.Error(), "p2p: ") { // most of p2p.New's errors name it already
+				err = fmt.Errorf("p2p: %w", err)
+			}
+			return nil, err
 		}
 		src.node = node
 		// Evicted content is no longer advertised; peers holding a stale record get a

@@ -198,6 +198,9 @@ func TestStartupLogsInShoalsFormat(t *testing.T) {
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "shoal: ") || !strings.Contains(last, "address already in use") {
 		t.Errorf("last line %q does not say the P2P address is in use", last)
 	}
+	if strings.Contains(out, "p2p: p2p:") {
+		t.Errorf("the error names its component twice:\n%s", out)
+	}
 	for _, l := range lines[:len(lines)-1] {
 		if !strings.HasPrefix(l, "time=") || strings.Contains(l, "system=fx") || strings.Contains(l, "level=ERROR") {
 			t.Errorf("not a shoal log line, or an error logged before the one that stops it: %s", l)
