@@ -169,25 +169,3 @@ func unavailable(err error) bool {
 	}
 	return !errors.Is(err, context.Canceled)
 }
-
-// parseContentRange reads "bytes a-b/total".
-func parseContentRange(s string) (start, total int64, ok bool) {
-	s, ok = strings.CutPrefix(s, "bytes ")
-	if !ok {
-		return 0, 0, false
-	}
-	rng, tot, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, 0, false
-	}
-	a, _, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, false
-	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	total, err2 := strconv.ParseInt(tot, 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, 0, false
-	}
-	return start, total, true
-}

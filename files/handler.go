@@ -258,7 +258,7 @@ func (h *Handler) OpenBlob(ctx context.Context, host, repo string, d digest.Dige
 	size := resp.ContentLength
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
-		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		start, total, ok := upstream.ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
 			resp.Body.Close()
 			return nil, 0, fmt.Errorf("%s: asked for bytes %d-, got Content-Range %q", host, offset, resp.Header.Get("Content-Range"))

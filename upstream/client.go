@@ -586,7 +586,7 @@ func (c *Client) GetBlob(ctx context.Context, host, repo string, d digest.Digest
 	size := resp.ContentLength
 	switch {
 	case resp.StatusCode == http.StatusPartialContent:
-		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		start, total, ok := ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
 			body.Close()
 			return nil, 0, fmt.Errorf("upstream %s: blob %s: asked for bytes %d-, got Content-Range %q", canonicalHost(host), d, offset, truncate(resp.Header.Get("Content-Range")))
@@ -605,8 +605,8 @@ func (c *Client) GetBlob(ctx context.Context, host, repo string, d digest.Digest
 	return body, size, nil
 }
 
-// parseContentRange reads "bytes START-END/TOTAL" (TOTAL may be "*": -1).
-func parseContentRange(v string) (start, total int64, ok bool) {
+// ParseContentRange reads a 206 answer's "bytes START-END/TOTAL" (TOTAL may be "*": -1).
+func ParseContentRange(v string) (start, total int64, ok bool) {
 	rest, found := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
 	if !found {
 		return 0, 0, false

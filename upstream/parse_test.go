@@ -155,9 +155,9 @@ func TestParseContentRange(t *testing.T) {
 		{"bytes */100", 0, 0, false},
 		{"", 0, 0, false},
 	} {
-		s, tot, ok := parseContentRange(tc.v)
+		s, tot, ok := ParseContentRange(tc.v)
 		if ok != tc.ok || (ok && (s != tc.start || tot != tc.total)) {
-			t.Errorf("parseContentRange(%q) = %d, %d, %v; want %d, %d, %v", tc.v, s, tot, ok, tc.start, tc.total, tc.ok)
+			t.Errorf("ParseContentRange(%q) = %d, %d, %v; want %d, %d, %v", tc.v, s, tot, ok, tc.start, tc.total, tc.ok)
 		}
 	}
 }
