@@ -103,7 +103,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	// (serve-while-downloading), so a rollout pays the upstream once per cluster.
 	sp.onStarted = func(f *fill) { src.advertise(context.Background(), f.d) }
 	sp.onFilled = func(f *fill) { src.advertise(context.Background(), f.d) }
-	sp.onFailed = func(f *fill) { src.withdraw(f.d) }
+	sp.onFailed = func(f *fill) {
+		// A download that failed is no longer advertised, unless the store holds the blob
+		// anyway (a push committed it meanwhile: its advertisement must stand).
+		if _, err := st.Stat(context.Background(), f.d); err == nil {
+			return
+		}
+		src.withdraw(f.d)
+	}
 	m := &mirror{
 		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),
 		tagTTL:          cfg.TagTTL,

@@ -106,21 +106,36 @@ func (c *pushCluster) Replicate(ctx context.Context, name string, root digest.Di
 		return h[:]
 	}
 	slices.SortFunc(peers, func(a, b p2p.Peer) int { return bytes.Compare(dist(a.ID), dist(b.ID)) })
-	for _, p := range peers {
-		if copies >= k {
+	// Up to three passes over the peers that did not take a copy: a refusal can be passing
+	// (the record or a blob not yet findable on a busy node).
+	for pass := range 3 {
+		var failed []p2p.Peer
+		for _, p := range peers {
+			if copies >= k {
+				return copies
+			}
+			if except[p.ID] {
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			err := c.node.Replicate(rctx, p, name, root)
+			cancel()
+			if err != nil {
+				c.m.log.Warn("a peer did not take a copy of a pushed image", "peer", p.ID, "image", name, "digest", root, "pass", pass+1, "err", err)
+				failed = append(failed, p)
+				continue
+			}
+			copies++
+		}
+		if copies >= k || len(failed) == 0 {
 			break
 		}
-		if except[p.ID] {
-			continue
+		peers = failed
+		select {
+		case <-ctx.Done():
+			return copies
+		case <-time.After(300 * time.Millisecond):
 		}
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		err := c.node.Replicate(rctx, p, name, root)
-		cancel()
-		if err != nil {
-			c.m.log.Warn("a peer did not take a copy of a pushed image", "peer", p.ID, "image", name, "digest", root, "err", err)
-			continue
-		}
-		copies++
 	}
 	return copies
 }
@@ -149,6 +164,10 @@ func (c *pushCluster) Holders(ctx context.Context, root digest.Digest) (map[stri
 	return out, amFirst
 }
 
+// holdRecordWait bounds how long a node asked to hold a copy waits for the tag record that
+// names it to be found in the swarm.
+const holdRecordWait = 5 * time.Second
+
 // hold is the receiving side of Replicate: the tag's swarm record must name root; then the
 // image (manifests, recursively, and blobs) is fetched from the asking peer, verified, stored,
 // its root pinned and everything advertised.
@@ -156,9 +175,24 @@ func (c *pushCluster) hold(ctx context.Context, from p2p.Peer, name string, root
 	if !strings.HasPrefix(name, c.ns+"/") {
 		return fmt.Errorf("%s is not in the local namespace", name)
 	}
-	r, err := c.node.LookupTag(ctx, name)
-	if err != nil || r.Deleted || r.Digest != root {
-		return fmt.Errorf("no tag record of %s names %s", name, root)
+	// The pusher published the record just before it asked; on a busy swarm the record may
+	// reach the nodes this lookup asks a moment later, so look again for a few seconds.
+	var r p2p.TagRecord
+	deadline := time.Now().Add(holdRecordWait)
+	for {
+		var err error
+		r, err = c.node.LookupTag(ctx, name)
+		if err == nil && !r.Deleted && r.Digest == root {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no tag record of %s names %s", name, root)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if err := c.fetchImage(ctx, from, root, 0); err != nil {
 		return err
