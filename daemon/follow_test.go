@@ -266,29 +266,7 @@ func TestGatedClientGetsHeadersWhilePeerSends(t *testing.T) {
 // without waiting for the stall timeout.
 func TestDesignatedNodeLeavesThePeerItFollowed(t *testing.T) {
 	x, up, hc := halfwaySetup(t, false, true) // hc's peer sends half the layer, then holds
-	resp, err := http.Get("http://" + x.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	waitFor(t, func() bool {
-		f := x.spool.lookup(hc.d)
-		if f == nil {
-			return false
-		}
-		defer f.release()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.written > 0
-	})
-
-	zcfg := p2p.DefaultConfig()
-	zcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}
-	z, err := p2p.New(t.Context(), zcfg, t.TempDir(), &halfwayContent{}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { z.Close() })
+	resp, z := clientStartsDownload(t, x, hc)
 	rc, size, err := z.FetchVia(t.Context(), p2p.Peer{ID: x.node.ID(), Addrs: x.node.Addrs()}, hc.d, 0, up.host(), "test/eager")
 	if err != nil {
 		t.Fatal(err)
@@ -322,29 +300,7 @@ func TestDesignatedNodeLeavesThePeerItFollowed(t *testing.T) {
 // banned the honest node in the middle, and the liar went unnoticed by it).
 func TestFollowerIsToldToDiscardALiarsBytes(t *testing.T) {
 	x, _, hc := halfwaySetup(t, true, true) // hc sends half the layer, then (released) the rest with a flipped byte
-	resp, err := http.Get("http://" + x.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	waitFor(t, func() bool {
-		f := x.spool.lookup(hc.d)
-		if f == nil {
-			return false
-		}
-		defer f.release()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.written > 0
-	})
-
-	zcfg := p2p.DefaultConfig()
-	zcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}
-	z, err := p2p.New(t.Context(), zcfg, t.TempDir(), &halfwayContent{}, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { z.Close() })
+	resp, z := clientStartsDownload(t, x, hc)
 	rc, size, err := z.Fetch(t.Context(), p2p.Peer{ID: x.node.ID(), Addrs: x.node.Addrs()}, hc.d, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -368,4 +324,33 @@ func TestFollowerIsToldToDiscardALiarsBytes(t *testing.T) {
 	if err != nil || !bytes.Equal(body, hc.data) || int64(len(body)) != size {
 		t.Fatalf("x's own client: %d bytes, err %v", len(body), err)
 	}
+}
+
+// clientStartsDownload has a client of x start the blob hc serves, waits until x's download has
+// bytes, and returns the client's response and a fresh libp2p node z to ask x as a peer would.
+func clientStartsDownload(t *testing.T, x *Daemon, hc *halfwayContent) (*http.Response, *p2p.Node) {
+	t.Helper()
+	resp, err := http.Get("http://" + x.Addr() + "/v2/test/eager/blobs/" + hc.d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	waitFor(t, func() bool {
+		f := x.spool.lookup(hc.d)
+		if f == nil {
+			return false
+		}
+		defer f.release()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.written > 0
+	})
+	zcfg := p2p.DefaultConfig()
+	zcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}
+	z, err := p2p.New(t.Context(), zcfg, t.TempDir(), &halfwayContent{}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	return resp, z
 }
