@@ -2,12 +2,12 @@ package daemon
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 )
 
 // A blob download is bounded, whatever its source: by the size the manifest's descriptor gives
@@ -19,9 +19,6 @@ import (
 // sizeMemoEntries bounds the descriptor sizes remembered: about 2 MiB of memory, the layers
 // of well over a thousand images.
 const sizeMemoEntries = 1 << 14
-
-// errBlobBound marks a download stopped because the blob broke its bound.
-var errBlobBound = errors.New("blob exceeds its size bound")
 
 // Why a download broke its bound (the label of shoal_blob_bound_exceeded_total).
 const (
@@ -36,8 +33,8 @@ type boundError struct {
 	detail string
 }
 
-func (e *boundError) Error() string { return errBlobBound.Error() + ": " + e.detail }
-func (e *boundError) Unwrap() error { return errBlobBound }
+func (e *boundError) Error() string { return ocierr.ErrBlobBound.Error() + ": " + e.detail }
+func (e *boundError) Unwrap() error { return ocierr.ErrBlobBound }
 
 // sizeMemo remembers blob sizes from the descriptors of the manifests this node serves or
 // fetches, so that a download can be bounded by the size its manifest gives. It holds at most

@@ -19,6 +19,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 )
 
 // `shoal doctor`'s canary: a tiny image that only shoal serves, never asked of an upstream, so
@@ -138,10 +139,10 @@ func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) e
 	case "manifest":
 		if rt.ref != img.manifestDigest.String() {
 			if _, err := digest.Parse(rt.ref); err == nil {
-				return &ociError{Status: http.StatusNotFound, Code: oci.CodeManifestUnknown, Message: "not shoal doctor's canary manifest"}
+				return &ocierr.Error{Status: http.StatusNotFound, Code: oci.CodeManifestUnknown, Message: "not shoal doctor's canary manifest"}
 			}
 			if !canaryNonce.MatchString(rt.ref) {
-				return &ociError{Status: http.StatusBadRequest, Code: oci.CodeTagInvalid, Message: "bad canary tag"}
+				return &ocierr.Error{Status: http.StatusBadRequest, Code: oci.CodeTagInvalid, Message: "bad canary tag"}
 			}
 			if m.canary != nil {
 				m.canary.record(rt.ref, adminapi.CanaryHit{
@@ -156,14 +157,14 @@ func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) e
 		dg := digest.Digest(rt.ref)
 		b, ok := img.blobs[dg]
 		if !ok {
-			return &ociError{Status: http.StatusNotFound, Code: oci.CodeBlobUnknown, Message: "not a blob of shoal doctor's canary"}
+			return &ocierr.Error{Status: http.StatusNotFound, Code: oci.CodeBlobUnknown, Message: "not a blob of shoal doctor's canary"}
 		}
 		if m.canary != nil && r.Method == http.MethodGet {
 			m.canary.blobs.Add(1)
 		}
 		body, ctype, d = b, "application/octet-stream", dg
 	default:
-		return &ociError{Status: http.StatusNotFound, Code: oci.CodeNameUnknown, Message: fmt.Sprintf("shoal doctor's canary has no %s", rt.kind)}
+		return &ocierr.Error{Status: http.StatusNotFound, Code: oci.CodeNameUnknown, Message: fmt.Sprintf("shoal doctor's canary has no %s", rt.kind)}
 	}
 	h := w.Header()
 	h.Set("Content-Type", ctype)

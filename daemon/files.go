@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -73,18 +74,18 @@ func (fe *filesEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, errAborted):
 		panic(http.ErrAbortHandler)
 	case errors.Is(err, files.ErrNotFound):
-		writeError(w, r, fe.log, errNotFound)
+		ocierr.Write(w, r, fe.log, ocierr.ErrNoRoute)
 	case errors.Is(err, files.ErrMismatch):
-		writeError(w, r, fe.log, &ociError{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "the upstream sent a file that does not match its digest; nothing was kept", Err: err})
+		ocierr.Write(w, r, fe.log, &ocierr.Error{Status: http.StatusBadGateway, Code: "DIGEST_INVALID", Message: "the upstream sent a file that does not match its digest; nothing was kept", Err: err})
 	case errors.Is(err, files.ErrTooLarge):
-		writeError(w, r, fe.log, &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "file larger than files.max_local_size", Err: err})
+		ocierr.Write(w, r, fe.log, &ocierr.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "file larger than files.max_local_size", Err: err})
 	case errors.Is(err, files.ErrRefused):
-		writeError(w, r, fe.log, &ociError{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream pointed shoal at a host it may not contact", Err: err})
+		ocierr.Write(w, r, fe.log, &ocierr.Error{Status: http.StatusBadGateway, Code: "UNAVAILABLE", Message: "the upstream pointed shoal at a host it may not contact", Err: err})
 	default:
 		if ue, ok := errors.AsType[*upstream.Error](err); ok && ue.Code != "" {
 			w.Header().Set("X-Error-Code", ue.Code) // the Hub's clients read it (EntryNotFound, …)
 		}
-		writeError(w, r, fe.log, err)
+		ocierr.Write(w, r, fe.log, err)
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 )
 
 // GuardConfig is the mirror listener's exposure and abuse controls: who may connect, what
@@ -141,9 +142,9 @@ const (
 var refusalReasons = [...]string{"address", "uri_too_long", "rate", "auth", "repository", "concurrency"}
 
 // refuse answers err and counts the refusal.
-func (g *guard) refuse(w http.ResponseWriter, r *http.Request, reason int, err *ociError) {
+func (g *guard) refuse(w http.ResponseWriter, r *http.Request, reason int, err *ocierr.Error) {
 	g.refused[reason].Add(1)
-	writeError(w, r, g.log, err)
+	ocierr.Write(w, r, g.log, err)
 }
 
 // refusals returns the refusal counts by reason.
@@ -492,14 +493,14 @@ func (g *guard) client(key netip.Prefix, p *guardPolicy, now time.Time) *clientS
 
 // Errors the guard answers with, in the mirror's OCI error format.
 var (
-	errClientDenied = &ociError{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "this mirror does not serve your address"}
-	errRepoDenied   = &ociError{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "this mirror's policy does not allow this repository"}
-	errUnauthorized = &ociError{Status: http.StatusUnauthorized, Code: oci.CodeUnauthorized, Message: "authentication required"}
-	errURITooLong   = &ociError{Status: http.StatusRequestURITooLong, Code: oci.CodeNameInvalid, Message: "request URI too long"}
+	errClientDenied = &ocierr.Error{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "this mirror does not serve your address"}
+	errRepoDenied   = &ocierr.Error{Status: http.StatusForbidden, Code: oci.CodeDenied, Message: "this mirror's policy does not allow this repository"}
+	errUnauthorized = &ocierr.Error{Status: http.StatusUnauthorized, Code: oci.CodeUnauthorized, Message: "authentication required"}
+	errURITooLong   = &ocierr.Error{Status: http.StatusRequestURITooLong, Code: oci.CodeNameInvalid, Message: "request URI too long"}
 )
 
-func tooMany(msg string) *ociError {
-	return &ociError{Status: http.StatusTooManyRequests, Code: oci.CodeTooManyRequests, Message: msg}
+func tooMany(msg string) *ocierr.Error {
+	return &ocierr.Error{Status: http.StatusTooManyRequests, Code: oci.CodeTooManyRequests, Message: msg}
 }
 
 // wrap puts the controls in front of next, cheapest first: address lists, the rate limit

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -66,7 +67,7 @@ func (m *mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, errAborted):
 		panic(http.ErrAbortHandler)
 	default:
-		writeError(w, r, m.log, err)
+		ocierr.Write(w, r, m.log, err)
 	}
 }
 
@@ -74,7 +75,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
 	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return errUnsupported
+			return ocierr.ErrUnsupported
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", "2")
@@ -85,7 +86,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	if !strings.HasPrefix(r.URL.Path, "/v2/") {
-		return errNotFound
+		return ocierr.ErrNoRoute
 	}
 	if m.push.Match(r) { // the cluster-local namespace: never routed upstream
 		return m.push.Serve(w, r, push.Client{Addr: remoteIP(r), User: m.pushUser(r)})
@@ -98,7 +99,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		return errUnsupported
+		return ocierr.ErrUnsupported
 	}
 	rt, err := parseRoute(r, m.defaultRegistry)
 	if err != nil {
@@ -120,7 +121,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	case "referrers":
 		return m.passThrough(w, r, rt, "referrers/"+rt.ref)
 	}
-	return errNotFound
+	return ocierr.ErrNoRoute
 }
 
 // ---- blobs ----
@@ -172,7 +173,7 @@ func writeBlobHead(w http.ResponseWriter, r *http.Request, size int64) (int64, i
 		if size >= 0 {
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 		}
-		return 0, 0, &ociError{Status: http.StatusRequestedRangeNotSatisfiable, Code: "RANGE_INVALID", Message: "requested range not satisfiable", Err: err}
+		return 0, 0, &ocierr.Error{Status: http.StatusRequestedRangeNotSatisfiable, Code: "RANGE_INVALID", Message: "requested range not satisfiable", Err: err}
 	}
 	if rng == nil {
 		if size >= 0 {
@@ -217,7 +218,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 		return m.serveDirect(w, r, f.rt, d, open)
 	}
 	if err != nil {
-		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
+		return ocierr.NotFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
 	if size < 0 {
 		r.Header.Del("Range") // unknown size: send it whole
@@ -259,7 +260,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 		return m.serveDirect(w, r, f.rt, d, open)
 	case err == nil, err == io.EOF, errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 	default:
-		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
+		return ocierr.NotFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
 	if _, _, err := writeBlobHead(w, r, size); err != nil {
 		return err
@@ -321,11 +322,11 @@ func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off
 // upstream, verified, without keeping it. A Range cannot be verified, so it is refused.
 func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d digest.Digest, open blobOpener) error {
 	if r.Header.Get("Range") != "" {
-		return &ociError{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
+		return &ocierr.Error{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
 	}
 	rc, size, source, err := open(r.Context(), 0)
 	if err != nil {
-		return notFoundAs(err, "BLOB_UNKNOWN", "blob")
+		return ocierr.NotFoundAs(err, "BLOB_UNKNOWN", "blob")
 	}
 	defer rc.Close()
 	// Nothing is stored, but the bound still holds: an endless body would stream for ever.
@@ -362,16 +363,16 @@ func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) erro
 	} else {
 		tag, st, err := m.resolveTag(ctx, rt)
 		if err != nil {
-			return notFoundAs(err, "MANIFEST_UNKNOWN", "manifest")
+			return ocierr.NotFoundAs(err, "MANIFEST_UNKNOWN", "manifest")
 		}
 		d, stale = tag.Digest, st
 	}
 	mr, err := m.manifestBytes(ctx, rt, d)
 	if err != nil {
-		return notFoundAs(err, "MANIFEST_UNKNOWN", "manifest")
+		return ocierr.NotFoundAs(err, "MANIFEST_UNKNOWN", "manifest")
 	}
 	if !accepts(r.Header.Values("Accept"), mr.mediaType) {
-		return &ociError{Status: http.StatusNotFound, Code: "MANIFEST_UNKNOWN", Message: fmt.Sprintf("manifest is %s, which the client's Accept header does not list", mr.mediaType)}
+		return &ocierr.Error{Status: http.StatusNotFound, Code: "MANIFEST_UNKNOWN", Message: fmt.Sprintf("manifest is %s, which the client's Accept header does not list", mr.mediaType)}
 	}
 	h := w.Header()
 	h.Set("Content-Type", mr.mediaType)
@@ -564,7 +565,7 @@ func (m *mirror) passThrough(w http.ResponseWriter, r *http.Request, rt route, s
 	q.Del("ns")
 	resp, err := m.up.Get(r.Context(), rt.registry, rt.repo, subpath, q.Encode())
 	if err != nil {
-		return notFoundAs(err, "NAME_UNKNOWN", "repository")
+		return ocierr.NotFoundAs(err, "NAME_UNKNOWN", "repository")
 	}
 	defer resp.Body.Close()
 	h := w.Header()

@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 )
@@ -88,7 +89,7 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.
 	switch {
 	case err == nil && (size < 0 || !c.shareable(ctx, d)):
 		err = fmt.Errorf("%w: %s may not be shared", p2p.ErrNotFound, d)
-	case isUpstreamNotFound(err):
+	case ocierr.IsUpstreamNotFound(err):
 		// The asker then tries the upstream itself (it may hold other credentials) and gives
 		// its client the 404; the serving node has nothing to warn about.
 		err = fmt.Errorf("%w: %w", p2p.ErrNotFound, err)

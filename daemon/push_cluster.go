@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -67,7 +68,7 @@ func (c *pushCluster) ManifestFromPeers(ctx context.Context, d digest.Digest) ([
 func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) error {
 	err := c.m.blob(w, r, route{kind: "blob", registry: c.ns, repo: repo, ref: d.String()})
 	if errors.Is(err, p2p.ErrNotFound) || errors.Is(err, store.ErrNotFound) {
-		return &ociError{Status: http.StatusNotFound, Code: "BLOB_UNKNOWN", Message: "no node of the swarm holds this blob of the local namespace", Err: err}
+		return &ocierr.Error{Status: http.StatusNotFound, Code: "BLOB_UNKNOWN", Message: "no node of the swarm holds this blob of the local namespace", Err: err}
 	}
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 )
 
 // route is a parsed mirror API request.
@@ -42,7 +43,7 @@ func parseRoute(r *http.Request, defaultRegistry string) (route, error) {
 		}
 	}
 	if rt.kind == "" || rt.clientName == "" || strings.Contains(rt.ref, "/") {
-		return rt, errNotFound
+		return rt, ocierr.ErrNoRoute
 	}
 	name := rt.clientName
 	switch ns := r.URL.Query().Get("ns"); {

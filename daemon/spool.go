@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 )
@@ -225,9 +226,9 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 			s.noSpace.do(func() {
 				s.log.Warn("store is out of space; serving straight from the upstream", "digest", f.d, "err", err)
 			})
-		} else if isUpstreamNotFound(err) {
+		} else if ocierr.IsUpstreamNotFound(err) {
 			s.log.Debug("blob not found upstream", "digest", f.d, "err", err)
-		} else if !errors.Is(err, errBlobBound) { // noted above
+		} else if !errors.Is(err, ocierr.ErrBlobBound) { // noted above
 			s.log.Warn("blob download failed", "digest", f.d, "err", err)
 		}
 	}
@@ -344,7 +345,7 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, errBlobBound) || errors.Is(err, p2p.ErrRetracted) || ctx.Err() != nil {
+		if errors.Is(err, store.ErrNoSpace) || errors.Is(err, ocierr.ErrBlobBound) || errors.Is(err, p2p.ErrRetracted) || ctx.Err() != nil {
 			return err
 		}
 		lastErr = err
