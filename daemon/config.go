@@ -82,9 +82,10 @@ type Config struct {
 //
 // Adding a setting: one entry here and its field in Config above (this file), its use, its
 // test; then `SHOAL_WRITE_DOCS=1 go test ./daemon -run TestDocsTable` rewrites the reference
-// in docs/configuration.md, and the Helm chart's values.yaml and values.schema.json get the
-// key (contrib/helm_test.go checks). The flag is the key with "." and "_" turned into "-" (and "security." dropped)
-// unless flag names another; the variable is SHOAL_ and the flag in capitals.
+// in docs/configuration.md and the `config` part of the Helm chart's values.schema.json (the
+// chart's values.yaml lists no setting it does not itself need). The flag is the key with "."
+// and "_" turned into "-" (and "security." dropped) unless flag names another; the variable is
+// SHOAL_ and the flag in capitals.
 var settings = []Setting{
 	{Key: "listen", Default: "127.0.0.1:5000", Arg: "ADDR", Help: "mirror API address",
 		ptr: func(c *Config) any { return &c.Listen }},
