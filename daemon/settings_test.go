@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -127,6 +129,43 @@ func jsonValueSpan(doc []byte, path ...string) (start, end int, err error) {
 		return 0, 0, errors.New("value not where the decoder says")
 	}
 	return start, end, nil
+}
+
+// Where other docs write a setting's default by hand (a table row "| `key` | `default` |", or
+// "`key` (default `value`)"), it is the table's default.
+func TestDocsTableDefaultsElsewhere(t *testing.T) {
+	files, err := filepath.Glob("../docs/*.md")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no docs: %v", err)
+	}
+	files = append(files, "../README.md")
+	said := regexp.MustCompile("^\\| `([a-z0-9_.]+)` \\| `([^`]*)` \\||`([a-z0-9_.]+)` \\(default `([^`]*)`\\)")
+	checked := 0
+	for _, f := range files {
+		if filepath.Base(f) == "configuration.md" {
+			continue // generated, TestDocsTableIsTheSettingsTable
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for n, line := range strings.Split(string(b), "\n") {
+			for _, m := range said.FindAllStringSubmatch(line, -1) {
+				key, def := m[1]+m[3], m[2]+m[4]
+				s, ok := settingByKey(key)
+				if !ok {
+					continue
+				}
+				checked++
+				if def != s.Default && !(def == "" && s.Default == `""`) {
+					t.Errorf("%s:%d: %s's default written as %q, the settings table says %q", f, n+1, key, def, s.Default)
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Error("no default written in the docs found: the pattern no longer matches them")
+	}
 }
 
 func at(l []string, n int) string {
