@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -73,7 +74,7 @@ func (c *Config) validateOps() error {
 		}
 		// The admin API has no authentication and can remove, pin and pull content: on TCP
 		// it may listen on loopback only (a unix socket's file mode is its access control).
-		if a.Network == "tcp" && !listensOnLoopback(a.Address) {
+		if a.Network == "tcp" && !guard.ListensOnLoopback(a.Address) {
 			return &ConfigError{Key: "admin_listen", Err: fmt.Errorf("%q is not a loopback address: the admin API has no authentication; use unix:/path or 127.0.0.1:PORT", c.AdminListen)}
 		}
 	}
@@ -104,7 +105,7 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 		metrics: o.metrics, started: time.Now(), ready: o.ready.Load, mirrorAddr: d.Addr,
 		// The mirror without the guard (the admin API is the operator's already), with the
 		// access log and metrics like any client's request.
-		self:   newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
+		self:   newSelfClient(guard.AccessLog(d.log.With("component", "mirror"), hdrSource, m, o.observeRequest)),
 		canary: d.canary, finder: newSearcher(d.cfg.Console, d.up),
 	}
 	if err := o.listen(d.cfg); err != nil {
@@ -187,7 +188,7 @@ func (d *Daemon) MetricsAddr() string {
 }
 
 // observeRequest is the access log's hook for the metrics.
-func (o *ops) observeRequest(rd requestDone) { o.metrics.observeRequest(rd) }
+func (o *ops) observeRequest(rd guard.Served) { o.metrics.observeRequest(rd) }
 
 // start serves the admin API and metrics; the returned stop ends admin requests, closes both
 // servers and removes the socket. It may be called more than once.
@@ -196,7 +197,7 @@ func (o *ops) start() (stop func()) {
 	o.cancel = cancel
 	if o.adminLn != nil {
 		o.adminSrv = &http.Server{
-			Handler:           guardAdmin(o.admin.routes(), o.adminAddr.Network == "tcp"),
+			Handler:           guard.Admin(o.admin.routes(), o.adminAddr.Network == "tcp"),
 			ReadHeaderTimeout: 30 * time.Second,
 			BaseContext:       func(net.Listener) context.Context { return ctx },
 			ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -36,8 +37,8 @@ type Config struct {
 	// whatever its source says; 0 means the store's budget (store.max_size as the store
 	// computed it). Descriptor sizes and Content-Length bound a download further (blobsize.go).
 	StoreMaxBlobSize int64
-	// Guard is the mirror listener's access controls and limits (guard.go).
-	Guard GuardConfig
+	// Guard is the mirror listener's access controls and limits (package guard).
+	Guard guard.Config
 	// P2P is the libp2p node; P2PEnabled turns it off for a purely local mirror.
 	P2P        p2p.Config
 	P2PEnabled bool
@@ -275,7 +276,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // DefaultConfig returns the built-in defaults of the settings table. It panics only if the
 // table's defaults are broken, which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Files: files.DefaultConfig(), Push: push.DefaultConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: guard.DefaultConfig(), Files: files.DefaultConfig(), Push: push.DefaultConfig()}
 	if err := c.applyYAML(defaultsFromTable(), "settings table"); err != nil {
 		panic("settings table defaults: " + err.Error())
 	}
@@ -391,7 +392,7 @@ func (c *Config) Validate() error {
 	if err := c.Upstream.Validate(); err != nil {
 		return &ConfigError{Key: "upstream", Err: err}
 	}
-	if err := c.validateSecurity(); err != nil { // guard_config.go
+	if err := c.validateSecurity(); err != nil { // security.go
 		return err
 	}
 	if c.P2PEnabled {

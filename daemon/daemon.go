@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -30,7 +31,7 @@ type Daemon struct {
 	node  *p2p.Node // nil when P2P is disabled
 	src   *sources
 	spool *spool
-	guard *guard // access controls and limits of the mirror API (guard.go)
+	guard *guard.Guard // access controls and limits of the mirror API
 	hist  *history
 	ops   *ops // admin API and metrics (admin.go, metrics.go)
 	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
@@ -55,9 +56,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, &ConfigError{Key: "registries", Err: err}
 	}
-	g, err := newGuard(cfg, log.With("component", "guard")) // guard.go
+	glog := log.With("component", "guard")
+	defaultRegistry := canonicalRegistry(cfg.DefaultRegistry)
+	g, err := guard.New(cfg.Guard, glog, guard.Options{Listen: cfg.Listen, SendFrom: sendFrom,
+		Route: func(r *http.Request) (string, string, bool) {
+			rt, err := parseRoute(r, defaultRegistry)
+			return rt.registry, rt.repo, err == nil
+		}})
 	if err != nil {
-		return nil, err
+		return nil, guardError(err)
+	}
+	if k := cfg.P2P.SwarmKeyFile; cfg.P2PEnabled && k != "" { // password files: upstream warns
+		if err := guard.CheckSecretFile(glog, "p2p.swarm_key_file", k); err != nil {
+			return nil, guardError(err)
+		}
 	}
 	st, err := store.Open(ctx, cfg.Store, log) // store names its component
 	if err != nil {
@@ -142,7 +154,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			d.abortNew()
 			return nil, &ConfigError{Key: "push", Err: err}
 		}
-		d.push, m.push, m.pushUser = ph, ph, g.pushUser
+		d.push, m.push, m.pushUser = ph, ph, g.PushUser
 		// Write-through: what the upstream accepted is advertised unless the registry needed
 		// credentials (private stays private, p2p.share_private).
 		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) {
@@ -172,15 +184,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           accessLog(mlog, g.wrap(routeFiles(fe, routeRoot(mux, m))), d.ops.observeRequest), // guard.go: access controls, limits
+		Handler:           guard.AccessLog(mlog, hdrSource, g.Wrap(routeFiles(fe, routeRoot(mux, m))), d.ops.observeRequest), // access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(mlog.Handler(), slog.LevelDebug),
 	}
-	// guard.go: header/idle limits from the config, TLS on the listener.
-	g.configure(d.srv, cfg.Guard)
-	d.ln = g.listener(d.ln)
+	// The guard's header/idle limits from the config, TLS on the listener.
+	g.Configure(d.srv)
+	d.ln = g.Listener(d.ln)
 	return d, nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -108,16 +109,16 @@ func routeOf(path string) string {
 var knownSources = map[string]bool{"store": true, "inflight": true, "peer": true, "designated": true, "upstream": true, "passthrough": true}
 
 // observeRequest records one finished mirror request.
-func (m *metrics) observeRequest(rd requestDone) {
-	route := routeOf(rd.path)
-	source := rd.source
+func (m *metrics) observeRequest(rd guard.Served) {
+	route := routeOf(rd.Path)
+	source := rd.Source
 	if !knownSources[source] {
 		source = "none"
 	}
-	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.status)).Inc()
-	m.bytes.WithLabelValues(route, source).Add(float64(rd.bytes))
-	m.duration.WithLabelValues(route).Observe(rd.duration.Seconds())
-	if (route == "manifest" || route == "blob" || route == "file") && rd.status < 300 && source != "none" {
+	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.Status)).Inc()
+	m.bytes.WithLabelValues(route, source).Add(float64(rd.Bytes))
+	m.duration.WithLabelValues(route).Observe(rd.Duration.Seconds())
+	if (route == "manifest" || route == "blob" || route == "file") && rd.Status < 300 && source != "none" {
 		m.mu.Lock()
 		sc := m.bySource[source]
 		if sc == nil {
@@ -125,8 +126,8 @@ func (m *metrics) observeRequest(rd requestDone) {
 			m.bySource[source] = sc
 		}
 		sc.Requests++
-		sc.Bytes += rd.bytes
-		m.timeline.add(time.Now(), source, rd.bytes)
+		sc.Bytes += rd.Bytes
+		m.timeline.add(time.Now(), source, rd.Bytes)
 		m.mu.Unlock()
 	}
 }
@@ -177,7 +178,7 @@ type stateCollector struct {
 	up    *upstream.Client
 	node  p2pNode // nil: P2P disabled
 	spool *spool
-	guard *guard
+	guard *guard.Guard
 }
 
 var (
@@ -261,11 +262,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, reason := range []string{boundDescriptor, boundLength, boundMax} {
 		counter(descBlobBound, float64(bounded[reason]), reason)
 	}
-	for reason, n := range c.guard.refusals() {
+	for reason, n := range c.guard.Refusals() {
 		counter(descGuardRefused, float64(n), reason)
 	}
-	counter(descGuardConnRefused, float64(c.guard.conns.refused.Load()))
-	gauge(descMirrorConns, float64(c.guard.conns.total()))
+	counter(descGuardConnRefused, float64(c.guard.ConnsRefused()))
+	gauge(descMirrorConns, float64(c.guard.Conns()))
 	if c.node == nil {
 		gauge(descP2PEnabled, 0)
 		return

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/push"
@@ -55,7 +56,7 @@ type mirror struct {
 	staleLog        logEvery
 	canary          *canaryLog // canary.go: `shoal doctor`'s nonces
 	// push serves the cluster-local namespace, reads and writes (package push); nil when
-	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.go).
+	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.PushUser).
 	push     *push.Handler
 	pushUser func(*http.Request) string
 }
@@ -89,12 +90,12 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 		return ocierr.ErrNoRoute
 	}
 	if m.push.Match(r) { // the cluster-local namespace: never routed upstream
-		return m.push.Serve(w, r, push.Client{Addr: remoteIP(r), User: m.pushUser(r)})
+		return m.push.Serve(w, r, push.Client{Addr: guard.RemoteIP(r), User: m.pushUser(r)})
 	}
 	if m.push != nil && (r.Method != http.MethodGet && r.Method != http.MethodHead || strings.Contains(r.URL.Path, "/blobs/uploads/")) {
 		// A push to a registry configured with write_through (push/writethrough.go).
 		if host := push.WriteThroughHost(r); host != "" && m.up.WriteThrough(host) {
-			return m.push.ServeWriteThrough(w, r, push.Client{Addr: remoteIP(r), User: m.pushUser(r)}, host)
+			return m.push.ServeWriteThrough(w, r, push.Client{Addr: guard.RemoteIP(r), User: m.pushUser(r)}, host)
 		}
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -273,7 +274,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	_ = http.NewResponseController(w).Flush()
 	if size >= 0 {
 		// Down the ResponseWriter's ReadFrom to the connection, which sends the bytes from the
-		// fill's temporary file with sendfile as they become readable (conncap.go): no copy
+		// fill's temporary file with sendfile as they become readable (sendfile.go): no copy
 		// through this process. Chunked (unknown size) bodies cannot, net/http copies those.
 		_, err = io.Copy(w, fr)
 	} else {
