@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -176,7 +177,10 @@ type stateCollector struct {
 	store *store.Store
 	up    *upstream.Client
 	node  p2pNode // nil: P2P disabled
-	spool *spool
+	spool interface {
+		Count() int
+		BoundExceeded() map[string]int64
+	}
 	guard *guard
 }
 
@@ -256,9 +260,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	gauge(descInflight, float64(c.spool.inflight()))
-	bounded := c.spool.boundExceeded()
-	for _, reason := range []string{boundDescriptor, boundLength, boundMax} {
+	gauge(descInflight, float64(c.spool.Count()))
+	bounded := c.spool.BoundExceeded()
+	for _, reason := range []string{fetch.BoundDescriptor, fetch.BoundLength, fetch.BoundMax} {
 		counter(descBlobBound, float64(bounded[reason]), reason)
 	}
 	for reason, n := range c.guard.refusals() {
@@ -294,22 +298,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PInboundFailed, float64(ns.InboundHandshakeFailures))
 }
 
-// inflight is the number of blob downloads under way.
-func (s *spool) inflight() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.fills)
-}
-
 // timedPeerNode times the mirror's provider lookups and counts its provides for the metrics.
 type timedPeerNode struct {
-	peerNode
+	fetch.PeerNode
 	m *metrics
 }
 
 func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error) {
 	start := time.Now()
-	peers, err := t.peerNode.FindProviders(ctx, d, max)
+	peers, err := t.PeerNode.FindProviders(ctx, d, max)
 	result := "found"
 	switch {
 	case err != nil:
@@ -322,7 +319,7 @@ func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max 
 }
 
 func (t *timedPeerNode) Provide(ctx context.Context, d digest.Digest) error {
-	err := t.peerNode.Provide(ctx, d)
+	err := t.PeerNode.Provide(ctx, d)
 	result := "ok"
 	if err != nil {
 		result = "error"
