@@ -464,6 +464,16 @@ func (s *sources) predictDesignated(ctx context.Context, q *query) (Source, stri
 		return Source{Kind: Designated, Peer: des.Passed[0]}, "its designated fetcher is closer peer " + des.Passed[0] + " (the walk passed over it)"
 	case des.Self:
 		return Source{}, "this node is its designated fetcher"
+	case !s.node.Connected(des.Peer.ID):
+		// Gone: a fetch would hand the role to the next closest peer still connected.
+		next, self, err := s.node.DesignatedAmongConnected(ctx, q.d, des.Peer.ID)
+		switch {
+		case err != nil:
+			return Source{}, "its designated fetcher " + des.Peer.ID + " is gone and finding the next failed: " + err.Error()
+		case self:
+			return Source{}, "its designated fetcher " + des.Peer.ID + " is gone and this node is the next closest"
+		}
+		return Source{Kind: Designated, Peer: next.ID}, "its designated fetcher " + des.Peer.ID + " is gone; the next closest is peer " + next.ID
 	}
 	return Source{Kind: Designated, Peer: des.Peer.ID}, "peer " + des.Peer.ID + " is its designated fetcher"
 }
