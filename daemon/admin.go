@@ -392,7 +392,7 @@ func (a *admin) status(r *http.Request) (any, error) {
 	var hits, all int64
 	for _, sc := range s.Sources {
 		all += sc.Requests
-		if sc.Source == "store" || sc.Source == "inflight" || sc.Source == "peer" {
+		if k := fetch.ParseSource(sc.Source).Kind; k != fetch.Upstream && k != fetch.Passthrough && k != fetch.Unknown {
 			hits += sc.Requests
 		}
 	}

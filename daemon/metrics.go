@@ -45,7 +45,7 @@ func newMetrics(version string, state *stateCollector) *metrics {
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_requests_total",
-			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, upstream, passthrough, none) and HTTP status.",
+			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, designated, upstream, passthrough, none) and HTTP status.",
 		}, []string{"route", "source", "status"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_response_bytes_total",
