@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -419,108 +418,18 @@ func upstreamUnavailable(err error) bool {
 	return !errors.Is(err, upstream.ErrUnknownRegistry) && !errors.Is(err, upstream.ErrDigestMismatch)
 }
 
-// manifestBytes returns a manifest by digest from the store or, once for all concurrent
-// callers, from the upstream (verified, then stored).
+// manifestBytes returns a manifest by digest: the resolution order for manifests (fetch).
 func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (manifestResult, error) {
-	if rc, info, err := m.store.Reader(ctx, d); err == nil {
-		defer rc.Close()
-		data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
-		if err != nil {
-			return manifestResult{}, err
-		}
-		m.fetch.LearnSizes(data)
-		return manifestResult{data: data, mediaType: info.MediaType, source: fetch.Store}, nil
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return manifestResult{}, err
-	}
-	v, err, _ := m.flight.Do("manifest\x00"+d.String(), func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		defer cancel()
-		source, private := fetch.Peer, false
-		data, ok := m.fetch.ManifestFromPeers(ctx, d)
-		desc := upstream.Descriptor{Digest: d, MediaType: sniffManifestType(data), Size: int64(len(data))}
-		if !ok {
-			var err error
-			source = fetch.Upstream
-			data, desc, err = m.up.GetManifest(ctx, rt.registry, rt.repo, d.String())
-			if err != nil {
-				return nil, err
-			}
-			if desc.Digest != d { // GetManifest verifies; this guards the contract
-				return nil, fmt.Errorf("%w: manifest %s hashed to %s", upstream.ErrDigestMismatch, d, desc.Digest)
-			}
-			private = m.up.Private(rt.registry, rt.repo)
-		}
-		m.fetch.LearnSizes(data) // bounds the downloads of the blobs it references
-		m.fetch.Record(fetch.Ref{Registry: rt.registry, Repo: rt.repo}, d, "manifest", source, int64(len(data)))
-		if private {
-			m.fetch.MarkPrivate(ctx, d)
-		}
-		if err := m.store.PutSmall(ctx, d, desc.MediaType, data); err != nil {
-			// Verified bytes can still be served; the next request tries to store them again.
-			m.log.Warn("could not store manifest", "digest", d, "err", err)
-		} else {
-			if refs := manifestRefs(data); len(refs) > 0 {
-				if err := m.store.SetRefs(ctx, d, refs); err != nil {
-					m.log.Warn("could not record manifest references", "digest", d, "err", err)
-				}
-			}
-			m.fetch.Advertise(ctx, d)
-		}
-		return manifestResult{data: data, mediaType: desc.MediaType, source: source}, nil
-	})
+	man, err := m.fetch.Manifest(ctx, fetch.Ref{Registry: rt.registry, Repo: rt.repo}, d)
 	if err != nil {
 		return manifestResult{}, err
 	}
-	return v.(manifestResult), nil
+	return manifestResult{data: man.Data, mediaType: man.MediaType, source: man.Source}, nil
 }
 
-// sniffManifestType names the media type of a manifest that came from a peer (the peer
-// protocol carries bytes only): the manifest's own mediaType field, which Docker manifests
-// always have, else the OCI type its shape says.
-func sniffManifestType(data []byte) string {
-	var m struct {
-		MediaType string          `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return "application/octet-stream"
-	}
-	switch {
-	case m.MediaType != "":
-		return m.MediaType
-	case m.Manifests != nil:
-		return "application/vnd.oci.image.index.v1+json"
-	}
-	return "application/vnd.oci.image.manifest.v1+json"
-}
-
-// manifestRefs lists what a manifest or index points to, so the store keeps them coherent.
-func manifestRefs(data []byte) []digest.Digest {
-	var m struct {
-		Config    *struct{ Digest digest.Digest }  `json:"config"`
-		Layers    []struct{ Digest digest.Digest } `json:"layers"`
-		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return nil
-	}
-	var out []digest.Digest
-	if m.Config != nil && m.Config.Digest.Validate() == nil {
-		out = append(out, m.Config.Digest)
-	}
-	for _, l := range m.Layers {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	for _, l := range m.Manifests {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out
-}
+// sniffManifestType and manifestRefs are fetch's, named here for the pushes and the cache API.
+func sniffManifestType(data []byte) string     { return fetch.SniffManifestType(data) }
+func manifestRefs(data []byte) []digest.Digest { return fetch.ManifestRefs(data) }
 
 // accepts reports whether a client's Accept headers admit a media type. No Accept header at
 // all admits anything, as registries do.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/p2p"
@@ -39,6 +40,8 @@ type Fetcher struct {
 	spool *spool
 	src   *sources
 	hist  *history
+	// manifests coalesces the fetches of one manifest (Manifest).
+	manifests singleflight.Group
 }
 
 // New builds a Fetcher without a P2P node (SetNode adds it, before serving starts).

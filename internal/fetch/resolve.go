@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/upstream"
 )
 
 // The resolution order is written once, here, as a list of named attempts. A fetch runs them
@@ -50,7 +51,8 @@ func (f *Fetcher) blobAttempts() []attempt {
 	}
 }
 
-// manifestAttempts is the order a manifest is looked for in (by digest). Manifests are small:
+// manifestAttempts is the order a manifest is looked for in (by digest; Fetcher.Manifest runs
+// it). Manifests are small:
 // no designated fetcher (every node asks the upstream for one it lacks and no peer has); a
 // manifest being fetched is joined by the mirror's singleflight, not the spool. Stale is the
 // tag's fallback when the upstream is down (the mirror's resolveTag).
@@ -78,6 +80,7 @@ type sources struct {
 // UpstreamClient is the part of upstream.Client that fetching uses.
 type UpstreamClient interface {
 	GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
+	GetManifest(ctx context.Context, host, repo, ref string) ([]byte, upstream.Descriptor, error)
 	Private(host, repo string) bool
 	Endpoint(host string) (*url.URL, error)
 }
