@@ -296,7 +296,8 @@ type ExplainEntry struct {
 	InStore   bool     `json:"in_store"`
 	Pinned    bool     `json:"pinned,omitempty"`
 	Providers []string `json:"providers,omitempty"` // peers that advertise it
-	// Next is where the next request for it would be answered from: store, peer or upstream.
+	// Next is where the next request for it would be answered from: store, inflight, peer,
+	// designated or upstream (internal/fetch asks its resolution order to predict).
 	Next   string `json:"next"`
 	Reason string `json:"reason"`
 	// Last is the newest recorded decision for it, if any.
