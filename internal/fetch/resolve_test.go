@@ -37,6 +37,7 @@ type fakeNode struct {
 	holds     map[string]map[digest.Digest][]byte // peer → what it serves
 	designate string                              // the designated peer ("": this node)
 	gone      map[string]bool                     // peers that no longer answer
+	breaks    map[string]bool                     // peers whose stream breaks halfway (then gone)
 	provided  []digest.Digest                     // what this node advertised
 	asked     []string                            // "fetch:ID" and "via:ID", in order
 	banned    []string
@@ -82,7 +83,14 @@ func (n *fakeNode) FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, of
 	if gone {
 		return nil, 0, fmt.Errorf("dial %s: connection refused", p.ID)
 	}
-	return n.up.GetBlob(ctx, registry, repo, d, offset) // it fetches for the swarm
+	rc, size, err := n.up.GetBlob(ctx, registry, repo, d, offset) // it fetches for the swarm
+	if err == nil && n.breaks[p.ID] {
+		n.mu.Lock()
+		n.gone[p.ID] = true // killed mid-stream
+		n.mu.Unlock()
+		rc = &breakingReader{rc: rc, left: (size - offset) / 2}
+	}
+	return rc, size, err
 }
 
 func (n *fakeNode) FetchViaWithin(ctx context.Context, answer time.Duration, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
@@ -337,4 +345,62 @@ func storeConfig(dir string) store.Config {
 	c := store.DefaultConfig()
 	c.Dir, c.MaxSize, c.MinFree = dir, 1<<30, "0"
 	return c
+}
+
+// breakingReader ends with a broken stream after left bytes.
+type breakingReader struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (b *breakingReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *breakingReader) Close() error { return b.rc.Close() }
+
+// TestResumeAsksTheNextDesignatedPeer: the designated fetcher dies mid-stream; the resume asks
+// the peer the swarm designates next (not the upstream, not a provider first), from where the
+// stream broke, and the blob verifies.
+func TestResumeAsksTheNextDesignatedPeer(t *testing.T) {
+	t.Parallel()
+	host, up, d, _ := testRegistry(t, "test/app", "")
+	st, err := store.Open(t.Context(), storeConfig(t.TempDir()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := New(Options{Store: st, Upstream: up, Log: slog.New(slog.DiscardHandler)})
+	node := &fakeNode{up: up, providers: map[digest.Digest][]string{}, holds: map[string]map[digest.Digest][]byte{},
+		gone: map[string]bool{}, breaks: map[string]bool{"fetcher": true}, designate: "fetcher"}
+	f.SetNode(node)
+	t.Cleanup(func() { f.Shutdown(context.Background()) })
+	s := &setup{f: f, node: node, ref: Ref{Registry: host, Repo: "test/app"}, d: d}
+	if _, err := fetchOnce(t.Context(), s, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitStored(t.Context(), d, nil); err != nil {
+		t.Fatalf("the blob is not stored: %v", err)
+	}
+	var srcs []string
+	for _, r := range f.Recent(d, 0) {
+		srcs = append(srcs, r.Source+": "+r.Reason)
+	}
+	node.mu.Lock()
+	asked := strings.Join(node.asked, " ")
+	node.mu.Unlock()
+	if asked != "via:fetcher via:next" {
+		t.Errorf("asked %q, want the designated fetcher, then the next designated peer", asked)
+	}
+	if len(srcs) != 2 || !strings.HasPrefix(srcs[0], "designated: the stream broke; the swarm designated peer next") {
+		t.Errorf("decisions %q, want the resume from the next designated peer", srcs)
+	}
 }
