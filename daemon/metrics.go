@@ -16,6 +16,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
@@ -45,7 +46,7 @@ func newMetrics(version string, state *stateCollector) *metrics {
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_requests_total",
-			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, upstream, passthrough, none) and HTTP status.",
+			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, designated, upstream, passthrough, none) and HTTP status.",
 		}, []string{"route", "source", "status"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_response_bytes_total",
@@ -177,7 +178,10 @@ type stateCollector struct {
 	store *store.Store
 	up    *upstream.Client
 	node  p2pNode // nil: P2P disabled
-	spool *spool
+	spool interface {
+		Count() int
+		BoundExceeded() map[string]int64
+	}
 	guard *guard.Guard
 }
 
@@ -257,9 +261,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	gauge(descInflight, float64(c.spool.inflight()))
-	bounded := c.spool.boundExceeded()
-	for _, reason := range []string{boundDescriptor, boundLength, boundMax} {
+	gauge(descInflight, float64(c.spool.Count()))
+	bounded := c.spool.BoundExceeded()
+	for _, reason := range []string{fetch.BoundDescriptor, fetch.BoundLength, fetch.BoundMax} {
 		counter(descBlobBound, float64(bounded[reason]), reason)
 	}
 	for reason, n := range c.guard.Refusals() {
@@ -295,22 +299,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PInboundFailed, float64(ns.InboundHandshakeFailures))
 }
 
-// inflight is the number of blob downloads under way.
-func (s *spool) inflight() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.fills)
-}
-
 // timedPeerNode times the mirror's provider lookups and counts its provides for the metrics.
 type timedPeerNode struct {
-	peerNode
+	fetch.PeerNode
 	m *metrics
 }
 
 func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error) {
 	start := time.Now()
-	peers, err := t.peerNode.FindProviders(ctx, d, max)
+	peers, err := t.PeerNode.FindProviders(ctx, d, max)
 	result := "found"
 	switch {
 	case err != nil:
@@ -323,7 +320,7 @@ func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max 
 }
 
 func (t *timedPeerNode) Provide(ctx context.Context, d digest.Digest) error {
-	err := t.peerNode.Provide(ctx, d)
+	err := t.PeerNode.Provide(ctx, d)
 	result := "ok"
 	if err != nil {
 		result = "error"

@@ -58,7 +58,7 @@ func (c *pushCluster) LookupTag(ctx context.Context, name string) (store.Tag, bo
 }
 
 func (c *pushCluster) ManifestFromPeers(ctx context.Context, d digest.Digest) ([]byte, error) {
-	data, ok := c.m.src.manifestFromPeers(ctx, d)
+	data, ok := c.m.fetch.ManifestFromPeers(ctx, d)
 	if !ok {
 		return nil, fmt.Errorf("%w: no peer holds manifest %s", store.ErrNotFound, d)
 	}
@@ -71,22 +71,6 @@ func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request,
 		return &ocierr.Error{Status: http.StatusNotFound, Code: "BLOB_UNKNOWN", Message: "no node of the swarm holds this blob of the local namespace", Err: err}
 	}
 	return err
-}
-
-// peersOnly opens a blob of the local namespace from the peers that provide it; there is no
-// upstream to fall back on.
-func (s *sources) peersOnly(d digest.Digest) blobOpener {
-	tried := map[string]bool{}
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		if s.node == nil {
-			return nil, 0, "", fmt.Errorf("%w: %s (P2P is off)", store.ErrNotFound, d)
-		}
-		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup)
-		if err != nil {
-			return nil, 0, "", err
-		}
-		return rc, size, "peer:" + peerID, nil
-	}
 }
 
 // Replicate makes k nodes (this one included) hold the image root tagged name: it asks
@@ -219,7 +203,7 @@ func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Di
 		if err := st.PutSmall(ctx, d, sniffManifestType(data), data); err != nil {
 			return err
 		}
-		c.m.src.advertise(ctx, d)
+		c.m.fetch.Advertise(ctx, d)
 	}
 	var m struct {
 		Config *struct{ Digest digest.Digest } `json:"config"`
@@ -255,7 +239,7 @@ func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Di
 		if err := c.fetchBlob(ctx, from, b); err != nil {
 			return err
 		}
-		c.m.src.advertise(ctx, b)
+		c.m.fetch.Advertise(ctx, b)
 	}
 	if len(refs) > 0 {
 		return st.SetRefs(ctx, d, refs)
