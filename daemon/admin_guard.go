@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/admin"
 )
 
 // guardAdmin keeps web pages away from the admin API. A page open in a browser on the node
@@ -30,7 +31,7 @@ import (
 func guardAdmin(next http.Handler, tcp bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := checkAdminRequest(r, tcp); err != nil {
-			writeAPIError(w, err)
+			admin.WriteError(w, err)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -38,7 +39,7 @@ func guardAdmin(next http.Handler, tcp bool) http.Handler {
 }
 
 func forbidden(status int, format string, a ...any) error {
-	return &apiError{status: status, code: adminapi.CodeForbidden, err: fmt.Errorf(format, a...)}
+	return admin.Error(status, adminapi.CodeForbidden, fmt.Errorf(format, a...))
 }
 
 func checkAdminRequest(r *http.Request, tcp bool) error {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/admin"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -32,7 +33,10 @@ type Daemon struct {
 	spool *spool
 	guard *guard // access controls and limits of the mirror API (guard.go)
 	hist  *history
-	ops   *ops // admin API and metrics (admin.go, metrics.go)
+	ops   *admin.Server // admin API, metrics and web console (internal/admin, admin_wiring.go)
+	// metrics is the Prometheus registry (internal/admin); observe records a mirror request in it.
+	metrics *admin.Metrics
+	observe func(requestDone)
 	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
 	canary *canaryLog
 	push   *push.Handler // the cluster-local namespace (push_config.go, package push); nil when off
@@ -101,7 +105,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	sp.onMismatch = src.banLiars
 	// Advertise a blob as soon as its download starts: peers follow it as it grows
 	// (serve-while-downloading), so a rollout pays the upstream once per cluster.
-	sp.onStarted = func(f *fill) { src.advertise(context.Background(), f.d) }
+	// The admin side's view of the downloads (admin_wiring.go) hears of each start too: a
+	// preheat asks the next nodes once its downloads run.
+	dl := &adminDownloads{store: st, spool: sp, hist: hist}
+	if node != nil {
+		dl.node = node
+	}
+	sp.onStarted = func(f *fill) { src.advertise(context.Background(), f.d); dl.fills.started(f.d) }
 	sp.onFilled = func(f *fill) { src.advertise(context.Background(), f.d) }
 	sp.onFailed = func(f *fill) {
 		// A download that failed is no longer advertised, unless the store holds the blob
@@ -160,19 +170,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			ph.SetCluster(pcl)
 		}
 	}
-	if err := d.openOps(routeFiles(fe, m), sp, src); err != nil { // admin.go: admin API and metrics
+	if err := d.openOps(routeFiles(fe, m), dl, src, fe); err != nil { // admin_wiring.go: admin API and metrics
 		d.abortNew()
 		return nil, err
-	}
-	if fe != nil {
-		d.ops.admin.fileName, d.ops.admin.fileDigest = fe.h.Name, fe.h.DigestOf
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           accessLog(mlog, g.wrap(routeFiles(fe, routeRoot(mux, m))), d.ops.observeRequest), // guard.go: access controls, limits
+		Handler:           accessLog(mlog, g.wrap(routeFiles(fe, routeRoot(mux, m))), d.observe), // guard.go: access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
@@ -213,7 +220,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
-	stopOps := d.ops.start()                   // admin.go
+	stopOps := d.ops.Start()                   // internal/admin
 	stopDoctor := d.startDoctor(ctx, d.canary) // doctor.go: off unless doctor.cri_endpoint
 	var err error
 	select {

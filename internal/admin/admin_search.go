@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -26,35 +26,10 @@ import (
 
 func (a *admin) timeline(r *http.Request) (any, error) { return a.metrics.lastHour(), nil }
 
-func (a *admin) inflightList(r *http.Request) (any, error) { return a.spool.list(), nil }
-
-// list returns the downloads in flight, largest first.
-func (s *spool) list() []adminapi.InFlight {
-	s.mu.Lock()
-	fills := make([]*fill, 0, len(s.fills))
-	for _, f := range s.fills {
-		fills = append(fills, f)
-	}
-	s.mu.Unlock()
-	out := make([]adminapi.InFlight, 0, len(fills))
-	for _, f := range fills {
-		f.mu.Lock()
-		in := adminapi.InFlight{Digest: f.d.String(), Registry: f.rt.registry, Repo: f.rt.repo, Size: f.size, Done: f.written,
-			Sources: append([]string{}, f.sources...)}
-		f.mu.Unlock()
-		out = append(out, in)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Size != out[j].Size {
-			return out[i].Size > out[j].Size
-		}
-		return out[i].Digest < out[j].Digest
-	})
-	return out
-}
+func (a *admin) inflightList(r *http.Request) (any, error) { return a.dl.InFlight(), nil }
 
 func (a *admin) tags(r *http.Request) (any, error) {
-	ref, err := parseImageRef(r.URL.Query().Get("image"), a.cfg.DefaultRegistry)
+	ref, err := parseImageRef(r.URL.Query().Get("image"), a.opt.DefaultRegistry)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +89,7 @@ type searchEntry struct {
 	at  time.Time
 }
 
-func newSearcher(cfg ConsoleConfig, up *upstream.Client) *searcher {
+func newSearcher(cfg ConsoleOptions, up *upstream.Client) *searcher {
 	hub, _ := url.Parse(cfg.HubSearchURL) // validated with the config
 	return &searcher{hub: hub, up: up, ttl: cfg.SearchCacheTTL, perMin: cfg.SearchPerMinute, maxKeep: 512,
 		hc:    &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}},
@@ -160,7 +135,7 @@ func (a *admin) search(r *http.Request) (any, error) {
 		}
 		n = v
 	}
-	reg := canonicalRegistry(q.Get("registry"))
+	reg := oci.CanonicalRegistry(q.Get("registry"))
 	if reg == "" {
 		reg = "docker.io"
 	}
