@@ -16,8 +16,10 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/admin"
 )
 
 // withOps gives a test daemon a metrics port of its own (the default one is shared).
@@ -341,16 +343,16 @@ func TestAdminExportTarball(t *testing.T) {
 		}
 	}
 	var idx struct {
-		Manifests []descriptor `json:"manifests"`
+		Manifests []ocispec.Descriptor `json:"manifests"`
 	}
 	if err := json.Unmarshal(files["index.json"], &idx); err != nil || len(idx.Manifests) != 2 {
 		t.Fatalf("index.json: %v: %s", err, files["index.json"])
 	}
 	reg := d.cfg.DefaultRegistry
-	if got := idx.Manifests[0].Annotations[annotationImageName]; got != reg+"/test/one:latest" || idx.Manifests[0].Digest.String() != mustDigest(t, one).String() {
+	if got := idx.Manifests[0].Annotations[admin.AnnotationImageName]; got != reg+"/test/one:latest" || idx.Manifests[0].Digest.String() != mustDigest(t, one).String() {
 		t.Errorf("index.json names %s %s, want %s/test/one:latest %s", got, idx.Manifests[0].Digest, reg, mustDigest(t, one))
 	}
-	var dm []dockerEntry
+	var dm []admin.DockerEntry
 	if err := json.Unmarshal(files["manifest.json"], &dm); err != nil || len(dm) != 2 {
 		t.Fatalf("manifest.json: %v: %s", err, files["manifest.json"])
 	}

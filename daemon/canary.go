@@ -177,15 +177,3 @@ func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) e
 	}
 	return nil
 }
-
-// doctorCanary is GET /v1/doctor/canary?nonce=X.
-func (a *admin) doctorCanary(r *http.Request) (any, error) {
-	nonce := r.URL.Query().Get("nonce")
-	if !canaryNonce.MatchString(nonce) {
-		return nil, badRequest("nonce: want a tag such as 0123abcd")
-	}
-	if a.canary == nil {
-		return adminapi.Canary{Nonce: nonce}, nil
-	}
-	return a.canary.lookup(nonce), nil
-}

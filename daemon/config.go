@@ -54,7 +54,7 @@ type Config struct {
 	P2PVerifyMaxWait time.Duration
 	// AdminListen is the admin API's address: "" = unix socket <DataDir>/admin.sock,
 	// "unix:/path", or HOST:PORT; "off" disables it. MetricsListen is the Prometheus and probe
-	// endpoint, HOST:PORT or "off". See admin.go and metrics.go.
+	// endpoint, HOST:PORT or "off". See internal/admin.
 	AdminListen   string
 	MetricsListen string
 	// Doctor is the periodic canary pull through CRI (doctor.go); off by default.
@@ -373,7 +373,7 @@ func (c *Config) Validate() error {
 	default:
 		return &ConfigError{Key: "log_format", Err: fmt.Errorf("%q: want text or json", c.LogFormat)}
 	}
-	if err := c.validateOps(); err != nil { // admin.go
+	if err := c.validateOps(); err != nil { // admin_wiring.go
 		return err
 	}
 	if err := c.validatePush(); err != nil { // push_config.go

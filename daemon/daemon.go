@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/admin"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
@@ -32,7 +33,10 @@ type Daemon struct {
 	node  *p2p.Node      // nil when P2P is disabled
 	fetch *fetch.Fetcher // where content comes from, and the downloads in flight
 	guard *guard.Guard   // access controls and limits of the mirror API
-	ops   *ops           // admin API and metrics (admin.go, metrics.go)
+	ops   *admin.Server  // admin API, metrics and web console (internal/admin, admin_wiring.go)
+	// metrics is the Prometheus registry (internal/admin); observe records a mirror request in it.
+	metrics *admin.Metrics
+	observe func(guard.Served)
 	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
 	canary *canaryLog
 	push   *push.Handler // the cluster-local namespace (push_config.go, package push); nil when off
@@ -153,19 +157,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			ph.SetCluster(pcl)
 		}
 	}
-	if err := d.openOps(routeFiles(fend, m), fe); err != nil { // admin.go: admin API and metrics
+	if err := d.openOps(routeFiles(fend, m), fe, fend); err != nil { // admin_wiring.go: admin API and metrics
 		d.abortNew()
 		return nil, err
-	}
-	if fend != nil {
-		d.ops.admin.fileName, d.ops.admin.fileDigest = fend.h.Name, fend.h.DigestOf
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           guard.AccessLog(mlog, hdrSource, g.Wrap(routeFiles(fend, routeRoot(mux, m))), d.ops.observeRequest), // access controls, limits
+		Handler:           guard.AccessLog(mlog, hdrSource, g.Wrap(routeFiles(fend, routeRoot(mux, m))), d.observe), // access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
@@ -206,7 +207,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
-	stopOps := d.ops.start()                   // admin.go
+	stopOps := d.ops.Start()                   // internal/admin
 	stopDoctor := d.startDoctor(ctx, d.canary) // doctor.go: off unless doctor.cri_endpoint
 	var err error
 	select {

@@ -56,8 +56,8 @@ func (d *Daemon) startDoctor(ctx context.Context, canary *canaryLog) (stop func(
 		Name: "shoal_doctor_checks_total",
 		Help: "Canary pulls made by the daemon's periodic doctor check, by runtime and verdict (in-path, in-path-failed, bypassed, runtime-missing, check-failed).",
 	}, []string{"runtime", "verdict"})
-	if d.ops != nil && d.ops.metrics != nil {
-		d.ops.metrics.reg.MustRegister(gauge, checks)
+	if d.metrics != nil {
+		d.metrics.MustRegister(gauge, checks)
 	}
 	scheme := "http"
 	if d.cfg.Guard.TLSCert != "" {

@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -56,23 +56,23 @@ func (t *pullTotals) add(blobs int, bytes int64, errs int) {
 // pull warms the cache with images through the daemon's own mirror API, streaming progress.
 func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
-		writeAPIError(w, &apiError{status: http.StatusMethodNotAllowed, code: adminapi.CodeBadRequest, err: errors.New("pull: use POST")})
+		WriteError(w, &apiError{status: http.StatusMethodNotAllowed, code: adminapi.CodeBadRequest, err: errors.New("pull: use POST")})
 		return
 	}
 	var req adminapi.PullRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		writeAPIError(w, badRequest("pull: bad request body: %v", err))
+		WriteError(w, badRequest("pull: bad request body: %v", err))
 		return
 	}
 	if len(req.Images) == 0 {
-		writeAPIError(w, badRequest("pull: name at least one image"))
+		WriteError(w, badRequest("pull: name at least one image"))
 		return
 	}
 	var want *platform
 	if req.Platform != "" {
 		p, err := parsePlatform(req.Platform)
 		if err != nil {
-			writeAPIError(w, err)
+			WriteError(w, err)
 			return
 		}
 		want = p
@@ -84,9 +84,9 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 			fileTargets = append(fileTargets, s)
 			continue
 		}
-		ref, err := parseImageRef(s, a.cfg.DefaultRegistry)
+		ref, err := parseImageRef(s, a.opt.DefaultRegistry)
 		if err != nil {
-			writeAPIError(w, err)
+			WriteError(w, err)
 			return
 		}
 		refs = append(refs, ref)
@@ -264,7 +264,7 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 	start.State = adminapi.StateStart
 	ev.send(start)
 	if o.onFlowing != nil {
-		stop := a.whenFlowing(ctx, j.desc.Digest, func() { o.onFlowing(j.desc.Digest) })
+		stop := a.dl.WhenStarted(ctx, j.desc.Digest, func() { o.onFlowing(j.desc.Digest) })
 		defer stop()
 	}
 	rc, source, err := a.self.blob(ctx, ref, j.desc.Digest)
@@ -277,11 +277,11 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 	flowing.State, flowing.Source = adminapi.StateProgress, source
 	ev.send(flowing)
 	if o.storeVerifies && source != "passthrough" {
-		// The download runs on in the spool without this reader (a fill outlives its
+		// The download runs on without this reader (it outlives its
 		// clients): wait for its verified commit instead of copying every byte through the
 		// mirror once more.
 		rc.Close()
-		n, err := a.waitStoredProgress(ctx, j.desc.Digest, func(n int64) {
+		n, err := a.dl.WaitStored(ctx, j.desc.Digest, func(n int64) {
 			e := base
 			e.State, e.Source, e.Done = adminapi.StateProgress, source, n
 			ev.send(e)
@@ -343,12 +343,6 @@ func (a *admin) warmBlob(ctx context.Context, ref imageRef, j blobJob, ev eventS
 // waitStored waits until a blob just read through the mirror is committed: the mirror sends the
 // last byte as soon as the digest is verified, before the store has made the blob durable.
 func (a *admin) waitStored(ctx context.Context, d digest.Digest) error {
-	_, err := a.waitStoredProgress(ctx, d, nil)
+	_, err := a.dl.WaitStored(ctx, d, nil)
 	return err
-}
-
-// waitStoredProgress is waitStored telling progress (bytes the download has written, at most
-// every progressEvery) and returning the blob's size once stored.
-func (a *admin) waitStoredProgress(ctx context.Context, d digest.Digest, progress func(int64)) (int64, error) {
-	return a.fetch.WaitStored(ctx, d, progress)
 }

@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -39,7 +39,7 @@ func (a *admin) cacheList(r *http.Request) (any, error) {
 	err := a.store.Walk(r.Context(), func(i store.Info) error {
 		e := cacheEntry(i)
 		if a.fileName != nil && e.Kind == "blob" {
-			if n := a.fileName(i.Digest); n != "" { // files.go
+			if n := a.fileName(i.Digest); n != "" { // the daemon's files endpoint
 				e.Kind, e.Name = "file", n
 			}
 		}
@@ -81,7 +81,7 @@ func (a *admin) resolveCached(ctx context.Context, target string) (digest.Digest
 	if d, err := digest.Parse(target); err == nil {
 		return d, nil, nil
 	}
-	ref, err := parseImageRef(target, a.cfg.DefaultRegistry)
+	ref, err := parseImageRef(target, a.opt.DefaultRegistry)
 	if err != nil {
 		return "", nil, err
 	}

@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -25,10 +26,10 @@ import (
 
 func (a *admin) timeline(r *http.Request) (any, error) { return a.metrics.lastHour(), nil }
 
-func (a *admin) inflightList(r *http.Request) (any, error) { return a.fetch.InFlight(), nil }
+func (a *admin) inflightList(r *http.Request) (any, error) { return a.dl.InFlight(), nil }
 
 func (a *admin) tags(r *http.Request) (any, error) {
-	ref, err := parseImageRef(r.URL.Query().Get("image"), a.cfg.DefaultRegistry)
+	ref, err := parseImageRef(r.URL.Query().Get("image"), a.opt.DefaultRegistry)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +89,7 @@ type searchEntry struct {
 	at  time.Time
 }
 
-func newSearcher(cfg ConsoleConfig, up *upstream.Client) *searcher {
+func newSearcher(cfg ConsoleOptions, up *upstream.Client) *searcher {
 	hub, _ := url.Parse(cfg.HubSearchURL) // validated with the config
 	return &searcher{hub: hub, up: up, ttl: cfg.SearchCacheTTL, perMin: cfg.SearchPerMinute, maxKeep: 512,
 		hc:    &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}},
@@ -134,7 +135,7 @@ func (a *admin) search(r *http.Request) (any, error) {
 		}
 		n = v
 	}
-	reg := canonicalRegistry(q.Get("registry"))
+	reg := oci.CanonicalRegistry(q.Get("registry"))
 	if reg == "" {
 		reg = "docker.io"
 	}

@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -56,7 +56,7 @@ func (a *admin) explain(r *http.Request) (any, error) {
 	}
 
 	fileTarget := false
-	if (isFileTarget(target) || strings.HasPrefix(target, "https://")) && a.fileDigest != nil { // files.go
+	if (isFileTarget(target) || strings.HasPrefix(target, "https://")) && a.fileDigest != nil { // the daemon's files endpoint
 		d, ok := a.fileDigest(target)
 		if !ok {
 			return nil, notFound("%s: no file of that name was served by this node (name it as `shoal cache ls` does: hf://ORG/NAME@COMMIT/PATH)", target)
@@ -82,7 +82,7 @@ func (a *admin) explain(r *http.Request) (any, error) {
 			a.explainChildren(ctx, d, manifest, add)
 		}
 	} else {
-		r, err := parseImageRef(target, a.cfg.DefaultRegistry)
+		r, err := parseImageRef(target, a.opt.DefaultRegistry)
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +111,7 @@ func (a *admin) explain(r *http.Request) (any, error) {
 	if ref != nil {
 		registry, repo = ref.registry, ref.repo
 	}
-	a.fetch.Explain(ctx, registry, repo, entries) // the resolution order, asked to predict
+	a.dl.Explain(ctx, registry, repo, entries)
 	res.Blobs = entries
 	seen := map[string]bool{}
 	for _, e := range entries {
@@ -119,7 +119,7 @@ func (a *admin) explain(r *http.Request) (any, error) {
 			continue
 		}
 		seen[e.Digest] = true
-		res.History = append(res.History, a.fetch.Recent(digest.Digest(e.Digest), 5)...)
+		res.History = append(res.History, a.dl.Recent(digest.Digest(e.Digest), 5)...)
 	}
 	sort.SliceStable(res.History, func(i, j int) bool { return res.History[i].Time.After(res.History[j].Time) })
 	if len(res.History) > 50 {

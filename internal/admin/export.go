@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"archive/tar"
@@ -31,9 +31,10 @@ import (
 // the content of the selected platform, or of every platform with all_platforms; the Docker
 // part names the selected platform's image.
 
-// Annotations containerd reads to name imported images.
+// Annotations containerd reads to name imported images (AnnotationImageName: the name
+// `ctr image import` gives the image).
 const (
-	annotationImageName = "io.containerd.image.name"
+	AnnotationImageName = "io.containerd.image.name"
 	annotationRefName   = "org.opencontainers.image.ref.name"
 )
 
@@ -48,7 +49,7 @@ type exportPlan struct {
 	order   []digest.Digest          // every file, in the order written
 	blobs   map[digest.Digest]exportBlob
 	index   []descriptor
-	dockers []dockerEntry
+	dockers []DockerEntry
 }
 
 type exportBlob struct {
@@ -56,7 +57,9 @@ type exportBlob struct {
 	desc descriptor
 }
 
-type dockerEntry struct {
+// DockerEntry is one image in the export's Docker-archive manifest.json (what `docker load`
+// reads): its config and layer files in the tar, and the names it gets.
+type DockerEntry struct {
 	Config   string   `json:"Config"`
 	RepoTags []string `json:"RepoTags"`
 	Layers   []string `json:"Layers"`
@@ -104,10 +107,10 @@ func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform,
 		p.addSmall(top.digest, top.data)
 		desc := descriptor{MediaType: top.mediaType, Digest: top.digest, Size: int64(len(top.data)), Annotations: map[string]string{}}
 		if ref.tag != "" {
-			desc.Annotations[annotationImageName] = ref.registry + "/" + ref.repo + ":" + ref.tag
+			desc.Annotations[AnnotationImageName] = ref.registry + "/" + ref.repo + ":" + ref.tag
 			desc.Annotations[annotationRefName] = ref.tag
 		} else {
-			desc.Annotations[annotationImageName] = ref.registry + "/" + ref.repo + "@" + top.digest.String()
+			desc.Annotations[AnnotationImageName] = ref.registry + "/" + ref.repo + "@" + top.digest.String()
 		}
 		p.index = append(p.index, desc)
 
@@ -154,7 +157,7 @@ func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform,
 			}
 		}
 		if dk := images[docker]; dk.Config != nil && imageConfigTypes[dk.Config.MediaType] {
-			e := dockerEntry{Config: blobPath(dk.Config.Digest), RepoTags: []string{}, Layers: []string{}}
+			e := DockerEntry{Config: blobPath(dk.Config.Digest), RepoTags: []string{}, Layers: []string{}}
 			if ref.tag != "" {
 				e.RepoTags = append(e.RepoTags, ref.familiar())
 			}
@@ -172,7 +175,7 @@ func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform,
 // client takes a short tarball for a whole one.
 func (a *admin) export(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
-		writeAPIError(w, &apiError{status: http.StatusMethodNotAllowed, code: adminapi.CodeBadRequest, err: errors.New("export: use GET")})
+		WriteError(w, &apiError{status: http.StatusMethodNotAllowed, code: adminapi.CodeBadRequest, err: errors.New("export: use GET")})
 		return
 	}
 	q := r.URL.Query()
@@ -185,14 +188,14 @@ func (a *admin) export(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(names) == 0 {
-		writeAPIError(w, badRequest("export: name at least one image (image=NAME, repeatable, or images=A,B)"))
+		WriteError(w, badRequest("export: name at least one image (image=NAME, repeatable, or images=A,B)"))
 		return
 	}
 	want := defaultPlatform()
 	if s := q.Get("platform"); s != "" {
 		p, err := parsePlatform(s)
 		if err != nil {
-			writeAPIError(w, err)
+			WriteError(w, err)
 			return
 		}
 		want = p
@@ -200,9 +203,9 @@ func (a *admin) export(w http.ResponseWriter, r *http.Request) {
 	all := q.Get("all_platforms") == "true" || q.Get("all_platforms") == "1"
 	var refs []imageRef
 	for _, n := range names {
-		ref, err := parseImageRef(n, a.cfg.DefaultRegistry)
+		ref, err := parseImageRef(n, a.opt.DefaultRegistry)
 		if err != nil {
-			writeAPIError(w, err)
+			WriteError(w, err)
 			return
 		}
 		refs = append(refs, ref)
@@ -210,7 +213,7 @@ func (a *admin) export(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	plan, err := a.planExport(ctx, refs, want, all)
 	if err != nil {
-		writeAPIError(w, err)
+		WriteError(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-tar")

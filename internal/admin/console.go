@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"crypto/sha256"
@@ -21,27 +21,27 @@ import (
 )
 
 // listenConsole opens the web console's listener (console/): loopback by default, off
-// loopback only with an htpasswd file (Config.Validate refuses it without).
-func (o *ops) listenConsole(cfg Config) error {
-	addr := cfg.Console.Listen
+// loopback only with an htpasswd file (the daemon's config refuses it without).
+func (o *Server) listenConsole(cfg ConsoleOptions) error {
+	addr := cfg.Listen
 	if addr == "off" || addr == "" {
 		return nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	switch {
 	case err == nil:
-	case addr == DefaultConsoleListen && errors.Is(err, syscall.EADDRINUSE):
+	case addr == cfg.DefaultListen && errors.Is(err, syscall.EADDRINUSE):
 		o.consoleLog.Warn("console address in use: running without the web console (set --console-listen)", "addr", addr)
 		return nil
 	default:
 		return fmt.Errorf("console listener: %w", err)
 	}
 	var auth func(user, pass string) bool
-	if cfg.Console.Htpasswd != "" {
-		b, err := os.ReadFile(cfg.Console.Htpasswd)
+	if cfg.Htpasswd != "" {
+		b, err := os.ReadFile(cfg.Htpasswd)
 		if err == nil {
 			var users map[string][]byte
-			if users, err = guard.ParseHtpasswd(b); err == nil {
+			if users, err = cfg.ParseHtpasswd(b); err == nil {
 				auth = newBasicAuth(users).check
 			}
 		}
@@ -68,14 +68,6 @@ func (o *ops) listenConsole(cfg Config) error {
 		ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
 	}
 	return nil
-}
-
-// ConsoleAddr is the web console's address ("" when off).
-func (d *Daemon) ConsoleAddr() string {
-	if d.ops == nil {
-		return ""
-	}
-	return d.ops.consoleAddr
 }
 
 // basicAuth checks console logins against htpasswd users; a password that matched once is

@@ -1,7 +1,6 @@
-package daemon
+package admin
 
 import (
-	"context"
 	"net/http"
 	"sort"
 	"strconv"
@@ -9,25 +8,21 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files"
-	"github.com/shoal-mirror/shoal/internal/fetch"
-	"github.com/shoal-mirror/shoal/internal/guard"
-	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
-// metrics is shoal's Prometheus registry (its own, never the global one, so that two daemons
+// Metrics is shoal's Prometheus registry (its own, never the global one, so that two daemons
 // in one process, as in tests, do not collide). Request counters are recorded by the access
-// log; everything the store, the upstream client and the P2P node already count is read at
-// scrape time by stateCollector.
-type metrics struct {
+// log (ObserveRequest); everything the store, the upstream client, the downloads, the guard
+// and the P2P node already count is read at scrape time from State.
+type Metrics struct {
 	reg *prometheus.Registry
 
 	requests *prometheus.CounterVec   // route, source, status
@@ -41,8 +36,23 @@ type metrics struct {
 	timeline timeline                         // the same per minute, last hour (timeline.go)
 }
 
-func newMetrics(version string, state *stateCollector) *metrics {
-	m := &metrics{
+// State is what the metrics read at scrape time from the daemon's parts.
+type State struct {
+	Store     *store.Store
+	Upstream  *upstream.Client
+	Node      Node // nil: P2P disabled
+	Downloads Downloads
+	Guard     func() GuardCounts // nil: no guard counters
+}
+
+// BoundReasons are the reasons a download breaks its size bound (Downloads.BoundExceeded),
+// each exported even at zero.
+var BoundReasons = []string{"descriptor", "content_length", "max_blob_size"}
+
+// NewMetrics builds the registry; version labels shoal_build_info.
+func NewMetrics(version string, st State) *Metrics {
+	state := &stateCollector{st}
+	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_requests_total",
@@ -89,7 +99,7 @@ func routeOf(path string) string {
 			return "health"
 		}
 		if strings.HasPrefix(path, "/hf/api/") {
-			return "file_meta" // files.go
+			return "file_meta" // the daemon's files endpoint
 		}
 		if files.IsFilePath(path) {
 			return "file"
@@ -109,8 +119,17 @@ func routeOf(path string) string {
 
 var knownSources = map[string]bool{"store": true, "inflight": true, "peer": true, "designated": true, "upstream": true, "passthrough": true}
 
-// observeRequest records one finished mirror request.
-func (m *metrics) observeRequest(rd guard.Served) {
+// Request is a finished mirror request as the access log saw it.
+type Request struct {
+	Path     string
+	Status   int
+	Bytes    int64
+	Source   string // the X-Shoal-Source the mirror answered with
+	Duration time.Duration
+}
+
+// ObserveRequest records one finished mirror request.
+func (m *Metrics) ObserveRequest(rd Request) {
 	route := routeOf(rd.Path)
 	source := rd.Source
 	if !knownSources[source] {
@@ -134,7 +153,7 @@ func (m *metrics) observeRequest(rd guard.Served) {
 }
 
 // sources returns the answers by source, largest first.
-func (m *metrics) sources() []adminapi.SourceCount {
+func (m *Metrics) sources() []adminapi.SourceCount {
 	m.mu.Lock()
 	out := make([]adminapi.SourceCount, 0, len(m.bySource))
 	for _, sc := range m.bySource {
@@ -151,7 +170,7 @@ func (m *metrics) sources() []adminapi.SourceCount {
 }
 
 // lastHour returns the answers by source per minute over the last hour.
-func (m *metrics) lastHour() adminapi.Timeline {
+func (m *Metrics) lastHour() adminapi.Timeline {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.timeline.minutes(time.Now())
@@ -159,7 +178,7 @@ func (m *metrics) lastHour() adminapi.Timeline {
 
 // routes serves /metrics and the probes. /healthz answers while the process serves HTTP at
 // all; /readyz only while the mirror and admin listeners serve and the store is open.
-func (m *metrics) routes(ready func() bool) http.Handler {
+func (m *Metrics) routes(ready func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -173,17 +192,11 @@ func (m *metrics) routes(ready func() bool) http.Handler {
 	return mux
 }
 
+// MustRegister adds collectors of the daemon's own (the doctor's) to the registry.
+func (m *Metrics) MustRegister(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // stateCollector reads counters the daemon's parts keep themselves, at scrape time.
-type stateCollector struct {
-	store *store.Store
-	up    *upstream.Client
-	node  p2pNode // nil: P2P disabled
-	spool interface {
-		Count() int
-		BoundExceeded() map[string]int64
-	}
-	guard *guard.Guard
-}
+type stateCollector struct{ State }
 
 var (
 	descStoreBytes       = prometheus.NewDesc("shoal_store_bytes", "Bytes of content in the store.", nil, nil)
@@ -233,7 +246,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
-	st := c.store.Stats()
+	st := c.Store.Stats()
 	gauge(descStoreBytes, float64(st.BytesUsed))
 	gauge(descStoreMax, float64(st.MaxSize))
 	gauge(descStoreBlobs, float64(st.Blobs))
@@ -243,7 +256,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descStoreHits, float64(st.Hits))
 	counter(descStoreMisses, float64(st.Misses))
 	counter(descStoreVerify, float64(st.VerifyFailures))
-	for _, u := range c.up.Stats() {
+	for _, u := range c.Upstream.Stats() {
 		for code, n := range u.Responses {
 			counter(descUpRequests, float64(n), u.Registry, strconv.Itoa(code))
 		}
@@ -261,22 +274,25 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	gauge(descInflight, float64(c.spool.Count()))
-	bounded := c.spool.BoundExceeded()
-	for _, reason := range []string{fetch.BoundDescriptor, fetch.BoundLength, fetch.BoundMax} {
+	gauge(descInflight, float64(c.Downloads.Count()))
+	bounded := c.Downloads.BoundExceeded()
+	for _, reason := range BoundReasons {
 		counter(descBlobBound, float64(bounded[reason]), reason)
 	}
-	for reason, n := range c.guard.Refusals() {
-		counter(descGuardRefused, float64(n), reason)
+	if c.Guard != nil {
+		g := c.Guard()
+		for reason, n := range g.Refused {
+			counter(descGuardRefused, float64(n), reason)
+		}
+		counter(descGuardConnRefused, float64(g.ConnsRefused))
+		gauge(descMirrorConns, float64(g.Conns))
 	}
-	counter(descGuardConnRefused, float64(c.guard.ConnsRefused()))
-	gauge(descMirrorConns, float64(c.guard.Conns()))
-	if c.node == nil {
+	if c.Node == nil {
 		gauge(descP2PEnabled, 0)
 		return
 	}
 	gauge(descP2PEnabled, 1)
-	ns := c.node.Status()
+	ns := c.Node.Status()
 	var peers, banned int
 	for _, p := range ns.Peers {
 		switch {
@@ -299,32 +315,23 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PInboundFailed, float64(ns.InboundHandshakeFailures))
 }
 
-// timedPeerNode times the mirror's provider lookups and counts its provides for the metrics.
-type timedPeerNode struct {
-	fetch.PeerNode
-	m *metrics
-}
-
-func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error) {
-	start := time.Now()
-	peers, err := t.PeerNode.FindProviders(ctx, d, max)
+// ObserveLookup records one provider lookup made on a cache miss: its time and what it found.
+func (m *Metrics) ObserveLookup(took time.Duration, found int, err error) {
 	result := "found"
 	switch {
 	case err != nil:
 		result = "error"
-	case len(peers) == 0:
+	case found == 0:
 		result = "none"
 	}
-	t.m.lookups.WithLabelValues(result).Observe(time.Since(start).Seconds())
-	return peers, err
+	m.lookups.WithLabelValues(result).Observe(took.Seconds())
 }
 
-func (t *timedPeerNode) Provide(ctx context.Context, d digest.Digest) error {
-	err := t.PeerNode.Provide(ctx, d)
+// ObserveProvide counts one provider record announced after a commit.
+func (m *Metrics) ObserveProvide(err error) {
 	result := "ok"
 	if err != nil {
 		result = "error"
 	}
-	t.m.provides.WithLabelValues(result).Inc()
-	return err
+	m.provides.WithLabelValues(result).Inc()
 }

@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -92,6 +92,10 @@ func (r imageRef) familiar() string {
 	return name
 }
 
+// hdrSource is the mirror's answer header naming where the content came from (store,
+// inflight, peer, designated, upstream, passthrough, canary).
+const hdrSource = "X-Shoal-Source"
+
 // selfClient fetches through the daemon's own mirror handler, in process, so that operator
 // commands (pull, export, explain) take exactly the path a client's pull takes: store, a
 // download in flight, peers, upstream, with verification and caching on the way.
@@ -180,6 +184,9 @@ func (w *pipeResponse) ReadFrom(src io.Reader) (int64, error) {
 	}
 	return io.Copy(writerOnly{w.pw}, src)
 }
+
+// writerOnly hides every method but Write (io.Copy must not find the pipe's ReadFrom).
+type writerOnly struct{ io.Writer }
 
 // Flush lets handlers that flush work; the pipe delivers every write at once anyway.
 func (w *pipeResponse) Flush() {}
@@ -352,6 +359,34 @@ func parseManifest(data []byte) (manifestDoc, error) {
 }
 
 func (m manifestDoc) isIndex() bool { return m.Config == nil && m.Manifests != nil }
+
+// manifestRefs lists what a manifest or index points to (as the mirror reads it: any JSON
+// with config, layers or manifests).
+func manifestRefs(data []byte) []digest.Digest {
+	var m struct {
+		Config    *struct{ Digest digest.Digest }  `json:"config"`
+		Layers    []struct{ Digest digest.Digest } `json:"layers"`
+		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
+	}
+	if json.Unmarshal(data, &m) != nil {
+		return nil
+	}
+	var out []digest.Digest
+	if m.Config != nil && m.Config.Digest.Validate() == nil {
+		out = append(out, m.Config.Digest)
+	}
+	for _, l := range m.Layers {
+		if l.Digest.Validate() == nil {
+			out = append(out, l.Digest)
+		}
+	}
+	for _, l := range m.Manifests {
+		if l.Digest.Validate() == nil {
+			out = append(out, l.Digest)
+		}
+	}
+	return out
+}
 
 // isManifestType tells manifests and indexes from blobs by media type.
 func isManifestType(mt string) bool {

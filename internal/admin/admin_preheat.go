@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -39,18 +39,18 @@ type eventSink interface {
 func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi.PullRequest, refs []imageRef, want *platform) {
 	switch {
 	case req.Nodes < 0 || req.Nodes > p2p.PreheatMaxNodes:
-		writeAPIError(w, badRequest("pull --cluster: nodes must be 1 to %d", p2p.PreheatMaxNodes))
+		WriteError(w, badRequest("pull --cluster: nodes must be 1 to %d", p2p.PreheatMaxNodes))
 		return
 	case req.Fraction < 0 || req.Fraction > 1 || req.Fraction != req.Fraction:
-		writeAPIError(w, badRequest("pull --cluster: fraction must be in (0, 1]"))
+		WriteError(w, badRequest("pull --cluster: fraction must be in (0, 1]"))
 		return
 	case req.Nodes > 0 && req.Fraction > 0:
-		writeAPIError(w, badRequest("pull --cluster: give nodes or fraction, not both"))
+		WriteError(w, badRequest("pull --cluster: give nodes or fraction, not both"))
 		return
 	}
 	pn, ok := a.node.(preheatNode)
 	if a.node == nil || !ok {
-		writeAPIError(w, &apiError{status: http.StatusConflict, code: adminapi.CodeDisabled,
+		WriteError(w, &apiError{status: http.StatusConflict, code: adminapi.CodeDisabled,
 			err: errors.New("pull --cluster: P2P is disabled on this node (set p2p: true), so there is no swarm to ask")})
 		return
 	}
@@ -128,7 +128,7 @@ func (a *admin) Preheat(ctx context.Context, images []string, plat string, progr
 	}
 	refs := make([]imageRef, 0, len(images))
 	for _, s := range images {
-		ref, err := parseImageRef(s, a.cfg.DefaultRegistry)
+		ref, err := parseImageRef(s, a.opt.DefaultRegistry)
 		if err != nil {
 			return err
 		}
@@ -222,10 +222,4 @@ func (s *bytesSink) send(ev adminapi.PullEvent) {
 		s.seen[ev.Digest] = ev.Done
 		s.progress(d)
 	}
-}
-
-// whenFlowing calls fn (at most once) when this node's download of d has started: at once
-// if one runs already, else when the spool starts one. stop ends the watch.
-func (a *admin) whenFlowing(ctx context.Context, d digest.Digest, fn func()) (stop func()) {
-	return a.fetch.WhenStarted(ctx, d, fn)
 }
