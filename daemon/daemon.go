@@ -157,6 +157,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		if node != nil {
 			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
 			node.HandleReplicate(pcl.hold)
+			node.SetHeldTags(ph.HeldTags)
 			ph.SetCluster(pcl)
 		}
 	}

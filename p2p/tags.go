@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
@@ -152,8 +155,12 @@ func (n *Node) PublishTag(ctx context.Context, r TagRecord) (TagRecord, error) {
 		if strings.Contains(err.Error(), "newer value") {
 			return r, fmt.Errorf("%w: %s", ErrTagOutdated, r.Name)
 		}
+		if errors.Is(err, context.DeadlineExceeded) { // stored here and on the peers that answered
+			n.tags.learn(r, true)
+		}
 		return r, fmt.Errorf("p2p: publish tag %s: %w", r.Name, err)
 	}
+	n.tags.learn(r, true)
 	return r, nil
 }
 
@@ -164,7 +171,11 @@ func (n *Node) RepublishTag(ctx context.Context, r TagRecord) error {
 	if err != nil {
 		return err
 	}
-	return n.dht.PutValue(ctx, tagKey(r.Name), b)
+	if err := n.dht.PutValue(ctx, tagKey(r.Name), b); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	n.tags.learn(r, true)
+	return nil
 }
 
 // ErrTagOutdated: a newer record for the tag exists.
@@ -181,5 +192,168 @@ func (n *Node) LookupTag(ctx context.Context, name string) (TagRecord, error) {
 		}
 		return TagRecord{}, fmt.Errorf("p2p: look up tag %s: %w", name, err)
 	}
-	return decodeTag(tagKey(name), b)
+	r, err := decodeTag(tagKey(name), b)
+	if err == nil {
+		n.tags.learn(r, false)
+	}
+	return r, err
+}
+
+// tagRecordAge is how long every node keeps a tag record after it received it (kad-dht's
+// MaxRecordAge, its default, named here because the republish period derives from it).
+const tagRecordAge = 48 * time.Hour
+
+// maxRepublishPerTick bounds the records one republish round stores (and the lookups it makes
+// for held tags whose record the node has not seen since it started); rounds come every
+// age/24, so a node keeps up to ~8 × 256 = 2048 tags per period alive by itself, and holders
+// share the work.
+const maxRepublishPerTick = 256
+
+// tagBook holds the newest signed record this node knows per tag name (published here or
+// found in a lookup), and when it stored each in the DHT. The DHT drops a value record
+// recordAge after a node received it and never republishes values itself (kad-dht has a
+// reprovider only for provider records), so the republish loop stores again, every
+// age/3 with jitter, the records of the tags this node holds and the tombstones it knows
+// until recordAge has passed since it saw them (by then every node that held the tag has
+// dropped its copy or looked the tombstone up).
+type tagBook struct {
+	age  time.Duration
+	mu   sync.Mutex
+	held func() []string // tags this node holds (SetHeldTags); nil: none
+	m    map[string]*tagEntry
+}
+
+type tagEntry struct {
+	rec  TagRecord
+	next time.Time // when to store it again
+	seen time.Time // when this node first saw it (tombstones stop at seen+age)
+}
+
+// init sets the record age (0: tagRecordAge) and returns it for the DHT's option.
+func (b *tagBook) init(age time.Duration) time.Duration {
+	if age <= 0 {
+		age = tagRecordAge
+	}
+	b.age, b.m = age, map[string]*tagEntry{}
+	return age
+}
+
+func (b *tagBook) every() time.Duration { return b.age / 3 }
+
+// learn records r when it is newer than what the book holds for its name. stored says this
+// node just stored it in the DHT (next due a full period later); a record found in a lookup
+// was stored by someone a while ago: it is due sooner.
+func (b *tagBook) learn(r TagRecord, stored bool) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.m[r.Name]
+	if e != nil && compareTags(r, e.rec) < 0 {
+		return
+	}
+	if e == nil || compareTags(r, e.rec) > 0 {
+		e = &tagEntry{rec: r, seen: now}
+		b.m[r.Name] = e
+	}
+	ev := b.every()
+	if stored {
+		e.next = now.Add(ev*3/4 + mrand.N(ev/4+1))
+	} else if e.next.IsZero() {
+		e.next = now.Add(ev/2 + mrand.N(ev/2+1))
+	}
+}
+
+// SetHeldTags tells the node which tags it holds (names as published); their records, and
+// the tombstones it knows, are republished before the DHT drops them.
+func (n *Node) SetHeldTags(held func() []string) {
+	n.tags.mu.Lock()
+	n.tags.held = held
+	n.tags.mu.Unlock()
+}
+
+func (n *Node) republishLoop(ctx context.Context) {
+	tick := n.tags.age / 24
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tick/2 + mrand.N(tick+1)):
+		}
+		n.republishTags(ctx, maxRepublishPerTick)
+	}
+}
+
+// republishTags stores again the records that are due (at most max): those of held tags and
+// unexpired tombstones; records of tags no longer held are forgotten. A held tag with no
+// record in the book (after a restart) is looked up first.
+func (n *Node) republishTags(ctx context.Context, max int) int {
+	b := &n.tags
+	b.mu.Lock()
+	heldFn := b.held
+	b.mu.Unlock()
+	var held []string
+	if heldFn != nil {
+		held = heldFn()
+	}
+	heldSet := make(map[string]bool, len(held))
+	for _, h := range held {
+		heldSet[h] = true
+	}
+	now := time.Now()
+	var due []TagRecord
+	var unknown []string
+	b.mu.Lock()
+	for name, e := range b.m {
+		switch {
+		case e.rec.Deleted && now.Sub(e.seen) > b.age:
+			delete(b.m, name)
+		case !e.rec.Deleted && !heldSet[name]:
+			delete(b.m, name)
+		case !now.Before(e.next):
+			due = append(due, e.rec)
+		}
+	}
+	for _, h := range held {
+		if b.m[h] == nil {
+			unknown = append(unknown, h)
+		}
+	}
+	b.mu.Unlock()
+	slices.SortFunc(due, func(x, y TagRecord) int { return cmp.Compare(x.Seq, y.Seq) })
+	done := 0
+	for _, name := range unknown {
+		if done >= max || ctx.Err() != nil {
+			return done
+		}
+		done++
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := n.LookupTag(lctx, name)
+		if err == nil {
+			err = n.RepublishTag(lctx, r)
+		}
+		cancel()
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			n.log.Debug("could not republish a tag record", "tag", name, "err", err)
+		}
+	}
+	for _, r := range due {
+		if done >= max || ctx.Err() != nil {
+			break
+		}
+		done++
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := n.RepublishTag(pctx, r)
+		cancel()
+		if err != nil {
+			// A newer record replaced it: forget this one; a held tag's newer record is
+			// looked up next round.
+			n.log.Debug("could not republish a tag record", "tag", r.Name, "err", err)
+			b.mu.Lock()
+			if e := b.m[r.Name]; e != nil && compareTags(e.rec, r) == 0 {
+				delete(b.m, r.Name)
+			}
+			b.mu.Unlock()
+		}
+	}
+	return done
 }

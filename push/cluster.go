@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -175,6 +176,16 @@ func (h *Handler) manifestFromSwarm(ctx context.Context, d digest.Digest) error 
 		return nil, nil
 	})
 	return err
+}
+
+// HeldTags lists the tags of the namespace this node holds (pushed here, copied here or
+// resolved here): the node keeps their swarm records alive (p2p.Node.SetHeldTags).
+func (h *Handler) HeldTags() []string {
+	if h.cfg.Namespace == "" {
+		return nil
+	}
+	names := h.st.TagNames(h.cfg.Namespace + "/")
+	return slices.DeleteFunc(names, func(n string) bool { return strings.Contains(n, "@") })
 }
 
 // replicate makes LocalReplicas nodes hold a pushed image before the push answers.
