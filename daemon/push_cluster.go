@@ -73,6 +73,10 @@ func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request,
 	return err
 }
 
+func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
+	return c.node.ListTags(ctx, prefix)
+}
+
 // peersOnly opens a blob of the local namespace from the peers that provide it; there is no
 // upstream to fall back on.
 func (s *sources) peersOnly(d digest.Digest) blobOpener {

@@ -661,3 +661,65 @@ func TestPushRejectedContentNeverReachesPeers(t *testing.T) {
 		t.Errorf("B resolves the rejected tag: %d", st)
 	}
 }
+
+// tags/list on the local namespace lists the tags pushed on any node of the swarm, never an
+// upstream's (even when the upstream has a repository of the same name and this node pulled
+// from it), paginated with n, last and Link, and without tags deleted on another node.
+func TestPushTagsListClusterWide(t *testing.T) {
+	up := newUpstream(t)
+	pushRandom(t, up, "team/app", 1<<10, 1) // the upstream's team/app:latest
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	c := startNode(t, up, a.node.Addrs())
+	nodes := []*Daemon{a, b, c}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	if _, err := pullThrough(t, c, "team/app:latest"); err != nil { // C knows the upstream's tag
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		on  *Daemon
+		tag string
+	}{{a, "v1"}, {a, "v2"}, {b, "v3"}} {
+		img, _ := random.Image(1<<10, 1)
+		ref, _ := name.ParseReference(p.on.Addr()+"/shoal.local/team/app:"+p.tag, name.Insecure)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(d *Daemon, query string) ([]string, string) {
+		t.Helper()
+		st, hdr, body := pushReq(t, d, "GET", "/v2/shoal.local/team/app/tags/list"+query, nil, nil)
+		if st != http.StatusOK {
+			t.Fatalf("tags/list%s on %s: %d %s", query, d.Addr(), st, body)
+		}
+		var got struct {
+			Name string   `json:"name"`
+			Tags []string `json:"tags"`
+		}
+		if err := json.Unmarshal(body, &got); err != nil || got.Name != "shoal.local/team/app" {
+			t.Fatalf("tags/list%s: %s (%v)", query, body, err)
+		}
+		return got.Tags, hdr.Get("Link")
+	}
+	for _, d := range nodes {
+		if got, link := list(d, ""); !slices.Equal(got, []string{"v1", "v2", "v3"}) || link != "" {
+			t.Fatalf("tags/list on %s: %q (Link %q), want v1 v2 v3: the tags pushed on A and B, not the upstream's latest", d.Addr(), got, link)
+		}
+	}
+	got, link := list(c, "?n=2")
+	if !slices.Equal(got, []string{"v1", "v2"}) || link != `</v2/shoal.local/team/app/tags/list?n=2&last=v2>; rel="next"` {
+		t.Fatalf("page 1: %q, Link %q", got, link)
+	}
+	if got, link := list(c, "?n=2&last=v2"); !slices.Equal(got, []string{"v3"}) || link != "" {
+		t.Fatalf("page 2: %q, Link %q", got, link)
+	}
+	// v2 (pushed on A) deleted on B: every node stops listing it within the tag TTL.
+	if st, _, body := pushReq(t, b, "DELETE", "/v2/shoal.local/team/app/manifests/v2", nil, nil); st != http.StatusAccepted {
+		t.Fatalf("delete v2 on B: %d %s", st, body)
+	}
+	for _, d := range nodes {
+		waitFor(t, func() bool { got, _ := list(d, ""); return slices.Equal(got, []string{"v1", "v3"}) })
+	}
+}

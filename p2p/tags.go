@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -15,7 +16,9 @@ import (
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	record "github.com/libp2p/go-libp2p-record"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/opencontainers/go-digest"
 )
@@ -264,11 +267,107 @@ func (b *tagBook) learn(r TagRecord, stored bool) {
 }
 
 // SetHeldTags tells the node which tags it holds (names as published); their records, and
-// the tombstones it knows, are republished before the DHT drops them.
+// the tombstones it knows, are republished before the DHT drops them, and peers asking which
+// tags exist (ListTags) get them.
 func (n *Node) SetHeldTags(held func() []string) {
 	n.tags.mu.Lock()
 	n.tags.held = held
 	n.tags.mu.Unlock()
+	n.host.SetStreamHandler(tagListProtocol, n.serveTagList)
+}
+
+// tagListProtocol asks a peer which tags it holds under a prefix: one request line
+// "PREFIX\n"; the answer is one name per line (at most maxTagList), then the stream closes.
+// The DHT cannot enumerate its keys, so listing a repository's tags asks the peers.
+const tagListProtocol = protocol.ID(dhtPrefix + "/tags/1.0.0")
+
+// maxTagList bounds one peer's answer; listTagsTimeout bounds asking all peers.
+const (
+	maxTagList      = 10000
+	listTagsTimeout = time.Second
+	listTagsPar     = 16
+)
+
+func (n *Node) serveTagList(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReaderSize(s, 1024).ReadString('\n')
+	prefix := strings.TrimSuffix(line, "\n")
+	if err != nil || prefix == "" || strings.ContainsAny(prefix, "\r\n") {
+		s.Reset()
+		return
+	}
+	n.tags.mu.Lock()
+	held := n.tags.held
+	n.tags.mu.Unlock()
+	if held == nil {
+		return
+	}
+	w := bufio.NewWriter(s)
+	sent := 0
+	for _, name := range held() {
+		if strings.HasPrefix(name, prefix) && sent < maxTagList {
+			w.WriteString(name + "\n")
+			sent++
+		}
+	}
+	_ = w.Flush()
+}
+
+// ListTags asks every connected peer which tags it holds under prefix and returns the union
+// with this node's own, sorted (peers that do not answer within a second are left out).
+// Names only: whether a tag was deleted since is the tag records' to say.
+func (n *Node) ListTags(ctx context.Context, prefix string) []string {
+	ctx, cancel := context.WithTimeout(ctx, listTagsTimeout)
+	defer cancel()
+	seen := map[string]bool{}
+	var mu sync.Mutex
+	add := func(name string) {
+		if strings.HasPrefix(name, prefix) {
+			mu.Lock()
+			seen[name] = true
+			mu.Unlock()
+		}
+	}
+	n.tags.mu.Lock()
+	held := n.tags.held
+	n.tags.mu.Unlock()
+	if held != nil {
+		for _, name := range held() {
+			add(name)
+		}
+	}
+	sem := make(chan struct{}, listTagsPar)
+	var wg sync.WaitGroup
+	for _, id := range n.host.Network().Peers() {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s, err := n.host.NewStream(ctx, id, tagListProtocol)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			if dl, ok := ctx.Deadline(); ok {
+				_ = s.SetDeadline(dl)
+			}
+			if _, err := fmt.Fprintf(s, "%s\n", prefix); err != nil {
+				s.Reset()
+				return
+			}
+			sc := bufio.NewScanner(s)
+			for i := 0; i < maxTagList && sc.Scan(); i++ {
+				add(sc.Text())
+			}
+		})
+	}
+	wg.Wait()
+	out := make([]string, 0, len(seen))
+	for name := range seen {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (n *Node) republishLoop(ctx context.Context) {

@@ -35,6 +35,9 @@ type Cluster interface {
 	// Holders lists the live peers that hold root, and whether this node comes first among
 	// them (the one that restores missing copies).
 	Holders(ctx context.Context, root digest.Digest) (holders map[string]bool, first bool)
+	// ListTags returns the tag names under prefix that this node or any live peer holds,
+	// sorted (deleted ones possibly among them: the records decide).
+	ListTags(ctx context.Context, prefix string) []string
 }
 
 // SetCluster connects the handler to the swarm (before it serves) and starts restoring

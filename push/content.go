@@ -6,9 +6,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -285,18 +287,24 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) 
 	return nil
 }
 
-// listTags answers tags/list with the n/last pagination of the spec.
+// listTags answers tags/list with the n/last pagination of the spec: the tags of the
+// repository pushed on any node of the swarm (this node's and its peers'), never an upstream's,
+// without the ones deleted since (each listed tag resolves).
 func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
 	prefix := h.cfg.Namespace + "/" + q.repo + ":"
-	names := h.st.TagNames(prefix)
+	var names []string
+	if h.cluster != nil {
+		names = h.cluster.ListTags(ctx, prefix)
+	} else {
+		names = h.st.TagNames(prefix)
+	}
 	tags := make([]string, 0, len(names))
 	for _, n := range names {
 		tags = append(tags, strings.TrimPrefix(n, prefix))
 	}
 	slices.Sort(tags)
-	if len(tags) == 0 {
-		return errorf(http.StatusNotFound, "NAME_UNKNOWN", nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
-	}
+	tags = slices.Compact(tags)
 	qs := r.URL.Query()
 	if last := qs.Get("last"); last != "" {
 		i, _ := slices.BinarySearch(tags, last)
@@ -305,22 +313,54 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error 
 		}
 		tags = tags[i:]
 	}
+	limit := -1
 	if ns := qs.Get("n"); ns != "" {
 		n, err := strconv.Atoi(ns)
 		if err != nil || n < 0 {
 			return errorf(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", err, "n must be a non-negative number")
 		}
-		if n < len(tags) {
-			tags = tags[:n]
-			if n > 0 {
-				w.Header().Set("Link", `<`+q.prefix+`/tags/list?n=`+ns+`&last=`+tags[n-1]+`>; rel="next"`)
+		limit = n
+	}
+	// Keep the tags that still resolve (a peer may hold one deleted since), one page and one
+	// more (to know whether a next page exists), resolving up to 8 at once.
+	var page []string
+	for len(tags) > 0 && (limit < 0 || len(page) <= limit) {
+		chunk := tags[:min(len(tags), max(8, limit+1-len(page)))]
+		tags = tags[len(chunk):]
+		ok := make([]bool, len(chunk))
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 8)
+		for i, tag := range chunk {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				_, _, err := h.resolveTag(ctx, prefix+tag)
+				ok[i] = err == nil
+			})
+		}
+		wg.Wait()
+		for i, tag := range chunk {
+			if ok[i] {
+				page = append(page, tag)
 			}
 		}
+	}
+	if len(page) == 0 && qs.Get("last") == "" && limit != 0 {
+		return errorf(http.StatusNotFound, "NAME_UNKNOWN", nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
+	}
+	if limit >= 0 && len(page) > limit {
+		page = page[:limit]
+		if limit > 0 {
+			w.Header().Set("Link", `<`+q.prefix+`/tags/list?n=`+strconv.Itoa(limit)+`&last=`+url.QueryEscape(page[limit-1])+`>; rel="next"`)
+		}
+	}
+	if page == nil {
+		page = []string{}
 	}
 	body, _ := json.Marshal(struct {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
-	}{strings.TrimPrefix(q.prefix, "/v2/"), tags})
+	}{strings.TrimPrefix(q.prefix, "/v2/"), page})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
