@@ -158,6 +158,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
 			node.HandleReplicate(pcl.hold)
 			node.SetHeldTags(ph.HeldTags)
+			node.HandleTagNudge(ph.Nudged)
 			ph.SetCluster(pcl)
 		}
 	}

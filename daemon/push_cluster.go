@@ -77,6 +77,10 @@ func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
 	return c.node.ListTags(ctx, prefix)
 }
 
+func (c *pushCluster) NudgeTag(ctx context.Context, name string) int {
+	return c.node.NudgeTag(ctx, name)
+}
+
 // peersOnly opens a blob of the local namespace from the peers that provide it; there is no
 // upstream to fall back on.
 func (s *sources) peersOnly(d digest.Digest) blobOpener {

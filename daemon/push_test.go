@@ -723,3 +723,80 @@ func TestPushTagsListClusterWide(t *testing.T) {
 		waitFor(t, func() bool { got, _ := list(d, ""); return slices.Equal(got, []string{"v1", "v3"}) })
 	}
 }
+
+// DELETE of a manifest by digest removes it from the namespace on every node: the tags of the
+// repository naming it (pushed on another node) stop resolving everywhere, reads by digest
+// answer 404 everywhere, the node holding its copy unpins it (cache now, evictable), a second
+// DELETE answers 404 MANIFEST_UNKNOWN; another tag of the repository is untouched, and a push
+// of the same image afterwards makes it readable again.
+func TestPushDeleteManifestClusterWide(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	c := startNode(t, up, a.node.Addrs())
+	nodes := []*Daemon{a, b, c}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	img, _ := random.Image(10<<10, 1)
+	other, _ := random.Image(10<<10, 1)
+	md := digest.Digest(mustDigest(t, img).String())
+	for _, p := range []struct {
+		tag string
+		img v1.Image
+	}{{"v1", img}, {"also", img}, {"other", other}} {
+		ref, _ := name.ParseReference(a.Addr()+"/shoal.local/team/del:"+p.tag, name.Insecure)
+		if err := remote.Write(ref, p.img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var holder *Daemon // the node that took the push's copy (local_replicas 2)
+	for _, n := range nodes[1:] {
+		if info, err := n.store.Stat(context.Background(), md); err == nil && info.Pinned {
+			holder = n
+		}
+	}
+	if holder == nil {
+		t.Fatal("no other node holds a pinned copy after the push")
+	}
+	deleter := b
+	if holder == b {
+		deleter = c
+	}
+	if _, err := deleter.store.Stat(context.Background(), md); err == nil {
+		t.Fatal("the deleting node should not hold the manifest: the test would not show a cluster-wide delete")
+	}
+	path := "/v2/shoal.local/team/del/manifests/"
+	if st, _, body := pushReq(t, deleter, "DELETE", path+md.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE by digest on a node that does not hold it: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		for _, ref := range []string{"v1", "also", md.String()} {
+			waitFor(t, func() bool {
+				st, _, _ := pushReq(t, n, "GET", path+ref, nil, nil)
+				return st == http.StatusNotFound
+			})
+		}
+		if st, _, body := pushReq(t, n, "GET", path+"other", nil, nil); st != http.StatusOK {
+			t.Fatalf("other tag on %s after the delete: %d %s", n.Addr(), st, body)
+		}
+	}
+	if info, err := holder.store.Stat(context.Background(), md); err == nil && info.Pinned {
+		t.Fatal("the holder still pins the deleted manifest")
+	}
+	if st, _, body := pushReq(t, a, "DELETE", path+md.String(), nil, nil); st != http.StatusNotFound || firstCode(t, body) != "MANIFEST_UNKNOWN" {
+		t.Fatalf("second DELETE: %d %s", st, body)
+	}
+	// Pushed again: readable by digest on every node.
+	ref, _ := name.ParseReference(c.Addr()+"/shoal.local/team/del:v2", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, _ := pushReq(t, n, "GET", path+md.String(), nil, nil)
+			return st == http.StatusOK
+		})
+	}
+}

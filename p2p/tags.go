@@ -12,9 +12,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/records"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -155,7 +157,9 @@ func (n *Node) PublishTag(ctx context.Context, r TagRecord) (TagRecord, error) {
 		return r, err
 	}
 	if err := n.dht.PutValue(ctx, tagKey(r.Name), b); err != nil {
-		if strings.Contains(err.Error(), "newer value") {
+		// kad-dht says so in two ways: its own check before storing ("can't replace a newer
+		// value"), or the value store's when a newer record arrived in between.
+		if strings.Contains(err.Error(), "newer value") || errors.Is(err, records.ErrOldRecord) {
 			return r, fmt.Errorf("%w: %s", ErrTagOutdated, r.Name)
 		}
 		if errors.Is(err, context.DeadlineExceeded) { // stored here and on the peers that answered
@@ -455,4 +459,63 @@ func (n *Node) republishTags(ctx context.Context, max int) int {
 		}
 	}
 	return done
+}
+
+// tagNudgeProtocol tells a peer that a tag record changed: one request line "NAME\n"; the
+// peer looks the record up (the nudge itself carries no authority: only the signed record in
+// the DHT counts), acts on it, and answers "ok\n".
+const tagNudgeProtocol = protocol.ID(dhtPrefix + "/tagnudge/1.0.0")
+
+// nudgeTimeout bounds one peer's handling of a nudge.
+const nudgeTimeout = 3 * time.Second
+
+// HandleTagNudge serves nudges with fn (name is the record's name).
+func (n *Node) HandleTagNudge(fn func(ctx context.Context, name string)) {
+	n.host.SetStreamHandler(tagNudgeProtocol, func(s network.Stream) {
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(nudgeTimeout))
+		line, err := bufio.NewReaderSize(s, 2048).ReadString('\n')
+		name := strings.TrimSuffix(line, "\n")
+		if err != nil || name == "" || len(name) > 1024 || strings.ContainsAny(name, "\r\n") {
+			s.Reset()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), nudgeTimeout)
+		fn(ctx, name)
+		cancel()
+		_, _ = s.Write([]byte("ok\n"))
+	})
+}
+
+// NudgeTag tells every connected peer that the record of name changed and waits (within a
+// few seconds) until they handled it; it returns how many did.
+func (n *Node) NudgeTag(ctx context.Context, name string) int {
+	ctx, cancel := context.WithTimeout(ctx, nudgeTimeout+time.Second)
+	defer cancel()
+	var done atomic.Int64
+	sem := make(chan struct{}, listTagsPar)
+	var wg sync.WaitGroup
+	for _, id := range n.host.Network().Peers() {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s, err := n.host.NewStream(ctx, id, tagNudgeProtocol)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			if dl, ok := ctx.Deadline(); ok {
+				_ = s.SetDeadline(dl)
+			}
+			if _, err := fmt.Fprintf(s, "%s\n", name); err != nil {
+				s.Reset()
+				return
+			}
+			if line, err := bufio.NewReaderSize(s, 64).ReadString('\n'); err == nil && line == "ok\n" {
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return int(done.Load())
 }

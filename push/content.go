@@ -79,8 +79,12 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) err
 	if err != nil {
 		return err
 	}
+	byDigest := oci.IsDigestRef(q.ref)
+	if byDigest && h.manifestDeleted(ctx, q.repo, d, false) {
+		return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s was deleted from %s/%s", d, h.cfg.Namespace, q.repo)
+	}
 	rc, info, err := h.st.Reader(ctx, d)
-	if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
+	if errors.Is(err, store.ErrNotFound) && h.cluster != nil && !(byDigest && h.manifestDeleted(ctx, q.repo, d, true)) {
 		if ferr := h.manifestFromSwarm(ctx, d); ferr == nil {
 			rc, info, err = h.st.Reader(ctx, d)
 		}
@@ -231,6 +235,16 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	}
 	h.mu.Unlock()
 	h.onCommit(d) // peers can fetch it before the tag names it anywhere
+	// Pushed again after a DELETE by digest: a live record newer than the tombstone.
+	if h.manifestDeleted(ctx, q.repo, d, true) {
+		h.mu.Lock()
+		delete(h.gone, h.digestName(q.repo, d))
+		h.mu.Unlock()
+		h.publish(ctx, h.digestName(q.repo, d), store.Tag{Digest: d, MediaType: mt, Size: int64(len(data))}, false)
+		if h.cluster != nil {
+			h.cluster.NudgeTag(wctx, h.digestName(q.repo, d))
+		}
+	}
 	if !oci.IsDigestRef(q.ref) {
 		name := q.tagName(h.cfg.Namespace, q.ref)
 		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
@@ -277,11 +291,57 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) 
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}
-	if err := h.st.Delete(ctx, digest.Digest(q.ref)); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in the local namespace", q.ref)
+	return h.deleteByDigest(w, r, q)
+}
+
+// deleteByDigest deletes a manifest from the namespace on every node: a tombstone record for
+// it (reads by digest answer 404 everywhere, until it is pushed again), tombstones for the
+// repository's tags that name it (found on any node), the bytes on this node, and the nodes
+// that hold it are told (they unpin it: cache now, evictable).
+func (h *Handler) deleteByDigest(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
+	d := digest.Digest(q.ref)
+	unknown := errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in %s/%s", d, h.cfg.Namespace, q.repo)
+	if h.manifestDeleted(ctx, q.repo, d, true) {
+		return unknown
+	}
+	if _, err := h.st.Stat(ctx, d); err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
 		}
+		if h.cluster == nil {
+			return unknown
+		}
+		fctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+		_, err := h.cluster.ManifestFromPeers(fctx, d)
+		cancel()
+		if err != nil {
+			return unknown
+		}
+	}
+	wctx := context.WithoutCancel(ctx)
+	name := h.digestName(q.repo, d)
+	h.mu.Lock()
+	h.gone[name] = true
+	h.mu.Unlock()
+	h.publish(wctx, name, store.Tag{Digest: d}, true)
+	prefix := h.cfg.Namespace + "/" + q.repo + ":"
+	names := h.st.TagNames(prefix)
+	if h.cluster != nil {
+		names = h.cluster.ListTags(ctx, prefix)
+	}
+	for _, n := range names {
+		if td, _, err := h.resolveTag(wctx, n); err == nil && td == d {
+			_ = h.st.DeleteTag(wctx, n)
+			h.publish(wctx, n, store.Tag{}, true)
+		}
+	}
+	h.dropManifest(wctx, d)
+	if err := h.st.Delete(wctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
+	}
+	if h.cluster != nil {
+		h.cluster.NudgeTag(wctx, name)
 	}
 	w.WriteHeader(http.StatusAccepted)
 	return nil
