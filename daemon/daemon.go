@@ -145,7 +145,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		d.push, m.push, m.pushUser = ph, ph, g.pushUser
 		// Write-through: what the upstream accepted is advertised unless the registry needed
 		// credentials (private stays private, p2p.share_private).
-		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) {
+		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) bool {
 			private := up.Private(host, repo)
 			for _, dg := range held {
 				if private {
@@ -153,6 +153,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 				}
 				src.advertise(ctx, dg)
 			}
+			return !private
 		})
 		if node != nil {
 			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}

@@ -181,8 +181,8 @@ const holdRecordWait = 5 * time.Second
 // image (manifests, recursively, and blobs) is fetched from the asking peer, verified, stored,
 // its root pinned and everything advertised.
 func (c *pushCluster) hold(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
-	if !strings.HasPrefix(name, c.ns+"/") {
-		return fmt.Errorf("%s is not in the local namespace", name)
+	if c.ns == "" || !strings.HasPrefix(name, c.ns+"/") {
+		return c.holdWriteThrough(ctx, from, name, root)
 	}
 	// The pusher published the record just before it asked; on a busy swarm the record may
 	// reach the nodes this lookup asks a moment later, so look again for a few seconds.
@@ -314,4 +314,40 @@ func (c *pushCluster) fetchBlob(ctx context.Context, from p2p.Peer, d digest.Dig
 		return err
 	}
 	return w.Commit(ctx, size) // verified: a peer's wrong bytes never become visible
+}
+
+// holdWriteThrough is hold for an image pushed through a peer to a write-through registry
+// (name "HOST/REPO:TAG" or "HOST/REPO@DIGEST"): the registry, not a tag record, is the
+// authority: it must serve root under that name, and the repository must not be private
+// (private stays private). The copy is cache content, as the pushing node's is: not pinned.
+func (c *pushCluster) holdWriteThrough(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
+	host, rest, ok := strings.Cut(name, "/")
+	if !ok || !c.m.up.WriteThrough(host) {
+		return fmt.Errorf("%s is neither in the local namespace nor in a write-through registry", name)
+	}
+	repo, ref, byDigest := strings.Cut(rest, "@")
+	if !byDigest {
+		i := strings.LastIndexByte(rest, ':')
+		if i < 0 {
+			return fmt.Errorf("%s names no tag", name)
+		}
+		repo, ref = rest[:i], rest[i+1:]
+	}
+	if c.m.up.Private(host, repo) {
+		return fmt.Errorf("%s/%s is private", host, repo)
+	}
+	desc, err := c.m.up.HeadManifest(ctx, host, repo, ref)
+	if err != nil {
+		return fmt.Errorf("the registry does not confirm %s: %w", name, err)
+	}
+	if desc.Digest != root {
+		return fmt.Errorf("the registry names %s for %s, not %s", desc.Digest, name, root)
+	}
+	if err := c.fetchImage(ctx, from, root, 0); err != nil {
+		return err
+	}
+	if byDigest {
+		return nil
+	}
+	return c.m.store.PutTag(ctx, name, store.Tag{Digest: root, MediaType: desc.MediaType, Size: desc.Size, Checked: time.Now()})
 }

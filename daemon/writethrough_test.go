@@ -370,3 +370,48 @@ func TestWriteThroughHeadMountDelete(t *testing.T) {
 		t.Fatal("the node dropped a tag the registry refused to delete")
 	}
 }
+
+// A write-through push gets its copies too (push.local_replicas, default 2): when it answers,
+// another node holds the image (checked with the registry, not pinned: cache content), so the
+// rollout right after is served by peers even if the pushing node leaves.
+func TestWriteThroughCopies(t *testing.T) {
+	up := newUpstream(t)
+	wt := writeThrough(up, upstream.RegistryConfig{WriteThrough: true})
+	a := startNode(t, up, nil, wt)
+	nodes := []*Daemon{a, startNode(t, up, a.node.Addrs(), wt), startNode(t, up, a.node.Addrs(), wt)}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	img, _ := random.Image(64<<10, 2)
+	var copies string
+	ref, _ := name.ParseReference(a.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+	tr := &headerSpy{rt: http.DefaultTransport, path: "/manifests/v1", header: "X-Shoal-Copies", got: &copies}
+	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if copies != "2" {
+		t.Fatalf("X-Shoal-Copies %q, want 2", copies)
+	}
+	md := digest.Digest(mustDigest(t, img).String())
+	holders := 0
+	for _, n := range nodes[1:] {
+		held := true
+		for _, d := range append(layerDigests(t, img), md) {
+			if _, err := n.store.Stat(t.Context(), d); err != nil {
+				held = false
+			}
+		}
+		if held {
+			holders++
+			if info, _ := n.store.Stat(t.Context(), md); info.Pinned {
+				t.Error("a write-through copy is pinned; it is cache content")
+			}
+			if tg, err := n.store.GetTag(t.Context(), wtHost+"/team/app:v1"); err != nil || tg.Digest != md {
+				t.Errorf("the holder's tag: %+v %v", tg, err)
+			}
+		}
+	}
+	if holders != 1 {
+		t.Fatalf("%d other nodes hold the image when the push answered, want 1", holders)
+	}
+}

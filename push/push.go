@@ -112,7 +112,7 @@ type Handler struct {
 	onCommit func(digest.Digest)
 	// fwd and accepted serve write-through pushes (writethrough.go); nil: none.
 	fwd         Forwarder
-	onForwarded func(ctx context.Context, host, repo string, held []digest.Digest)
+	onForwarded func(ctx context.Context, host, repo string, held []digest.Digest) bool
 
 	mu      sync.Mutex
 	uploads map[string]*upload

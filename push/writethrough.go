@@ -32,8 +32,9 @@ type Forwarder interface {
 
 // SetWriteThrough enables ServeWriteThrough. accepted is called once the upstream took a
 // manifest, with the digests of it and of the content this node holds for it (the daemon
-// decides whether peers may fetch them: private stays private).
-func (h *Handler) SetWriteThrough(f Forwarder, accepted func(ctx context.Context, host, repo string, held []digest.Digest)) {
+// decides whether peers may fetch them: private stays private); it reports whether they may,
+// and then LocalReplicas nodes get a copy before the push answers.
+func (h *Handler) SetWriteThrough(f Forwarder, accepted func(ctx context.Context, host, repo string, held []digest.Digest) (shared bool)) {
 	h.fwd, h.onForwarded = f, accepted
 }
 
@@ -215,10 +216,20 @@ func (h *Handler) forwardManifest(w http.ResponseWriter, r *http.Request, q req,
 			return storeErr(err, "tag")
 		}
 	}
+	shared := false
 	if h.onForwarded != nil {
-		h.onForwarded(wctx, q.host, q.repo, append(held, f.digest))
+		shared = h.onForwarded(wctx, q.host, q.repo, append(held, f.digest))
 	}
 	hd := w.Header()
+	if shared && len(f.missing) == 0 {
+		// Copies, as for the local namespace: the rollout right after is served by peers
+		// even when this node leaves. The asked peers check with the registry.
+		ref := ":" + q.ref
+		if oci.IsDigestRef(q.ref) {
+			ref = "@" + q.ref
+		}
+		hd.Set(hdrCopies, strconv.Itoa(h.replicate(ctx, q.host+"/"+q.repo+ref, f.digest)))
+	}
 	hd.Set("Location", location(q.prefix, "manifests", f.digest.String()))
 	hd.Set("Docker-Content-Digest", f.digest.String())
 	hd.Set("Content-Length", "0")
