@@ -284,6 +284,8 @@ type admin struct {
 	ready   func() bool
 
 	mirrorAddr func() string
+	// local sums the cluster-local namespace's images (push_cluster.go); nil: pushes off.
+	local func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool)
 	// fileName names a file kept under a digest (files.go); nil when files are off.
 	fileName   func(digest.Digest) string
 	fileDigest func(name string) (digest.Digest, bool)
@@ -392,6 +394,9 @@ func (a *admin) status(r *http.Request) (any, error) {
 			Misses: st.Misses, VerifyFailures: st.VerifyFailures, Evictions: st.Evictions},
 		InFlight:       a.spool.inflight(),
 		HistoryEntries: a.hist.size(),
+	}
+	if a.local != nil {
+		s.Local, _ = a.local(r.Context())
 	}
 	s.Sources = a.metrics.sources()
 	var hits, all int64

@@ -170,6 +170,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if fe != nil {
 		d.ops.admin.fileName, d.ops.admin.fileDigest = fe.h.Name, fe.h.DigestOf
 	}
+	if d.push != nil && cfg.Push.Namespace != "" {
+		d.ops.admin.local = localImages(d.push)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })

@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
@@ -350,4 +351,12 @@ func (c *pushCluster) holdWriteThrough(ctx context.Context, from p2p.Peer, name 
 		return nil
 	}
 	return c.m.store.PutTag(ctx, name, store.Tag{Digest: root, MediaType: desc.MediaType, Size: desc.Size, Checked: time.Now()})
+}
+
+// localImages adapts push.Handler.LocalUsage to the admin API (status, cache ls).
+func localImages(h *push.Handler) func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
+	return func(ctx context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
+		u := h.LocalUsage(ctx)
+		return &adminapi.LocalImages{Namespace: h.Namespace(), Tags: u.Tags, Images: u.Images, Pinned: u.Pinned, Bytes: u.Bytes}, u.Digests
+	}
 }

@@ -800,3 +800,61 @@ func TestPushDeleteManifestClusterWide(t *testing.T) {
 		})
 	}
 }
+
+// Status and cache ls show the local namespace's images apart from cached upstream content:
+// two tags naming one pushed image count one image, its manifest and blobs once, pinned;
+// an image pulled from the upstream is not counted and not marked local.
+func TestPushLocalImagesInStatus(t *testing.T) {
+	up := newUpstream(t)
+	pushRandom(t, up, "team/cached", 32<<10, 1)
+	d := startDaemon(t, up)
+	if _, err := pullThrough(t, d, "team/cached:latest"); err != nil {
+		t.Fatal(err)
+	}
+	img, _ := random.Image(64<<10, 2)
+	for _, tag := range []string{"v1", "stable"} {
+		ref, _ := name.ParseReference(d.Addr()+"/shoal.local/team/app:"+tag, name.Insecure)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := adminFor(t, d)
+	s, err := cl.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := map[string]bool{mustDigest(t, img).String(): true}
+	var want int64
+	raw, _ := img.RawManifest()
+	want += int64(len(raw))
+	for _, dg := range layerDigests(t, img) {
+		local[dg.String()] = true
+		info, err := d.store.Stat(t.Context(), dg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want += info.Size
+	}
+	if l := s.Local; l == nil || l.Namespace != "shoal.local" || l.Tags != 2 || l.Images != 1 || l.Pinned != 1 || l.Bytes != want {
+		t.Fatalf("status local_images: %+v, want 2 tags, 1 image, 1 pinned, %d bytes", s.Local, want)
+	}
+	if s.Store.BytesUsed <= want {
+		t.Fatalf("store holds %d bytes, local %d: the cached upstream image is missing", s.Store.BytesUsed, want)
+	}
+	l, err := cl.CacheList(t.Context(), "size")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := 0
+	for _, e := range l.Entries {
+		if e.Local != local[e.Digest] {
+			t.Errorf("cache ls: %s local=%v, want %v", e.Digest, e.Local, local[e.Digest])
+		}
+		if e.Local {
+			marked++
+		}
+	}
+	if marked != len(local) || len(l.Entries) <= marked {
+		t.Fatalf("cache ls marked %d of %d entries local, want %d (and the cached image unmarked)", marked, len(l.Entries), len(local))
+	}
+}
