@@ -74,6 +74,43 @@ func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request,
 	return err
 }
 
+// FetchBlob makes this node hold blob d of the local namespace, from peers, through the same
+// download (spool) a client's GET or HEAD starts, so that one under way is joined: verified
+// before it is stored.
+func (c *pushCluster) FetchBlob(ctx context.Context, repo string, d digest.Digest) error {
+	rt := route{kind: "blob", registry: c.ns, repo: repo, ref: d.String()}
+	for tries := 0; ; tries++ {
+		_, err := c.m.store.Stat(ctx, d)
+		if err == nil || tries == 100 {
+			return err
+		}
+		f, _, err := c.m.spool.join(ctx, rt, d, c.m.src.peersOnly(d))
+		if err != nil {
+			return err
+		}
+		if f == nil {
+			continue // committed between the two looks
+		}
+		f.waitSettled(ctx)
+		f.mu.Lock()
+		var ferr error
+		if f.done {
+			ferr = f.err
+		}
+		f.mu.Unlock()
+		f.release()
+		if ferr != nil {
+			return fmt.Errorf("blob %s from peers: %w", d, ferr)
+		}
+		// Verified: the commit into the store follows within moments.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
 	return c.node.ListTags(ctx, prefix)
 }

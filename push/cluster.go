@@ -38,6 +38,9 @@ type Cluster interface {
 	// ListTags returns the tag names under prefix that this node or any live peer holds,
 	// sorted (deleted ones possibly among them: the records decide).
 	ListTags(ctx context.Context, prefix string) []string
+	// FetchBlob makes this node hold blob d from peers (verified), joining a download a
+	// client's HEAD or GET of it started.
+	FetchBlob(ctx context.Context, repo string, d digest.Digest) error
 	// NudgeTag tells the live peers that the record of name changed (they look it up and
 	// call Nudged); it returns how many handled it.
 	NudgeTag(ctx context.Context, name string) int
@@ -307,15 +310,25 @@ func (h *Handler) Nudged(ctx context.Context, name string) {
 	}
 	h.gone[name] = true
 	h.mu.Unlock()
-	h.dropManifest(ctx, d)
+	h.dropManifest(ctx, repoAt, d)
 }
 
-// dropManifest unpins d and forgets the namespace's tags on this node that name it.
-func (h *Handler) dropManifest(ctx context.Context, d digest.Digest) {
-	_ = h.st.Unpin(ctx, d)
+// dropManifest forgets the tags of repo (the namespace's "<ns>/<repo>") on this node that name
+// d, and unpins d unless a tag of another repository still names it (named).
+func (h *Handler) dropManifest(ctx context.Context, repo string, d digest.Digest) (named bool) {
 	for _, n := range h.HeldTags() {
-		if t, err := h.st.GetTag(ctx, n); err == nil && t.Digest == d {
+		t, err := h.st.GetTag(ctx, n)
+		if err != nil || t.Digest != d {
+			continue
+		}
+		if strings.HasPrefix(n, repo+":") {
 			_ = h.st.DeleteTag(ctx, n)
+		} else {
+			named = true
 		}
 	}
+	if !named {
+		_ = h.st.Unpin(ctx, d)
+	}
+	return named
 }

@@ -208,6 +208,9 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	if q.host != "" {
 		return h.forwardManifest(w, r, q, forwarded{data: data, digest: d, mediaType: mt, refs: refs, missing: missing, index: m.Manifests != nil})
 	}
+	if len(missing) > 0 && h.cluster != nil {
+		missing = h.fetchMissing(ctx, q.repo, missing, m.Manifests != nil)
+	}
 	if len(missing) > 0 {
 		return errorf(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", nil,
 			"manifest references content not pushed to this node: %s; nothing was stored", strings.Join(missing, ", "))
@@ -273,6 +276,29 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	return nil
 }
 
+// fetchMissing brings content a pushed manifest references from the peers that hold it: a
+// client that asked this node whether it has a blob (HEAD) was answered from the swarm and
+// uploads nothing, so the blob may still be on its way here. It returns what is still missing.
+func (h *Handler) fetchMissing(ctx context.Context, repo string, missing []string, index bool) []string {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	var still []string
+	for _, s := range missing {
+		d := digest.Digest(s)
+		var err error
+		if index {
+			err = h.manifestFromSwarm(fctx, d)
+		} else {
+			err = h.cluster.FetchBlob(fctx, repo, d)
+		}
+		if err != nil {
+			h.log.Info("content a pushed manifest references is not on this node nor to be had from peers", "digest", d, "err", err)
+			still = append(still, s)
+		}
+	}
+	return still
+}
+
 // deleteManifest deletes a manifest by digest (with every tag naming it) or just a tag.
 func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) error {
 	if !h.cfg.AllowDelete {
@@ -336,9 +362,11 @@ func (h *Handler) deleteByDigest(w http.ResponseWriter, r *http.Request, q req) 
 			h.publish(wctx, n, store.Tag{}, true)
 		}
 	}
-	h.dropManifest(wctx, d)
-	if err := h.st.Delete(wctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
+	// The bytes go unless another repository of the namespace still names them here.
+	if !h.dropManifest(wctx, h.cfg.Namespace+"/"+q.repo, d) {
+		if err := h.st.Delete(wctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 	}
 	if h.cluster != nil {
 		h.cluster.NudgeTag(wctx, name)
