@@ -38,10 +38,11 @@ type Status struct {
 
 	Store StoreStatus `json:"store"`
 	// Sources counts manifest and blob answers (2xx) by where they came from: store, inflight
-	// (joined a download under way), peer, upstream, passthrough (store full).
+	// (joined a download under way), peer, designated (the swarm's fetcher for it), upstream,
+	// passthrough (store full).
 	Sources []SourceCount `json:"sources"`
-	// HitRatio is the share of those answers that did not go to the upstream (store, inflight
-	// and peer), 0 when there were none.
+	// HitRatio is the share of those answers for which this node did not go to the upstream
+	// (store, inflight, peer and designated), 0 when there were none.
 	HitRatio       float64          `json:"hit_ratio"`
 	InFlight       int              `json:"inflight_fetches"`
 	Upstreams      []UpstreamStatus `json:"upstreams"`
@@ -262,7 +263,7 @@ type PullEvent struct {
 	State     string `json:"state,omitempty"`
 	Size      int64  `json:"size,omitempty"`
 	Done      int64  `json:"done,omitempty"`
-	Source    string `json:"source,omitempty"` // store, inflight, peer, upstream, passthrough
+	Source    string `json:"source,omitempty"` // store, inflight, peer, designated, upstream, passthrough
 	Error     string `json:"error,omitempty"`
 	// Totals, on the done event.
 	Images int   `json:"images,omitempty"`
@@ -311,7 +312,8 @@ type ExplainEntry struct {
 	InStore   bool     `json:"in_store"`
 	Pinned    bool     `json:"pinned,omitempty"`
 	Providers []string `json:"providers,omitempty"` // peers that advertise it
-	// Next is where the next request for it would be answered from: store, peer or upstream.
+	// Next is where the next request for it would be answered from: store, inflight, peer,
+	// designated or upstream (internal/fetch asks its resolution order to predict).
 	Next   string `json:"next"`
 	Reason string `json:"reason"`
 	// Last is the newest recorded decision for it, if any.

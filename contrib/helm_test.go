@@ -37,13 +37,15 @@ import (
 //     once the documented differences are normalised (helmToKustomize): Helm's standard labels,
 //     the Secret's name (kustomize adds a content hash), the pod annotations with checksums, and
 //     the daemon's settings, which the chart writes into a ConfigMap mounted as the config file
-//     where the base sets SHOAL_* variables. The rest of that file must equal `shoal config default`,
-//     key for key, so that every config key is a value and the chart changes nothing silently.
+//     where the base sets SHOAL_* variables. Loaded by the daemon, that file gives the built-in
+//     configuration plus the base's settings and nothing else: the chart changes nothing silently.
 //     The kustomize base's Namespace object has no counterpart: the chart installs into the
 //     release's namespace (helm install -n shoal --create-namespace) and templates none.
 //  4. a missing swarm key fails the render with a message saying how to make one; values reach the
 //     objects and the daemon's config file (loaded with the daemon's own loader); the PodMonitor
-//     selects the pods; values.schema.json knows exactly `shoal config default`'s keys.
+//     selects the pods; values.schema.json knows exactly `shoal config default`'s keys (its config
+//     part is generated from the settings table: daemon's TestDocsTableInChartSchema) and their
+//     types, and takes every default.
 
 const chartDir = "helm/shoal"
 
@@ -416,27 +418,124 @@ func TestHelmTemplateMatchesKustomize(t *testing.T) {
 		}
 	}
 
-	// The rest of the config file is the daemon's built-in configuration.
+	// The daemon loads it, and gets its built-in configuration plus the base's settings.
+	loaded := daemon.DefaultConfig()
+	if err := loaded.LoadFile(configPath); err != nil {
+		t.Fatalf("the daemon refuses the chart's config file: %v", err)
+	}
+	if loaded.P2P.SwarmKeyFile != "/etc/shoal/swarm/swarm.key" || loaded.P2P.BootstrapDNS != "shoal-peers.shoal.svc:5001" {
+		t.Errorf("daemon config: swarm key %q, bootstrap DNS %q", loaded.P2P.SwarmKeyFile, loaded.P2P.BootstrapDNS)
+	}
+	base := map[string]any{}
+	for _, e := range envToConfig {
+		v, _ := getPath(config, e.key)
+		setPath(base, e.key, v)
+	}
+	want := daemon.DefaultConfig()
+	if err := want.LoadFile(writeYAML(t, base)); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range configDiff(loaded, want) {
+		t.Errorf("the chart's config file sets %s, which the kustomize base leaves at its default", d)
+	}
+}
+
+// configDiff names the fields of Config (exported, nested ones whole) where a and b differ.
+func configDiff(a, b daemon.Config) []string {
+	var out []string
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i := range va.NumField() {
+		f := va.Type().Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		if x, y := va.Field(i).Interface(), vb.Field(i).Interface(); !reflect.DeepEqual(x, y) {
+			out = append(out, fmt.Sprintf("%s: %+v ≠ %+v", f.Name, x, y))
+		}
+	}
+	return out
+}
+
+func setPath(m map[string]any, key string, v any) {
+	parts := strings.Split(key, ".")
+	for _, k := range parts[:len(parts)-1] {
+		mm, ok := m[k].(map[string]any)
+		if !ok {
+			mm = map[string]any{}
+			m[k] = mm
+		}
+		m = mm
+	}
+	m[parts[len(parts)-1]] = v
+}
+
+func writeYAML(t *testing.T, v any) string {
+	t.Helper()
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestHelmConfigTakesEverySetting: config may hold every key of `shoal config default` with its
+// default (the schema accepts each one's type), and the daemon loads the result as its built-in
+// configuration; a value of the wrong type, which the daemon would refuse at start on every node,
+// fails `helm install` and names the key.
+func TestHelmConfigTakesEverySetting(t *testing.T) {
+	t.Parallel()
 	var defaults map[string]any
 	if err := yaml.Unmarshal(daemon.DefaultsYAML(), &defaults); err != nil {
 		t.Fatal(err)
 	}
-	rest := clone(config).(map[string]any)
-	for _, e := range envToConfig {
-		deletePath(rest, e.key)
-		deletePath(defaults, e.key)
+	// Values reach Helm as JSON (numbers as float64, as from a values file).
+	j, err := sigsyaml.YAMLToJSON(daemon.DefaultsYAML())
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, d := range diff("config", rest, defaults) {
-		t.Errorf("chart's config file ≠ `shoal config default` (values.yaml config: must list every key with its default): %s", d)
+	var config map[string]any
+	if err := json.Unmarshal(j, &config); err != nil {
+		t.Fatal(err)
+	}
+	key := newSwarmKey(t)
+	objs := mustHelmTemplate(t, "shoal", "shoal", map[string]any{"swarmKey": map[string]any{"value": key}, "config": config})
+	rendered, path := renderedConfig(t, objs, "shoal-config")
+	got := daemon.DefaultConfig()
+	if err := got.LoadFile(path); err != nil {
+		t.Fatalf("the daemon refuses the chart's config file made of every default: %v", err)
+	}
+	want := daemon.DefaultConfig()
+	want.P2P.SwarmKeyFile, want.P2P.BootstrapDNS = "/etc/shoal/swarm/swarm.key", "shoal-peers.shoal.svc:5001"
+	for _, d := range configDiff(got, want) {
+		t.Errorf("every default through the chart: %s", d)
+	}
+	for _, s := range daemon.Settings() {
+		if _, ok := getPath(rendered, s.Key); !ok {
+			t.Errorf("config.%s given, not in the rendered config file", s.Key)
+		}
 	}
 
-	// The daemon loads it.
-	c := daemon.DefaultConfig()
-	if err := c.LoadFile(configPath); err != nil {
-		t.Fatalf("the daemon refuses the chart's config file: %v", err)
-	}
-	if c.P2P.SwarmKeyFile != "/etc/shoal/swarm/swarm.key" || c.P2P.BootstrapDNS != "shoal-peers.shoal.svc:5001" {
-		t.Errorf("daemon config: swarm key %q, bootstrap DNS %q", c.P2P.SwarmKeyFile, c.P2P.BootstrapDNS)
+	for _, c := range []struct {
+		key string
+		v   any
+	}{
+		{"tag_ttl", 30},           // a number of what? yaml.v3 refuses it for a duration
+		{"upstream.retries", "3"}, // a string for an int
+		{"p2p.enabled", "yes"},
+		{"security.deny_repo", "docker.io/evil/*"}, // a list
+		{"store.max_size", true},
+		{"registries", map[string]any{"ghcr.io": map[string]any{"url": 5}}},
+	} {
+		vals := map[string]any{"swarmKey": map[string]any{"value": key}, "config": map[string]any{}}
+		setPath(vals["config"].(map[string]any), c.key, c.v)
+		_, err := helmTemplate(t, "shoal", "shoal", vals)
+		if want := "/config/" + strings.ReplaceAll(c.key, ".", "/"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config.%s = %#v: helm template gave %v, want an error at %s", c.key, c.v, err, want)
+		}
 	}
 }
 
@@ -525,12 +624,12 @@ func TestHelmValues(t *testing.T) {
 			t.Errorf("config file %s = %v, want %v", key, got, want)
 		}
 	}
-	if dig(config, "registries", "docker.io", "url") != "https://registry-1.docker.io" || dig(config, "registries", "ghcr.io") == nil {
-		t.Errorf("config file registries: %v", config["registries"])
-	}
 	c := daemon.DefaultConfig()
 	if err := c.LoadFile(configPath); err != nil {
 		t.Fatalf("the daemon refuses the chart's config file: %v", err)
+	}
+	if _, ok := c.Upstream.Registries["ghcr.io"]; !ok || c.Upstream.Registries["docker.io"].URL != "https://registry-1.docker.io" {
+		t.Errorf("daemon config registries from the chart: %v", c.Upstream.Registries)
 	}
 	if c.Listen != "127.0.0.1:5050" || c.LogLevel != "debug" || c.P2P.BootstrapDNS != "edge-shoal-peers.mirrors.svc:5001" ||
 		!slices.Contains(c.Guard.DenyRepo, "docker.io/evil/*") {

@@ -20,6 +20,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/fetch"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -73,7 +75,7 @@ func (c *Config) validateOps() error {
 		}
 		// The admin API has no authentication and can remove, pin and pull content: on TCP
 		// it may listen on loopback only (a unix socket's file mode is its access control).
-		if a.Network == "tcp" && !listensOnLoopback(a.Address) {
+		if a.Network == "tcp" && !guard.ListensOnLoopback(a.Address) {
 			return &ConfigError{Key: "admin_listen", Err: fmt.Errorf("%q is not a loopback address: the admin API has no authentication; use unix:/path or 127.0.0.1:PORT", c.AdminListen)}
 		}
 	}
@@ -86,25 +88,25 @@ func (c *Config) validateOps() error {
 }
 
 // openOps builds the metrics and the admin API over the daemon's parts and opens their
-// listeners. m is the mirror (operator pulls and exports go through it, in process), sp its
-// spool (for in-flight downloads), src its sources (their P2P lookups are timed for the
+// listeners. m is the mirror (operator pulls and exports go through it, in process), fe where
+// its content comes from (downloads in flight, decisions; its P2P lookups are timed for the
 // metrics).
-func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
+func (d *Daemon) openOps(m http.Handler, fe *fetch.Fetcher) error {
 	o := &ops{log: d.log.With("component", "admin"), consoleLog: d.log.With("component", "console")}
 	var node p2pNode
 	if d.node != nil {
 		node = d.node
 	}
-	o.metrics = newMetrics(d.cfg.Version, &stateCollector{store: d.store, up: d.up, node: node, spool: sp, guard: d.guard})
-	if src != nil && src.node != nil {
-		src.node = &timedPeerNode{peerNode: src.node, m: o.metrics}
+	o.metrics = newMetrics(d.cfg.Version, &stateCollector{store: d.store, up: d.up, node: node, spool: fe, guard: d.guard})
+	if fe != nil && fe.Node() != nil {
+		fe.SetNode(&timedPeerNode{PeerNode: fe.Node(), m: o.metrics})
 	}
 	o.admin = &admin{
-		cfg: d.cfg, log: o.log, store: d.store, up: d.up, node: node, hist: d.hist, spool: sp,
+		cfg: d.cfg, log: o.log, store: d.store, up: d.up, node: node, fetch: fe,
 		metrics: o.metrics, started: time.Now(), ready: o.ready.Load, mirrorAddr: d.Addr,
 		// The mirror without the guard (the admin API is the operator's already), with the
 		// access log and metrics like any client's request.
-		self:   newSelfClient(accessLog(d.log.With("component", "mirror"), m, o.observeRequest)),
+		self:   newSelfClient(guard.AccessLog(d.log.With("component", "mirror"), hdrSource, m, o.observeRequest)),
 		canary: d.canary, finder: newSearcher(d.cfg.Console, d.up),
 	}
 	if err := o.listen(d.cfg); err != nil {
@@ -112,10 +114,6 @@ func (d *Daemon) openOps(m http.Handler, sp *spool, src *sources) error {
 	}
 	if d.node != nil {
 		d.node.SetPreheater(o.admin) // peers' cluster pulls warm through the admin's pull
-	}
-	if sp != nil && sp.onStarted != nil { // a preheat asks the next nodes once its downloads run
-		advertise := sp.onStarted
-		sp.onStarted = func(f *fill) { advertise(f); o.admin.fills.started(f.d) }
 	}
 	d.ops = o
 	return nil
@@ -187,7 +185,7 @@ func (d *Daemon) MetricsAddr() string {
 }
 
 // observeRequest is the access log's hook for the metrics.
-func (o *ops) observeRequest(rd requestDone) { o.metrics.observeRequest(rd) }
+func (o *ops) observeRequest(rd guard.Served) { o.metrics.observeRequest(rd) }
 
 // start serves the admin API and metrics; the returned stop ends admin requests, closes both
 // servers and removes the socket. It may be called more than once.
@@ -196,7 +194,7 @@ func (o *ops) start() (stop func()) {
 	o.cancel = cancel
 	if o.adminLn != nil {
 		o.adminSrv = &http.Server{
-			Handler:           guardAdmin(o.admin.routes(), o.adminAddr.Network == "tcp"),
+			Handler:           guard.Admin(o.admin.routes(), o.adminAddr.Network == "tcp"),
 			ReadHeaderTimeout: 30 * time.Second,
 			BaseContext:       func(net.Listener) context.Context { return ctx },
 			ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
@@ -273,13 +271,11 @@ type admin struct {
 	store   *store.Store
 	up      *upstream.Client
 	node    p2pNode // nil: P2P disabled
-	hist    *history
-	spool   *spool
+	fetch   fetcher // downloads in flight, decisions, explain's predictions (internal/fetch)
 	metrics *metrics
 	self    *selfClient
 	canary  *canaryLog // the mirror's record of `shoal doctor`'s nonces (canary.go)
 	finder  *searcher  // /v1/search (admin_search.go)
-	fills   fillWatch  // downloads starting, for cluster preheat (admin_preheat.go)
 	started time.Time
 	ready   func() bool
 
@@ -392,8 +388,8 @@ func (a *admin) status(r *http.Request) (any, error) {
 		Ready:           a.ready(),
 		Store: adminapi.StoreStatus{BytesUsed: st.BytesUsed, MaxSize: st.MaxSize, Items: st.Blobs, Hits: st.Hits,
 			Misses: st.Misses, VerifyFailures: st.VerifyFailures, Evictions: st.Evictions},
-		InFlight:       a.spool.inflight(),
-		HistoryEntries: a.hist.size(),
+		InFlight:       a.fetch.Count(),
+		HistoryEntries: a.fetch.HistorySize(),
 	}
 	if a.local != nil {
 		s.Local, _ = a.local(r.Context())
@@ -402,7 +398,7 @@ func (a *admin) status(r *http.Request) (any, error) {
 	var hits, all int64
 	for _, sc := range s.Sources {
 		all += sc.Requests
-		if sc.Source == "store" || sc.Source == "inflight" || sc.Source == "peer" {
+		if k := fetch.ParseSource(sc.Source).Kind; k != fetch.Upstream && k != fetch.Passthrough && k != fetch.Unknown {
 			hits += sc.Requests
 		}
 	}
@@ -515,21 +511,22 @@ func (a *admin) history(r *http.Request) (any, error) {
 		}
 		limit = n
 	}
-	return toDecisions(a.hist.recentN(d, limit)), nil
+	return a.fetch.Recent(d, limit), nil
 }
 
-func toDecisions(ds []decision) []adminapi.Decision {
-	out := make([]adminapi.Decision, 0, len(ds))
-	for _, d := range ds {
-		out = append(out, toDecision(d))
-	}
-	return out
+// fetcher is what the admin API asks of where content comes from (fetch.Fetcher).
+type fetcher interface {
+	InFlight() []adminapi.InFlight
+	Count() int
+	BoundExceeded() map[string]int64
+	WaitStored(ctx context.Context, d digest.Digest, progress func(int64)) (int64, error)
+	WhenStarted(ctx context.Context, d digest.Digest, fn func()) (stop func())
+	Explain(ctx context.Context, registry, repo string, entries []adminapi.ExplainEntry)
+	Recent(d digest.Digest, n int) []adminapi.Decision
+	HistorySize() int
 }
 
-func toDecision(d decision) adminapi.Decision {
-	return adminapi.Decision{Time: d.Time.UTC(), Registry: d.Registry, Repo: d.Repo, Digest: d.Digest.String(), Kind: d.Kind,
-		Source: d.Source, Reason: d.Reason, Bytes: d.Bytes}
-}
+var _ fetcher = (*fetch.Fetcher)(nil)
 
 // sortedKeys returns a map's keys in order, for stable output.
 func sortedKeys[V any](m map[string]V) []string {

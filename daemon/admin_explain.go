@@ -8,16 +8,12 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
 )
-
-// explainLookups bounds the provider lookups of one explain that run at once.
-const explainLookups = 8
 
 // explain says, for each manifest, config and layer of an image (or one digest), whether the
 // store has it, which peers advertise it and where the next request for it would be answered
@@ -111,7 +107,11 @@ func (a *admin) explain(r *http.Request) (any, error) {
 		}
 		a.explainChildren(ctx, top, manifest, add)
 	}
-	a.locate(ctx, entries)
+	var registry, repo string
+	if ref != nil {
+		registry, repo = ref.registry, ref.repo
+	}
+	a.fetch.Explain(ctx, registry, repo, entries) // the resolution order, asked to predict
 	res.Blobs = entries
 	seen := map[string]bool{}
 	for _, e := range entries {
@@ -119,7 +119,7 @@ func (a *admin) explain(r *http.Request) (any, error) {
 			continue
 		}
 		seen[e.Digest] = true
-		res.History = append(res.History, toDecisions(a.hist.recentN(digest.Digest(e.Digest), 5))...)
+		res.History = append(res.History, a.fetch.Recent(digest.Digest(e.Digest), 5)...)
 	}
 	sort.SliceStable(res.History, func(i, j int) bool { return res.History[i].Time.After(res.History[j].Time) })
 	if len(res.History) > 50 {
@@ -177,69 +177,6 @@ func (a *admin) explainChildren(ctx context.Context, d digest.Digest, manifest f
 			layers(cdoc, plat)
 		}
 	}
-}
-
-// locate fills in providers, the next source and the last decision of each entry.
-func (a *admin) locate(ctx context.Context, entries []adminapi.ExplainEntry) {
-	type found struct {
-		peers []string
-		err   error
-	}
-	results := make([]found, len(entries))
-	if a.node != nil {
-		sem := make(chan struct{}, explainLookups)
-		var wg sync.WaitGroup
-		for i := range entries {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				ps, err := a.node.FindProviders(ctx, digest.Digest(entries[i].Digest), 8)
-				results[i].err = err
-				for _, p := range ps {
-					results[i].peers = append(results[i].peers, p.ID)
-				}
-			}()
-		}
-		wg.Wait()
-	}
-	for i := range entries {
-		e := &entries[i]
-		d := digest.Digest(e.Digest)
-		e.Providers = results[i].peers
-		switch {
-		case e.InStore:
-			e.Next = "store"
-			if e.Reason == "" {
-				e.Reason = "in the store"
-				if e.Pinned {
-					e.Reason = "in the store (pinned)"
-				}
-			}
-		case a.spool.has(d):
-			e.Next, e.Reason = "inflight", "a download is under way"
-		case len(e.Providers) > 0:
-			e.Next, e.Reason = "peer", fmt.Sprintf("not in the store; %d peer(s) provide it", len(e.Providers))
-		case a.node == nil:
-			e.Next, e.Reason = "upstream", "not in the store; P2P disabled"
-		case results[i].err != nil:
-			e.Next, e.Reason = "upstream", "not in the store; provider lookup failed: "+results[i].err.Error()
-		default:
-			e.Next, e.Reason = "upstream", "not in the store; no peer provides it"
-		}
-		if last := a.hist.recentN(d, 1); len(last) > 0 {
-			dec := toDecision(last[0])
-			e.Last = &dec
-		}
-	}
-}
-
-// has reports whether a download of d is in flight.
-func (s *spool) has(d digest.Digest) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.fills[d]
-	return ok
 }
 
 // storedLabels reads an image config's labels from the store (nil when it is not there, too

@@ -224,62 +224,8 @@ func (s *bytesSink) send(ev adminapi.PullEvent) {
 	}
 }
 
-// fillWatch tells waiters when this node's download of a digest starts (the spool's
-// onStarted: the moment it is advertised to peers).
-type fillWatch struct {
-	mu      sync.Mutex
-	waiters map[digest.Digest]map[*struct{}]func()
-}
-
-// started runs and forgets the waiters of d.
-func (w *fillWatch) started(d digest.Digest) {
-	w.mu.Lock()
-	fns := w.waiters[d]
-	delete(w.waiters, d)
-	w.mu.Unlock()
-	for _, fn := range fns {
-		fn()
-	}
-}
-
-// wait runs fn once when d's download starts; cancel forgets it.
-func (w *fillWatch) wait(d digest.Digest, fn func()) (cancel func()) {
-	key := new(struct{})
-	w.mu.Lock()
-	if w.waiters == nil {
-		w.waiters = map[digest.Digest]map[*struct{}]func(){}
-	}
-	if w.waiters[d] == nil {
-		w.waiters[d] = map[*struct{}]func(){}
-	}
-	w.waiters[d][key] = fn
-	w.mu.Unlock()
-	return func() {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if m := w.waiters[d]; m != nil {
-			delete(m, key)
-			if len(m) == 0 {
-				delete(w.waiters, d)
-			}
-		}
-	}
-}
-
 // whenFlowing calls fn (at most once) when this node's download of d has started: at once
 // if one runs already, else when the spool starts one. stop ends the watch.
 func (a *admin) whenFlowing(ctx context.Context, d digest.Digest, fn func()) (stop func()) {
-	var once sync.Once
-	call := func() { once.Do(fn) }
-	cancel := a.fills.wait(d, call)
-	ctx, done := context.WithCancel(ctx)
-	if f := a.spool.lookup(d); f != nil { // a download that may have started already
-		go func() {
-			defer f.release()
-			if _, err := f.waitStarted(ctx); err == nil {
-				call()
-			}
-		}()
-	}
-	return func() { cancel(); done() }
+	return a.fetch.WhenStarted(ctx, d, fn)
 }

@@ -30,7 +30,7 @@ func TestAdminClusterPullRefused(t *testing.T) {
 			}
 		})
 	}
-	if n := d.hist.size(); n != 0 {
+	if n := d.fetch.HistorySize(); n != 0 {
 		t.Fatalf("a refused cluster pull fetched something: %d decisions recorded", n)
 	}
 }

@@ -350,38 +350,5 @@ func (a *admin) waitStored(ctx context.Context, d digest.Digest) error {
 // waitStoredProgress is waitStored telling progress (bytes the download has written, at most
 // every progressEvery) and returning the blob's size once stored.
 func (a *admin) waitStoredProgress(ctx context.Context, d digest.Digest, progress func(int64)) (int64, error) {
-	last := time.Now()
-	for {
-		if info, err := a.store.Stat(ctx, d); err == nil {
-			return info.Size, nil
-		}
-		f := a.spool.lookup(d)
-		if f == nil {
-			if info, err := a.store.Stat(ctx, d); err == nil {
-				return info.Size, nil
-			}
-			return 0, fmt.Errorf("%s was served but could not be stored (see the daemon's log)", d)
-		}
-		f.mu.Lock()
-		done, ferr, changed, written := f.done, f.err, f.changed, f.written
-		f.mu.Unlock()
-		if done {
-			f.release()
-			if ferr != nil {
-				return 0, fmt.Errorf("storing %s: %w", d, ferr)
-			}
-			continue
-		}
-		if progress != nil && time.Since(last) >= progressEvery {
-			last = time.Now()
-			progress(written)
-		}
-		select {
-		case <-changed:
-			f.release()
-		case <-ctx.Done():
-			f.release()
-			return 0, ctx.Err()
-		}
-	}
+	return a.fetch.WaitStored(ctx, d, progress)
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,32 +25,7 @@ import (
 
 func (a *admin) timeline(r *http.Request) (any, error) { return a.metrics.lastHour(), nil }
 
-func (a *admin) inflightList(r *http.Request) (any, error) { return a.spool.list(), nil }
-
-// list returns the downloads in flight, largest first.
-func (s *spool) list() []adminapi.InFlight {
-	s.mu.Lock()
-	fills := make([]*fill, 0, len(s.fills))
-	for _, f := range s.fills {
-		fills = append(fills, f)
-	}
-	s.mu.Unlock()
-	out := make([]adminapi.InFlight, 0, len(fills))
-	for _, f := range fills {
-		f.mu.Lock()
-		in := adminapi.InFlight{Digest: f.d.String(), Registry: f.rt.registry, Repo: f.rt.repo, Size: f.size, Done: f.written,
-			Sources: append([]string{}, f.sources...)}
-		f.mu.Unlock()
-		out = append(out, in)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Size != out[j].Size {
-			return out[i].Size > out[j].Size
-		}
-		return out[i].Digest < out[j].Digest
-	})
-	return out
-}
+func (a *admin) inflightList(r *http.Request) (any, error) { return a.fetch.InFlight(), nil }
 
 func (a *admin) tags(r *http.Request) (any, error) {
 	ref, err := parseImageRef(r.URL.Query().Get("image"), a.cfg.DefaultRegistry)

@@ -17,6 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/p2p"
 )
 
@@ -92,10 +93,10 @@ func TestEndlessOrOversizedUpstreamBlobIsBounded(t *testing.T) {
 		reason        string
 		maxSent       int64 // what the upstream may have sent: the bound plus socket buffers
 	}{
-		{"endless, manifest pulled first", true, func(int64) int64 { return 0 }, boundDescriptor, 48 << 20},
-		{"endless, no manifest seen", false, func(int64) int64 { return 0 }, boundMax, maxBlob + 48<<20},
-		{"Content-Length above the descriptor size", true, func(n int64) int64 { return n + 1000 }, boundLength, 0},
-		{"Content-Length above max_blob_size", false, func(int64) int64 { return maxBlob + 1 }, boundMax, 0},
+		{"endless, manifest pulled first", true, func(int64) int64 { return 0 }, fetch.BoundDescriptor, 48 << 20},
+		{"endless, no manifest seen", false, func(int64) int64 { return 0 }, fetch.BoundMax, maxBlob + 48<<20},
+		{"Content-Length above the descriptor size", true, func(n int64) int64 { return n + 1000 }, fetch.BoundLength, 0},
+		{"Content-Length above max_blob_size", false, func(int64) int64 { return maxBlob + 1 }, fetch.BoundMax, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -153,8 +154,8 @@ func TestEndlessOrOversizedUpstreamBlobIsBounded(t *testing.T) {
 				t.Errorf("a size that can be refused up front did not get a 502 before any byte was sent")
 			}
 			waitEmptyDir(t, filepath.Join(d.cfg.DataDir, "tmp"))
-			if n := d.spool.boundExceeded()[tc.reason]; n != 1 {
-				t.Errorf("shoal_blob_bound_exceeded_total{reason=%q} = %d, want 1 (all: %v)", tc.reason, n, d.spool.boundExceeded())
+			if n := d.fetch.BoundExceeded()[tc.reason]; n != 1 {
+				t.Errorf("shoal_blob_bound_exceeded_total{reason=%q} = %d, want 1 (all: %v)", tc.reason, n, d.fetch.BoundExceeded())
 			}
 			for _, want := range []string{"broke its size bound", "registry=" + up.host(), "digest=" + dg.String(), "reason=" + tc.reason} {
 				if !strings.Contains(logs.String(), want) {
@@ -170,27 +171,6 @@ func TestEndlessOrOversizedUpstreamBlobIsBounded(t *testing.T) {
 			}
 			checkStore(t, d)
 		})
-	}
-}
-
-func TestSizeMemo(t *testing.T) {
-	t.Parallel()
-	m := newSizeMemo(2)
-	a, b, c := digest.FromString("a"), digest.FromString("b"), digest.FromString("c")
-	m.learn([]byte(fmt.Sprintf(`{"config":{"digest":%q,"size":1},"layers":[{"digest":%q,"size":2}]}`, a, b)))
-	if n, ok := m.size(a); !ok || n != 1 {
-		t.Errorf("config size %d %v", n, ok)
-	}
-	m.add(b, 3) // another manifest disagrees: the size is forgotten
-	if _, ok := m.size(b); ok {
-		t.Error("a disputed size is still used")
-	}
-	m.learn([]byte(fmt.Sprintf(`{"manifests":[{"digest":%q,"size":5}]}`, c)))
-	if _, ok := m.size(a); ok {
-		t.Error("the oldest entry was not forgotten at the bound")
-	}
-	if n, ok := m.size(c); !ok || n != 5 || len(m.sizes) != 2 {
-		t.Errorf("index entry size %d %v, %d entries", n, ok, len(m.sizes))
 	}
 }
 
@@ -232,8 +212,8 @@ func TestPeerOverBoundIsBannedAndPullSucceeds(t *testing.T) {
 		announce      func(size int64) int64
 		reason        string
 	}{
-		{"size other than the descriptor's", true, func(n int64) int64 { return n + 1 }, boundLength},
-		{"size above max_blob_size", false, func(int64) int64 { return 1 << 40 }, boundMax},
+		{"size other than the descriptor's", true, func(n int64) int64 { return n + 1 }, fetch.BoundLength},
+		{"size above max_blob_size", false, func(int64) int64 { return 1 << 40 }, fetch.BoundMax},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newUpstream(t)
@@ -269,8 +249,8 @@ func TestPeerOverBoundIsBannedAndPullSucceeds(t *testing.T) {
 			if ps := peerStatus(b.node, hostile.ID()); !ps.Banned {
 				t.Errorf("peer not banned: %+v", ps)
 			}
-			if n := b.spool.boundExceeded()[tc.reason]; n != 1 {
-				t.Errorf("bound exceeded (%s) %d times, want 1: %v", tc.reason, n, b.spool.boundExceeded())
+			if n := b.fetch.BoundExceeded()[tc.reason]; n != 1 {
+				t.Errorf("bound exceeded (%s) %d times, want 1: %v", tc.reason, n, b.fetch.BoundExceeded())
 			}
 			waitEmptyDir(t, filepath.Join(b.cfg.DataDir, "tmp"))
 			checkStore(t, b)
@@ -296,8 +276,8 @@ func TestMaxBlobSizeDefaultsToTheBudget(t *testing.T) {
 		set, want int64
 	}{{0, 100 << 20}, {10 << 20, 10 << 20}} {
 		d, _ := startBehind(t, up.host(), func(c *Config) { c.Store.MaxSize = 100 << 20; c.StoreMaxBlobSize = tc.set })
-		if d.spool.maxBlob != tc.want {
-			t.Errorf("store.max_blob_size %d: bound %d, want %d", tc.set, d.spool.maxBlob, tc.want)
+		if d.fetch.MaxBlob() != tc.want {
+			t.Errorf("store.max_blob_size %d: bound %d, want %d", tc.set, d.fetch.MaxBlob(), tc.want)
 		}
 	}
 }
@@ -337,7 +317,7 @@ func TestEndlessBlobOnAFullDiskIsBounded(t *testing.T) {
 		t.Errorf("the client got %d bytes, more than store.max_blob_size", n)
 	}
 	t.Logf("status %d, %d bytes to the client, %d sent by the upstream: %v", resp.StatusCode, n, hb.sent.Load(), err)
-	if got := d.spool.boundExceeded()[boundMax]; got != 1 {
-		t.Errorf("bound exceeded %d times, want 1: %v", got, d.spool.boundExceeded())
+	if got := d.fetch.BoundExceeded()[fetch.BoundMax]; got != 1 {
+		t.Errorf("bound exceeded %d times, want 1: %v", got, d.fetch.BoundExceeded())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -36,8 +37,8 @@ type Config struct {
 	// whatever its source says; 0 means the store's budget (store.max_size as the store
 	// computed it). Descriptor sizes and Content-Length bound a download further (blobsize.go).
 	StoreMaxBlobSize int64
-	// Guard is the mirror listener's access controls and limits (guard.go).
-	Guard GuardConfig
+	// Guard is the mirror listener's access controls and limits (package guard).
+	Guard guard.Config
 	// P2P is the libp2p node; P2PEnabled turns it off for a purely local mirror.
 	P2P        p2p.Config
 	P2PEnabled bool
@@ -82,9 +83,10 @@ type Config struct {
 //
 // Adding a setting: one entry here and its field in Config above (this file), its use, its
 // test; then `SHOAL_WRITE_DOCS=1 go test ./daemon -run TestDocsTable` rewrites the reference
-// in docs/configuration.md, and the Helm chart's values.yaml and values.schema.json get the
-// key (contrib/helm_test.go checks). The flag is the key with "." and "_" turned into "-" (and "security." dropped)
-// unless flag names another; the variable is SHOAL_ and the flag in capitals.
+// in docs/configuration.md and the `config` part of the Helm chart's values.schema.json (the
+// chart's values.yaml lists no setting it does not itself need). The flag is the key with "."
+// and "_" turned into "-" (and "security." dropped) unless flag names another; the variable is
+// SHOAL_ and the flag in capitals.
 var settings = []Setting{
 	{Key: "listen", Default: "127.0.0.1:5000", Arg: "ADDR", Help: "mirror API address",
 		ptr: func(c *Config) any { return &c.Listen }},
@@ -274,7 +276,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // DefaultConfig returns the built-in defaults of the settings table. It panics only if the
 // table's defaults are broken, which the tests catch.
 func DefaultConfig() Config {
-	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: DefaultGuardConfig(), Files: files.DefaultConfig(), Push: push.DefaultConfig()}
+	c := Config{Upstream: upstream.DefaultConfig(), Store: store.DefaultConfig(), P2P: p2p.DefaultConfig(), Guard: guard.DefaultConfig(), Files: files.DefaultConfig(), Push: push.DefaultConfig()}
 	if err := c.applyYAML(defaultsFromTable(), "settings table"); err != nil {
 		panic("settings table defaults: " + err.Error())
 	}
@@ -390,7 +392,7 @@ func (c *Config) Validate() error {
 	if err := c.Upstream.Validate(); err != nil {
 		return &ConfigError{Key: "upstream", Err: err}
 	}
-	if err := c.validateSecurity(); err != nil { // guard_config.go
+	if err := c.validateSecurity(); err != nil { // security.go
 		return err
 	}
 	if c.P2PEnabled {

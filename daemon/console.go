@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/console"
+	"github.com/shoal-mirror/shoal/internal/guard"
 )
 
 // listenConsole opens the web console's listener (console/): loopback by default, off
@@ -40,7 +41,7 @@ func (o *ops) listenConsole(cfg Config) error {
 		b, err := os.ReadFile(cfg.Console.Htpasswd)
 		if err == nil {
 			var users map[string][]byte
-			if users, err = parseHtpasswd(b); err == nil {
+			if users, err = guard.ParseHtpasswd(b); err == nil {
 				auth = newBasicAuth(users).check
 			}
 		}
@@ -52,7 +53,7 @@ func (o *ops) listenConsole(cfg Config) error {
 	c, err := console.New(console.Options{
 		// The console reads and acts through the admin API, in process, as `shoal` would.
 		Admin:        adminapi.NewClientFor(inProcess{h: o.admin.routes()}),
-		Loopback:     listensOnLoopback(ln.Addr().String()),
+		Loopback:     guard.ListensOnLoopback(ln.Addr().String()),
 		Authenticate: auth,
 		Log:          o.consoleLog,
 	})

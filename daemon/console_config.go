@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/guard"
 )
 
 // DefaultConsoleListen is the web console's default address. When it is taken (another shoal
@@ -36,7 +38,7 @@ func (c ConsoleConfig) validate() error {
 		}
 		// The console can pull, pin and remove content: anyone who can reach it off loopback
 		// must log in.
-		if !listensOnLoopback(c.Listen) && c.Htpasswd == "" {
+		if !guard.ListensOnLoopback(c.Listen) && c.Htpasswd == "" {
 			return &ConfigError{Key: "console.listen", Err: fmt.Errorf("%q is not a loopback address: set console.htpasswd (users must log in) or listen on 127.0.0.1", c.Listen)}
 		}
 	}
@@ -45,7 +47,7 @@ func (c ConsoleConfig) validate() error {
 		if err != nil {
 			return &ConfigError{Key: "console.htpasswd", Err: err}
 		}
-		if _, err := parseHtpasswd(b); err != nil {
+		if _, err := guard.ParseHtpasswd(b); err != nil {
 			return &ConfigError{Key: "console.htpasswd", Err: fmt.Errorf("%s: %w", c.Htpasswd, err)}
 		}
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/fetch"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -27,12 +29,10 @@ type Daemon struct {
 	up    *upstream.Client
 	srv   *http.Server
 	ln    net.Listener
-	node  *p2p.Node // nil when P2P is disabled
-	src   *sources
-	spool *spool
-	guard *guard // access controls and limits of the mirror API (guard.go)
-	hist  *history
-	ops   *ops // admin API and metrics (admin.go, metrics.go)
+	node  *p2p.Node      // nil when P2P is disabled
+	fetch *fetch.Fetcher // where content comes from, and the downloads in flight
+	guard *guard.Guard   // access controls and limits of the mirror API
+	ops   *ops           // admin API and metrics (admin.go, metrics.go)
 	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
 	canary *canaryLog
 	push   *push.Handler // the cluster-local namespace (push_config.go, package push); nil when off
@@ -55,9 +55,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, &ConfigError{Key: "registries", Err: err}
 	}
-	g, err := newGuard(cfg, log.With("component", "guard")) // guard.go
+	glog := log.With("component", "guard")
+	defaultRegistry := canonicalRegistry(cfg.DefaultRegistry)
+	g, err := guard.New(cfg.Guard, glog, guard.Options{Listen: cfg.Listen, SendFrom: sendFrom,
+		Route: func(r *http.Request) (string, string, bool) {
+			rt, err := parseRoute(r, defaultRegistry)
+			return rt.registry, rt.repo, err == nil
+		}})
 	if err != nil {
-		return nil, err
+		return nil, guardError(err)
+	}
+	if k := cfg.P2P.SwarmKeyFile; cfg.P2PEnabled && k != "" { // password files: upstream warns
+		if err := guard.CheckSecretFile(glog, "p2p.swarm_key_file", k); err != nil {
+			return nil, guardError(err)
+		}
 	}
 	st, err := store.Open(ctx, cfg.Store, log) // store names its component
 	if err != nil {
@@ -69,18 +80,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("mirror listener: %w", err)
 	}
 	mlog := log.With("component", "mirror")
-	sp := newSpool(st, mlog)
-	sp.maxBlob = cfg.StoreMaxBlobSize
-	if sp.maxBlob == 0 {
-		sp.maxBlob = st.Stats().MaxSize
+	maxBlob := cfg.StoreMaxBlobSize
+	if maxBlob == 0 {
+		maxBlob = st.Stats().MaxSize
 	}
-	hist := newHistory(4096)
-	priv := newPrivateSet(st)
-	src := &sources{up: up, private: priv, hist: hist, log: mlog, sharePrivate: cfg.P2PSharePrivate}
+	ups := &fileUpstream{UpstreamClient: up} // files.go: file hosts answer through package files
+	fe := fetch.New(fetch.Options{Store: st, Upstream: ups, Log: mlog, MaxBlob: maxBlob, SharePrivate: cfg.P2PSharePrivate})
 	var node *p2p.Node
 	if cfg.P2PEnabled {
-		content := &peerContent{store: st, spool: sp, private: priv, sharePrivate: cfg.P2PSharePrivate, src: src, log: log.With("component", "p2p")}
-		node, err = p2p.New(ctx, cfg.P2P, cfg.DataDir, content, log) // p2p names its component
+		node, err = p2p.New(ctx, cfg.P2P, cfg.DataDir, fe.PeerContent(log.With("component", "p2p")), log) // p2p names its component
 		if err != nil {
 			ln.Close()
 			st.Close()
@@ -89,7 +97,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			}
 			return nil, err
 		}
-		src.node = node
+		fe.SetNode(node)
 		// Evicted content is no longer advertised; peers holding a stale record get a
 		// not-found from us and move on.
 		st.Subscribe(func(e store.Event) {
@@ -98,60 +106,45 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			}
 		})
 	}
-	sp.onMismatch = src.banLiars
-	// Advertise a blob as soon as its download starts: peers follow it as it grows
-	// (serve-while-downloading), so a rollout pays the upstream once per cluster.
-	sp.onStarted = func(f *fill) { src.advertise(context.Background(), f.d) }
-	sp.onFilled = func(f *fill) { src.advertise(context.Background(), f.d) }
-	sp.onFailed = func(f *fill) {
-		// A download that failed is no longer advertised, unless the store holds the blob
-		// anyway (a push committed it meanwhile: its advertisement must stand).
-		if _, err := st.Stat(context.Background(), f.d); err == nil {
-			return
-		}
-		src.withdraw(f.d)
-	}
 	m := &mirror{
 		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),
 		tagTTL:          cfg.TagTTL,
 		store:           st,
 		up:              up,
-		spool:           sp,
-		src:             src,
-		hist:            hist,
+		fetch:           fe,
 		log:             mlog,
 		staleLog:        logEvery{every: time.Minute},
 		verifyFirst:     cfg.P2PVerifyBeforeServing,
 		verifyMaxWait:   cfg.P2PVerifyMaxWait,
 		canary:          newCanaryLog(),
 	}
-	var fe *filesEndpoint // files.go: Hugging Face and GitHub files
+	var fend *filesEndpoint // files.go: Hugging Face and GitHub files
 	if cfg.Files.Enabled {
-		if fe, err = newFilesEndpoint(cfg, m, log.With("component", "files")); err != nil {
+		if fend, err = newFilesEndpoint(cfg, m, log.With("component", "files")); err != nil {
 			(&Daemon{ln: ln, store: st, node: node}).abortNew()
 			return nil, err
 		}
-		src.up = fileUpstream{upstreamClient: up, files: fe.h}
+		ups.files = fend.h
 	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, hist: hist, src: src, spool: sp, guard: g, canary: m.canary}
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, fetch: fe, guard: g, canary: m.canary}
 	if cfg.Push.Namespace != "" || writeThroughConfigured(cfg) {
 		pc := cfg.Push
-		pc.MaxBlobSize = sp.maxBlob
-		ph, err := push.New(pc, st, log.With("component", "push"), func(dg digest.Digest) { src.advertise(context.Background(), dg) })
+		pc.MaxBlobSize = maxBlob
+		ph, err := push.New(pc, st, log.With("component", "push"), func(dg digest.Digest) { fe.Advertise(context.Background(), dg) })
 		if err != nil {
 			d.abortNew()
 			return nil, &ConfigError{Key: "push", Err: err}
 		}
-		d.push, m.push, m.pushUser = ph, ph, g.pushUser
+		d.push, m.push, m.pushUser = ph, ph, g.PushUser
 		// Write-through: what the upstream accepted is advertised unless the registry needed
 		// credentials (private stays private, p2p.share_private).
 		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) bool {
 			private := up.Private(host, repo)
 			for _, dg := range held {
 				if private {
-					priv.add(ctx, dg)
+					fe.MarkPrivate(ctx, dg)
 				}
-				src.advertise(ctx, dg)
+				fe.Advertise(ctx, dg)
 			}
 			return !private
 		})
@@ -163,12 +156,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			ph.SetCluster(pcl)
 		}
 	}
-	if err := d.openOps(routeFiles(fe, m), sp, src); err != nil { // admin.go: admin API and metrics
+	if err := d.openOps(routeFiles(fend, m), fe); err != nil { // admin.go: admin API and metrics
 		d.abortNew()
 		return nil, err
 	}
-	if fe != nil {
-		d.ops.admin.fileName, d.ops.admin.fileDigest = fe.h.Name, fe.h.DigestOf
+	if fend != nil {
+		d.ops.admin.fileName, d.ops.admin.fileDigest = fend.h.Name, fend.h.DigestOf
 	}
 	if d.push != nil && cfg.Push.Namespace != "" {
 		d.ops.admin.local = localImages(d.push)
@@ -178,15 +171,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           accessLog(mlog, g.wrap(routeFiles(fe, routeRoot(mux, m))), d.ops.observeRequest), // guard.go: access controls, limits
+		Handler:           guard.AccessLog(mlog, hdrSource, g.Wrap(routeFiles(fend, routeRoot(mux, m))), d.ops.observeRequest), // access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(mlog.Handler(), slog.LevelDebug),
 	}
-	// guard.go: header/idle limits from the config, TLS on the listener.
-	g.configure(d.srv, cfg.Guard)
-	d.ln = g.listener(d.ln)
+	// The guard's header/idle limits from the config, TLS on the listener.
+	g.Configure(d.srv)
+	d.ln = g.Listener(d.ln)
 	return d, nil
 }
 
@@ -238,7 +231,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stopOps()
 	// Downloads outlive their clients: let them finish (bounded) before the store closes.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
-	d.spool.shutdown(dctx)
+	d.fetch.Shutdown(dctx)
 	cancel()
 	if d.push != nil {
 		d.push.Close() // drops uploads in progress with their temporary data

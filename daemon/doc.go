@@ -1,12 +1,8 @@
-// Package daemon is the one place that wires shoal together: it builds the store, the upstream
-// client and the P2P node from one Config, owns the HTTP surfaces (the mirror API behind its
-// guard, the admin API, metrics and health) and decides where content comes from, in order:
-// the store, a download already in flight, peers that provide it (or the swarm's designated
-// fetcher for it), the upstream.
+// Package daemon wires shoal together: from one Config it builds the store, the upstream
+// client, where content comes from (internal/fetch: the resolution order, the downloads in
+// flight, the peers' side) and the P2P node, and it owns the HTTP surfaces (the mirror API
+// behind its guard, the admin API, metrics and health), reload and shutdown.
 //
-// It must never serve a byte that has not been verified against its digest: blob streams hold
-// back their final byte until the digest has been checked, and bytes that came from a peer are
-// held back from local clients until the whole blob has been checked, so a client never
-// receives a complete-looking body with wrong content, and a lying peer costs a refetch, not
-// a failed pull. A request from a peer is never forwarded to another peer.
+// It must never serve a byte that internal/fetch did not verify against its digest, and never
+// forward a request from a peer to another peer.
 package daemon

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -105,29 +106,29 @@ func routeFiles(fe *filesEndpoint, next http.Handler) http.Handler {
 }
 
 // fileUpstream is the upstream as the blob path sees it: file hosts answer through package
-// files, registries through the registry client.
+// files, registries through the registry client. files is nil when files are off.
 type fileUpstream struct {
-	upstreamClient
+	fetch.UpstreamClient
 	files *files.Handler
 }
 
-func (u fileUpstream) GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
-	if files.IsFileRegistry(host) {
+func (u *fileUpstream) GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+	if u.files != nil && files.IsFileRegistry(host) {
 		return u.files.OpenBlob(ctx, host, repo, d, offset)
 	}
-	return u.upstreamClient.GetBlob(ctx, host, repo, d, offset)
+	return u.UpstreamClient.GetBlob(ctx, host, repo, d, offset)
 }
 
-func (u fileUpstream) Private(host, repo string) bool {
-	if files.IsFileRegistry(host) {
+func (u *fileUpstream) Private(host, repo string) bool {
+	if u.files != nil && files.IsFileRegistry(host) {
 		return u.files.Private(host, repo)
 	}
-	return u.upstreamClient.Private(host, repo)
+	return u.UpstreamClient.Private(host, repo)
 }
 
-func (u fileUpstream) Endpoint(host string) (*url.URL, error) {
-	if files.IsFileRegistry(host) {
+func (u *fileUpstream) Endpoint(host string) (*url.URL, error) {
+	if u.files != nil && files.IsFileRegistry(host) {
 		return &url.URL{Scheme: "https", Host: host}, nil
 	}
-	return u.upstreamClient.Endpoint(host)
+	return u.UpstreamClient.Endpoint(host)
 }

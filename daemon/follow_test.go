@@ -284,7 +284,7 @@ func TestDesignatedNodeLeavesThePeerItFollowed(t *testing.T) {
 	// One upstream fetch of the rest. (It is two GETs here: this test registry answers an
 	// open-ended Range with 416, and shoal then asks for the whole blob and skips the prefix.)
 	var fromUpstream []string
-	for _, dec := range x.hist.recent(hc.d) {
+	for _, dec := range x.fetch.Recent(hc.d, 0) {
 		if dec.Source == "upstream" {
 			fromUpstream = append(fromUpstream, dec.Reason)
 		}
@@ -336,14 +336,12 @@ func clientStartsDownload(t *testing.T, x *Daemon, hc *halfwayContent) (*http.Re
 	}
 	t.Cleanup(func() { resp.Body.Close() })
 	waitFor(t, func() bool {
-		f := x.spool.lookup(hc.d)
-		if f == nil {
-			return false
+		for _, in := range x.fetch.InFlight() {
+			if in.Digest == hc.d.String() {
+				return in.Done > 0
+			}
 		}
-		defer f.release()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.written > 0
+		return false
 	})
 	zcfg := p2p.DefaultConfig()
 	zcfg.Listen = []string{"/ip4/" + nextIP() + "/tcp/0"}

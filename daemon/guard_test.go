@@ -3,22 +3,14 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,8 +24,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
-	"golang.org/x/crypto/bcrypt"
 
+	"github.com/shoal-mirror/shoal/internal/testutil"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -160,54 +152,6 @@ func TestGuardRepositoryPatterns(t *testing.T) {
 	}
 }
 
-func TestRepoPatternMatching(t *testing.T) {
-	t.Parallel()
-	cases := []struct {
-		pattern, registry, repo string
-		match                   bool
-	}{
-		{"docker.io/library/*", "docker.io", "library/alpine", true},
-		{"docker.io/library/*", "docker.io", "bitnami/redis", false},
-		{"docker.io/alpine", "docker.io", "library/alpine", true}, // library/ added as routing does
-		{"index.docker.io/library/alp?ne", "docker.io", "library/alpine", true},
-		{"ghcr.io/myorg/*", "ghcr.io", "myorg/tools/builder", true},
-		{"ghcr.io/myorg/*", "ghcr.io", "myorgx/tools", false},
-		{"ghcr.io/myorg/*", "ghcr.io.evil.com", "myorg/x", false},
-		{"GHCR.io/myorg/*", "ghcr.io", "myorg/x", true},
-		{"quay.io/a.b/*", "quay.io", "aXb/c", false}, // dots are literal
-		{"127.0.0.1:5000/*", "127.0.0.1:5000", "x/y", true},
-	}
-	for _, tc := range cases {
-		res, err := compileRepoPatterns("k", []string{tc.pattern})
-		if err != nil {
-			t.Fatalf("%s: %v", tc.pattern, err)
-		}
-		p := &guardPolicy{allowRepo: res}
-		if got := p.repoAllowed(tc.registry, tc.repo); got != tc.match {
-			t.Errorf("%s vs %s/%s: %v, want %v", tc.pattern, tc.registry, tc.repo, got, tc.match)
-		}
-	}
-	for _, bad := range []string{"alpine", "docker.io/", "/x"} {
-		if _, err := compileRepoPatterns("security.allow_repo", []string{bad}); err == nil || !strings.Contains(err.Error(), "security.allow_repo") {
-			t.Errorf("pattern %q: err %v, want a ConfigError naming the key", bad, err)
-		}
-	}
-}
-
-func TestClientKeyGroupsIPv6By64(t *testing.T) {
-	t.Parallel()
-	k := func(s string) netip.Prefix { return clientKey(netip.MustParseAddr(s)) }
-	if k("2001:db8:1:2::1") != k("2001:db8:1:2:ffff::9") {
-		t.Error("two addresses of one /64 are different clients")
-	}
-	if k("2001:db8:1:2::1") == k("2001:db8:1:3::1") {
-		t.Error("two /64s are one client")
-	}
-	if k("192.0.2.1") == k("192.0.2.2") {
-		t.Error("two IPv4 addresses are one client")
-	}
-}
-
 func TestGuardRateLimit(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t)
@@ -329,30 +273,11 @@ func TestGuardConcurrencyPerClient(t *testing.T) {
 	}
 }
 
-// writeHtpasswd writes an htpasswd file with bcrypt hashes, in $2y$ form like `htpasswd -B`.
-func writeHtpasswd(t *testing.T, users map[string]string) string {
-	t.Helper()
-	var b strings.Builder
-	b.WriteString("# shoal test users\n\n")
-	for u, p := range users {
-		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "%s:$2y$%s\n", u, strings.TrimPrefix(string(h), "$2a$"))
-	}
-	path := filepath.Join(t.TempDir(), "htpasswd")
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 func TestGuardHtpasswd(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t)
 	img := pushRandom(t, up, "test/auth", 2048, 2)
-	hp := writeHtpasswd(t, map[string]string{"alice": "wonderland", "bob": "builder"})
+	hp := testutil.WriteHtpasswd(t, map[string]string{"alice": "wonderland", "bob": "builder"})
 	d := startDaemon(t, up, func(c *Config) {
 		c.Guard.Htpasswd = hp
 		c.Guard.AuthExemptCIDR = []string{"127.0.0.1/32"} // 127.0.0.2 plays a remote client
@@ -406,92 +331,17 @@ func TestGuardHtpasswd(t *testing.T) {
 	}
 }
 
-func TestHtpasswdParsing(t *testing.T) {
-	t.Parallel()
-	h, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-	for _, tc := range []struct{ name, file, err string }{
-		{"ok", "alice:" + string(h) + "\n", ""},
-		{"md5 refused", "alice:$apr1$abc$def\n", "only bcrypt"},
-		{"sha1 refused", "alice:{SHA}abc=\n", "only bcrypt"},
-		{"plain refused", "alice:pw\n", "only bcrypt"},
-		{"no colon", "alice\n", "line 1"},
-		{"duplicate", "a:" + string(h) + "\na:" + string(h) + "\n", "twice"},
-		{"empty", "# nothing\n", "no users"},
-		{"broken bcrypt", "alice:$2y$10$short\n", "malformed"},
-	} {
-		users, err := parseHtpasswd([]byte(tc.file))
-		switch {
-		case tc.err == "" && (err != nil || len(users) != 1):
-			t.Errorf("%s: %v", tc.name, err)
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
-		case err != nil && strings.Contains(err.Error(), "$"):
-			t.Errorf("%s: error quotes the hash: %v", tc.name, err)
-		}
-	}
-}
-
-// testCA is a certificate authority made for one test, and a server certificate it signed
-// for 127.0.0.1.
-type testCA struct {
-	pool              *x509.CertPool
-	certFile, keyFile string
-	key               *ecdsa.PrivateKey
-	cert              *x509.Certificate
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "shoal test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{pool: x509.NewCertPool(), key: key, cert: cert}
-	ca.pool.AddCert(cert)
-	ca.certFile, ca.keyFile = ca.issue(t, "server-1")
-	return ca
-}
-
-// issue writes a server certificate for 127.0.0.1 (key mode 0600) and returns the files.
-func (ca *testCA) issue(t *testing.T, cn string) (certFile, keyFile string) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-	return certFile, keyFile
-}
-
 func TestGuardTLS(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t)
 	img := pushRandom(t, up, "test/tls", 4096, 2)
-	ca := newTestCA(t)
+	ca := testutil.NewTestCA(t)
 	var cfg Config
 	d := startDaemon(t, up, func(c *Config) {
-		c.Guard.TLSCert, c.Guard.TLSKey = ca.certFile, ca.keyFile
+		c.Guard.TLSCert, c.Guard.TLSKey = ca.CertFile, ca.KeyFile
 		cfg = *c
 	})
-	tlsCfg := &tls.Config{RootCAs: ca.pool}
+	tlsCfg := &tls.Config{RootCAs: ca.Pool}
 	url := "https://" + d.Addr() + "/v2/"
 	if a := ask(t, clientFrom("127.0.0.1", tlsCfg), "GET", url, nil); a.status != 200 {
 		t.Fatalf("GET over TLS: %d", a.status)
@@ -516,7 +366,7 @@ func TestGuardTLS(t *testing.T) {
 		t.Fatalf("pulled image: %v", err)
 	}
 	// Reload with a new certificate: new connections get it.
-	cfg.Guard.TLSCert, cfg.Guard.TLSKey = ca.issue(t, "server-2")
+	cfg.Guard.TLSCert, cfg.Guard.TLSKey = ca.Issue(t, "server-2")
 	if err := d.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -532,73 +382,6 @@ func TestGuardTLS(t *testing.T) {
 	cfg.Guard.TLSCert, cfg.Guard.TLSKey = "", ""
 	if err := d.Reload(cfg); err == nil {
 		t.Error("reload switched TLS off")
-	}
-}
-
-func TestInsecureListenWarning(t *testing.T) {
-	t.Parallel()
-	ca := newTestCA(t)
-	for _, tc := range []struct {
-		name   string
-		listen string
-		mod    func(*GuardConfig)
-		warn   bool
-	}{
-		{"loopback", "127.0.0.1:5000", nil, false},
-		{"localhost", "localhost:5000", nil, false},
-		{"all interfaces", "0.0.0.0:5000", nil, true},
-		{"all interfaces v6", "[::]:5000", nil, true},
-		{"LAN address", "10.1.2.3:5000", nil, true},
-		{"with TLS", "0.0.0.0:5000", func(g *GuardConfig) { g.TLSCert, g.TLSKey = ca.certFile, ca.keyFile }, false},
-		{"allowed", "0.0.0.0:5000", func(g *GuardConfig) { g.AllowInsecureListen = true }, false},
-	} {
-		cfg := DefaultConfig()
-		cfg.Listen = tc.listen
-		if tc.mod != nil {
-			tc.mod(&cfg.Guard)
-		}
-		var buf bytes.Buffer
-		if _, err := newGuard(cfg, slog.New(slog.NewTextHandler(&buf, nil))); err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		if got := strings.Contains(buf.String(), "without TLS"); got != tc.warn {
-			t.Errorf("%s: warned %v, want %v (log %q)", tc.name, got, tc.warn, buf.String())
-		}
-	}
-}
-
-func TestSecretFileModes(t *testing.T) {
-	t.Parallel()
-	hp := writeHtpasswd(t, map[string]string{"alice": "x"})
-	for _, tc := range []struct {
-		mode os.FileMode
-		err  bool
-		warn bool
-	}{{0o600, false, false}, {0o644, false, true}, {0o666, true, false}} {
-		if err := os.Chmod(hp, tc.mode); err != nil {
-			t.Fatal(err)
-		}
-		cfg := DefaultConfig()
-		cfg.Listen = "127.0.0.1:5000"
-		cfg.Guard.Htpasswd = hp
-		var buf bytes.Buffer
-		_, err := newGuard(cfg, slog.New(slog.NewTextHandler(&buf, nil)))
-		var ce *ConfigError
-		if tc.err != (err != nil) || (err != nil && (!errors.As(err, &ce) || ce.Key != "security.htpasswd")) {
-			t.Errorf("mode %04o: err %v, want error=%v naming security.htpasswd", tc.mode, err, tc.err)
-		}
-		if got := strings.Contains(buf.String(), "world-readable"); got != tc.warn {
-			t.Errorf("mode %04o: warned %v, want %v", tc.mode, got, tc.warn)
-		}
-	}
-	// Config.Validate refuses a world-writable password file or swarm key too.
-	pw := filepath.Join(t.TempDir(), "pw")
-	os.WriteFile(pw, []byte("secret\n"), 0o600)
-	os.Chmod(pw, 0o666)
-	cfg := DefaultConfig()
-	cfg.SetRegistry("ghcr.io", upstream.RegistryConfig{Username: "bob", PasswordFile: pw})
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "password_file") || strings.Contains(err.Error(), "secret\n") {
-		t.Errorf("world-writable password file: %v", err)
 	}
 }
 
@@ -734,7 +517,7 @@ func TestReloadAppliesLimitsUsersAndRepos(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t)
 	pushRandom(t, up, "team/app", 1024, 1)
-	hp := writeHtpasswd(t, map[string]string{"alice": "one"})
+	hp := testutil.WriteHtpasswd(t, map[string]string{"alice": "one"})
 	var cfg Config
 	d := startDaemon(t, up, func(c *Config) {
 		c.Guard.Htpasswd = hp
@@ -752,7 +535,7 @@ func TestReloadAppliesLimitsUsersAndRepos(t *testing.T) {
 		t.Fatalf("before reload: %d", a.status)
 	}
 	// New password, a rate limit of one request per minute, and the repository denied.
-	cfg.Guard.Htpasswd = writeHtpasswd(t, map[string]string{"alice": "two"})
+	cfg.Guard.Htpasswd = testutil.WriteHtpasswd(t, map[string]string{"alice": "two"})
 	cfg.Guard.RateLimit, cfg.Guard.RateBurst = 1.0/60, 1
 	cfg.Guard.DenyRepo = []string{up.host() + "/team/*"}
 	if err := d.Reload(cfg); err != nil {
@@ -803,5 +586,29 @@ func TestGuardSizeLimits(t *testing.T) {
 	}
 	if a := ask(t, http.DefaultClient, "GET", base+"/v2/", nil); a.status != 200 {
 		t.Errorf("ordinary request: %d", a.status)
+	}
+}
+
+// TestSecretFileModes: Config.Validate refuses a world-writable secret file with the daemon's
+// ConfigError naming its key: the guard's htpasswd (package guard checks the modes, with the
+// warnings) as well as a registry's password file or swarm key.
+func TestSecretFileModes(t *testing.T) {
+	t.Parallel()
+	hp := testutil.WriteHtpasswd(t, map[string]string{"alice": "x"})
+	os.Chmod(hp, 0o666)
+	hcfg := DefaultConfig()
+	hcfg.Guard.Htpasswd = hp
+	var ce *ConfigError
+	if err := hcfg.Validate(); !errors.As(err, &ce) || ce.Key != "security.htpasswd" || !strings.Contains(err.Error(), "world-writable") {
+		t.Errorf("world-writable htpasswd: %v, want a ConfigError naming security.htpasswd", err)
+	}
+	// Config.Validate refuses a world-writable password file or swarm key too.
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	os.Chmod(pw, 0o666)
+	cfg := DefaultConfig()
+	cfg.SetRegistry("ghcr.io", upstream.RegistryConfig{Username: "bob", PasswordFile: pw})
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "password_file") || strings.Contains(err.Error(), "secret\n") {
+		t.Errorf("world-writable password file: %v", err)
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files"
+	"github.com/shoal-mirror/shoal/internal/fetch"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -44,7 +46,7 @@ func newMetrics(version string, state *stateCollector) *metrics {
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_requests_total",
-			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, upstream, passthrough, none) and HTTP status.",
+			Help: "Mirror API requests by route (manifest, blob, tags, referrers, base, health, other), source of the answer (store, inflight, peer, designated, upstream, passthrough, none) and HTTP status.",
 		}, []string{"route", "source", "status"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_http_response_bytes_total",
@@ -108,16 +110,16 @@ func routeOf(path string) string {
 var knownSources = map[string]bool{"store": true, "inflight": true, "peer": true, "designated": true, "upstream": true, "passthrough": true}
 
 // observeRequest records one finished mirror request.
-func (m *metrics) observeRequest(rd requestDone) {
-	route := routeOf(rd.path)
-	source := rd.source
+func (m *metrics) observeRequest(rd guard.Served) {
+	route := routeOf(rd.Path)
+	source := rd.Source
 	if !knownSources[source] {
 		source = "none"
 	}
-	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.status)).Inc()
-	m.bytes.WithLabelValues(route, source).Add(float64(rd.bytes))
-	m.duration.WithLabelValues(route).Observe(rd.duration.Seconds())
-	if (route == "manifest" || route == "blob" || route == "file") && rd.status < 300 && source != "none" {
+	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.Status)).Inc()
+	m.bytes.WithLabelValues(route, source).Add(float64(rd.Bytes))
+	m.duration.WithLabelValues(route).Observe(rd.Duration.Seconds())
+	if (route == "manifest" || route == "blob" || route == "file") && rd.Status < 300 && source != "none" {
 		m.mu.Lock()
 		sc := m.bySource[source]
 		if sc == nil {
@@ -125,8 +127,8 @@ func (m *metrics) observeRequest(rd requestDone) {
 			m.bySource[source] = sc
 		}
 		sc.Requests++
-		sc.Bytes += rd.bytes
-		m.timeline.add(time.Now(), source, rd.bytes)
+		sc.Bytes += rd.Bytes
+		m.timeline.add(time.Now(), source, rd.Bytes)
 		m.mu.Unlock()
 	}
 }
@@ -176,8 +178,11 @@ type stateCollector struct {
 	store *store.Store
 	up    *upstream.Client
 	node  p2pNode // nil: P2P disabled
-	spool *spool
-	guard *guard
+	spool interface {
+		Count() int
+		BoundExceeded() map[string]int64
+	}
+	guard *guard.Guard
 }
 
 var (
@@ -256,16 +261,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	gauge(descInflight, float64(c.spool.inflight()))
-	bounded := c.spool.boundExceeded()
-	for _, reason := range []string{boundDescriptor, boundLength, boundMax} {
+	gauge(descInflight, float64(c.spool.Count()))
+	bounded := c.spool.BoundExceeded()
+	for _, reason := range []string{fetch.BoundDescriptor, fetch.BoundLength, fetch.BoundMax} {
 		counter(descBlobBound, float64(bounded[reason]), reason)
 	}
-	for reason, n := range c.guard.refusals() {
+	for reason, n := range c.guard.Refusals() {
 		counter(descGuardRefused, float64(n), reason)
 	}
-	counter(descGuardConnRefused, float64(c.guard.conns.refused.Load()))
-	gauge(descMirrorConns, float64(c.guard.conns.total()))
+	counter(descGuardConnRefused, float64(c.guard.ConnsRefused()))
+	gauge(descMirrorConns, float64(c.guard.Conns()))
 	if c.node == nil {
 		gauge(descP2PEnabled, 0)
 		return
@@ -294,22 +299,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PInboundFailed, float64(ns.InboundHandshakeFailures))
 }
 
-// inflight is the number of blob downloads under way.
-func (s *spool) inflight() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.fills)
-}
-
 // timedPeerNode times the mirror's provider lookups and counts its provides for the metrics.
 type timedPeerNode struct {
-	peerNode
+	fetch.PeerNode
 	m *metrics
 }
 
 func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max int) ([]p2p.Peer, error) {
 	start := time.Now()
-	peers, err := t.peerNode.FindProviders(ctx, d, max)
+	peers, err := t.PeerNode.FindProviders(ctx, d, max)
 	result := "found"
 	switch {
 	case err != nil:
@@ -322,7 +320,7 @@ func (t *timedPeerNode) FindProviders(ctx context.Context, d digest.Digest, max 
 }
 
 func (t *timedPeerNode) Provide(ctx context.Context, d digest.Digest) error {
-	err := t.peerNode.Provide(ctx, d)
+	err := t.PeerNode.Provide(ctx, d)
 	result := "ok"
 	if err != nil {
 		result = "error"

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/shoal-mirror/shoal/internal/fetch"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/push"
@@ -27,7 +28,7 @@ import (
 
 // Response headers that tell an operator (and the tests) where an answer came from.
 const (
-	hdrSource = "X-Shoal-Source" // store | inflight | upstream | passthrough
+	hdrSource = "X-Shoal-Source" // store | inflight | peer | designated | upstream | passthrough (fetch.Kind)
 	hdrStale  = "X-Shoal-Stale"  // "true": tag served from cache because the upstream failed
 )
 
@@ -45,9 +46,7 @@ type mirror struct {
 	tagTTL          time.Duration
 	store           *store.Store
 	up              *upstream.Client
-	spool           *spool
-	src             *sources
-	hist            *history
+	fetch           *fetch.Fetcher // where blobs and manifests come from (internal/fetch)
 	log             *slog.Logger
 	flight          singleflight.Group // manifests and tag lookups, keyed by digest or name
 	verifyFirst     bool               // p2p.verify_before_serving: peer bytes wait for the digest check
@@ -55,7 +54,7 @@ type mirror struct {
 	staleLog        logEvery
 	canary          *canaryLog // canary.go: `shoal doctor`'s nonces
 	// push serves the cluster-local namespace, reads and writes (package push); nil when
-	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.go).
+	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.PushUser).
 	push     *push.Handler
 	pushUser func(*http.Request) string
 }
@@ -89,12 +88,12 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 		return ocierr.ErrNoRoute
 	}
 	if m.push.Match(r) { // the cluster-local namespace: never routed upstream
-		return m.push.Serve(w, r, push.Client{Addr: remoteIP(r), User: m.pushUser(r)})
+		return m.push.Serve(w, r, push.Client{Addr: guard.RemoteIP(r), User: m.pushUser(r)})
 	}
 	if m.push != nil && push.WritesThrough(r) {
 		// A push to a registry configured with write_through (push/writethrough.go).
 		if host := push.WriteThroughHost(r); host != "" && m.up.WriteThrough(host) {
-			return m.push.ServeWriteThrough(w, r, push.Client{Addr: remoteIP(r), User: m.pushUser(r)}, host)
+			return m.push.ServeWriteThrough(w, r, push.Client{Addr: guard.RemoteIP(r), User: m.pushUser(r)}, host)
 		}
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -127,42 +126,32 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 // ---- blobs ----
 
 func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
-	ctx := r.Context()
 	d := digest.Digest(rt.ref)
-	open := m.src.blobOpener(rt, d)
+	ref := fetch.Ref{Registry: rt.registry, Repo: rt.repo}
+	open := m.fetch.Opener(ref, d)
 	if m.push != nil && rt.registry == m.push.Namespace() {
-		open = m.src.peersOnly(d) // push_cluster.go: the local namespace has no upstream
+		open = m.fetch.PeersOnly(d, store.ErrNotFound) // push_cluster.go: the local namespace has no upstream
 	}
-	for {
-		rc, info, err := m.store.Reader(ctx, d)
-		if err == nil {
-			defer rc.Close()
-			return m.serveStored(w, r, d, rc, info.Size)
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		f, started, err := m.spool.join(ctx, rt, d, open)
-		switch {
-		case errors.Is(err, store.ErrNoSpace):
-			m.spool.noSpace.do(func() { m.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
-			return m.serveDirect(w, r, rt, d, open)
-		case err != nil:
-			return err
-		case f == nil:
-			continue // committed between our two looks: read it from the store
-		}
-		defer f.release()
-		return m.serveFill(w, r, d, f, started, open)
+	b, err := m.fetch.Blob(r.Context(), ref, d, open) // the store, a download in flight, or a new one
+	switch {
+	case errors.Is(err, store.ErrNoSpace):
+		return m.serveDirect(w, r, ref, d, open)
+	case err != nil:
+		return err
+	case b.Stored != nil:
+		defer b.Stored.Close()
+		return m.serveStored(w, r, d, b.Stored, b.Size)
 	}
+	defer b.Fill.Release()
+	return m.serveFill(w, r, d, b.Fill, b.Started, open)
 }
 
-func setBlobHeaders(h http.Header, d digest.Digest, source string) {
+func setBlobHeaders(h http.Header, d digest.Digest, source fetch.Kind) {
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set(hdrSource, source)
+	h.Set(hdrSource, source.String())
 }
 
 // writeBlobHead answers the Range header for a blob of the given size and writes the status
@@ -189,7 +178,7 @@ func writeBlobHead(w http.ResponseWriter, r *http.Request, size int64) (int64, i
 
 // serveStored sends committed content. io.CopyN over the *os.File lets net/http use sendfile.
 func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest, rc io.ReadSeeker, size int64) error {
-	setBlobHeaders(w.Header(), d, "store")
+	setBlobHeaders(w.Header(), d, fetch.Store)
 	start, end, err := writeBlobHead(w, r, size)
 	if err != nil || r.Method == http.MethodHead {
 		return err
@@ -211,11 +200,11 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 }
 
 // serveFill streams a blob that is being downloaded, as it arrives.
-func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fill, started bool, open blobOpener) error {
+func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fetch.Fill, started bool, open fetch.Opener) error {
 	ctx := r.Context()
-	size, err := f.waitStarted(ctx)
+	size, err := f.WaitStarted(ctx)
 	if errors.Is(err, store.ErrNoSpace) {
-		return m.serveDirect(w, r, f.rt, d, open)
+		return m.serveDirect(w, r, f.Ref(), d, open)
 	}
 	if err != nil {
 		return ocierr.NotFoundAs(err, "BLOB_UNKNOWN", "blob")
@@ -223,14 +212,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if size < 0 {
 		r.Header.Del("Range") // unknown size: send it whole
 	}
-	source := "inflight" // following a download someone else started
-	if started {
-		source = "upstream"
-		if srcs := f.sourceList(); len(srcs) > 0 {
-			source, _, _ = strings.Cut(srcs[0], ":") // upstream | peer | designated
-		}
-	}
-	setBlobHeaders(w.Header(), d, source)
+	setBlobHeaders(w.Header(), d, f.SourceFor(started)) // inflight when following another's download
 	rng, err := parseRange(r.Header.Get("Range"), size)
 	if err != nil || r.Method == http.MethodHead {
 		_, _, err = writeBlobHead(w, r, size)
@@ -249,15 +231,15 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	if rng != nil {
 		// A range's last byte waits for the digest check (readAt): if the verdict comes within
 		// the wait, a blob that does not verify gets an OCI error, not a cut 206.
-		f.waitSettled(pctx)
+		f.WaitSettled(pctx)
 	}
-	fr := clientReader(pctx, f, start, end, m.verifyFirst, m.verifyMaxWait)
+	fr := f.ClientReader(pctx, start, end, m.verifyFirst, m.verifyMaxWait)
 	n, err := fr.Read(buf)
 	cancel()
-	fr.ctx = ctx
+	fr.SetContext(ctx)
 	switch {
 	case errors.Is(err, store.ErrNoSpace) && n == 0 && start == 0:
-		return m.serveDirect(w, r, f.rt, d, open)
+		return m.serveDirect(w, r, f.Ref(), d, open)
 	case err == nil, err == io.EOF, errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 	default:
 		return ocierr.NotFoundAs(err, "BLOB_UNKNOWN", "blob")
@@ -273,9 +255,9 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	_ = http.NewResponseController(w).Flush()
 	if size >= 0 {
 		// Down the ResponseWriter's ReadFrom to the connection, which sends the bytes from the
-		// fill's temporary file with sendfile as they become readable (conncap.go): no copy
+		// fill's temporary file with sendfile as they become readable (sendfile.go): no copy
 		// through this process. Chunked (unknown size) bodies cannot, net/http copies those.
-		_, err = io.Copy(w, fr)
+		_, err = io.Copy(w, spanner{fr})
 	} else {
 		_, err = io.CopyBuffer(writerOnly{w}, fr, buf)
 	}
@@ -283,7 +265,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 		// The disk filled up under the download: go on from the upstream where we are,
 		// verifying the whole blob ourselves (the prefix is re-hashed from the temp file). Not
 		// for a range: its bytes could not be verified before they went out.
-		err = m.continueDirect(ctx, w, d, f, fr.off, open)
+		err = m.continueDirect(ctx, w, d, f, fr.Offset(), open)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %v", errAborted, err)
@@ -291,9 +273,9 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	return nil
 }
 
-func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Digest, f *fill, pos int64, open blobOpener) error {
+func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Digest, f *fetch.Fill, pos int64, open fetch.Opener) error {
 	h := d.Algorithm().Hash()
-	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.currentWriter().ReadAt), 0, pos)); err != nil {
+	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.ReadPrefixAt), 0, pos)); err != nil {
 		return err
 	}
 	rc, size, source, err := open(ctx, pos)
@@ -301,15 +283,22 @@ func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Diges
 		return err
 	}
 	defer rc.Close()
-	br, err := m.spool.directBound(rc, d, size, pos)
+	br, err := m.fetch.DirectBound(rc, d, size, pos)
 	if err == nil {
-		_, err = io.Copy(w, newVerifyingReader(br, d, h))
+		_, err = io.Copy(w, fetch.NewVerifyingReader(br, d, h))
 	}
-	if be, ok := errors.AsType[*boundError](err); ok {
-		m.spool.noteBound(f.rt, d, []string{source}, be)
-	}
+	m.fetch.NoteBound(f.Ref(), d, source, err)
 	return err
 }
+
+// spanner lets the connection send a download in flight with sendfile (conncap.go's
+// fileSpanner) as its bytes become readable.
+type spanner struct{ *fetch.FillReader }
+
+var _ fileSpanner = spanner{} // in-flight downloads go out by sendfile (sendfile.go)
+
+func (s spanner) span(max int64) (*os.File, int64, int64, error) { return s.Span(max) }
+func (s spanner) sent(n int64)                                   { s.Sent(n) }
 
 // writerOnly hides io.ReaderFrom so that io.CopyBuffer uses the buffer it is given.
 type writerOnly struct{ io.Writer }
@@ -320,7 +309,7 @@ func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off
 
 // serveDirect is the degraded path when the store cannot take the blob: stream it from the
 // upstream, verified, without keeping it. A Range cannot be verified, so it is refused.
-func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d digest.Digest, open blobOpener) error {
+func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, ref fetch.Ref, d digest.Digest, open fetch.Opener) error {
 	if r.Header.Get("Range") != "" {
 		return &ocierr.Error{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
 	}
@@ -330,19 +319,17 @@ func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d
 	}
 	defer rc.Close()
 	// Nothing is stored, but the bound still holds: an endless body would stream for ever.
-	br, err := m.spool.directBound(rc, d, size, 0)
+	br, err := m.fetch.DirectBound(rc, d, size, 0)
 	if err == nil {
-		setBlobHeaders(w.Header(), d, "passthrough")
+		setBlobHeaders(w.Header(), d, fetch.Passthrough)
 		if _, _, err := writeBlobHead(w, r, size); err != nil || r.Method == http.MethodHead {
 			return err
 		}
-		if _, err = io.Copy(w, newVerifyingReader(br, d, nil)); err != nil {
+		if _, err = io.Copy(w, fetch.NewVerifyingReader(br, d, nil)); err != nil {
 			err = fmt.Errorf("%w: %w", errAborted, err)
 		}
 	}
-	if be, ok := errors.AsType[*boundError](err); ok {
-		m.spool.noteBound(rt, d, []string{source}, be)
-	}
+	m.fetch.NoteBound(ref, d, source, err)
 	return err
 }
 
@@ -351,7 +338,7 @@ func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, rt route, d
 type manifestResult struct {
 	data      []byte
 	mediaType string
-	source    string
+	source    fetch.Kind
 }
 
 func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) error {
@@ -379,7 +366,7 @@ func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) erro
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Content-Length", strconv.Itoa(len(mr.data)))
 	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set(hdrSource, mr.source)
+	h.Set(hdrSource, mr.source.String())
 	if stale {
 		h.Set(hdrStale, "true")
 	}
@@ -434,108 +421,18 @@ func upstreamUnavailable(err error) bool {
 	return !errors.Is(err, upstream.ErrUnknownRegistry) && !errors.Is(err, upstream.ErrDigestMismatch)
 }
 
-// manifestBytes returns a manifest by digest from the store or, once for all concurrent
-// callers, from the upstream (verified, then stored).
+// manifestBytes returns a manifest by digest: the resolution order for manifests (fetch).
 func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (manifestResult, error) {
-	if rc, info, err := m.store.Reader(ctx, d); err == nil {
-		defer rc.Close()
-		data, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
-		if err != nil {
-			return manifestResult{}, err
-		}
-		m.spool.sizes.learn(data)
-		return manifestResult{data: data, mediaType: info.MediaType, source: "store"}, nil
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return manifestResult{}, err
-	}
-	v, err, _ := m.flight.Do("manifest\x00"+d.String(), func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		defer cancel()
-		source, private := "peer", false
-		data, ok := m.src.manifestFromPeers(ctx, d)
-		desc := upstream.Descriptor{Digest: d, MediaType: sniffManifestType(data), Size: int64(len(data))}
-		if !ok {
-			var err error
-			source = "upstream"
-			data, desc, err = m.up.GetManifest(ctx, rt.registry, rt.repo, d.String())
-			if err != nil {
-				return nil, err
-			}
-			if desc.Digest != d { // GetManifest verifies; this guards the contract
-				return nil, fmt.Errorf("%w: manifest %s hashed to %s", upstream.ErrDigestMismatch, d, desc.Digest)
-			}
-			private = m.up.Private(rt.registry, rt.repo)
-		}
-		m.spool.sizes.learn(data) // bounds the downloads of the blobs it references
-		m.hist.add(decision{Registry: rt.registry, Repo: rt.repo, Digest: d, Kind: "manifest", Source: source, Bytes: int64(len(data))})
-		if private {
-			m.src.private.add(ctx, d)
-		}
-		if err := m.store.PutSmall(ctx, d, desc.MediaType, data); err != nil {
-			// Verified bytes can still be served; the next request tries to store them again.
-			m.log.Warn("could not store manifest", "digest", d, "err", err)
-		} else {
-			if refs := manifestRefs(data); len(refs) > 0 {
-				if err := m.store.SetRefs(ctx, d, refs); err != nil {
-					m.log.Warn("could not record manifest references", "digest", d, "err", err)
-				}
-			}
-			m.src.advertise(ctx, d)
-		}
-		return manifestResult{data: data, mediaType: desc.MediaType, source: source}, nil
-	})
+	man, err := m.fetch.Manifest(ctx, fetch.Ref{Registry: rt.registry, Repo: rt.repo}, d)
 	if err != nil {
 		return manifestResult{}, err
 	}
-	return v.(manifestResult), nil
+	return manifestResult{data: man.Data, mediaType: man.MediaType, source: man.Source}, nil
 }
 
-// sniffManifestType names the media type of a manifest that came from a peer (the peer
-// protocol carries bytes only): the manifest's own mediaType field, which Docker manifests
-// always have, else the OCI type its shape says.
-func sniffManifestType(data []byte) string {
-	var m struct {
-		MediaType string          `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return "application/octet-stream"
-	}
-	switch {
-	case m.MediaType != "":
-		return m.MediaType
-	case m.Manifests != nil:
-		return "application/vnd.oci.image.index.v1+json"
-	}
-	return "application/vnd.oci.image.manifest.v1+json"
-}
-
-// manifestRefs lists what a manifest or index points to, so the store keeps them coherent.
-func manifestRefs(data []byte) []digest.Digest {
-	var m struct {
-		Config    *struct{ Digest digest.Digest }  `json:"config"`
-		Layers    []struct{ Digest digest.Digest } `json:"layers"`
-		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return nil
-	}
-	var out []digest.Digest
-	if m.Config != nil && m.Config.Digest.Validate() == nil {
-		out = append(out, m.Config.Digest)
-	}
-	for _, l := range m.Layers {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	for _, l := range m.Manifests {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out
-}
+// sniffManifestType and manifestRefs are fetch's, named here for the pushes and the cache API.
+func sniffManifestType(data []byte) string     { return fetch.SniffManifestType(data) }
+func manifestRefs(data []byte) []digest.Digest { return fetch.ManifestRefs(data) }
 
 // accepts reports whether a client's Accept headers admit a media type. No Accept header at
 // all admits anything, as registries do.
@@ -577,7 +474,7 @@ func (m *mirror) passThrough(w http.ResponseWriter, r *http.Request, rt route, s
 	if link := resp.Header.Get("Link"); link != "" {
 		h.Set("Link", rewriteLink(link, "/v2/"+rt.clientName+"/"+subpath, ns))
 	}
-	h.Set(hdrSource, "upstream")
+	h.Set(hdrSource, fetch.Upstream.String())
 	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead {
 		return nil

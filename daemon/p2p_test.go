@@ -261,7 +261,7 @@ func TestPrivateContentIsNotShared(t *testing.T) {
 	ld := layerDigests(t, img)[0]
 	waitFor(t, func() bool { _, err := a.store.Stat(t.Context(), ld); return err == nil })
 	waitFor(t, func() bool { return b.node.Status().RoutingTableSize > 0 })
-	share, err := (&peerContent{store: a.store, private: a.src.private}).ShareList(t.Context())
+	share, err := a.fetch.PeerContent(testLogger(t)).ShareList(t.Context())
 	if err != nil || slices.Contains(share, ld) || len(share) != 0 {
 		t.Fatalf("A would re-provide %v (err %v); want nothing private", share, err)
 	}
@@ -384,7 +384,7 @@ func TestBusyDesignatedPeerIsAskedAgain(t *testing.T) {
 			t.Fatalf("GET %s: status %d, err %v", d, resp.StatusCode, err)
 		}
 		var sources []string
-		for _, dec := range a.hist.recent(d) {
+		for _, dec := range a.fetch.Recent(d, 0) {
 			sources = append(sources, dec.Source+": "+dec.Reason)
 		}
 		if len(sources) != 1 || strings.HasPrefix(sources[0], "upstream") {

@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
@@ -59,7 +60,7 @@ func (c *pushCluster) LookupTag(ctx context.Context, name string) (store.Tag, bo
 }
 
 func (c *pushCluster) ManifestFromPeers(ctx context.Context, d digest.Digest) ([]byte, error) {
-	data, ok := c.m.src.manifestFromPeers(ctx, d)
+	data, ok := c.m.fetch.ManifestFromPeers(ctx, d)
 	if !ok {
 		return nil, fmt.Errorf("%w: no peer holds manifest %s", store.ErrNotFound, d)
 	}
@@ -75,40 +76,20 @@ func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request,
 }
 
 // FetchBlob makes this node hold blob d of the local namespace, from peers, through the same
-// download (spool) a client's GET or HEAD starts, so that one under way is joined: verified
-// before it is stored.
+// download a client's GET or HEAD starts, so that one under way is joined: verified before it
+// is stored.
 func (c *pushCluster) FetchBlob(ctx context.Context, repo string, d digest.Digest) error {
-	rt := route{kind: "blob", registry: c.ns, repo: repo, ref: d.String()}
-	for tries := 0; ; tries++ {
-		_, err := c.m.store.Stat(ctx, d)
-		if err == nil || tries == 100 {
-			return err
-		}
-		f, _, err := c.m.spool.join(ctx, rt, d, c.m.src.peersOnly(d))
-		if err != nil {
-			return err
-		}
-		if f == nil {
-			continue // committed between the two looks
-		}
-		f.waitSettled(ctx)
-		f.mu.Lock()
-		var ferr error
-		if f.done {
-			ferr = f.err
-		}
-		f.mu.Unlock()
-		f.release()
-		if ferr != nil {
-			return fmt.Errorf("blob %s from peers: %w", d, ferr)
-		}
-		// Verified: the commit into the store follows within moments.
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
+	ref := fetch.Ref{Registry: c.ns, Repo: repo}
+	b, err := c.m.fetch.Blob(ctx, ref, d, c.m.fetch.PeersOnly(d, store.ErrNotFound))
+	if err != nil {
+		return err
 	}
+	if b.Stored != nil {
+		return b.Stored.Close()
+	}
+	defer b.Fill.Release()
+	_, err = c.m.fetch.WaitStored(ctx, d, nil)
+	return err
 }
 
 func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
@@ -117,22 +98,6 @@ func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
 
 func (c *pushCluster) NudgeTag(ctx context.Context, name string) int {
 	return c.node.NudgeTag(ctx, name)
-}
-
-// peersOnly opens a blob of the local namespace from the peers that provide it; there is no
-// upstream to fall back on.
-func (s *sources) peersOnly(d digest.Digest) blobOpener {
-	tried := map[string]bool{}
-	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, string, error) {
-		if s.node == nil {
-			return nil, 0, "", fmt.Errorf("%w: %s (P2P is off)", store.ErrNotFound, d)
-		}
-		rc, size, peerID, err := s.fromPeers(ctx, d, offset, tried, maxPeersPerLookup)
-		if err != nil {
-			return nil, 0, "", err
-		}
-		return rc, size, "peer:" + peerID, nil
-	}
 }
 
 // Replicate makes k nodes (this one included) hold the image root tagged name: it asks
@@ -265,7 +230,7 @@ func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Di
 		if err := st.PutSmall(ctx, d, sniffManifestType(data), data); err != nil {
 			return err
 		}
-		c.m.src.advertise(ctx, d)
+		c.m.fetch.Advertise(ctx, d)
 	}
 	var m struct {
 		Config *struct{ Digest digest.Digest } `json:"config"`
@@ -301,7 +266,7 @@ func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Di
 		if err := c.fetchBlob(ctx, from, b); err != nil {
 			return err
 		}
-		c.m.src.advertise(ctx, b)
+		c.m.fetch.Advertise(ctx, b)
 	}
 	if len(refs) > 0 {
 		return st.SetRefs(ctx, d, refs)

@@ -161,11 +161,7 @@ func TestColdRangeOfGoodBlob(t *testing.T) {
 		}
 		// The answer was complete only once the blob verified: either the download is still
 		// in flight and verified, or it is committed.
-		if f := d.spool.lookup(dg); f != nil {
-			f.mu.Lock()
-			verified := f.verified
-			f.mu.Unlock()
-			f.release()
+		if inFlight, verified := d.fetch.Verified(dg); inFlight {
 			if !verified {
 				t.Errorf("%s: complete 206 before the blob verified", tc.name)
 			}

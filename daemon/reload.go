@@ -8,12 +8,10 @@ func (d *Daemon) Reload(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	// Compile both before swapping either, so a bad file leaves the daemon as it was.
-	if _, err := compileGuard(cfg.Guard, d.log); err != nil {
-		return err
-	}
-	if err := d.guard.reload(cfg.Guard); err != nil {
-		return err
+	// The guard's new policy is compiled before it replaces the old one, so a bad file leaves
+	// the daemon as it was.
+	if err := d.guard.Reload(cfg.Guard); err != nil {
+		return guardError(err)
 	}
 	if err := d.up.Reload(cfg.Upstream); err != nil {
 		return &ConfigError{Key: "registries", Err: err}

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/shoal-mirror/shoal/internal/testutil"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -54,7 +55,7 @@ func TestSecretsNeverShown(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte(upstreamSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	hp := writeHtpasswd(t, map[string]string{"alice": clientSecret})
+	hp := testutil.WriteHtpasswd(t, map[string]string{"alice": clientSecret})
 	d, logs := startDaemonLogged(t, up, func(c *Config) {
 		c.SetRegistry(up.host(), upstream.RegistryConfig{Username: "bob", PasswordFile: pwFile})
 		c.Guard.Htpasswd = hp

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -398,6 +400,139 @@ func SettingsMarkdown() string {
 			strings.ReplaceAll(s.Default, "|", `\|`), reload, strings.ReplaceAll(s.Help, "|", `\|`))
 	}
 	return b.String()
+}
+
+// ConfigSchema is the JSON schema (draft-07) of the configuration file, made from the table:
+// every key with its type, default and help, no other key. The Helm chart's values.schema.json
+// holds it as the schema of its `config` value, so that `helm install` refuses a misspelt key or
+// a value the daemon would refuse to decode (TestDocsTable rewrites it there).
+func ConfigSchema() []byte {
+	props := jsonObject{}
+	sections := map[string]int{} // section → its index in props
+	for _, s := range settings {
+		sec, name, nested := strings.Cut(s.Key, ".")
+		if !nested {
+			props = append(props, jsonMember{s.Key, s.schema()})
+			continue
+		}
+		i, ok := sections[sec]
+		if !ok {
+			i = len(props)
+			sections[sec] = i
+			props = append(props, jsonMember{sec, jsonObject{{"type", "object"}, {"additionalProperties", false}, {"properties", jsonObject{}}}})
+		}
+		obj := props[i].v.(jsonObject)
+		obj[2].v = append(obj[2].v.(jsonObject), jsonMember{name, s.schema()})
+	}
+	b, err := jsonText(jsonObject{{"type", "object"}, {"additionalProperties", false}, {"properties", props}})
+	if err != nil {
+		panic("settings table: " + err.Error()) // defaults are YAML scalars, lists and maps: the tests catch it
+	}
+	var out bytes.Buffer
+	_ = json.Indent(&out, b, "", "  ")
+	return out.Bytes()
+}
+
+// schema is the setting's JSON schema: its type as the YAML decoding takes it, its default and
+// its help.
+func (s Setting) schema() jsonObject {
+	var o jsonObject
+	switch k := s.Kind(); {
+	case s.parse != nil: // a size: 10GiB, or a number of bytes
+		o = jsonObject{{"type", []string{"string", "integer"}}}
+	case k == KindBool:
+		o = jsonObject{{"type", "boolean"}}
+	case k == KindInt:
+		o = jsonObject{{"type", "integer"}}
+	case k == KindFloat:
+		o = jsonObject{{"type", "number"}}
+	case k == KindDuration: // yaml.v3 refuses a number for a time.Duration
+		o = jsonObject{{"type", "string"}}
+	case k == KindList:
+		o = jsonObject{{"type", "array"}, {"items", jsonObject{{"type", "string"}}}}
+	case k == KindHosts:
+		o = jsonObject{{"type", "object"}, {"additionalProperties", jsonObject{{"type", "string"}}}}
+	case k == KindRegistries:
+		o = jsonObject{{"type", "object"}, {"additionalProperties", structSchema(reflect.TypeFor[upstream.RegistryConfig]())}}
+	default: // yaml.v3 decodes any scalar into a string
+		o = jsonObject{{"type", []string{"string", "integer", "number"}}}
+	}
+	var def any
+	if err := yaml.Unmarshal([]byte(s.Default), &def); err == nil {
+		o = append(o, jsonMember{"default", def})
+	}
+	return append(o, jsonMember{"description", s.Help})
+}
+
+// structSchema is the schema of one entry of a map of structs (registries.HOST): the fields
+// the struct has a yaml tag for, nothing else (knownKeys refuses the rest); null is an entry
+// with every field empty (`ghcr.io:`).
+func structSchema(t reflect.Type) jsonObject {
+	props := jsonObject{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		var typ jsonObject
+		switch f.Type.Kind() {
+		case reflect.Bool:
+			typ = jsonObject{{"type", "boolean"}}
+		case reflect.Int, reflect.Int64:
+			typ = jsonObject{{"type", "integer"}}
+		case reflect.Slice:
+			typ = jsonObject{{"type", "array"}, {"items", jsonObject{{"type", "string"}}}}
+		default:
+			typ = jsonObject{{"type", "string"}}
+		}
+		props = append(props, jsonMember{name, typ})
+	}
+	return jsonObject{{"type", []string{"object", "null"}}, {"additionalProperties", false}, {"properties", props}}
+}
+
+// jsonObject is a JSON object that keeps its members' order (the table's), which a Go map
+// would sort.
+type jsonObject []jsonMember
+
+type jsonMember struct {
+	k string
+	v any
+}
+
+// MarshalJSON writes the members in order.
+func (o jsonObject) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, m := range o {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, err := jsonText(m.k)
+		if err != nil {
+			return nil, err
+		}
+		v, err := jsonText(m.v)
+		if err != nil {
+			return nil, err
+		}
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// jsonText is v in JSON with <, > and & as they are (help texts hold `<data_dir>`).
+func jsonText(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 func argByKind(k Kind) string {

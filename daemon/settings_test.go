@@ -1,9 +1,14 @@
 package daemon
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +53,119 @@ func TestDocsTableIsTheSettingsTable(t *testing.T) {
 		}
 	}
 	t.Fatalf("%s has rows the settings table has not", path)
+}
+
+// The Helm chart's values.schema.json holds ConfigSchema as the schema of its `config` value: a
+// new setting reaches the chart without a hand edit. SHOAL_WRITE_DOCS=1 rewrites it (the rest of
+// the file is the chart's own and stays as it is).
+func TestDocsTableInChartSchema(t *testing.T) {
+	const path = "../contrib/helm/shoal/values.schema.json"
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end, err := jsonValueSpan(doc, "properties", "config")
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	var want bytes.Buffer
+	if err := json.Indent(&want, ConfigSchema(), "    ", "  "); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(doc[start:end], want.Bytes()) {
+		return
+	}
+	if os.Getenv("SHOAL_WRITE_DOCS") == "1" {
+		out := append(append(append([]byte{}, doc[:start]...), want.Bytes()...), doc[end:]...)
+		if !json.Valid(out) {
+			t.Fatalf("rewriting %s would make it invalid JSON", path)
+		}
+		if err := os.WriteFile(path, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("rewrote %s", path)
+		return
+	}
+	got := strings.Split(string(doc[start:end]), "\n")
+	for n, w := range strings.Split(want.String(), "\n") {
+		if n >= len(got) || got[n] != w {
+			t.Fatalf("%s: properties.config differs from the settings table at its line %d:\n got %q\nwant %q\n(SHOAL_WRITE_DOCS=1 go test ./daemon -run TestDocsTable rewrites it)", path, n+1, at(got, n), w)
+		}
+	}
+	t.Fatalf("%s: properties.config has lines the settings table has not", path)
+}
+
+// jsonValueSpan finds the value at path (object keys) in the JSON document doc: doc[start:end].
+func jsonValueSpan(doc []byte, path ...string) (start, end int, err error) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	for depth, key := range path {
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+			return 0, 0, fmt.Errorf("%s: not an object (%v, %v)", strings.Join(path[:depth], "."), tok, err)
+		}
+		for {
+			if !dec.More() {
+				return 0, 0, fmt.Errorf("no %s", strings.Join(path[:depth+1], "."))
+			}
+			tok, err := dec.Token()
+			if err != nil {
+				return 0, 0, err
+			}
+			if tok == key {
+				break
+			}
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return 0, 0, err
+	}
+	end = int(dec.InputOffset())
+	start = end - len(raw)
+	if !bytes.Equal(doc[start:end], raw) {
+		return 0, 0, errors.New("value not where the decoder says")
+	}
+	return start, end, nil
+}
+
+// Where other docs write a setting's default by hand (a table row "| `key` | `default` |", or
+// "`key` (default `value`)"), it is the table's default.
+func TestDocsTableDefaultsElsewhere(t *testing.T) {
+	files, err := filepath.Glob("../docs/*.md")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no docs: %v", err)
+	}
+	files = append(files, "../README.md")
+	said := regexp.MustCompile("^\\| `([a-z0-9_.]+)` \\| `([^`]*)` \\||`([a-z0-9_.]+)` \\(default `([^`]*)`\\)")
+	checked := 0
+	for _, f := range files {
+		if filepath.Base(f) == "configuration.md" {
+			continue // generated, TestDocsTableIsTheSettingsTable
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for n, line := range strings.Split(string(b), "\n") {
+			for _, m := range said.FindAllStringSubmatch(line, -1) {
+				key, def := m[1]+m[3], m[2]+m[4]
+				s, ok := settingByKey(key)
+				if !ok {
+					continue
+				}
+				checked++
+				if def != s.Default && !(def == "" && s.Default == `""`) {
+					t.Errorf("%s:%d: %s's default written as %q, the settings table says %q", f, n+1, key, def, s.Default)
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Error("no default written in the docs found: the pattern no longer matches them")
+	}
 }
 
 func at(l []string, n int) string {

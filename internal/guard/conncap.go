@@ -1,10 +1,9 @@
-package daemon
+package guard
 
 import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,16 +20,24 @@ const DefaultMaxConnsPerClient = 512
 // connCap counts the mirror's open connections per client. A connection beyond the policy's
 // max_conns_per_client is closed as soon as it is accepted, before any byte is read.
 type connCap struct {
-	g       *guard
-	mu      sync.Mutex
-	open    map[netip.Prefix]int
-	refused atomic.Int64
-	warn    logEvery
+	g        *Guard
+	sendFrom func(net.Conn, io.Reader) (int64, bool, error) // Options.SendFrom; nil: none
+	mu       sync.Mutex
+	open     map[netip.Prefix]int
+	refused  atomic.Int64
+	warn     logEvery
 }
 
-func newConnCap(g *guard) *connCap {
-	return &connCap{g: g, open: map[netip.Prefix]int{}, warn: logEvery{every: time.Minute}}
+func newConnCap(g *Guard, sendFrom func(net.Conn, io.Reader) (int64, bool, error)) *connCap {
+	return &connCap{g: g, sendFrom: sendFrom, open: map[netip.Prefix]int{}, warn: logEvery{every: time.Minute}}
 }
+
+// Conns is the number of open mirror connections (shoal_http_open_connections).
+func (g *Guard) Conns() int { return g.conns.total() }
+
+// ConnsRefused counts the connections closed as soon as accepted because their client held
+// max_conns_per_client already (shoal_guard_connections_refused_total).
+func (g *Guard) ConnsRefused() int64 { return g.conns.refused.Load() }
 
 // listener counts ln's connections and closes those over the cap.
 func (cc *connCap) listener(ln net.Listener) net.Listener { return &capListener{Listener: ln, cc: cc} }
@@ -74,7 +81,7 @@ func (cc *connCap) admit(c net.Conn) (net.Conn, bool) {
 	}
 	cc.open[key] = n + 1
 	cc.mu.Unlock()
-	return &countedConn{Conn: c, release: func() { cc.release(key) }}, true
+	return &countedConn{Conn: c, send: cc.sendFrom, release: func() { cc.release(key) }}, true
 }
 
 func (cc *connCap) release(key netip.Prefix) {
@@ -98,17 +105,12 @@ func (cc *connCap) total() int {
 	return n
 }
 
-// fileSpanner is a source whose bytes are in a file that grows (a download in flight): span
-// waits for readable bytes and says where they are (at most max), sent records what went out.
-type fileSpanner interface {
-	span(max int64) (f *os.File, off, n int64, err error)
-	sent(n int64)
-}
-
-// countedConn gives its slot back when closed. It passes ReadFrom and CloseWrite through, so
-// that net/http still sends files with sendfile and closes connections gracefully.
+// countedConn gives its slot back when closed. It passes ReadFrom (to Options.SendFrom first)
+// and CloseWrite through, so that net/http still sends files with sendfile and closes
+// connections gracefully.
 type countedConn struct {
 	net.Conn
+	send    func(net.Conn, io.Reader) (int64, bool, error)
 	once    sync.Once
 	release func()
 }
@@ -120,29 +122,10 @@ func (c *countedConn) Close() error {
 }
 
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
-	src, limit := r, int64(-1)
-	lr, _ := r.(*io.LimitedReader)
-	if lr != nil {
-		src, limit = lr.R, lr.N
-	}
-	var (
-		n       int64
-		handled bool
-		err     error
-	)
-	switch s := src.(type) {
-	case *os.File: // a stored blob (sendfile_linux.go)
-		if limit > 0 {
-			n, handled, err = sendFile(c.Conn, s, limit)
+	if c.send != nil {
+		if n, handled, err := c.send(c.Conn, r); handled {
+			return n, err
 		}
-	case fileSpanner: // a download in flight, sent from its temporary file as it grows
-		n, handled, err = sendSpans(c.Conn, s, limit)
-	}
-	if handled {
-		if lr != nil {
-			lr.N -= n
-		}
-		return n, err
 	}
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
@@ -155,4 +138,24 @@ func (c *countedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// logEvery lets a repeated condition be logged once per period, not once per connection.
+type logEvery struct {
+	mu    sync.Mutex
+	every time.Duration
+	last  time.Time
+}
+
+func (l *logEvery) do(fn func()) {
+	l.mu.Lock()
+	now := time.Now()
+	ok := l.last.IsZero() || now.Sub(l.last) >= l.every
+	if ok {
+		l.last = now
+	}
+	l.mu.Unlock()
+	if ok {
+		fn()
+	}
 }

@@ -1,27 +1,34 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
-)
 
-// Validate checks the guard's settings and the files they name (htpasswd, TLS pair).
-func (g GuardConfig) Validate() error {
-	_, err := compileGuard(g, slog.New(slog.DiscardHandler))
-	return err
-}
+	"github.com/shoal-mirror/shoal/internal/guard"
+)
 
 // validateSecurity checks the guard's settings and refuses secret files anyone may write.
 func (c *Config) validateSecurity() error {
 	if err := c.Guard.Validate(); err != nil {
-		return err
+		return guardError(err)
 	}
 	for key, path := range c.secretFiles() {
-		if err := checkSecretFile(slog.New(slog.DiscardHandler), key, path); err != nil {
-			return err
+		if err := guard.CheckSecretFile(slog.New(slog.DiscardHandler), key, path); err != nil {
+			return guardError(err)
 		}
 	}
 	return nil
+}
+
+// guardError turns the guard's configuration errors into the daemon's (same key, same text),
+// which the CLI reports on one line with exit status 2.
+func guardError(err error) error {
+	var ge *guard.ConfigError
+	if errors.As(err, &ge) {
+		return &ConfigError{Key: ge.Key, Err: ge.Err}
+	}
+	return err
 }
 
 // secretFiles names every file holding a secret, by configuration key.

@@ -1,4 +1,4 @@
-package daemon
+package fetch
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,12 +18,18 @@ import (
 	"github.com/shoal-mirror/shoal/store"
 )
 
-// blobOpener opens a blob from a remote source at an offset; size is the blob's full size
-// (-1 if the source does not say) and source names where the bytes come from: "upstream",
-// "peer:<ID>" or "designated:<ID>".
-type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source string, err error)
+// Opener opens a blob from a remote source at an offset; size is the blob's full size (-1 if
+// the source does not say) and source says where the bytes come from (Upstream, Peer or
+// Designated).
+type Opener func(ctx context.Context, offset int64) (rc io.ReadCloser, size int64, source Source, err error)
 
-// fill is one download of a blob into the store. Every client that wants the blob while it is
+// Ref names the repository a blob is fetched for: where the upstream is asked for it.
+type Ref struct {
+	Registry string // upstream registry host, canonical ("docker.io")
+	Repo     string // repository on it, normalised ("library/alpine")
+}
+
+// Fill is one download of a blob into the store. Every client that wants the blob while it is
 // in flight reads the same temp file as it grows; nobody downloads it twice.
 //
 // What a reader may see depends on where the bytes came from. The final byte of any download is
@@ -34,9 +39,9 @@ type blobOpener func(ctx context.Context, offset int64) (rc io.ReadCloser, size 
 // lied, the fill starts again from other sources and the clients never notice. With
 // p2p.verify_before_serving off, clients get peer bytes as they arrive (eager readers) and a
 // restart cuts those that were handed peer bytes: they retry, and get verified bytes.
-type fill struct {
-	d  digest.Digest
-	rt route // the request that started it: where to refetch from
+type Fill struct {
+	d   digest.Digest
+	ref Ref // the request that started it: where to refetch from
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever written/done change
@@ -62,14 +67,23 @@ type fill struct {
 	refs      int             // fill goroutine + readers holding w
 	started   chan struct{}
 	startOnce sync.Once
-	sources   []string // where the bytes came from, in order (a resume may switch source)
+	sources   []Source // where the bytes came from, in order (a resume may switch source)
 }
 
-// sourceList returns where the fill's bytes came from.
-func (f *fill) sourceList() []string {
+// Sources returns where the fill's bytes came from, in order.
+func (f *Fill) Sources() []Source {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]string(nil), f.sources...)
+	return append([]Source(nil), f.sources...)
+}
+
+// Ref is the repository the download was started for.
+func (f *Fill) Ref() Ref { return f.ref }
+
+// ReadPrefixAt reads bytes the download has written (the store's temporary file), for a caller
+// that re-hashes what it already sent before it goes on from another source.
+func (f *Fill) ReadPrefixAt(p []byte, off int64) (int, error) {
+	return f.currentWriter().ReadAt(p, off)
 }
 
 // spool de-duplicates downloads per digest. It owns the fills' lifetime.
@@ -83,18 +97,12 @@ type spool struct {
 	sizes   *sizeMemo     // descriptor sizes from the manifests seen (blobsize.go)
 
 	mu      sync.Mutex
-	fills   map[digest.Digest]*fill
+	fills   map[digest.Digest]*Fill
 	bounded map[string]int64 // downloads stopped by their size bound, by reason
 
 	noSpace logEvery
-	// onMismatch hears of fills whose bytes did not hash to the digest; it reports whether a
-	// peer was involved (and banned), in which case the fill starts again.
-	onMismatch func(*fill) bool
-	// onFilled hears of fills that were verified and committed (to advertise them).
-	onFilled func(*fill)
-	// onStarted hears of fills whose first source answered: peers may follow them from now
-	// on. onFailed hears of fills that ended without content.
-	onStarted, onFailed func(*fill)
+	hooks   hooks
+	watch   startWatch // WhenStarted's waiters
 
 	// base is the context of every fill: fills outlive their clients, not the daemon.
 	base    context.Context
@@ -122,7 +130,7 @@ func (s *spool) shutdown(ctx context.Context) {
 }
 
 // lookup returns the fill in flight for d with a reference held, or nil.
-func (s *spool) lookup(d digest.Digest) *fill {
+func (s *spool) lookup(d digest.Digest) *Fill {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f, ok := s.fills[d]
@@ -135,9 +143,21 @@ func (s *spool) lookup(d digest.Digest) *fill {
 	return f
 }
 
-func newSpool(st *store.Store, log *slog.Logger) *spool {
+// hooks are what the spool tells its owner (fetch.go): each may be nil.
+type hooks struct {
+	// onMismatch hears of fills whose bytes did not hash to the digest; it reports whether a
+	// peer was involved (and banned), in which case the fill starts again.
+	onMismatch func(*Fill) bool
+	// onFilled hears of fills that were verified and committed (to advertise them).
+	onFilled func(*Fill)
+	// onStarted hears of fills whose first source answered: peers may follow them from now
+	// on. onFailed hears of fills that ended without content.
+	onStarted, onFailed func(*Fill)
+}
+
+func newSpool(st *store.Store, log *slog.Logger, maxBlob int64, h hooks) *spool {
 	base, abort := context.WithCancel(context.Background())
-	return &spool{store: st, log: log, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*fill{},
+	return &spool{store: st, log: log, maxBlob: maxBlob, hooks: h, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*Fill{},
 		sizes: newSizeMemo(sizeMemoEntries), bounded: map[string]int64{}, noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
 }
 
@@ -145,7 +165,7 @@ func newSpool(st *store.Store, log *slog.Logger) *spool {
 // starts one with open. It returns a nil fill when the blob was committed meanwhile: the
 // caller then reads it from the store. The returned fill holds a reference the caller must
 // release.
-func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOpener) (f *fill, started bool, err error) {
+func (s *spool) join(ctx context.Context, ref Ref, d digest.Digest, open Opener) (f *Fill, started bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.fills[d]; ok {
@@ -167,14 +187,14 @@ func (s *spool) join(ctx context.Context, rt route, d digest.Digest, open blobOp
 	if !ok {
 		known = -1
 	}
-	f = &fill{d: d, rt: rt, changed: make(chan struct{}), size: -1, peerFrom: -1, known: known, w: w, refs: 2, started: make(chan struct{})}
+	f = &Fill{d: d, ref: ref, changed: make(chan struct{}), size: -1, peerFrom: -1, known: known, w: w, refs: 2, started: make(chan struct{})}
 	s.fills[d] = f
 	s.running.Add(1)
 	go s.run(ctx, f, open)
 	return f, true, nil
 }
 
-func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
+func (s *spool) run(reqCtx context.Context, f *Fill, open Opener) {
 	defer s.running.Done()
 	// The fill keeps the values of the request that started it (the access log's notes) but
 	// not its cancellation: it outlives that client, bounded by the timeout and shutdown.
@@ -190,7 +210,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 		}
 		var be *boundError
 		if errors.As(err, &be) {
-			s.noteBound(f.rt, f.d, f.sourceList(), be)
+			s.noteBound(f.ref, f.d, f.Sources(), be)
 		}
 		if errors.Is(err, p2p.ErrRetracted) && retracted < maxRetractions {
 			retracted++
@@ -204,7 +224,7 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 			continue
 		}
 		// Wrong bytes, or too many, mean a lying peer when one took part: ban it, start again.
-		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.onMismatch == nil || !s.onMismatch(f) {
+		if !(errors.Is(err, store.ErrDigestMismatch) || be != nil) || attempt >= s.refills || s.hooks.onMismatch == nil || !s.hooks.onMismatch(f) {
 			break
 		}
 		s.log.Warn("download did not verify or broke its size bound; starting again from other sources", "digest", f.d, "err", err)
@@ -240,19 +260,19 @@ func (s *spool) run(reqCtx context.Context, f *fill, open blobOpener) {
 	s.mu.Lock()
 	delete(s.fills, f.d)
 	s.mu.Unlock()
-	if err == nil && s.onFilled != nil {
-		s.onFilled(f)
+	if err == nil && s.hooks.onFilled != nil {
+		s.hooks.onFilled(f)
 	}
-	if err != nil && s.onFailed != nil {
-		s.onFailed(f)
+	if err != nil && s.hooks.onFailed != nil {
+		s.hooks.onFailed(f)
 	}
-	f.release()
+	f.Release()
 }
 
 // restart discards what a fill wrote and begins again at offset 0 with a new writer. Only
 // bytes that came before the first peer byte were ever handed to this node's clients, and a
 // blob is the same bytes whichever honest source sends it, so their view stays consistent.
-func (s *spool) restart(ctx context.Context, f *fill) error {
+func (s *spool) restart(ctx context.Context, f *Fill) error {
 	nw, err := s.store.Writer(ctx, f.d, "")
 	if err != nil {
 		return err
@@ -285,12 +305,12 @@ const stuckAfter = 2 * time.Second
 // merely disagrees on the designated node, or whose stream broke because a node between it and
 // the fetcher went, follows our download while it moves: leaving would start a second upstream
 // download.
-func (f *fill) leavePeerFor(asker string, fetcherGone bool) bool {
+func (f *Fill) leavePeerFor(asker string, fetcherGone bool) bool {
 	f.mu.Lock()
 	a, ok := f.cur.(interface{ Abort() })
 	from := ""
 	if n := len(f.sources); n > 0 {
-		_, from, _ = strings.Cut(f.sources[n-1], ":")
+		from = f.sources[n-1].Peer
 	}
 	ok = ok && f.fromPeer && (from == asker || fetcherGone || time.Since(f.lastByte) >= stuckAfter)
 	f.mu.Unlock()
@@ -300,7 +320,7 @@ func (f *fill) leavePeerFor(asker string, fetcherGone bool) bool {
 	return ok
 }
 
-func (f *fill) currentWriter() *store.Writer {
+func (f *Fill) currentWriter() *store.Writer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.w
@@ -308,7 +328,7 @@ func (f *fill) currentWriter() *store.Writer {
 
 // copy streams the remote blob into the writer, resuming with a Range request when the
 // stream breaks.
-func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
+func (s *spool) copy(ctx context.Context, f *Fill, open Opener) error {
 	var lastErr error
 	for attempt := 0; attempt <= s.retries; attempt++ {
 		rc, size, source, err := open(ctx, f.written)
@@ -322,10 +342,10 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 		}
 		f.mu.Lock()
 		f.sources = append(f.sources, source)
-		if source != "upstream" && f.peerFrom < 0 {
+		if source.FromPeer() && f.peerFrom < 0 {
 			f.peerFrom = f.written
 		}
-		f.cur, f.fromPeer, f.lastByte = rc, source != "upstream", time.Now()
+		f.cur, f.fromPeer, f.lastByte = rc, source.FromPeer(), time.Now()
 		f.mu.Unlock()
 		if size, err = s.checkAnnounced(f.known, size); err != nil {
 			f.mu.Lock()
@@ -334,8 +354,11 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 			rc.Close()
 			return err
 		}
-		if f.start(size, nil) && s.onStarted != nil {
-			s.onStarted(f)
+		if f.start(size, nil) {
+			if s.hooks.onStarted != nil {
+				s.hooks.onStarted(f)
+			}
+			s.watch.started(f.d)
 		}
 		err = s.drain(f, rc)
 		f.mu.Lock()
@@ -349,12 +372,12 @@ func (s *spool) copy(ctx context.Context, f *fill, open blobOpener) error {
 			return err
 		}
 		lastErr = err
-		s.log.Info("stream broke; resuming", "digest", f.d, "offset", f.written, "from", source, "err", err)
+		s.log.Info("stream broke; resuming", "digest", f.d, "offset", f.written, "from", source.String(), "err", err)
 	}
 	return fmt.Errorf("blob %s: giving up after %d resumes: %w", f.d, s.retries, lastErr)
 }
 
-func (s *spool) drain(f *fill, r io.Reader) error {
+func (s *spool) drain(f *Fill, r io.Reader) error {
 	w := f.currentWriter()
 	for {
 		// Gather a good chunk (128 KiB) before writing: fewer syscalls and wake-ups per byte
@@ -394,7 +417,7 @@ func (s *spool) drain(f *fill, r io.Reader) error {
 
 // start records the blob's size (or the error that stopped it) the first time it is known,
 // and reports whether this call was the first.
-func (f *fill) start(size int64, err error) (first bool) {
+func (f *Fill) start(size int64, err error) (first bool) {
 	f.startOnce.Do(func() {
 		first = true
 		f.mu.Lock()
@@ -410,13 +433,13 @@ func (f *fill) start(size int64, err error) (first bool) {
 }
 
 // broadcast wakes every waiting reader; f.mu is held.
-func (f *fill) broadcast() {
+func (f *Fill) broadcast() {
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
 
-// release drops one reference; the last one closes the temp files.
-func (f *fill) release() {
+// Release drops one reference; the last one closes the temp files.
+func (f *Fill) Release() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
@@ -429,8 +452,8 @@ func (f *fill) release() {
 	}
 }
 
-// waitStarted blocks until the first source answered (size known) or the fill failed.
-func (f *fill) waitStarted(ctx context.Context) (int64, error) {
+// WaitStarted blocks until the first source answered (size known) or the fill failed.
+func (f *Fill) WaitStarted(ctx context.Context) (int64, error) {
 	select {
 	case <-f.started:
 	case <-ctx.Done():
@@ -444,8 +467,8 @@ func (f *fill) waitStarted(ctx context.Context) (int64, error) {
 	return f.size, nil
 }
 
-// waitSettled blocks until the fill verified or ended, or ctx ends.
-func (f *fill) waitSettled(ctx context.Context) {
+// WaitSettled blocks until the fill verified or ended, or ctx ends.
+func (f *Fill) WaitSettled(ctx context.Context) {
 	for {
 		f.mu.Lock()
 		settled, ch := f.verified || f.done, f.changed
@@ -470,7 +493,7 @@ var errRetracted = errors.New("bytes already sent came from a peer whose downloa
 // Range); for a gated reader (a client of this node), neither is any byte that came from a
 // peer. An eager reader (a client of this node, with p2p.verify_before_serving off) gets peer
 // bytes too, and errRetracted if the attempt that handed them out is discarded.
-func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
+func (f *Fill) readAt(p []byte, r *FillReader) (int, error) {
 	w, n, peerFrom, err := f.readable(r, int64(len(p)))
 	if err != nil {
 		return 0, err
@@ -482,7 +505,7 @@ func (f *fill) readAt(p []byte, r *fillReader) (int, error) {
 
 // took records that n bytes at r.off were handed out (before r.off moves on); peerFrom is
 // the fill's as readable saw it.
-func (r *fillReader) took(n, peerFrom int64) {
+func (r *FillReader) took(n, peerFrom int64) {
 	if r.eager && peerFrom >= 0 && r.off+n > peerFrom {
 		r.tainted = true
 	}
@@ -494,7 +517,7 @@ func (r *fillReader) took(n, peerFrom int64) {
 // readable waits until bytes at r.off may be handed to r (the rules are readAt's) and returns
 // the writer that holds them, how many (1 to max) and the fill's first peer offset; io.EOF at
 // the end.
-func (f *fill) readable(r *fillReader, max int64) (w *store.Writer, n, peerFrom int64, err error) {
+func (f *Fill) readable(r *FillReader, max int64) (w *store.Writer, n, peerFrom int64, err error) {
 	for {
 		f.mu.Lock()
 		done, err, limit, ch := f.done || f.verified, f.err, f.written, f.changed
@@ -572,12 +595,12 @@ func (f *fill) readable(r *fillReader, max int64) (w *store.Writer, n, peerFrom 
 	}
 }
 
-// fillReader reads a fill sequentially from an offset up to an end (exclusive; -1 = to the
+// FillReader reads a fill sequentially from an offset up to an end (exclusive; -1 = to the
 // end). A peer's reader is neither gated nor eager (peers verify for themselves); a client of
 // this node's is one of the two (see fill).
-type fillReader struct {
+type FillReader struct {
 	ctx      context.Context
-	f        *fill
+	f        *Fill
 	off, end int64
 	gated    bool
 	eager    bool
@@ -595,20 +618,27 @@ type fillReader struct {
 // peerReader reads f for a peer, from off to end (the blob's size), ungated: the peer
 // verifies the digest itself. If the attempt it reads is discarded (its bytes did not verify),
 // it fails with p2p.ErrRetracted, which the peer is told.
-func peerReader(ctx context.Context, f *fill, off, end int64) *fillReader {
+func peerReader(ctx context.Context, f *Fill, off, end int64) *FillReader {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return &fillReader{ctx: ctx, f: f, off: off, end: end, peer: true, attempt: f.restarts}
+	return &FillReader{ctx: ctx, f: f, off: off, end: end, peer: true, attempt: f.restarts}
 }
 
-// clientReader reads f for a client of this node, from off to end. With verifyFirst, peer
+// ClientReader reads f for a client of this node, from off to end. With verifyFirst, peer
 // bytes wait for the digest check, but not beyond maxWait without a byte (0: no limit).
-func clientReader(ctx context.Context, f *fill, off, end int64, verifyFirst bool, maxWait time.Duration) *fillReader {
-	return &fillReader{ctx: ctx, f: f, off: off, end: end, gated: verifyFirst, eager: !verifyFirst,
+func (f *Fill) ClientReader(ctx context.Context, off, end int64, verifyFirst bool, maxWait time.Duration) *FillReader {
+	return &FillReader{ctx: ctx, f: f, off: off, end: end, gated: verifyFirst, eager: !verifyFirst,
 		maxWait: maxWait, progress: time.Now()}
 }
 
-func (r *fillReader) Read(p []byte) (int, error) {
+// SetContext replaces the context the reader's waits end with (a first read bounded by a
+// shorter one, then the client's).
+func (r *FillReader) SetContext(ctx context.Context) { r.ctx = ctx }
+
+// Offset is where the next read starts.
+func (r *FillReader) Offset() int64 { return r.off }
+
+func (r *FillReader) Read(p []byte) (int, error) {
 	if r.end >= 0 {
 		if r.off >= r.end {
 			return 0, io.EOF
@@ -622,11 +652,11 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// span waits for bytes like Read and returns where they are instead of copying them: the fill's
+// Span waits for bytes like Read and returns where they are instead of copying them: the fill's
 // temporary file, their offset and count (at most max, max > 0). The caller sends them with
-// sendfile(2) and reports what went out with sent; the file stays open while the caller holds
+// sendfile(2) and reports what went out with Sent; the file stays open while the caller holds
 // its reference to the fill.
-func (r *fillReader) span(max int64) (*os.File, int64, int64, error) {
+func (r *FillReader) Span(max int64) (*os.File, int64, int64, error) {
 	if r.end >= 0 {
 		if r.off >= r.end {
 			return nil, 0, 0, io.EOF
@@ -641,16 +671,16 @@ func (r *fillReader) span(max int64) (*os.File, int64, int64, error) {
 	return w.File(), r.off, n, nil
 }
 
-// sent records that n bytes of the last span went out.
-func (r *fillReader) sent(n int64) {
+// Sent records that n bytes of the last span went out.
+func (r *FillReader) Sent(n int64) {
 	r.took(n, r.pendingPeer)
 	r.off += n
 }
 
-// verifyingReader hashes what passes through and fails at EOF unless the digest matches; like
+// VerifyingReader hashes what passes through and fails at EOF unless the digest matches; like
 // a fill, it holds back the final byte until the check passed. It backs the pass-through path
 // (store out of space), where no store writer verifies for us.
-type verifyingReader struct {
+type VerifyingReader struct {
 	r       io.Reader
 	h       hash.Hash
 	want    digest.Digest
@@ -659,16 +689,16 @@ type verifyingReader struct {
 	eof     bool
 }
 
-// newVerifyingReader verifies r against want; h may already hold the hash of the bytes that
+// NewVerifyingReader verifies r against want; h may already hold the hash of the bytes that
 // came before r (a stream switched to pass-through midway), else nil.
-func newVerifyingReader(r io.Reader, want digest.Digest, h hash.Hash) *verifyingReader {
+func NewVerifyingReader(r io.Reader, want digest.Digest, h hash.Hash) *VerifyingReader {
 	if h == nil {
 		h = want.Algorithm().Hash()
 	}
-	return &verifyingReader{r: r, h: h, want: want, scratch: make([]byte, 64<<10)}
+	return &VerifyingReader{r: r, h: h, want: want, scratch: make([]byte, 64<<10)}
 }
 
-func (v *verifyingReader) Read(p []byte) (int, error) {
+func (v *VerifyingReader) Read(p []byte) (int, error) {
 	for len(v.pend) <= 1 && !v.eof {
 		n, err := v.r.Read(v.scratch)
 		v.h.Write(v.scratch[:n])

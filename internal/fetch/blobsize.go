@@ -1,4 +1,4 @@
-package daemon
+package fetch
 
 import (
 	"encoding/json"
@@ -22,9 +22,9 @@ const sizeMemoEntries = 1 << 14
 
 // Why a download broke its bound (the label of shoal_blob_bound_exceeded_total).
 const (
-	boundDescriptor = "descriptor"     // more bytes than the manifest's descriptor says
-	boundLength     = "content_length" // the source announced a size other than the descriptor's
-	boundMax        = "max_blob_size"  // larger than store.max_blob_size
+	BoundDescriptor = "descriptor"     // more bytes than the manifest's descriptor says
+	BoundLength     = "content_length" // the source announced a size other than the descriptor's
+	BoundMax        = "max_blob_size"  // larger than store.max_blob_size
 )
 
 // boundError says which bound a download broke, and how.
@@ -111,9 +111,9 @@ func (s *sizeMemo) learn(manifest []byte) {
 func (s *spool) checkAnnounced(known, size int64) (int64, error) {
 	switch {
 	case size >= 0 && known >= 0 && size != known:
-		return 0, &boundError{reason: boundLength, detail: fmt.Sprintf("the source announced %d bytes, the manifest's descriptor says %d", size, known)}
+		return 0, &boundError{reason: BoundLength, detail: fmt.Sprintf("the source announced %d bytes, the manifest's descriptor says %d", size, known)}
 	case size > s.maxBlob && s.maxBlob > 0:
-		return 0, &boundError{reason: boundMax, detail: fmt.Sprintf("the source announced %d bytes, more than store.max_blob_size (%d)", size, s.maxBlob)}
+		return 0, &boundError{reason: BoundMax, detail: fmt.Sprintf("the source announced %d bytes, more than store.max_blob_size (%d)", size, s.maxBlob)}
 	case size < 0 && known >= 0:
 		return known, nil
 	}
@@ -122,28 +122,28 @@ func (s *spool) checkAnnounced(known, size int64) (int64, error) {
 
 // overBound reports the bound that n more bytes would break, for a fill that wrote written
 // bytes and expects size (-1: unknown).
-func (s *spool) overBound(f *fill, size, written int64, n int) error {
+func (s *spool) overBound(f *Fill, size, written int64, n int) error {
 	total := written + int64(n)
 	switch {
 	case size >= 0 && total > size:
-		reason := boundLength
+		reason := BoundLength
 		if f.known >= 0 {
-			reason = boundDescriptor
+			reason = BoundDescriptor
 		}
 		return &boundError{reason: reason, detail: fmt.Sprintf("more than the %d bytes expected", size)}
 	case s.maxBlob > 0 && total > s.maxBlob:
-		return &boundError{reason: boundMax, detail: fmt.Sprintf("more than store.max_blob_size (%d bytes)", s.maxBlob)}
+		return &boundError{reason: BoundMax, detail: fmt.Sprintf("more than store.max_blob_size (%d bytes)", s.maxBlob)}
 	}
 	return nil
 }
 
 // noteBound logs and counts a download of d stopped by its bound.
-func (s *spool) noteBound(rt route, d digest.Digest, sources []string, be *boundError) {
+func (s *spool) noteBound(ref Ref, d digest.Digest, sources []Source, be *boundError) {
 	s.mu.Lock()
 	s.bounded[be.reason]++
 	s.mu.Unlock()
 	s.log.Warn("blob download broke its size bound: its bytes are discarded",
-		"registry", rt.registry, "repo", rt.repo, "digest", d, "sources", sources, "reason", be.reason, "err", be.detail)
+		"registry", ref.Registry, "repo", ref.Repo, "digest", d, "sources", sources, "reason", be.reason, "err", be.detail)
 }
 
 // directBound bounds a pass-through download of d (the store is full) from offset pos whose
@@ -160,11 +160,11 @@ func (s *spool) directBound(r io.Reader, d digest.Digest, size, pos int64) (io.R
 	case err != nil:
 		return nil, err
 	case known >= 0:
-		return &boundReader{r: r, left: max(size-pos, 0), reason: boundDescriptor}, nil
+		return &boundReader{r: r, left: max(size-pos, 0), reason: BoundDescriptor}, nil
 	case announced >= 0:
-		return &boundReader{r: r, left: max(size-pos, 0), reason: boundLength}, nil
+		return &boundReader{r: r, left: max(size-pos, 0), reason: BoundLength}, nil
 	case s.maxBlob > 0:
-		return &boundReader{r: r, left: max(s.maxBlob-pos, 0), reason: boundMax}, nil
+		return &boundReader{r: r, left: max(s.maxBlob-pos, 0), reason: BoundMax}, nil
 	}
 	return r, nil
 }

@@ -1,4 +1,4 @@
-package daemon
+package guard
 
 import (
 	"bufio"
@@ -32,10 +32,10 @@ import (
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 )
 
-// GuardConfig is the mirror listener's exposure and abuse controls: who may connect, what
+// Config is the mirror listener's exposure and abuse controls: who may connect, what
 // they may pull, how fast, and how long a slow or stalled client may hold a connection.
 // Empty lists and zero rates switch a control off.
-type GuardConfig struct {
+type Config struct {
 	// AllowCIDR, if not empty, lists the only client networks served; DenyCIDR lists
 	// networks refused (deny wins). A bare address means just that address. The client is
 	// the TCP peer: X-Forwarded-For is never trusted.
@@ -78,9 +78,9 @@ type GuardConfig struct {
 	MaxURILength   int
 }
 
-// DefaultGuardConfig is the guard with every access control off and the connection limits on.
-func DefaultGuardConfig() GuardConfig {
-	return GuardConfig{
+// DefaultConfig is the guard with every access control off and the connection limits on.
+func DefaultConfig() Config {
+	return Config{
 		MaxConcurrent:     128,
 		MaxConnsPerClient: DefaultMaxConnsPerClient,
 		AuthExemptCIDR:    []string{"127.0.0.0/8", "::1/128"},
@@ -92,8 +92,27 @@ func DefaultGuardConfig() GuardConfig {
 	}
 }
 
-// guardPolicy is the reloadable part of the guard, compiled.
-type guardPolicy struct {
+// Validate checks the guard's settings and the files they name (htpasswd, TLS pair).
+func (c Config) Validate() error {
+	_, err := compile(c, slog.New(slog.DiscardHandler))
+	return err
+}
+
+// ConfigError names the setting that is wrong (its YAML key, security.…). It reads as the
+// daemon's configuration errors do; the daemon turns it into one of those.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+// Error is one line, whatever the wrapped error: several problems are joined with "; ".
+func (e *ConfigError) Error() string {
+	return strings.ReplaceAll(fmt.Sprintf("config: %s: %v", e.Key, e.Err), "\n", "; ")
+}
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// policy is the reloadable part of the guard, compiled.
+type policy struct {
 	allowNets, denyNets []netip.Prefix
 	authExempt          []netip.Prefix
 	allowRepo, denyRepo []*regexp.Regexp
@@ -109,13 +128,14 @@ type guardPolicy struct {
 	maxURI              int
 }
 
-// guard wraps the mirror's handler with the access controls and limits, and the listener
+// Guard wraps the mirror's handler with the access controls and limits, and the listener
 // with TLS. Its policy can be swapped at run time (SIGHUP); per-client state survives that.
-type guard struct {
-	log             *slog.Logger
-	defaultRegistry string
-	policy          atomic.Pointer[guardPolicy]
-	tlsOn           bool // fixed at start: a listener cannot switch to TLS
+type Guard struct {
+	log    *slog.Logger
+	cfg    Config // as started: the server's limits (Configure)
+	route  func(*http.Request) (registry, repo string, ok bool)
+	policy atomic.Pointer[policy]
+	tlsOn  bool // fixed at start: a listener cannot switch to TLS
 
 	mu        sync.Mutex
 	clients   map[netip.Prefix]*clientState
@@ -142,13 +162,14 @@ const (
 var refusalReasons = [...]string{"address", "uri_too_long", "rate", "auth", "repository", "concurrency"}
 
 // refuse answers err and counts the refusal.
-func (g *guard) refuse(w http.ResponseWriter, r *http.Request, reason int, err *ocierr.Error) {
+func (g *Guard) refuse(w http.ResponseWriter, r *http.Request, reason int, err *ocierr.Error) {
 	g.refused[reason].Add(1)
 	ocierr.Write(w, r, g.log, err)
 }
 
-// refusals returns the refusal counts by reason.
-func (g *guard) refusals() map[string]int64 {
+// Refusals returns the refusal counts by reason (shoal_guard_refused_total's reason label):
+// every reason is present, refused or not.
+func (g *Guard) Refusals() map[string]int64 {
 	m := make(map[string]int64, len(refusalReasons))
 	for i, name := range refusalReasons {
 		m[name] = g.refused[i].Load()
@@ -163,33 +184,42 @@ type clientState struct {
 	seen     atomic.Int64 // unix nanoseconds of the last request
 }
 
-// newGuard compiles the daemon configuration's guard and warns about exposure: a listener
-// beyond loopback without TLS, a secret file anyone may read.
-func newGuard(cfg Config, log *slog.Logger) (*guard, error) {
-	p, err := compileGuard(cfg.Guard, log)
+// Options are what the guard needs from the rest of the daemon, given at construction.
+type Options struct {
+	// Listen is the mirror's listen address: beyond loopback without TLS, New warns.
+	Listen string
+	// Route names the registry and repository a mirror API request is for, as routing and
+	// normalisation see them (ok false: it names none), for the repository patterns. File
+	// requests (/hf/…, /github.com/…) are named by package files.
+	Route func(*http.Request) (registry, repo string, ok bool)
+	// SendFrom, if set, sends what net/http hands an accepted connection's ReadFrom (a file,
+	// a download in flight) its own way, and reports whether it did (false: nothing was
+	// sent, the connection copies).
+	SendFrom func(c net.Conn, src io.Reader) (n int64, handled bool, err error)
+}
+
+// New compiles cfg and warns about exposure: a listener beyond loopback without TLS, a secret
+// file anyone may read. Errors are *ConfigError naming the key.
+func New(cfg Config, log *slog.Logger, opt Options) (*Guard, error) {
+	p, err := compile(cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	g := &guard{log: log, defaultRegistry: canonicalRegistry(cfg.DefaultRegistry), tlsOn: p.cert != nil,
+	g := &Guard{log: log, cfg: cfg, route: opt.Route, tlsOn: p.cert != nil,
 		clients: map[netip.Prefix]*clientState{}, hashing: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))}
 	g.policy.Store(p)
-	g.conns = newConnCap(g)
-	if !listensOnLoopback(cfg.Listen) && !g.tlsOn && !cfg.Guard.AllowInsecureListen {
+	g.conns = newConnCap(g, opt.SendFrom)
+	if !ListensOnLoopback(opt.Listen) && !g.tlsOn && !cfg.AllowInsecureListen {
 		log.Warn("the mirror API listens beyond loopback without TLS: clients and credentials travel in clear text; set tls_cert/tls_key, or allow_insecure_listen to silence this",
-			"listen", cfg.Listen, "htpasswd", p.users != nil, "allow_cidr", len(p.allowNets))
-	}
-	if k := cfg.P2P.SwarmKeyFile; cfg.P2PEnabled && k != "" { // password files: upstream warns
-		if err := checkSecretFile(log, "p2p.swarm_key_file", k); err != nil {
-			return nil, err
-		}
+			"listen", opt.Listen, "htpasswd", p.users != nil, "allow_cidr", len(p.allowNets))
 	}
 	return g, nil
 }
 
-// compileGuard validates the configuration and reads the files it names. Errors name the
+// compile validates the configuration and reads the files it names. Errors name the
 // YAML key.
-func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
-	p := &guardPolicy{maxConcurrent: cfg.MaxConcurrent, maxConns: cfg.MaxConnsPerClient, requestTimeout: cfg.RequestTimeout,
+func compile(cfg Config, log *slog.Logger) (*policy, error) {
+	p := &policy{maxConcurrent: cfg.MaxConcurrent, maxConns: cfg.MaxConnsPerClient, requestTimeout: cfg.RequestTimeout,
 		writeTimeout: cfg.WriteTimeout, maxURI: cfg.MaxURILength}
 	var err error
 	if p.allowNets, err = parseNets("security.allow_cidr", cfg.AllowCIDR); err != nil {
@@ -229,14 +259,14 @@ func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
 		}
 	}
 	if cfg.Htpasswd != "" {
-		if err := checkSecretFile(log, "security.htpasswd", cfg.Htpasswd); err != nil {
+		if err := CheckSecretFile(log, "security.htpasswd", cfg.Htpasswd); err != nil {
 			return nil, err
 		}
 		b, err := os.ReadFile(cfg.Htpasswd)
 		if err != nil {
 			return nil, &ConfigError{Key: "security.htpasswd", Err: err}
 		}
-		if p.users, err = parseHtpasswd(b); err != nil {
+		if p.users, err = ParseHtpasswd(b); err != nil {
 			return nil, &ConfigError{Key: "security.htpasswd", Err: fmt.Errorf("%s: %w", cfg.Htpasswd, err)}
 		}
 		cost := bcrypt.MinCost
@@ -255,7 +285,7 @@ func compileGuard(cfg GuardConfig, log *slog.Logger) (*guardPolicy, error) {
 	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return nil, &ConfigError{Key: "security.tls_cert", Err: errors.New("tls_cert and tls_key go together")}
 	case cfg.TLSCert != "":
-		if err := checkSecretFile(log, "security.tls_key", cfg.TLSKey); err != nil {
+		if err := CheckSecretFile(log, "security.tls_key", cfg.TLSKey); err != nil {
 			return nil, err
 		}
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -337,10 +367,10 @@ func compileRepoPatterns(key string, ss []string) ([]*regexp.Regexp, error) {
 	return out, nil
 }
 
-// parseHtpasswd reads "user:hash" lines (blank lines and # comments skipped). Only bcrypt
+// ParseHtpasswd reads "user:hash" lines (blank lines and # comments skipped). Only bcrypt
 // hashes ($2y$, $2b$, $2a$, as `htpasswd -B` writes) are accepted: the others are too weak
 // or too fast to guess. Errors name the line, never its content.
-func parseHtpasswd(b []byte) (map[string][]byte, error) {
+func ParseHtpasswd(b []byte) (map[string][]byte, error) {
 	users := map[string][]byte{}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 4096), 4096)
@@ -373,9 +403,9 @@ func parseHtpasswd(b []byte) (map[string][]byte, error) {
 	return users, nil
 }
 
-// checkSecretFile refuses a secret file anyone may write (anyone could then replace the
+// CheckSecretFile refuses a secret file anyone may write (anyone could then replace the
 // credentials or key) and warns when anyone may read it.
-func checkSecretFile(log *slog.Logger, key, path string) error {
+func CheckSecretFile(log *slog.Logger, key, path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return &ConfigError{Key: key, Err: err}
@@ -389,8 +419,8 @@ func checkSecretFile(log *slog.Logger, key, path string) error {
 	return nil
 }
 
-// listensOnLoopback reports whether a listen address only accepts loopback connections.
-func listensOnLoopback(listen string) bool {
+// ListensOnLoopback reports whether a listen address only accepts loopback connections.
+func ListensOnLoopback(listen string) bool {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return false
@@ -402,9 +432,10 @@ func listensOnLoopback(listen string) bool {
 	return err == nil && ip.Unmap().IsLoopback()
 }
 
-// configure applies the connection limits to the mirror's server; zero keeps the server's
+// Configure applies the connection limits to the mirror's server; zero keeps the server's
 // own setting (a Config built without DefaultConfig must not lose its header timeout).
-func (g *guard) configure(srv *http.Server, cfg GuardConfig) {
+func (g *Guard) Configure(srv *http.Server) {
+	cfg := g.cfg
 	if cfg.ReadHeaderTimeout > 0 {
 		srv.ReadHeaderTimeout = cfg.ReadHeaderTimeout
 	}
@@ -416,10 +447,10 @@ func (g *guard) configure(srv *http.Server, cfg GuardConfig) {
 	}
 }
 
-// listener caps ln's connections per client (below TLS: a refused connection costs no
+// Listener caps ln's connections per client (below TLS: a refused connection costs no
 // handshake) and wraps it with TLS when a certificate is configured. The certificate is
 // looked up per handshake, so a reload takes effect for new connections.
-func (g *guard) listener(ln net.Listener) net.Listener {
+func (g *Guard) Listener(ln net.Listener) net.Listener {
 	ln = g.conns.listener(ln)
 	if !g.tlsOn {
 		return ln
@@ -433,9 +464,10 @@ func (g *guard) listener(ln net.Listener) net.Listener {
 	})
 }
 
-// reload swaps in a new policy. TLS cannot be switched on or off without a restart.
-func (g *guard) reload(cfg GuardConfig) error {
-	p, err := compileGuard(cfg, g.log)
+// Reload swaps in a new policy; on error nothing changes. TLS cannot be switched on or off
+// without a restart. Per-client state survives; rate buckets start full under the new limit.
+func (g *Guard) Reload(cfg Config) error {
+	p, err := compile(cfg, g.log)
 	if err != nil {
 		return err
 	}
@@ -452,7 +484,7 @@ func (g *guard) reload(cfg GuardConfig) error {
 	return nil
 }
 
-func (p *guardPolicy) limit() rate.Limit {
+func (p *policy) limit() rate.Limit {
 	if p.rate == 0 {
 		return rate.Inf
 	}
@@ -469,7 +501,7 @@ func clientKey(ip netip.Addr) netip.Prefix {
 	return p
 }
 
-func (g *guard) client(key netip.Prefix, p *guardPolicy, now time.Time) *clientState {
+func (g *Guard) client(key netip.Prefix, p *policy, now time.Time) *clientState {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if now.Sub(g.lastSweep) > time.Minute || len(g.clients) > 100_000 {
@@ -503,13 +535,13 @@ func tooMany(msg string) *ocierr.Error {
 	return &ocierr.Error{Status: http.StatusTooManyRequests, Code: oci.CodeTooManyRequests, Message: msg}
 }
 
-// wrap puts the controls in front of next, cheapest first: address lists, the rate limit
+// Wrap puts the controls in front of next, cheapest first: address lists, the rate limit
 // (before any password is checked, so guessing is rate limited too), authentication, the
 // repository policy, the concurrency bound, then the timeouts around the request itself.
-func (g *guard) wrap(next http.Handler) http.Handler {
+func (g *Guard) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := g.policy.Load()
-		ip := remoteIP(r)
+		ip := RemoteIP(r)
 		if !p.clientAllowed(ip) {
 			g.refuse(w, r, refusedAddress, errClientDenied)
 			return
@@ -539,7 +571,7 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 			return
 		}
 		if len(p.allowRepo) > 0 || len(p.denyRepo) > 0 {
-			if rt, err := parseRoute(r, g.defaultRegistry); err == nil && !p.repoAllowed(rt.registry, rt.repo) {
+			if reg, repo, ok := g.routeOf(r); ok && !p.repoAllowed(reg, repo) {
 				g.refuse(w, r, refusedRepository, errRepoDenied)
 				return
 			}
@@ -576,7 +608,17 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 	})
 }
 
-func remoteIP(r *http.Request) netip.Addr {
+// routeOf names the repository of a mirror API request (Options.Route).
+func (g *Guard) routeOf(r *http.Request) (registry, repo string, ok bool) {
+	if g.route == nil {
+		return "", "", false
+	}
+	return g.route(r)
+}
+
+// RemoteIP is the client's address: the TCP peer (X-Forwarded-For is never trusted), IPv4 in
+// IPv6 unmapped; the zero Addr when unknown.
+func RemoteIP(r *http.Request) netip.Addr {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}
@@ -584,7 +626,7 @@ func remoteIP(r *http.Request) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-func (p *guardPolicy) clientAllowed(ip netip.Addr) bool {
+func (p *policy) clientAllowed(ip netip.Addr) bool {
 	if !ip.IsValid() || inNets(p.denyNets, ip) {
 		return false
 	}
@@ -601,7 +643,7 @@ func inNets(nets []netip.Prefix, ip netip.Addr) bool {
 }
 
 // repoAllowed applies the repository patterns to a routed request.
-func (p *guardPolicy) repoAllowed(registry, repo string) bool {
+func (p *policy) repoAllowed(registry, repo string) bool {
 	name := registry + "/" + repo
 	match := func(res []*regexp.Regexp) bool {
 		for _, re := range res {
@@ -619,7 +661,7 @@ func (p *guardPolicy) repoAllowed(registry, repo string) bool {
 
 // authenticated checks HTTP Basic credentials against the htpasswd users. A password that
 // matched before is recognised by its SHA-256 without another bcrypt round.
-func (g *guard) authenticated(r *http.Request, p *guardPolicy) bool {
+func (g *Guard) authenticated(r *http.Request, p *policy) bool {
 	user, pass, ok := r.BasicAuth()
 	if !ok {
 		return false
@@ -647,9 +689,9 @@ func (g *guard) authenticated(r *http.Request, p *guardPolicy) bool {
 	return true
 }
 
-// pushUser names the htpasswd user whose valid password the request carries, or "" (package
+// PushUser names the htpasswd user whose valid password the request carries, or "" (package
 // push decides what that user may write).
-func (g *guard) pushUser(r *http.Request) string {
+func (g *Guard) PushUser(r *http.Request) string {
 	p := g.policy.Load()
 	if p.users == nil {
 		return ""
@@ -731,3 +773,6 @@ func (w *deadlineWriter) Flush() {
 }
 
 func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// writerOnly hides io.ReaderFrom so that io.Copy does not call back into ReadFrom.
+type writerOnly struct{ io.Writer }

@@ -1,10 +1,12 @@
-package daemon
+package fetch
 
 import (
 	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/adminapi"
 )
 
 // decision records where one request for content was answered from and why; `shoal explain`
@@ -15,7 +17,7 @@ type decision struct {
 	Repo     string        `json:"repo"`
 	Digest   digest.Digest `json:"digest"`
 	Kind     string        `json:"kind"`   // manifest | blob
-	Source   string        `json:"source"` // store | inflight | peer | upstream | passthrough
+	Source   Kind          `json:"source"` // store | inflight | peer | designated | upstream
 	Reason   string        `json:"reason"` // e.g. "no peer provides it", "peer 12D3… sent wrong bytes"
 	Bytes    int64         `json:"bytes"`
 }
@@ -78,4 +80,18 @@ func (h *history) recentN(d digest.Digest, n int) []decision {
 		out = out[:n]
 	}
 	return out
+}
+
+// toDecisions gives decisions as the admin API shows them.
+func toDecisions(ds []decision) []adminapi.Decision {
+	out := make([]adminapi.Decision, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, toDecision(d))
+	}
+	return out
+}
+
+func toDecision(d decision) adminapi.Decision {
+	return adminapi.Decision{Time: d.Time.UTC(), Registry: d.Registry, Repo: d.Repo, Digest: d.Digest.String(), Kind: d.Kind,
+		Source: d.Source.String(), Reason: d.Reason, Bytes: d.Bytes}
 }

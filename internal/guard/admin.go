@@ -1,6 +1,7 @@
-package daemon
+package guard
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,7 +11,7 @@ import (
 	"github.com/shoal-mirror/shoal/adminapi"
 )
 
-// guardAdmin keeps web pages away from the admin API. A page open in a browser on the node
+// Admin keeps web pages away from the admin API. A page open in a browser on the node
 // can send requests to 127.0.0.1: a form POST or a fetch with no custom header needs no CORS
 // preflight, and a name the attacker controls can be re-pointed at 127.0.0.1 (DNS
 // rebinding) so that even the answer can be read. The API has no authentication, so it
@@ -27,21 +28,31 @@ import (
 //
 // The unix socket cannot be reached by a browser and its file mode is its access control: it
 // needs neither a loopback Host nor the header (clients send whatever Host they like there).
-func guardAdmin(next http.Handler, tcp bool) http.Handler {
+//
+// A refusal is the admin API's JSON error (adminapi.ErrorBody) with code adminapi.CodeForbidden.
+func Admin(next http.Handler, tcp bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := checkAdminRequest(r, tcp); err != nil {
-			writeAPIError(w, err)
+		if f := checkAdminRequest(r, tcp); f != nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(f.status)
+			_ = json.NewEncoder(w).Encode(adminapi.ErrorBody{Error: f.err.Error(), Code: adminapi.CodeForbidden})
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-func forbidden(status int, format string, a ...any) error {
-	return &apiError{status: status, code: adminapi.CodeForbidden, err: fmt.Errorf(format, a...)}
+// refusal is why the admin API refused a request, and the status it answers with.
+type refusal struct {
+	status int
+	err    error
 }
 
-func checkAdminRequest(r *http.Request, tcp bool) error {
+func forbidden(status int, format string, a ...any) *refusal {
+	return &refusal{status: status, err: fmt.Errorf(format, a...)}
+}
+
+func checkAdminRequest(r *http.Request, tcp bool) *refusal {
 	if tcp && !loopbackHost(r.Host) {
 		return forbidden(http.StatusMisdirectedRequest, "admin API: Host %q refused: only a loopback address or localhost (a page on another name may have been pointed at this node)", r.Host)
 	}
