@@ -123,6 +123,7 @@ type Node struct {
 	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
 
 	preheat preheatState // cluster preheat asks (preheat.go)
+	tags    tagBook      // tag records this node republishes (tags.go)
 
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing
@@ -147,6 +148,8 @@ type options struct {
 	// simulator puts a thousand nodes on libp2p's in-memory mocknet (no transport, connection
 	// manager, resource manager or gater of shoal's own then).
 	makeHost func(key crypto.PrivKey) (host.Host, error)
+	// recordAge overrides tagRecordAge (tags.go): DHT value expiry and the republish period.
+	recordAge time.Duration
 }
 
 type option func(*options)
@@ -335,6 +338,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		dht.ProtocolPrefix(dhtPrefix),
 		// Values: only shoal's signed tag records (tags.go), no IPFS namespaces.
 		dht.Validator(record.NamespacedValidator{tagNamespace: tagValidator{}}),
+		dht.MaxRecordAge(n.tags.init(o.recordAge)),
 		dht.ProviderManagerOpts(
 			records.ProvideValidity(cfg.RecordTTL),
 			records.ProviderAddrTTL(cfg.RecordTTL),
@@ -368,9 +372,10 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		}
 		n.mdns = m
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.maintain(life) }()
 	go func() { defer n.wg.Done(); n.reprovideLoop(life) }()
+	go func() { defer n.wg.Done(); n.republishLoop(life) }()
 	log.Info("p2p node started", "id", h.ID().String(), "addrs", n.Addrs(),
 		"bootstrap", len(n.static), "bootstrap_dns", cfg.BootstrapDNS, "mdns", cfg.MDNS,
 		"private_network", cfg.SwarmKeyFile != "")
