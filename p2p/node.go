@@ -150,7 +150,16 @@ type options struct {
 	makeHost func(key crypto.PrivKey) (host.Host, error)
 	// recordAge overrides tagRecordAge (tags.go): DHT value expiry and the republish period.
 	recordAge time.Duration
+	// security limits the node to one security transport (securityTLS or securityNoise);
+	// "" offers both, TLS first.
+	security string
 }
+
+// Security transports a node can be limited to (options.security).
+const (
+	securityTLS   = "tls"
+	securityNoise = "noise"
+)
 
 type option func(*options)
 
@@ -288,8 +297,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		// TLS 1.3 first: with AES-NI its AES-GCM costs less CPU per byte than Noise's
 		// ChaCha20-Poly1305 (10-30% less for the whole transfer in BenchmarkTransfer here).
 		// Noise stays as a fallback; both authenticate the peer ID.
-		libp2p.Security(libp2ptls.ID, libp2ptls.New),
-		libp2p.Security(noise.ID, noise.New),
+		securityOpt(o.security),
 		libp2p.Muxer(yamux.ID, muxer()),
 		// No relay, no NAT port mapping, no hole punching, no AutoNAT: shoal dials only what
 		// its configuration names or what its own peers tell it.
@@ -518,11 +526,29 @@ func mergeAddrInfo(list []peer.AddrInfo, ai peer.AddrInfo) []peer.AddrInfo {
 	return append(list, ai)
 }
 
-// muxer is yamux with frames of up to 256 KiB instead of 64 KiB: a blob transfer then
-// crosses the muxer's send loop a quarter as often (measured: 10-20% more throughput in
-// BenchmarkTransfer), and a DHT message waits behind at most 0.25 ms of a bulk frame at 1 GB/s.
+// securityOpt offers TLS 1.3 then Noise, or only the one named.
+func securityOpt(only string) libp2p.Option {
+	switch only {
+	case securityTLS:
+		return libp2p.Security(libp2ptls.ID, libp2ptls.New)
+	case securityNoise:
+		return libp2p.Security(noise.ID, noise.New)
+	}
+	return libp2p.ChainOptions(
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
+	)
+}
+
+// yamuxHeaderSize is the size of a yamux frame header.
+const yamuxHeaderSize = 12
+
+// muxer is yamux with frames that carry one copyChunk (256 KiB) instead of 64 KiB: a blob
+// transfer then crosses the muxer's send loop a quarter as often (measured: 10-20% more
+// throughput in BenchmarkTransfer), and a DHT message waits behind at most 0.25 ms of a bulk
+// frame at 1 GB/s. Frames are what this node sends; it accepts any size its window allows.
 func muxer() *yamux.Transport {
 	t := *yamux.DefaultTransport
-	t.MaxMessageSize = 256 << 10
+	t.MaxMessageSize = copyChunk + yamuxHeaderSize
 	return &t
 }
