@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -175,9 +176,7 @@ func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
 		b.Fatal(err)
 	}
 	hs := &http.Server{Handler: patternHandler(size)}
-	go hs.Serve(ln)
 	b.Cleanup(func() { hs.Close() })
-	httpsURL, httpsClient := startHTTPS(b, ips[2], size)
 	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: streams}}
 	b.Cleanup(httpClient.CloseIdleConnections)
 	get := func(c *http.Client, url string) func() {
@@ -193,12 +192,26 @@ func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
 			})
 		}
 	}
+	// Every goroutine of a path (nodes, connections, servers, clients) carries the pprof label
+	// path=<name>, so one CPU profile splits by path: -cpuprofile, then
+	// `go tool pprof -tagfocus path=p2p`.
+	labelled := func(name string, f func() func()) func() {
+		var run func()
+		pprof.Do(b.Context(), pprof.Labels("path", name), func(context.Context) { run = f() })
+		return func() { pprof.Do(b.Context(), pprof.Labels("path", name), func(context.Context) { run() }) }
+	}
 	paths := map[string]func(){
-		"p2p":       fetch(testConfig, nil, ips[0], ips[1]),
-		"p2p-noise": fetch(testConfig, noiseOnly, ips[5], ips[6]),
-		"p2p-psk":   fetch(withKey, nil, ips[3], ips[4]),
-		"http":      get(httpClient, "http://"+ln.Addr().String()+"/blob"),
-		"https":     get(httpsClient, httpsURL),
+		"p2p":       labelled("p2p", func() func() { return fetch(testConfig, nil, ips[0], ips[1]) }),
+		"p2p-noise": labelled("p2p-noise", func() func() { return fetch(testConfig, noiseOnly, ips[5], ips[6]) }),
+		"p2p-psk":   labelled("p2p-psk", func() func() { return fetch(withKey, nil, ips[3], ips[4]) }),
+		"http": labelled("http", func() func() {
+			go hs.Serve(ln)
+			return get(httpClient, "http://"+ln.Addr().String()+"/blob")
+		}),
+		"https": labelled("https", func() func() {
+			url, c := startHTTPS(b, ips[2], size)
+			return get(c, url)
+		}),
 	}
 	r := transferRounds{
 		names: []string{"p2p", "p2p-noise", "p2p-psk", "http", "https"},
