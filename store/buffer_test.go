@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -68,4 +69,96 @@ func TestWriteBufferHashesInPlace(t *testing.T) {
 	if _, _, err := s.Reader(t.Context(), wrong); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("wrong content visible: %v", err)
 	}
+}
+
+// pieces yields its data in uneven pieces of up to 40 000 bytes (as an HTTP body does), then
+// err (io.EOF if nil).
+type pieces struct {
+	data []byte
+	i    int
+	err  error
+}
+
+func (p *pieces) Read(b []byte) (int, error) {
+	if len(p.data) == 0 {
+		if p.err != nil {
+			return 0, p.err
+		}
+		return 0, io.EOF
+	}
+	p.i++
+	n := copy(b[:min(len(b), 1000+p.i*7919%39000)], p.data)
+	p.data = p.data[n:]
+	return n, nil
+}
+
+// TestReadFromVerifies: io.Copy into a Writer (its ReadFrom, the push path) over more than two
+// writeback chunks stores the exact bytes; the same stream with one byte flipped fails the
+// digest check, leaves nothing visible and no temporary file; a stream that breaks returns its
+// error with the bytes taken so far.
+func TestReadFromVerifies(t *testing.T) {
+	t.Parallel()
+	data := make([]byte, 2*writebackChunk+3*BufferSize+777)
+	rand.NewChaCha8([32]byte{4}).Read(data)
+	d := digest.FromBytes(data)
+	s := newStore(t)
+	tmpEmpty := func() {
+		t.Helper()
+		es, err := os.ReadDir(s.tmpDir)
+		if err != nil || len(es) != 0 {
+			t.Fatalf("temporary files left: %v %v", es, err)
+		}
+	}
+
+	bad := bytes.Clone(data)
+	bad[writebackChunk+12345] ^= 0x40
+	w, err := s.Writer(t.Context(), d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := io.Copy(w, &pieces{data: bad}); err != nil || n != int64(len(bad)) {
+		t.Fatalf("copy: %d, %v", n, err)
+	}
+	if err := w.Commit(t.Context(), int64(len(bad))); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("commit of a corrupted copy: %v, want ErrDigestMismatch", err)
+	}
+	w.Close()
+	if _, _, err := s.Reader(t.Context(), d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("corrupted content visible: %v", err)
+	}
+	tmpEmpty()
+
+	broken := errors.New("client went away")
+	w, err = s.Writer(t.Context(), d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(w, &pieces{data: data[:BufferSize+5], err: broken})
+	if !errors.Is(err, broken) || n != BufferSize+5 || w.Written() != n {
+		t.Fatalf("broken stream: %d bytes (written %d), %v", n, w.Written(), err)
+	}
+	w.Close()
+	tmpEmpty()
+
+	w, err = s.Writer(t.Context(), d, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := io.Copy(w, &pieces{data: data}); err != nil || n != int64(len(data)) {
+		t.Fatalf("copy: %d, %v", n, err)
+	}
+	if err := w.Commit(t.Context(), int64(len(data))); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	w.Close()
+	rc, _, err := s.Reader(t.Context(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("stored content differs from what was written")
+	}
+	tmpEmpty()
 }
