@@ -36,7 +36,7 @@ func beforeBinary(b *testing.B) string {
 
 // BenchmarkColdPullBeforeAfter: cold pulls of the 4 × 128 MiB image through a fresh shoal (this
 // tree), through a fresh older shoal and straight from the registry, in a rotating order, on
-// unshaped loopback and over a link shaped to 100 MiB/s. It logs, per link, the medians of
+// unshaped loopback and over a link shaped to 100 MiB/s. It prints each round and logs, per link, the medians of
 // the per-round ratios to the direct pull and of each shoal's own CPU-s per GiB, and the CPU
 // of every process taking part (client, registry, shoal) per GiB through shoal and direct: on
 // 2 cores that sum over 2 is a floor for the pull's wall time.
@@ -51,13 +51,17 @@ func BenchmarkColdPullBeforeAfter(b *testing.B) {
 	for _, shaped := range []bool{false, true} {
 		up, label := e.upstream, "unshaped"
 		if shaped {
-			up, label = shapedProxy(b, e.upstream, shapedRate), fmt.Sprintf("%d MiB/s", shapedRate>>20)
+			up, label = shapedProxy(b, e.upstream, shapedRate), fmt.Sprintf("%dMiB/s", shapedRate>>20)
+		}
+		n := rounds
+		if shaped {
+			n = min(rounds, max(3, rounds/2+1)) // 15 s a round
 		}
 		var newR, oldR, newCPU, oldCPU, newAll, directAll []float64
 		reg := e.procs[0].Process.Pid // the registry, started first
 		// others is the CPU of the client (this process, with the link proxy) and the registry.
 		others := func() time.Duration { return selfCPU() + procCPU(reg) }
-		for r := range rounds {
+		for r := range n {
 			through := func(bin string) (secs, cpuPerGiB, allPerGiB float64) {
 				cur := e.shoal
 				e.shoal = bin
@@ -88,14 +92,15 @@ func BenchmarkColdPullBeforeAfter(b *testing.B) {
 			for i := range steps {
 				steps[(i+r)%len(steps)]()
 			}
-			b.Logf("%s round %d: new %.2f s (%.2f CPU-s/GiB; all processes %.2f), old %.2f s (%.2f CPU-s/GiB), direct %.2f s (all processes %.2f CPU-s/GiB)",
+			fmt.Printf("%s round %d: new %.2f s (%.2f CPU-s/GiB; all processes %.2f), old %.2f s (%.2f CPU-s/GiB), direct %.2f s (all processes %.2f CPU-s/GiB)",
 				label, r, tn, cn, an, to, co, td, ad)
+			fmt.Println()
 			newR, oldR = append(newR, tn/td), append(oldR, to/td)
 			newCPU, oldCPU = append(newCPU, cn), append(oldCPU, co)
 			newAll, directAll = append(newAll, an), append(directAll, ad)
 		}
-		b.Logf("%s, %d rounds: shoal/direct new %.2f (%s), old %.2f (%s); CPU-s/GiB new %.2f (%s), old %.2f (%s); "+
-			"client+registry+shoal CPU-s/GiB through new %.2f, direct (client+registry) %.2f", label, rounds,
+		fmt.Printf("%s, %d rounds: shoal/direct new %.2f (%s), old %.2f (%s); CPU-s/GiB new %.2f (%s), old %.2f (%s); "+
+			"client+registry+shoal CPU-s/GiB through new %.2f, direct (client+registry) %.2f\n", label, n,
 			median(newR), spread(newR), median(oldR), spread(oldR), median(newCPU), spread(newCPU), median(oldCPU), spread(oldCPU),
 			median(newAll), median(directAll))
 		b.ReportMetric(median(newR), label+"-new/direct")
@@ -161,13 +166,13 @@ func BenchmarkPushBeforeAfter(b *testing.B) {
 		for i := range steps {
 			steps[(i+r)%len(steps)]()
 		}
-		b.Logf("round %d: new %.2f s, old %.2f s, raw %.2f s", r, pushS[0], pushS[1], rawS)
+		fmt.Printf("push round %d: new %.2f s, old %.2f s, raw %.2f s\n", r, pushS[0], pushS[1], rawS)
 		raws = append(raws, rawS)
 		for i := range pushS {
 			ratios[i] = append(ratios[i], rawS/pushS[i])
 		}
 	}
-	b.Logf("1 GiB push / raw write+fsync, %d rounds: new %.2f (%s), old %.2f (%s); raw median %.2f s", rounds,
+	fmt.Printf("1 GiB push / raw write+fsync, %d rounds: new %.2f (%s), old %.2f (%s); raw median %.2f s\n", rounds,
 		median(ratios[0]), spread(ratios[0]), median(ratios[1]), spread(ratios[1]), median(raws))
 	b.ReportMetric(median(ratios[0]), "new-push/raw")
 	b.ReportMetric(median(ratios[1]), "old-push/raw")
@@ -182,7 +187,7 @@ func pushOnce(b *testing.B, base, src, dgst string) float64 {
 		b.Fatal(err)
 	}
 	s := time.Since(t0).Seconds()
-	b.Logf("push into %s: %.2f s, of which the final PUT %.3f s", base, s, put.Seconds())
+	fmt.Printf("push into %s: %.2f s, of which the final PUT %.3f s\n", base, s, put.Seconds())
 	req, _ := http.NewRequest(http.MethodDelete, base+"/v2/shoal.local/bench/push/blobs/"+dgst, nil)
 	if err := expect(http.DefaultClient.Do(req))(http.StatusAccepted); err != nil {
 		b.Fatal(err)
