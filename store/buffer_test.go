@@ -92,12 +92,22 @@ func (p *pieces) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// TestReadFromVerifies: io.Copy into a Writer (its ReadFrom, the push path) over more than two
-// writeback chunks stores the exact bytes; the same stream with one byte flipped fails the
-// digest check, leaves nothing visible and no temporary file; a stream that breaks returns its
-// error with the bytes taken so far.
+// TestReadFromVerifies: io.Copy into a Writer (its ReadFrom), from Writer (push copies between
+// nodes) or Ingest (a push upload, written back as it goes), over more than two writeback
+// chunks, stores the exact bytes; the same stream with one byte flipped fails the digest check,
+// leaves nothing visible and no temporary file; a stream that breaks returns its error with
+// the bytes taken so far.
 func TestReadFromVerifies(t *testing.T) {
 	t.Parallel()
+	for _, ingest := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Writer", true: "Ingest"}[ingest], func(t *testing.T) {
+			t.Parallel()
+			testReadFromVerifies(t, ingest)
+		})
+	}
+}
+
+func testReadFromVerifies(t *testing.T, ingest bool) {
 	data := make([]byte, 2*writebackChunk+3*BufferSize+777)
 	rand.NewChaCha8([32]byte{4}).Read(data)
 	d := digest.FromBytes(data)
@@ -112,14 +122,31 @@ func TestReadFromVerifies(t *testing.T) {
 
 	bad := bytes.Clone(data)
 	bad[writebackChunk+12345] ^= 0x40
-	w, err := s.Writer(t.Context(), d, "")
-	if err != nil {
-		t.Fatal(err)
+	open := func() *Writer {
+		t.Helper()
+		var w *Writer
+		var err error
+		if ingest {
+			w, err = s.Ingest(t.Context(), digest.SHA256, "")
+		} else {
+			w, err = s.Writer(t.Context(), d, "")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
 	}
+	commit := func(w *Writer, size int64) error {
+		if ingest {
+			return w.CommitAs(t.Context(), d, size)
+		}
+		return w.Commit(t.Context(), size)
+	}
+	w := open()
 	if n, err := io.Copy(w, &pieces{data: bad}); err != nil || n != int64(len(bad)) {
 		t.Fatalf("copy: %d, %v", n, err)
 	}
-	if err := w.Commit(t.Context(), int64(len(bad))); !errors.Is(err, ErrDigestMismatch) {
+	if err := commit(w, int64(len(bad))); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("commit of a corrupted copy: %v, want ErrDigestMismatch", err)
 	}
 	w.Close()
@@ -129,10 +156,7 @@ func TestReadFromVerifies(t *testing.T) {
 	tmpEmpty()
 
 	broken := errors.New("client went away")
-	w, err = s.Writer(t.Context(), d, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = open()
 	n, err := io.Copy(w, &pieces{data: data[:BufferSize+5], err: broken})
 	if !errors.Is(err, broken) || n != BufferSize+5 || w.Written() != n {
 		t.Fatalf("broken stream: %d bytes (written %d), %v", n, w.Written(), err)
@@ -140,14 +164,11 @@ func TestReadFromVerifies(t *testing.T) {
 	w.Close()
 	tmpEmpty()
 
-	w, err = s.Writer(t.Context(), d, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	w = open()
 	if n, err := io.Copy(w, &pieces{data: data}); err != nil || n != int64(len(data)) {
 		t.Fatalf("copy: %d, %v", n, err)
 	}
-	if err := w.Commit(t.Context(), int64(len(data))); err != nil {
+	if err := commit(w, int64(len(data))); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
 	w.Close()

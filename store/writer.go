@@ -27,9 +27,12 @@ type Writer struct {
 	tmp       string
 	written   atomic.Int64
 
-	mu     sync.Mutex // serialises Write, Commit, Abort and Close
-	h      *hasher
-	queued int64 // bytes handed to the kernel's writeback (startWriteback)
+	mu sync.Mutex // serialises Write, Commit, Abort and Close
+	h  *hasher
+	// early: start the writeback as bytes arrive (Ingest: a push, whose client waits for
+	// Commit's fsync); queued is how far it was started.
+	early  bool
+	queued int64
 	err    error // first write error; the writer can no longer commit
 	state  int
 	closed bool
@@ -94,18 +97,24 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// writeback starts the disk writes of every full writebackChunk written since the last call, so
-// that they run while more bytes arrive instead of all in Commit's fsync (that fsync took
-// ~0.5 s per GiB at the end of a push here, after the last byte was in). w.mu is held.
+// writeback starts, for an early writer, the disk writes of the whole writebackChunks written
+// since the last call, so that they run while more bytes arrive instead of all in Commit's
+// fsync (that fsync took ~0.5 s per GiB at the end of a push here, after the last byte was in).
+// Only whole chunks: a page still being written is not written back twice. A download's writer
+// does not: its fsync runs after its clients got every byte, off their path, and writing back
+// during the transfer cost CPU beside them (docs/benchmarks.md). w.mu is held.
 func (w *Writer) writeback() {
-	if n := w.written.Load(); n-w.queued >= writebackChunk {
-		startWriteback(w.f, w.queued, n-w.queued)
-		w.queued = n
+	if !w.early {
+		return
+	}
+	if end := w.written.Load() &^ (writebackChunk - 1); end > w.queued {
+		startWriteback(w.f, w.queued, end-w.queued)
+		w.queued = end
 	}
 }
 
 // writebackChunk is how many written bytes gather before their writeback starts: large enough
-// for few system calls and long sequential disk writes.
+// for few system calls and long sequential disk writes (a power of two).
 const writebackChunk = 8 << 20
 
 // Buffer returns an empty buffer (capacity BufferSize) to read content into and hand to
