@@ -22,12 +22,8 @@ func (s *Store) Ingest(ctx context.Context, alg digest.Algorithm, mediaType stri
 		return nil, fmt.Errorf("store: ingest: digest algorithm %q is not available", alg)
 	}
 	// A placeholder digest of the right algorithm; CommitAs replaces it before the check.
-	w, err := s.Writer(ctx, digest.NewDigestFromEncoded(alg, strings.Repeat("0", alg.Size()*2)), mediaType)
-	if err != nil {
-		return nil, err
-	}
-	w.early = true // the client waits for Commit: write back as the bytes arrive
-	return w, nil
+	// The client waits for Commit: write back as the bytes arrive.
+	return s.newWriter(ctx, digest.NewDigestFromEncoded(alg, strings.Repeat("0", alg.Size()*2)), mediaType, true)
 }
 
 // CommitAs is Commit for a writer from Ingest. When d uses another algorithm than the writer
