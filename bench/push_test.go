@@ -80,31 +80,40 @@ func BenchmarkPushLayer1GiB(b *testing.B) {
 
 // pushChunked uploads a file as clients do: POST, one PATCH streaming the bytes, PUT ?digest=.
 func pushChunked(base, repo, path, dgst string) error {
+	_, err := pushChunkedTimed(base, repo, path, dgst)
+	return err
+}
+
+// pushChunkedTimed is pushChunked that also says how long the final PUT (verify, fsync,
+// commit) took.
+func pushChunkedTimed(base, repo, path, dgst string) (time.Duration, error) {
 	resp, err := http.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("start upload: %s", resp.Status)
+		return 0, fmt.Errorf("start upload: %s", resp.Status)
 	}
 	loc := base + resp.Header.Get("Location")
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	req, _ := http.NewRequest(http.MethodPatch, loc, struct{ io.Reader }{f}) // no length: streamed
 	req.Header.Set("Content-Type", "application/octet-stream")
 	if err := expect(http.DefaultClient.Do(req))(http.StatusAccepted); err != nil {
-		return fmt.Errorf("PATCH: %w", err)
+		return 0, fmt.Errorf("PATCH: %w", err)
 	}
 	sep := "?"
 	if strings.Contains(loc, "?") {
 		sep = "&"
 	}
 	req, _ = http.NewRequest(http.MethodPut, loc+sep+"digest="+dgst, nil)
-	return expect(http.DefaultClient.Do(req))(http.StatusCreated)
+	t0 := time.Now()
+	err = expect(http.DefaultClient.Do(req))(http.StatusCreated)
+	return time.Since(t0), err
 }
 
 // copySync is the baseline: the same bytes into a new file, one fsync.

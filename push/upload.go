@@ -196,10 +196,9 @@ func (h *Handler) receive(r *http.Request, u *upload) error {
 	if limit > 0 {
 		src = io.LimitReader(r.Body, limit-u.w.Written()+1)
 	}
-	// Large reads: fewer system calls and store writes per byte (the hash runs beside them).
-	buf := copyBufs.Get().(*[]byte)
-	_, err := io.CopyBuffer(struct{ io.Writer }{u.w}, src, *buf)
-	copyBufs.Put(buf)
+	// The writer's ReadFrom reads the body straight into the buffers its hasher works on: one
+	// copy (from the socket), large writes, the hash beside them.
+	_, err := io.Copy(u.w, src)
 	if limit > 0 && u.w.Written() > limit {
 		h.drop(u)
 		return errTooLarge(limit)
@@ -215,8 +214,6 @@ func (h *Handler) receive(r *http.Request, u *upload) error {
 	}
 	return nil
 }
-
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 func errTooLarge(limit int64) *Error {
 	return errorf(http.StatusRequestEntityTooLarge, "SIZE_INVALID", nil, "blob is larger than store.max_blob_size (%d bytes); the upload was dropped", limit)

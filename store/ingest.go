@@ -15,13 +15,15 @@ import (
 // Ingest starts writing content whose digest is not known yet (a push whose client names the
 // digest only at the end). The bytes are hashed with alg as they arrive; CommitAs checks them
 // against the digest the client finally names. Until then nothing is visible, and Abort, Close
-// or the next Open remove the temporary file.
+// or the next Open remove the temporary file. Its bytes are written back to disk as they arrive,
+// so that Commit's fsync, which the client waits for, finds little left.
 func (s *Store) Ingest(ctx context.Context, alg digest.Algorithm, mediaType string) (*Writer, error) {
 	if !alg.Available() {
 		return nil, fmt.Errorf("store: ingest: digest algorithm %q is not available", alg)
 	}
 	// A placeholder digest of the right algorithm; CommitAs replaces it before the check.
-	return s.Writer(ctx, digest.NewDigestFromEncoded(alg, strings.Repeat("0", alg.Size()*2)), mediaType)
+	// The client waits for Commit: write back as the bytes arrive.
+	return s.newWriter(ctx, digest.NewDigestFromEncoded(alg, strings.Repeat("0", alg.Size()*2)), mediaType, true)
 }
 
 // CommitAs is Commit for a writer from Ingest. When d uses another algorithm than the writer
