@@ -35,7 +35,7 @@ func (h *Handler) SetWriteThrough(f Forwarder, accepted func(ctx context.Context
 // the upstream accepted it. Reads are the mirror's.
 func (h *Handler) ServeWriteThrough(w http.ResponseWriter, r *http.Request, c Client, host string) error {
 	if h.fwd == nil {
-		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "write-through is not enabled")
+		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "write-through is not enabled")
 	}
 	q, err := h.parse(r, host)
 	if err != nil {
@@ -51,7 +51,7 @@ func (h *Handler) ServeWriteThrough(w http.ResponseWriter, r *http.Request, c Cl
 	if q.kind+" "+r.Method == "manifest PUT" {
 		return h.putManifest(w, r, q)
 	}
-	return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "%s is not supported for write-through to %s", r.Method, host)
+	return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "%s is not supported for write-through to %s", r.Method, host)
 }
 
 // forwarded is a verified manifest on its way to the upstream.
@@ -78,7 +78,7 @@ func (h *Handler) forwardManifest(w http.ResponseWriter, r *http.Request, q req,
 			switch {
 			case has:
 			case !held:
-				return errorf(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", nil,
+				return errorf(http.StatusBadRequest, oci.CodeManifestBlobUnknown, nil,
 					"manifest references %s, which neither this node nor %s holds; nothing was pushed", ref, q.host)
 			default:
 				info, err := h.st.Stat(ctx, ref)
