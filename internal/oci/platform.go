@@ -50,5 +50,13 @@ func FormatPlatform(p *ocispec.Platform) string {
 }
 
 // DefaultPlatform is the platform of the host shoal runs on, as containerd reckons it (on
-// arm, with the CPU's variant): the one `docker load` or containerd on this node would run.
-func DefaultPlatform() ocispec.Platform { return platforms.DefaultSpec() }
+// 32-bit arm, with the CPU's variant): the one `docker load` or containerd on this node would
+// run. On arm64 it is arm64/v8 whatever the CPU says: images name arm64 (or arm64/v8) only,
+// and a v9 CPU runs them.
+func DefaultPlatform() ocispec.Platform {
+	p := platforms.DefaultSpec()
+	if p.Architecture == "arm64" {
+		p.Variant = "v8"
+	}
+	return p
+}
