@@ -83,7 +83,7 @@ func (r imageRef) tagKey() string { return r.registry + "/" + r.repo + ":" + r.t
 // familiar is the name Docker shows: "alpine:3" for docker.io/library/alpine:3.
 func (r imageRef) familiar() string {
 	name := r.registry + "/" + r.repo
-	if r.registry == "docker.io" {
+	if r.registry == oci.DockerHub {
 		name = strings.TrimPrefix(r.repo, "library/")
 	}
 	if r.tag != "" {
