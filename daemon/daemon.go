@@ -228,6 +228,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
 	d.fetch.Shutdown(dctx)
 	cancel()
+	d.up.CloseIdleConnections() // no download needs them now; else they outlive Run
 	if d.push != nil {
 		d.push.Close() // drops uploads in progress with their temporary data
 	}

@@ -1,13 +1,56 @@
 package daemon
 
 import (
+	"context"
+	"net/http"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/shoal-mirror/shoal/upstream"
 )
 
 // TestMain fails the package's tests when a goroutine outlives them: a background loop not
 // stopped by Close, a request not cancelled, a connection left open.
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
+}
+
+// A daemon that stopped leaves no goroutine behind while the rest of the process goes on (a
+// test binary, or a program that embeds it): in particular no keep-alive connection to an
+// upstream that is still up. TestMain's check cannot see that one in-process, because each
+// test's upstream closes its connections when it stops; TestIndexSurvivesFullFilesystem's
+// child daemon, whose upstream lives in the parent, showed it.
+func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
+	up := newUpstream(t)
+	pushRandom(t, up, "test/leak", 16<<10, 2)
+	before := goleak.IgnoreCurrent()
+
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.DefaultRegistry = up.host()
+	cfg.Upstream.OnlyConfigured = true
+	cfg.P2PEnabled = false
+	cfg.MetricsListen = "127.0.0.1:0"
+	cfg.SetRegistry(up.host(), upstream.RegistryConfig{URL: up.srv.URL})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, err := New(ctx, cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	if _, err := pullThrough(t, d, "test/leak:latest"); err != nil {
+		t.Fatal(err)
+	}
+	http.DefaultClient.CloseIdleConnections() // the test's own client, not the daemon's
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("after Run returned: %v", err)
+	}
 }
