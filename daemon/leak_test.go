@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/shoal-mirror/shoal/files/filestest"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -18,12 +19,15 @@ func TestMain(m *testing.M) {
 
 // A daemon that stopped leaves no goroutine behind while the rest of the process goes on (a
 // test binary, or a program that embeds it): in particular no keep-alive connection to an
-// upstream that is still up. TestMain's check cannot see that one in-process, because each
+// upstream or a file host that is still up. TestMain's check cannot see that one in-process, because each
 // test's upstream closes its connections when it stops; TestIndexSurvivesFullFilesystem's
 // child daemon, whose upstream lives in the parent, showed it.
 func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
 	up := newUpstream(t)
 	pushRandom(t, up, "test/leak", 16<<10, 2)
+	fx := filestest.New(t)
+	asset := randBytes(t, 64<<10)
+	fx.AddRelease("acme/tool", "v1", map[string][]byte{"tool.tar.gz": asset}, true)
 	before := goleak.IgnoreCurrent()
 
 	cfg := DefaultConfig()
@@ -34,6 +38,9 @@ func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
 	cfg.P2PEnabled = false
 	cfg.MetricsListen = "127.0.0.1:0"
 	cfg.SetRegistry(up.host(), upstream.RegistryConfig{URL: up.srv.URL})
+	for h, u := range fx.Hosts() {
+		cfg.SetFileHost(h, u)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d, err := New(ctx, cfg, testLogger(t))
@@ -44,6 +51,9 @@ func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
 	go func() { done <- d.Run(ctx) }()
 	if _, err := pullThrough(t, d, "test/leak:latest"); err != nil {
 		t.Fatal(err)
+	}
+	if resp, body := httpGet(t, "http://"+d.Addr()+"/https://github.com/acme/tool/releases/download/v1/tool.tar.gz"); resp.StatusCode != http.StatusOK || sha256hex(body) != sha256hex(asset) {
+		t.Fatalf("release file through the daemon: %s", resp.Status)
 	}
 	http.DefaultClient.CloseIdleConnections() // the test's own client, not the daemon's
 	cancel()
