@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/files/filestest"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -28,6 +29,7 @@ func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
 	fx := filestest.New(t)
 	asset := randBytes(t, 64<<10)
 	fx.AddRelease("acme/tool", "v1", map[string][]byte{"tool.tar.gz": asset}, true)
+	hub := newHubSearch(t, map[string][]adminapi.SearchResult{"redis": {{Name: "redis", StarCount: 1, IsOfficial: true}}})
 	before := goleak.IgnoreCurrent()
 
 	cfg := DefaultConfig()
@@ -37,6 +39,8 @@ func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
 	cfg.Upstream.OnlyConfigured = true
 	cfg.P2PEnabled = false
 	cfg.MetricsListen = "127.0.0.1:0"
+	cfg.Console.Listen = "off"
+	cfg.Console.HubSearchURL = hub.srv.URL
 	cfg.SetRegistry(up.host(), upstream.RegistryConfig{URL: up.srv.URL})
 	for h, u := range fx.Hosts() {
 		cfg.SetFileHost(h, u)
@@ -54,6 +58,9 @@ func TestStoppedDaemonLeavesNoGoroutine(t *testing.T) {
 	}
 	if resp, body := httpGet(t, "http://"+d.Addr()+"/https://github.com/acme/tool/releases/download/v1/tool.tar.gz"); resp.StatusCode != http.StatusOK || sha256hex(body) != sha256hex(asset) {
 		t.Fatalf("release file through the daemon: %s", resp.Status)
+	}
+	if res, err := adminFor(t, d).Search(t.Context(), "redis", "", 0); err != nil || len(res.Results) != 1 {
+		t.Fatalf("search through the daemon: %+v, %v", res, err)
 	}
 	http.DefaultClient.CloseIdleConnections() // the test's own client, not the daemon's
 	cancel()
