@@ -48,6 +48,20 @@ type Status struct {
 	Upstreams      []UpstreamStatus `json:"upstreams"`
 	P2P            *P2PStatus       `json:"p2p"` // null: P2P disabled
 	HistoryEntries int              `json:"history_entries"`
+	// Local is what the store holds for the cluster-local namespace (push.namespace); null
+	// when pushes are off.
+	Local *LocalImages `json:"local_images,omitempty"`
+}
+
+// LocalImages is the store's share held for the cluster-local namespace: pushed images and
+// copies of them, apart from cached upstream content. Pinned images are never evicted by LRU
+// or TTL; their bytes count against the store's budget.
+type LocalImages struct {
+	Namespace string `json:"namespace"`
+	Tags      int    `json:"tags"`
+	Images    int    `json:"images"`
+	Pinned    int    `json:"pinned"`
+	Bytes     int64  `json:"bytes"`
 }
 
 // StoreStatus is the store's usage against its budget.
@@ -159,6 +173,8 @@ type CacheEntry struct {
 	Created  time.Time `json:"created"`
 	Accessed time.Time `json:"accessed"`
 	Pinned   bool      `json:"pinned"`
+	// Local: part of an image of the cluster-local namespace.
+	Local bool `json:"local,omitempty"`
 }
 
 // CacheList is `shoal cache ls`.

@@ -53,8 +53,9 @@ const (
 	loadClients     = 500
 	loadSourceAddrs = 50
 	loadCached      = 20  // images pulled before the clock starts: config + 3 × 1 MiB
-	loadCold        = 400 // images nobody pulled: config + 2 × 256 KiB
-	loadColdShare   = 5   // clients that pull each cold image together
+	loadCold        = 400 // images nobody pulled: config + loadColdLayers × 256 KiB
+	loadColdLayers  = 2
+	loadColdShare   = 5 // clients that pull each cold image together
 )
 
 func BenchmarkLoad500Clients(b *testing.B) {
@@ -106,7 +107,7 @@ func BenchmarkLoad500Clients(b *testing.B) {
 		push(fmt.Sprintf("load/cached%d", i), 1<<20, 3)
 	}
 	for i := range loadCold {
-		push(fmt.Sprintf("load/cold%d", i), 256<<10, 2)
+		push(fmt.Sprintf("load/cold%d", i), 256<<10, loadColdLayers)
 	}
 
 	addr, err := freeAddr()
@@ -214,9 +215,19 @@ func BenchmarkLoad500Clients(b *testing.B) {
 	}
 	b.Logf("upstream blob GETs during the load: %d distinct blobs, %d repeats (%d with a Range header)", len(getsBy), repeated, rangeGET)
 	b.ReportMetric(float64(repeated), "upstream-repeat-GETs")
+	distinct := len(getsBy)
 	getsMu.Unlock()
 	if errs.Load() > 0 {
 		b.Fatalf("%d pulls failed; first: %v", errs.Load(), firstErr)
+	}
+	// Deterministic, whatever the clock cut: coalescing fetches each blob once, and only blobs
+	// of cold images some client started can be fetched (config + loadColdLayers each).
+	if repeated > 0 {
+		b.Fatalf("%d upstream blob GETs repeated a digest already fetched (%d distinct blobs): downloads were not coalesced", repeated, distinct)
+	}
+	started := min(int((coldNext.Load()+loadColdShare-1)/loadColdShare), loadCold)
+	if limit := started * (1 + loadColdLayers); distinct > limit {
+		b.Fatalf("%d distinct blobs fetched from the upstream, but the %d cold images started have only %d", distinct, started, limit)
 	}
 }
 

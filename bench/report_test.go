@@ -127,9 +127,12 @@ func BenchmarkReport(b *testing.B) {
 		}
 		return r
 	}
-	rows = append(rows, peerRow("256 MiB blob from a peer (verified before serving) vs from the registry through shoal", "peer", "≥ 0.9"))
+	rows = append(rows, peerRow("256 MiB blob from a peer (verified before serving) vs from the registry through shoal", "peer", ""))
 	rows = append(rows, peerRow("… the same, peer bytes streamed as they arrive", "peer-eager", ""))
 	b.Logf("peer: %v cpu-s/GiB %v", rate, cpu)
+
+	// 4b. The transport alone: p2p (TLS 1.3 + yamux) against HTTPS, one blob and 8 at once.
+	rows = append(rows, transferRows(b, rounds)...)
 
 	// 5. A herd: N nodes pull one image at once, each through its own mirror.
 	sw := getSwarmEnv(b)
@@ -469,6 +472,11 @@ What was compared:
   record) against the same bytes written to a file with fsync and rename.
 - **peer**: a fresh shoal node gets a 256 MiB blob from a neighbour that has it (libp2p, TLS 1.3 +
   yamux) against a fresh shoal node that gets it from the registry over plain HTTP.
+- **peer transfer vs HTTPS**: the transport alone (p2p's BenchmarkTransfer, nothing stored or hashed):
+  the bytes of one 256 MiB blob, and of 8 × 64 MiB at once, from one node to another over libp2p
+  (TCP + TLS 1.3 + yamux; 8 streams on one connection) against the same over HTTPS (Go's crypto/tls
+  1.3, AES-128-GCM, 8 connections for the 8 blobs); "Noise" is the same transfer with Noise
+  (ChaCha20-Poly1305) instead of TLS, shoal's fallback security transport, against TLS.
 - **herd**: N nodes pull one image (config + 4 × 16 MiB = %.0f MiB) at the same instant with crane, each
   through its own mirror, from one registry behind a link shaped to SHOAL_BENCH_LINK_MBIT (default 400
   Mbit/s) shared by all: a shoal swarm (P2P on), N independent shoal caches, and N of distribution's
@@ -507,11 +515,91 @@ go test -run '^$' -bench 'Swarm/N=(1|5|10|20)$' -benchtime 1x -timeout 60m ./ben
 go test -run '^$' -bench Load500 -benchtime 1x ./bench                       # 500 concurrent clients against one daemon
 go test -run '^$' -bench . -benchtime 2s ./store/                            # store commit/read vs raw files, stat and open with 100k blobs
 go test -run '^$' -bench 'Lookup10Nodes|ProvideToFindable10Nodes' -benchtime 500x ./p2p/   # DHT lookup and provide-to-findable latency, 10 nodes
-go test -run '^$' -bench Transfer -benchtime 5x ./p2p/                       # 1 GiB peer transfer (with and without a swarm key) vs plain HTTP and HTTPS over loopback, interleaved
+go test -run '^$' -bench Transfer -benchtime 5x ./p2p/                       # peer transfer (TLS, Noise, swarm key): one 256 MiB blob and 8 × 64 MiB vs plain HTTP and HTTPS over loopback, interleaved
 go test -run '^$' -bench PeerBlob -benchtime 3x -timeout 30m ./bench          # a client's 1 GiB blob GET through a daemon that gets it from a peer vs from the registry vs direct
 go test -run '^$' -bench CRIHerd -benchtime 1x -timeout 30m ./bench       # 5 containerd 2.4.2 nodes (crictl pull), each with its shoal vs no mirror: single cold pull and herd, upstream bytes (root)
 go test -run '^$' -bench Soak10Nodes -benchtime 1x -timeout 60m ./bench       # 10 daemons, 30 min of steady lookups and transfers: RSS per minute (SHOAL_SOAK=10m for less)
 `+"```"+`
 `, herdMiB)
 	return b.Bytes()
+}
+
+// transferRows runs p2p's BenchmarkTransfer (rounds interleaved rounds of each path) in its own
+// process and turns its per-round ratios into the page's rows.
+func transferRows(b *testing.B, rounds int) []reportRow {
+	root, err := runOut("", "go", "env", "GOMOD")
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := runOut(filepath.Dir(strings.TrimSpace(root)), "go", "test", "-vet=off", "-count=1", "-run", "^$",
+		"-bench", "^BenchmarkTransfer$", "-benchtime", fmt.Sprintf("%dx", rounds), "./p2p/")
+	if err != nil {
+		b.Fatalf("p2p BenchmarkTransfer: %v\n%s", err, out)
+	}
+	m := parseBenchMetrics(out)
+	b.Logf("p2p BenchmarkTransfer: %v", m)
+	var rows []reportRow
+	for _, c := range []struct{ sub, what string }{
+		{"single", "peer transfer of one 256 MiB blob (libp2p: TLS 1.3 + yamux) vs HTTPS"},
+		{"8x64MiB", "peer transfer of 8 × 64 MiB at once (8 streams, one connection) vs HTTPS (8 connections)"},
+	} {
+		r := m["BenchmarkTransfer/"+c.sub]
+		if r == nil {
+			b.Fatalf("p2p BenchmarkTransfer printed no %s line:\n%s", c.sub, out)
+		}
+		mb := func(k string) string { return mibs(r[k+"-MB/s"] * 1e6 / (1 << 20)) }
+		rows = append(rows,
+			reportRow{c.what, mb("p2p"), mb("https") + " (HTTPS)", fmt.Sprintf("%.2f", r["p2p/https"]),
+				fmt.Sprintf("%.2f–%.2f", r["p2p/https-min"], r["p2p/https-max"]), "≥ 0.9"},
+			reportRow{"… the same with Noise instead of TLS (shoal's fallback)", mb("p2p-noise"), mb("p2p") + " (TLS)", fmt.Sprintf("%.2f", r["noise/tls"]),
+				fmt.Sprintf("%.2f–%.2f", r["noise/tls-min"], r["noise/tls-max"]), ""})
+	}
+	return rows
+}
+
+// parseBenchMetrics reads `go test -bench` output: for each benchmark line (its name without
+// the -GOMAXPROCS suffix), every "value unit" pair after the iteration count.
+func parseBenchMetrics(out string) map[string]map[string]float64 {
+	res := map[string]map[string]float64{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		if _, err := strconv.Atoi(f[1]); err != nil {
+			continue
+		}
+		name := f[0]
+		if i := strings.LastIndex(name, "-"); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i]
+			}
+		}
+		m := map[string]float64{}
+		for i := 2; i+1 < len(f); i += 2 {
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				m[f[i+1]] = v
+			}
+		}
+		res[name] = m
+	}
+	return res
+}
+
+func TestParseBenchMetrics(t *testing.T) {
+	out := "goos: linux\nBenchmarkTransfer/single-2   \t       5\t1367536258 ns/op\t 196.29 MB/s\t      3839 http-MB/s\t         0.7140 p2p/https\n" +
+		"--- BENCH: BenchmarkTransfer/single-2\nBenchmarkTransfer/8x64MiB-2 \t 5\t 3637985554 ns/op\t 0.9420 p2p/https\t 0.5680 p2p/https-min\nPASS\n"
+	m := parseBenchMetrics(out)
+	if got := m["BenchmarkTransfer/single"]["p2p/https"]; got != 0.714 {
+		t.Errorf("single p2p/https = %v, want 0.714 (all: %v)", got, m)
+	}
+	if got := m["BenchmarkTransfer/single"]["http-MB/s"]; got != 3839 {
+		t.Errorf("single http-MB/s = %v, want 3839", got)
+	}
+	if got := m["BenchmarkTransfer/8x64MiB"]["p2p/https-min"]; got != 0.568 {
+		t.Errorf("8x p2p/https-min = %v, want 0.568", got)
+	}
+	if len(m) != 2 {
+		t.Errorf("parsed %d benchmarks, want 2: %v", len(m), m)
+	}
 }

@@ -67,6 +67,9 @@ func (d *Daemon) openOps(m http.Handler, fe *fetch.Fetcher, fend *filesEndpoint)
 	if fend != nil {
 		o.FileName, o.FileDigest = fend.h.Name, fend.h.DigestOf
 	}
+	if d.push != nil && d.cfg.Push.Namespace != "" {
+		o.Local = localImages(d.push)
+	}
 	ops, err := admin.New(o)
 	if err != nil {
 		if ce := (*admin.ConfigError)(nil); errors.As(err, &ce) {

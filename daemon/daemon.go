@@ -147,7 +147,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		d.push, m.push, m.pushUser = ph, ph, g.PushUser
 		// Write-through: what the upstream accepted is advertised unless the registry needed
 		// credentials (private stays private, p2p.share_private).
-		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) {
+		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) bool {
 			private := up.Private(host, repo)
 			for _, dg := range held {
 				if private {
@@ -155,10 +155,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 				}
 				fe.Advertise(ctx, dg)
 			}
+			return !private
 		})
 		if node != nil {
 			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
 			node.HandleReplicate(pcl.hold)
+			node.SetHeldTags(ph.HeldTags)
+			node.HandleTagNudge(ph.Nudged)
 			ph.SetCluster(pcl)
 		}
 	}

@@ -90,7 +90,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	if m.push.Match(r) { // the cluster-local namespace: never routed upstream
 		return m.push.Serve(w, r, push.Client{Addr: guard.RemoteIP(r), User: m.pushUser(r)})
 	}
-	if m.push != nil && (r.Method != http.MethodGet && r.Method != http.MethodHead || strings.Contains(r.URL.Path, "/blobs/uploads/")) {
+	if m.push != nil && push.WritesThrough(r) {
 		// A push to a registry configured with write_through (push/writethrough.go).
 		if host := push.WriteThroughHost(r); host != "" && m.up.WriteThrough(host) {
 			return m.push.ServeWriteThrough(w, r, push.Client{Addr: guard.RemoteIP(r), User: m.pushUser(r)}, host)

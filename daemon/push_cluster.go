@@ -15,6 +15,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
@@ -71,6 +73,31 @@ func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request,
 		return &ocierr.Error{Status: http.StatusNotFound, Code: "BLOB_UNKNOWN", Message: "no node of the swarm holds this blob of the local namespace", Err: err}
 	}
 	return err
+}
+
+// FetchBlob makes this node hold blob d of the local namespace, from peers, through the same
+// download a client's GET or HEAD starts, so that one under way is joined: verified before it
+// is stored.
+func (c *pushCluster) FetchBlob(ctx context.Context, repo string, d digest.Digest) error {
+	ref := fetch.Ref{Registry: c.ns, Repo: repo}
+	b, err := c.m.fetch.Blob(ctx, ref, d, c.m.fetch.PeersOnly(d, store.ErrNotFound))
+	if err != nil {
+		return err
+	}
+	if b.Stored != nil {
+		return b.Stored.Close()
+	}
+	defer b.Fill.Release()
+	_, err = c.m.fetch.WaitStored(ctx, d, nil)
+	return err
+}
+
+func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
+	return c.node.ListTags(ctx, prefix)
+}
+
+func (c *pushCluster) NudgeTag(ctx context.Context, name string) int {
+	return c.node.NudgeTag(ctx, name)
 }
 
 // Replicate makes k nodes (this one included) hold the image root tagged name: it asks
@@ -157,8 +184,8 @@ const holdRecordWait = 5 * time.Second
 // image (manifests, recursively, and blobs) is fetched from the asking peer, verified, stored,
 // its root pinned and everything advertised.
 func (c *pushCluster) hold(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
-	if !strings.HasPrefix(name, c.ns+"/") {
-		return fmt.Errorf("%s is not in the local namespace", name)
+	if c.ns == "" || !strings.HasPrefix(name, c.ns+"/") {
+		return c.holdWriteThrough(ctx, from, name, root)
 	}
 	// The pusher published the record just before it asked; on a busy swarm the record may
 	// reach the nodes this lookup asks a moment later, so look again for a few seconds.
@@ -290,4 +317,48 @@ func (c *pushCluster) fetchBlob(ctx context.Context, from p2p.Peer, d digest.Dig
 		return err
 	}
 	return w.Commit(ctx, size) // verified: a peer's wrong bytes never become visible
+}
+
+// holdWriteThrough is hold for an image pushed through a peer to a write-through registry
+// (name "HOST/REPO:TAG" or "HOST/REPO@DIGEST"): the registry, not a tag record, is the
+// authority: it must serve root under that name, and the repository must not be private
+// (private stays private). The copy is cache content, as the pushing node's is: not pinned.
+func (c *pushCluster) holdWriteThrough(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
+	host, rest, ok := strings.Cut(name, "/")
+	if !ok || !c.m.up.WriteThrough(host) {
+		return fmt.Errorf("%s is neither in the local namespace nor in a write-through registry", name)
+	}
+	repo, ref, byDigest := strings.Cut(rest, "@")
+	if !byDigest {
+		i := strings.LastIndexByte(rest, ':')
+		if i < 0 {
+			return fmt.Errorf("%s names no tag", name)
+		}
+		repo, ref = rest[:i], rest[i+1:]
+	}
+	if c.m.up.Private(host, repo) {
+		return fmt.Errorf("%s/%s is private", host, repo)
+	}
+	desc, err := c.m.up.HeadManifest(ctx, host, repo, ref)
+	if err != nil {
+		return fmt.Errorf("the registry does not confirm %s: %w", name, err)
+	}
+	if desc.Digest != root {
+		return fmt.Errorf("the registry names %s for %s, not %s", desc.Digest, name, root)
+	}
+	if err := c.fetchImage(ctx, from, root, 0); err != nil {
+		return err
+	}
+	if byDigest {
+		return nil
+	}
+	return c.m.store.PutTag(ctx, name, store.Tag{Digest: root, MediaType: desc.MediaType, Size: desc.Size, Checked: time.Now()})
+}
+
+// localImages adapts push.Handler.LocalUsage to the admin API (status, cache ls).
+func localImages(h *push.Handler) func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
+	return func(ctx context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
+		u := h.LocalUsage(ctx)
+		return &adminapi.LocalImages{Namespace: h.Namespace(), Tags: u.Tags, Images: u.Images, Pinned: u.Pinned, Bytes: u.Bytes}, u.Digests
+	}
 }

@@ -661,3 +661,200 @@ func TestPushRejectedContentNeverReachesPeers(t *testing.T) {
 		t.Errorf("B resolves the rejected tag: %d", st)
 	}
 }
+
+// tags/list on the local namespace lists the tags pushed on any node of the swarm, never an
+// upstream's (even when the upstream has a repository of the same name and this node pulled
+// from it), paginated with n, last and Link, and without tags deleted on another node.
+func TestPushTagsListClusterWide(t *testing.T) {
+	up := newUpstream(t)
+	pushRandom(t, up, "team/app", 1<<10, 1) // the upstream's team/app:latest
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	c := startNode(t, up, a.node.Addrs())
+	nodes := []*Daemon{a, b, c}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	if _, err := pullThrough(t, c, "team/app:latest"); err != nil { // C knows the upstream's tag
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		on  *Daemon
+		tag string
+	}{{a, "v1"}, {a, "v2"}, {b, "v3"}} {
+		img, _ := random.Image(1<<10, 1)
+		ref, _ := name.ParseReference(p.on.Addr()+"/shoal.local/team/app:"+p.tag, name.Insecure)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(d *Daemon, query string) ([]string, string) {
+		t.Helper()
+		st, hdr, body := pushReq(t, d, "GET", "/v2/shoal.local/team/app/tags/list"+query, nil, nil)
+		if st != http.StatusOK {
+			t.Fatalf("tags/list%s on %s: %d %s", query, d.Addr(), st, body)
+		}
+		var got struct {
+			Name string   `json:"name"`
+			Tags []string `json:"tags"`
+		}
+		if err := json.Unmarshal(body, &got); err != nil || got.Name != "shoal.local/team/app" {
+			t.Fatalf("tags/list%s: %s (%v)", query, body, err)
+		}
+		return got.Tags, hdr.Get("Link")
+	}
+	for _, d := range nodes {
+		if got, link := list(d, ""); !slices.Equal(got, []string{"v1", "v2", "v3"}) || link != "" {
+			t.Fatalf("tags/list on %s: %q (Link %q), want v1 v2 v3: the tags pushed on A and B, not the upstream's latest", d.Addr(), got, link)
+		}
+	}
+	got, link := list(c, "?n=2")
+	if !slices.Equal(got, []string{"v1", "v2"}) || link != `</v2/shoal.local/team/app/tags/list?n=2&last=v2>; rel="next"` {
+		t.Fatalf("page 1: %q, Link %q", got, link)
+	}
+	if got, link := list(c, "?n=2&last=v2"); !slices.Equal(got, []string{"v3"}) || link != "" {
+		t.Fatalf("page 2: %q, Link %q", got, link)
+	}
+	// v2 (pushed on A) deleted on B: every node stops listing it within the tag TTL.
+	if st, _, body := pushReq(t, b, "DELETE", "/v2/shoal.local/team/app/manifests/v2", nil, nil); st != http.StatusAccepted {
+		t.Fatalf("delete v2 on B: %d %s", st, body)
+	}
+	for _, d := range nodes {
+		waitFor(t, func() bool { got, _ := list(d, ""); return slices.Equal(got, []string{"v1", "v3"}) })
+	}
+}
+
+// DELETE of a manifest by digest removes it from the namespace on every node: the tags of the
+// repository naming it (pushed on another node) stop resolving everywhere, reads by digest
+// answer 404 everywhere, the node holding its copy unpins it (cache now, evictable), a second
+// DELETE answers 404 MANIFEST_UNKNOWN; another tag of the repository is untouched, and a push
+// of the same image afterwards makes it readable again.
+func TestPushDeleteManifestClusterWide(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	c := startNode(t, up, a.node.Addrs())
+	nodes := []*Daemon{a, b, c}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	img, _ := random.Image(10<<10, 1)
+	other, _ := random.Image(10<<10, 1)
+	md := digest.Digest(mustDigest(t, img).String())
+	for _, p := range []struct {
+		tag string
+		img v1.Image
+	}{{"v1", img}, {"also", img}, {"other", other}} {
+		ref, _ := name.ParseReference(a.Addr()+"/shoal.local/team/del:"+p.tag, name.Insecure)
+		if err := remote.Write(ref, p.img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var holder *Daemon // the node that took the push's copy (local_replicas 2)
+	for _, n := range nodes[1:] {
+		if info, err := n.store.Stat(context.Background(), md); err == nil && info.Pinned {
+			holder = n
+		}
+	}
+	if holder == nil {
+		t.Fatal("no other node holds a pinned copy after the push")
+	}
+	deleter := b
+	if holder == b {
+		deleter = c
+	}
+	if _, err := deleter.store.Stat(context.Background(), md); err == nil {
+		t.Fatal("the deleting node should not hold the manifest: the test would not show a cluster-wide delete")
+	}
+	path := "/v2/shoal.local/team/del/manifests/"
+	if st, _, body := pushReq(t, deleter, "DELETE", path+md.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE by digest on a node that does not hold it: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		for _, ref := range []string{"v1", "also", md.String()} {
+			waitFor(t, func() bool {
+				st, _, _ := pushReq(t, n, "GET", path+ref, nil, nil)
+				return st == http.StatusNotFound
+			})
+		}
+		if st, _, body := pushReq(t, n, "GET", path+"other", nil, nil); st != http.StatusOK {
+			t.Fatalf("other tag on %s after the delete: %d %s", n.Addr(), st, body)
+		}
+	}
+	if info, err := holder.store.Stat(context.Background(), md); err == nil && info.Pinned {
+		t.Fatal("the holder still pins the deleted manifest")
+	}
+	if st, _, body := pushReq(t, a, "DELETE", path+md.String(), nil, nil); st != http.StatusNotFound || firstCode(t, body) != "MANIFEST_UNKNOWN" {
+		t.Fatalf("second DELETE: %d %s", st, body)
+	}
+	// Pushed again: readable by digest on every node.
+	ref, _ := name.ParseReference(c.Addr()+"/shoal.local/team/del:v2", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, _ := pushReq(t, n, "GET", path+md.String(), nil, nil)
+			return st == http.StatusOK
+		})
+	}
+}
+
+// Status and cache ls show the local namespace's images apart from cached upstream content:
+// two tags naming one pushed image count one image, its manifest and blobs once, pinned;
+// an image pulled from the upstream is not counted and not marked local.
+func TestPushLocalImagesInStatus(t *testing.T) {
+	up := newUpstream(t)
+	pushRandom(t, up, "team/cached", 32<<10, 1)
+	d := startDaemon(t, up)
+	if _, err := pullThrough(t, d, "team/cached:latest"); err != nil {
+		t.Fatal(err)
+	}
+	img, _ := random.Image(64<<10, 2)
+	for _, tag := range []string{"v1", "stable"} {
+		ref, _ := name.ParseReference(d.Addr()+"/shoal.local/team/app:"+tag, name.Insecure)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := adminFor(t, d)
+	s, err := cl.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := map[string]bool{mustDigest(t, img).String(): true}
+	var want int64
+	raw, _ := img.RawManifest()
+	want += int64(len(raw))
+	for _, dg := range layerDigests(t, img) {
+		local[dg.String()] = true
+		info, err := d.store.Stat(t.Context(), dg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want += info.Size
+	}
+	if l := s.Local; l == nil || l.Namespace != "shoal.local" || l.Tags != 2 || l.Images != 1 || l.Pinned != 1 || l.Bytes != want {
+		t.Fatalf("status local_images: %+v, want 2 tags, 1 image, 1 pinned, %d bytes", s.Local, want)
+	}
+	if s.Store.BytesUsed <= want {
+		t.Fatalf("store holds %d bytes, local %d: the cached upstream image is missing", s.Store.BytesUsed, want)
+	}
+	l, err := cl.CacheList(t.Context(), "size")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := 0
+	for _, e := range l.Entries {
+		if e.Local != local[e.Digest] {
+			t.Errorf("cache ls: %s local=%v, want %v", e.Digest, e.Local, local[e.Digest])
+		}
+		if e.Local {
+			marked++
+		}
+	}
+	if marked != len(local) || len(l.Entries) <= marked {
+		t.Fatalf("cache ls marked %d of %d entries local, want %d (and the cached image unmarked)", marked, len(l.Entries), len(local))
+	}
+}

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -254,5 +256,164 @@ func TestWriteThroughIndex(t *testing.T) {
 		if _, err := img.Layers(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// refuseDeletes answers DELETE as distribution does with storage.delete.enabled false (its
+// default; registry/handlers: errcode.ErrorCodeUnsupported, HTTP 405, message "The operation
+// is unsupported."); Debian's docker-registry is that code.
+func (u *upstreamLog) refuseDeletes() {
+	inner := u.registry
+	u.registry = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			_, _ = w.Write([]byte(`{"errors":[{"code":"UNSUPPORTED","message":"The operation is unsupported."}]}`))
+			return
+		}
+		inner.ServeHTTP(w, r)
+	})
+}
+
+// mountable answers cross-repository mounts as the distribution spec says and distribution
+// does (POST /v2/REPO/blobs/uploads/?mount=D&from=SRC: 201 Created with the blob's Location and
+// Docker-Content-Digest when SRC holds D, else an upload session, 202); go-containerregistry's
+// in-process registry ignores mount and always opens a session. mounted counts the 201s.
+func (u *upstreamLog) mountable(mounted *atomic.Int64) {
+	inner := u.registry
+	u.registry = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if repo, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/blobs/uploads/"); ok && r.Method == http.MethodPost && q.Get("mount") != "" {
+			rec := httptest.NewRecorder()
+			inner.ServeHTTP(rec, httptest.NewRequest(http.MethodHead, "/v2/"+q.Get("from")+"/blobs/"+q.Get("mount"), nil))
+			if rec.Code == http.StatusOK {
+				mounted.Add(1)
+				w.Header().Set("Location", "/v2/"+repo+"/blobs/"+q.Get("mount"))
+				w.Header().Set("Docker-Content-Digest", q.Get("mount"))
+				w.WriteHeader(http.StatusCreated)
+				return
+			}
+		}
+		inner.ServeHTTP(w, r)
+	})
+}
+
+// The write-through gaps: HEAD of a blob the node lacks is answered from the registry's HEAD
+// (the blob is not downloaded); a cross-repository mount is passed to the registry (201 though
+// the node does not hold the blob); DELETE of a tag and of a blob reach the registry and the
+// node forgets its copy; a registry that turns deletes off gives the client its 405 UNSUPPORTED
+// and the node keeps everything.
+func TestWriteThroughHeadMountDelete(t *testing.T) {
+	up := newUpstream(t)
+	var mounted atomic.Int64
+	up.mountable(&mounted)
+	base := pushRandom(t, up, "team/base", 1<<20, 1) // in the registry only
+	d := startDaemon(t, up, writeThrough(up, upstream.RegistryConfig{WriteThrough: true}))
+	layer := layerDigests(t, base)[0]
+	ls, _ := base.Layers()
+	size, _ := ls[0].Size()
+	up.reset()
+	st, hdr, body := pushReq(t, d, "HEAD", "/v2/"+wtHost+"/team/base/blobs/"+layer.String(), nil, nil)
+	if st != http.StatusOK || hdr.Get("Content-Length") != fmt.Sprint(size) || hdr.Get("Docker-Content-Digest") != layer.String() {
+		t.Fatalf("HEAD of a registry blob: %d %v %s", st, hdr, body)
+	}
+	if n := up.count("GET", "/blobs/"); n != 0 {
+		t.Fatalf("HEAD made %d upstream blob GETs, want 0 (answered from the registry's HEAD)", n)
+	}
+	if _, err := d.store.Stat(t.Context(), layer); err == nil {
+		t.Fatal("HEAD stored the blob")
+	}
+	if st, _, _ := pushReq(t, d, "HEAD", "/v2/"+wtHost+"/team/base/blobs/"+digest.FromString("none").String(), nil, nil); st != http.StatusNotFound {
+		t.Fatalf("HEAD of a blob nobody holds: %d", st)
+	}
+
+	// Mount from another repository of the registry: the registry mounts it.
+	st, hdr, body = pushReq(t, d, "POST", "/v2/"+wtHost+"/team/app/blobs/uploads/?mount="+layer.String()+"&from="+wtHost+"/team/base", nil, nil)
+	if st != http.StatusCreated || hdr.Get("Docker-Content-Digest") != layer.String() {
+		t.Fatalf("mount: %d %v %s", st, hdr, body)
+	}
+	if mounted.Load() != 1 || up.count("PATCH", "/blobs/uploads/") != 0 || up.count("PUT", "/blobs/uploads/") != 0 {
+		t.Fatalf("the registry mounted %d blobs and saw %v, want one mount and no upload", mounted.Load(), up.reqs)
+	}
+
+	// DELETE of a tag pushed through the node: gone in the registry and on the node.
+	img, _ := random.Image(4096, 1)
+	ref, _ := name.ParseReference(d.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, body := pushReq(t, d, "DELETE", "/v2/"+wtHost+"/team/app/manifests/v1", nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE of a tag: %d %s", st, body)
+	}
+	resp, err := http.Get(up.srv.URL + "/v2/team/app/manifests/v1")
+	if err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the registry still serves the deleted tag: %v %v", resp, err)
+	}
+	resp.Body.Close() // else its connection's goroutines outlive the tests (goleak)
+	if _, err := d.store.GetTag(t.Context(), wtHost+"/team/app:v1"); err == nil {
+		t.Fatal("the node still holds the deleted tag")
+	}
+
+	// A registry with deletes off: its 405 UNSUPPORTED reaches the client; nothing deleted.
+	up.refuseDeletes()
+	img2, _ := random.Image(4096, 1)
+	ref2, _ := name.ParseReference(d.Addr()+"/"+wtHost+"/team/app:v2", name.Insecure)
+	if err := remote.Write(ref2, img2); err != nil {
+		t.Fatal(err)
+	}
+	md := mustDigest(t, img2).String()
+	for _, p := range []string{"manifests/v2", "manifests/" + md, "blobs/" + layerDigests(t, img2)[0].String()} {
+		st, _, body := pushReq(t, d, "DELETE", "/v2/"+wtHost+"/team/app/"+p, nil, nil)
+		if st != http.StatusMethodNotAllowed || firstCode(t, body) != "UNSUPPORTED" {
+			t.Fatalf("DELETE %s with deletes off upstream: %d %s, want 405 UNSUPPORTED", p, st, body)
+		}
+	}
+	if _, err := d.store.GetTag(t.Context(), wtHost+"/team/app:v2"); err != nil {
+		t.Fatal("the node dropped a tag the registry refused to delete")
+	}
+}
+
+// A write-through push gets its copies too (push.local_replicas, default 2): when it answers,
+// another node holds the image (checked with the registry, not pinned: cache content), so the
+// rollout right after is served by peers even if the pushing node leaves.
+func TestWriteThroughCopies(t *testing.T) {
+	up := newUpstream(t)
+	wt := writeThrough(up, upstream.RegistryConfig{WriteThrough: true})
+	a := startNode(t, up, nil, wt)
+	nodes := []*Daemon{a, startNode(t, up, a.node.Addrs(), wt), startNode(t, up, a.node.Addrs(), wt)}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	img, _ := random.Image(64<<10, 2)
+	var copies string
+	ref, _ := name.ParseReference(a.Addr()+"/"+wtHost+"/team/app:v1", name.Insecure)
+	tr := &headerSpy{rt: http.DefaultTransport, path: "/manifests/v1", header: "X-Shoal-Copies", got: &copies}
+	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if copies != "2" {
+		t.Fatalf("X-Shoal-Copies %q, want 2", copies)
+	}
+	md := digest.Digest(mustDigest(t, img).String())
+	holders := 0
+	for _, n := range nodes[1:] {
+		held := true
+		for _, d := range append(layerDigests(t, img), md) {
+			if _, err := n.store.Stat(t.Context(), d); err != nil {
+				held = false
+			}
+		}
+		if held {
+			holders++
+			if info, _ := n.store.Stat(t.Context(), md); info.Pinned {
+				t.Error("a write-through copy is pinned; it is cache content")
+			}
+			if tg, err := n.store.GetTag(t.Context(), wtHost+"/team/app:v1"); err != nil || tg.Digest != md {
+				t.Errorf("the holder's tag: %+v %v", tg, err)
+			}
+		}
+	}
+	if holders != 1 {
+		t.Fatalf("%d other nodes hold the image when the push answered, want 1", holders)
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -226,5 +227,58 @@ func TestPushSwarm(t *testing.T) {
 	}
 	if reqs := up.since(mark); len(reqs) != 0 {
 		t.Errorf("the upstream saw %d requests for the local namespace: %v", len(reqs), reqs)
+	}
+}
+
+const buildkitDir = "/usr/local/lib/shoal-test/buildkit-0.34.2"
+
+// TestPushBuildKit: BuildKit's registry exporter (`buildctl build --output
+// type=image,push=true`, buildkitd with the OCI worker, as root) pushes a FROM scratch + COPY
+// image to node 1 of two `shoal daemon` processes; with the upstream stopped, node 2 resolves
+// the tag to the digest BuildKit reported and serves the file's bytes.
+func TestPushBuildKit(t *testing.T) {
+	t.Parallel()
+	up := startUpstreamProxy(t, upstreams(t).Open.URL)
+	nodes := startSwarm(t, 2, up)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const content = "built by buildkit on node 1\n"
+	for name, body := range map[string]string{"hello.txt": content, "Dockerfile": "FROM scratch\nCOPY hello.txt /hello.txt\n"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sock := filepath.Join(dir, "buildkitd.sock")
+	bk := startProc(t, "buildkitd", nil, builtTool(t, buildkitDir, "buildkitd"), "--root", filepath.Join(dir, "root"),
+		"--addr", "unix://"+sock, "--oci-worker=true", "--containerd-worker=false", "--oci-worker-snapshotter=native")
+	if err := poll(time.Minute, bk, func() error { _, err := os.Stat(sock); return err }); err != nil {
+		t.Fatalf("buildkitd: %v", err)
+	}
+	ref := "shoal.local/buildkit/x:1"
+	meta := filepath.Join(dir, "metadata.json")
+	out, err := runCmd(t.Context(), 3*time.Minute, nil, builtTool(t, buildkitDir, "buildctl"), "--addr", "unix://"+sock,
+		"build", "--frontend", "dockerfile.v0", "--local", "context="+src, "--local", "dockerfile="+src,
+		"--output", "type=image,name="+nodes[0].Addr+"/"+ref+",push=true,registry.insecure=true", "--metadata-file", meta)
+	if err != nil {
+		t.Fatalf("buildctl build: %v\n%s", err, out)
+	}
+	var md struct {
+		Digest string `json:"containerimage.digest"`
+	}
+	if b, err := os.ReadFile(meta); err != nil || json.Unmarshal(b, &md) != nil || !strings.HasPrefix(md.Digest, "sha256:") {
+		t.Fatalf("buildctl metadata: %s %v", b, err)
+	}
+	up.stop()
+	env := []string{"DOCKER_CONFIG=" + t.TempDir()}
+	crane := tool(t, "crane")
+	if got, err := runCmd(t.Context(), time.Minute, env, crane, "digest", "--insecure", nodes[1].Addr+"/"+ref); err != nil || strings.TrimSpace(got) != md.Digest {
+		t.Fatalf("node 2 resolves %s to %q (%v), BuildKit pushed %s", ref, got, err, md.Digest)
+	}
+	got, err := runCmd(t.Context(), time.Minute, env, "sh", "-c", crane+" export --insecure "+nodes[1].Addr+"/"+ref+" - | tar -xOf - hello.txt")
+	if err != nil || got != content {
+		t.Fatalf("hello.txt from node 2: %q %v", got, err)
 	}
 }

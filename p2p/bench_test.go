@@ -15,8 +15,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,7 +52,8 @@ func (patternReader) Read(p []byte) (int, error) {
 // discard hides io.Discard's ReadFrom so both sides copy with the same 1 MiB buffer.
 type discard struct{ io.Writer }
 
-func benchSize(b *testing.B) int64 {
+// benchSize is SHOAL_BENCH_SIZE bytes, or def.
+func benchSize(b *testing.B, def int64) int64 {
 	if s := os.Getenv("SHOAL_BENCH_SIZE"); s != "" {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -58,100 +61,187 @@ func benchSize(b *testing.B) int64 {
 		}
 		return v
 	}
-	return 1 << 30
+	return def
 }
 
-// BenchmarkTransfer: one blob (1 GiB, or SHOAL_BENCH_SIZE bytes) peer to peer over
-// /shoal/blob/1.0.0 (TLS 1.3 + yamux over TCP), also between two nodes sharing a swarm key
-// (p2p-psk: a libp2p private network adds XSalsa20 under TLS), next to plain HTTP over
-// loopback and HTTPS (net/http over Go's crypto/tls 1.3, AES-128-GCM, with the p2p transport's
-// coalesced writes, no libp2p): HTTPS tells what encryption alone costs on this machine, so
-// p2p/https is what libp2p's stream multiplexing adds. Every iteration runs all four, one
-// after the other, so the ratios compare runs that saw the same machine load (this machine
-// is shared: absolute figures swing by 30%).
+// BenchmarkTransfer: blobs peer to peer over /shoal/blob/1.0.0 next to the same bytes over
+// plain HTTP and HTTPS on loopback (net/http over Go's crypto/tls 1.3, AES-128-GCM, with the
+// p2p transport's coalesced writes, no libp2p): HTTPS tells what encryption alone costs on
+// this machine, so p2p/https is what libp2p's stream multiplexing adds. Two shapes:
+//
+//   - single: one 256 MiB blob (SHOAL_BENCH_SIZE bytes);
+//   - 8x64MiB: 8 blobs of 64 MiB at once: over one libp2p connection (8 yamux streams), as a
+//     node fetching an image's layers from one peer does, against 8 HTTP(S) connections.
+//
+// The p2p side runs as shoal runs it (TLS 1.3 + yamux over TCP), and also with Noise instead of
+// TLS (the fallback security transport) and with a swarm key (p2p-psk: a libp2p private
+// network adds XSalsa20 under TLS). Every iteration is one round that runs all five, one after
+// the other, in an order rotated from round to round, so each ratio compares runs that saw the
+// same machine load (this machine is shared: absolute figures swing by 30%). Reported: each
+// path's MB/s and CPU-s/GiB over all rounds, and the median (with min and max) of the
+// per-round ratios p2p/https, noise/tls and psk/p2p.
 //
 //	go test -run '^$' -bench Transfer -benchtime 5x ./p2p/
 func BenchmarkTransfer(b *testing.B) {
-	size := benchSize(b)
-	ips := loopbackIPs(5)
-	buf := make([]byte, 1<<20)
+	b.Run("single", func(b *testing.B) { benchTransfer(b, 1, benchSize(b, 256<<20)) })
+	b.Run("8x64MiB", func(b *testing.B) { benchTransfer(b, 8, 64<<20) })
+}
 
+// transferRounds are the per-round wall and CPU times of each path of BenchmarkTransfer.
+type transferRounds struct {
+	names     []string
+	wall, cpu map[string][]time.Duration
+}
+
+// ratio is the median, min and max over the rounds of a's throughput over b's.
+func (r transferRounds) ratio(a, b string) (med, lo, hi float64) {
+	var v []float64
+	if len(r.wall[a]) != len(r.wall[b]) {
+		return 0, 0, 0
+	}
+	for i := range r.wall[a] {
+		v = append(v, r.wall[b][i].Seconds()/r.wall[a][i].Seconds())
+	}
+	if len(v) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(v)
+	return v[len(v)/2], v[0], v[len(v)-1]
+}
+
+// benchTransfer runs BenchmarkTransfer's rounds for streams concurrent blobs of size bytes each.
+func benchTransfer(b *testing.B, streams int, size int64) {
+	r := runTransferRounds(b, streams, size)
+	total := float64(size) * float64(streams) * float64(b.N)
+	for _, name := range r.names {
+		var wall, cpu time.Duration
+		for i := range r.wall[name] {
+			wall += r.wall[name][i]
+			cpu += r.cpu[name][i]
+		}
+		b.ReportMetric(total/1e6/wall.Seconds(), name+"-MB/s")
+		b.ReportMetric(cpu.Seconds()/(total/(1<<30)), name+"-cpu-s/GiB")
+	}
+	for _, c := range [][3]string{{"p2p", "https", "p2p/https"}, {"p2p", "http", "p2p/http"}, {"p2p-noise", "p2p", "noise/tls"}, {"p2p-psk", "p2p", "psk/p2p"}} {
+		med, lo, hi := r.ratio(c[0], c[1])
+		b.ReportMetric(med, c[2])
+		b.ReportMetric(lo, c[2]+"-min")
+		b.ReportMetric(hi, c[2]+"-max")
+	}
+}
+
+// runTransferRounds sets up the five paths and runs b.N interleaved rounds of them.
+func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
+	ips := loopbackIPs(7)
 	d := digest.FromString("bench")
-	fetch := func(cfg func(ip string) Config, srvIP, cliIP string) func() {
-		srv := startNode(b, cfg(srvIP), nil, nodeOpt{content: patternContent{size}})
-		cli := startNode(b, cfg(cliIP), nil)
-		return func() {
-			rc, _, err := cli.Fetch(b.Context(), peerOf(srv), d, 0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := io.CopyBuffer(discard{io.Discard}, rc, buf)
-			rc.Close()
-			if err != nil || n != size {
-				b.Fatalf("p2p: copied %d: %v", n, err)
-			}
+	// Each copy reads with its own 1 MiB buffer, on both sides of every path.
+	copyAll := func(what string, r io.Reader) {
+		n, err := io.CopyBuffer(discard{io.Discard}, r, make([]byte, 1<<20))
+		if err != nil || n != size {
+			b.Fatalf("%s: copied %d of %d: %v", what, n, size, err)
 		}
 	}
-	viaP2P := fetch(testConfig, ips[0], ips[1])
+	parallel := func(f func()) {
+		var wg sync.WaitGroup
+		for range streams {
+			wg.Go(f)
+		}
+		wg.Wait()
+	}
+	fetch := func(cfg func(ip string) Config, opts []option, srvIP, cliIP string) func() {
+		srv := startNode(b, cfg(srvIP), nil, nodeOpt{content: patternContent{size}, opts: opts})
+		cli := startNode(b, cfg(cliIP), nil, nodeOpt{opts: opts})
+		return func() {
+			parallel(func() {
+				rc, _, err := cli.Fetch(b.Context(), peerOf(srv), d, 0)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer rc.Close()
+				copyAll("p2p", rc)
+			})
+		}
+	}
 	key := writeSwarmKey(b)
-	viaPSK := fetch(func(ip string) Config {
+	withKey := func(ip string) Config {
 		c := testConfig(ip)
 		c.SwarmKeyFile = key
 		return c
-	}, ips[3], ips[4])
+	}
+	noiseOnly := []option{func(o *options) { o.security = securityNoise }}
 
 	ln, err := net.Listen("tcp", ips[2]+":0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	hs := &http.Server{Handler: patternHandler(size)}
-	go hs.Serve(ln)
 	b.Cleanup(func() { hs.Close() })
-	httpsURL, httpsClient := startHTTPS(b, ips[2], size)
+	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: streams}}
+	b.Cleanup(httpClient.CloseIdleConnections)
 	get := func(c *http.Client, url string) func() {
 		return func() {
-			resp, err := c.Get(url)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, err := io.CopyBuffer(discard{io.Discard}, resp.Body, buf)
-			resp.Body.Close()
-			if err != nil || n != size {
-				b.Fatalf("%s: copied %d: %v", url, n, err)
-			}
+			parallel(func() {
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer resp.Body.Close()
+				copyAll(url, resp.Body)
+			})
 		}
 	}
-	viaHTTP := get(http.DefaultClient, "http://"+ln.Addr().String()+"/blob")
-	viaHTTPS := get(httpsClient, httpsURL)
-
-	var wall, cpu [4]time.Duration
-	timed := func(i int, f func()) {
-		c0, t0 := cpuTime(), time.Now()
-		f()
-		wall[i] += time.Since(t0)
-		cpu[i] += cpuTime() - c0
+	// Every goroutine of a path (nodes, connections, servers, clients) carries the pprof label
+	// path=<name>, so one CPU profile splits by path: -cpuprofile, then
+	// `go tool pprof -tagfocus path=p2p`.
+	labelled := func(name string, f func() func()) func() {
+		var run func()
+		pprof.Do(b.Context(), pprof.Labels("path", name), func(context.Context) { run = f() })
+		return func() { pprof.Do(b.Context(), pprof.Labels("path", name), func(context.Context) { run() }) }
 	}
-	viaP2P() // connection, handshake and yamux windows warmed up, as between busy peers
-	viaPSK()
-	viaHTTPS()
-	b.SetBytes(size)
+	paths := map[string]func(){
+		"p2p":       labelled("p2p", func() func() { return fetch(testConfig, nil, ips[0], ips[1]) }),
+		"p2p-noise": labelled("p2p-noise", func() func() { return fetch(testConfig, noiseOnly, ips[5], ips[6]) }),
+		"p2p-psk":   labelled("p2p-psk", func() func() { return fetch(withKey, nil, ips[3], ips[4]) }),
+		"http": labelled("http", func() func() {
+			go hs.Serve(ln)
+			return get(httpClient, "http://"+ln.Addr().String()+"/blob")
+		}),
+		"https": labelled("https", func() func() {
+			url, c := startHTTPS(b, ips[2], size)
+			return get(c, url)
+		}),
+	}
+	r := transferRounds{
+		names: []string{"p2p", "p2p-noise", "p2p-psk", "http", "https"},
+		wall:  map[string][]time.Duration{},
+		cpu:   map[string][]time.Duration{},
+	}
+	// Connections, handshakes and yamux windows warmed up, as between busy peers.
+	for _, name := range r.names {
+		paths[name]()
+	}
+	if b.Failed() {
+		b.FailNow()
+	}
+	b.SetBytes(size * int64(streams))
 	b.ResetTimer()
+	round := 0
 	for b.Loop() {
-		timed(0, viaP2P)
-		timed(1, viaHTTP)
-		timed(2, viaHTTPS)
-		timed(3, viaPSK)
+		for i := range r.names {
+			name := r.names[(round+i)%len(r.names)]
+			c0, t0 := cpuTime(), time.Now()
+			paths[name]()
+			r.wall[name] = append(r.wall[name], time.Since(t0))
+			r.cpu[name] = append(r.cpu[name], cpuTime()-c0)
+		}
+		if b.Failed() {
+			b.FailNow()
+		}
+		round++
 	}
-	mb := float64(size) * float64(b.N) / 1e6
-	gib := float64(size) * float64(b.N) / (1 << 30)
-	for i, name := range []string{"p2p", "http", "https", "p2p-psk"} {
-		b.ReportMetric(mb/wall[i].Seconds(), name+"-MB/s")
-		b.ReportMetric(cpu[i].Seconds()/gib, name+"-cpu-s/GiB")
-	}
-	b.ReportMetric(wall[1].Seconds()/wall[0].Seconds(), "p2p/http")
-	b.ReportMetric(wall[2].Seconds()/wall[0].Seconds(), "p2p/https")
-	b.ReportMetric(wall[1].Seconds()/wall[2].Seconds(), "https/http")
-	b.ReportMetric(wall[0].Seconds()/wall[3].Seconds(), "psk/p2p")
+	return r
 }
 
 // patternHandler answers every request with size pattern bytes.
@@ -218,7 +308,7 @@ func startHTTPS(b *testing.B, ip string, size int64) (string, *http.Client) {
 	b.Cleanup(func() { hs.Close() })
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
 	b.Cleanup(c.CloseIdleConnections)
 	return "https://" + ln.Addr().String() + "/blob", c
 }

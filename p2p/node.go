@@ -123,6 +123,7 @@ type Node struct {
 	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
 
 	preheat preheatState // cluster preheat asks (preheat.go)
+	tags    tagBook      // tag records this node republishes (tags.go)
 
 	lookups, lookupHits atomic.Int64
 	lookupLat           latencyRing
@@ -147,7 +148,18 @@ type options struct {
 	// simulator puts a thousand nodes on libp2p's in-memory mocknet (no transport, connection
 	// manager, resource manager or gater of shoal's own then).
 	makeHost func(key crypto.PrivKey) (host.Host, error)
+	// recordAge overrides tagRecordAge (tags.go): DHT value expiry and the republish period.
+	recordAge time.Duration
+	// security limits the node to one security transport (securityTLS or securityNoise);
+	// "" offers both, TLS first.
+	security string
 }
+
+// Security transports a node can be limited to (options.security).
+const (
+	securityTLS   = "tls"
+	securityNoise = "noise"
+)
 
 type option func(*options)
 
@@ -285,8 +297,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		// TLS 1.3 first: with AES-NI its AES-GCM costs less CPU per byte than Noise's
 		// ChaCha20-Poly1305 (10-30% less for the whole transfer in BenchmarkTransfer here).
 		// Noise stays as a fallback; both authenticate the peer ID.
-		libp2p.Security(libp2ptls.ID, libp2ptls.New),
-		libp2p.Security(noise.ID, noise.New),
+		securityOpt(o.security),
 		libp2p.Muxer(yamux.ID, muxer()),
 		// No relay, no NAT port mapping, no hole punching, no AutoNAT: shoal dials only what
 		// its configuration names or what its own peers tell it.
@@ -335,6 +346,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		dht.ProtocolPrefix(dhtPrefix),
 		// Values: only shoal's signed tag records (tags.go), no IPFS namespaces.
 		dht.Validator(record.NamespacedValidator{tagNamespace: tagValidator{}}),
+		dht.MaxRecordAge(n.tags.init(o.recordAge)),
 		dht.ProviderManagerOpts(
 			records.ProvideValidity(cfg.RecordTTL),
 			records.ProviderAddrTTL(cfg.RecordTTL),
@@ -368,9 +380,10 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		}
 		n.mdns = m
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.maintain(life) }()
 	go func() { defer n.wg.Done(); n.reprovideLoop(life) }()
+	go func() { defer n.wg.Done(); n.republishLoop(life) }()
 	log.Info("p2p node started", "id", h.ID().String(), "addrs", n.Addrs(),
 		"bootstrap", len(n.static), "bootstrap_dns", cfg.BootstrapDNS, "mdns", cfg.MDNS,
 		"private_network", cfg.SwarmKeyFile != "")
@@ -513,11 +526,29 @@ func mergeAddrInfo(list []peer.AddrInfo, ai peer.AddrInfo) []peer.AddrInfo {
 	return append(list, ai)
 }
 
-// muxer is yamux with frames of up to 256 KiB instead of 64 KiB: a blob transfer then
-// crosses the muxer's send loop a quarter as often (measured: 10-20% more throughput in
-// BenchmarkTransfer), and a DHT message waits behind at most 0.25 ms of a bulk frame at 1 GB/s.
+// securityOpt offers TLS 1.3 then Noise, or only the one named.
+func securityOpt(only string) libp2p.Option {
+	switch only {
+	case securityTLS:
+		return libp2p.Security(libp2ptls.ID, libp2ptls.New)
+	case securityNoise:
+		return libp2p.Security(noise.ID, noise.New)
+	}
+	return libp2p.ChainOptions(
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
+	)
+}
+
+// yamuxHeaderSize is the size of a yamux frame header.
+const yamuxHeaderSize = 12
+
+// muxer is yamux with frames that carry one copyChunk (256 KiB) instead of 64 KiB: a blob
+// transfer then crosses the muxer's send loop a quarter as often (measured: 10-20% more
+// throughput in BenchmarkTransfer), and a DHT message waits behind at most 0.25 ms of a bulk
+// frame at 1 GB/s. Frames are what this node sends; it accepts any size its window allows.
 func muxer() *yamux.Transport {
 	t := *yamux.DefaultTransport
-	t.MaxMessageSize = 256 << 10
+	t.MaxMessageSize = copyChunk + yamuxHeaderSize
 	return &t
 }

@@ -1,18 +1,26 @@
 package p2p
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/records"
 	record "github.com/libp2p/go-libp2p-record"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/opencontainers/go-digest"
 )
@@ -149,11 +157,17 @@ func (n *Node) PublishTag(ctx context.Context, r TagRecord) (TagRecord, error) {
 		return r, err
 	}
 	if err := n.dht.PutValue(ctx, tagKey(r.Name), b); err != nil {
-		if strings.Contains(err.Error(), "newer value") {
+		// kad-dht says so in two ways: its own check before storing ("can't replace a newer
+		// value"), or the value store's when a newer record arrived in between.
+		if strings.Contains(err.Error(), "newer value") || errors.Is(err, records.ErrOldRecord) {
 			return r, fmt.Errorf("%w: %s", ErrTagOutdated, r.Name)
+		}
+		if errors.Is(err, context.DeadlineExceeded) { // stored here and on the peers that answered
+			n.tags.learn(r, true)
 		}
 		return r, fmt.Errorf("p2p: publish tag %s: %w", r.Name, err)
 	}
+	n.tags.learn(r, true)
 	return r, nil
 }
 
@@ -164,7 +178,11 @@ func (n *Node) RepublishTag(ctx context.Context, r TagRecord) error {
 	if err != nil {
 		return err
 	}
-	return n.dht.PutValue(ctx, tagKey(r.Name), b)
+	if err := n.dht.PutValue(ctx, tagKey(r.Name), b); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	n.tags.learn(r, true)
+	return nil
 }
 
 // ErrTagOutdated: a newer record for the tag exists.
@@ -181,5 +199,323 @@ func (n *Node) LookupTag(ctx context.Context, name string) (TagRecord, error) {
 		}
 		return TagRecord{}, fmt.Errorf("p2p: look up tag %s: %w", name, err)
 	}
-	return decodeTag(tagKey(name), b)
+	r, err := decodeTag(tagKey(name), b)
+	if err == nil {
+		n.tags.learn(r, false)
+	}
+	return r, err
+}
+
+// tagRecordAge is how long every node keeps a tag record after it received it (kad-dht's
+// MaxRecordAge, its default, named here because the republish period derives from it).
+const tagRecordAge = 48 * time.Hour
+
+// maxRepublishPerTick bounds the records one republish round stores (and the lookups it makes
+// for held tags whose record the node has not seen since it started); rounds come every
+// age/24, so a node keeps up to ~8 × 256 = 2048 tags per period alive by itself, and holders
+// share the work.
+const maxRepublishPerTick = 256
+
+// tagBook holds the newest signed record this node knows per tag name (published here or
+// found in a lookup), and when it stored each in the DHT. The DHT drops a value record
+// recordAge after a node received it and never republishes values itself (kad-dht has a
+// reprovider only for provider records), so the republish loop stores again, every
+// age/3 with jitter, the records of the tags this node holds and the tombstones it knows
+// until recordAge has passed since it saw them (by then every node that held the tag has
+// dropped its copy or looked the tombstone up).
+type tagBook struct {
+	age  time.Duration
+	mu   sync.Mutex
+	held func() []string // tags this node holds (SetHeldTags); nil: none
+	m    map[string]*tagEntry
+}
+
+type tagEntry struct {
+	rec  TagRecord
+	next time.Time // when to store it again
+	seen time.Time // when this node first saw it (tombstones stop at seen+age)
+}
+
+// init sets the record age (0: tagRecordAge) and returns it for the DHT's option.
+func (b *tagBook) init(age time.Duration) time.Duration {
+	if age <= 0 {
+		age = tagRecordAge
+	}
+	b.age, b.m = age, map[string]*tagEntry{}
+	return age
+}
+
+func (b *tagBook) every() time.Duration { return b.age / 3 }
+
+// learn records r when it is newer than what the book holds for its name. stored says this
+// node just stored it in the DHT (next due a full period later); a record found in a lookup
+// was stored by someone a while ago: it is due sooner.
+func (b *tagBook) learn(r TagRecord, stored bool) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.m[r.Name]
+	if e != nil && compareTags(r, e.rec) < 0 {
+		return
+	}
+	if e == nil || compareTags(r, e.rec) > 0 {
+		e = &tagEntry{rec: r, seen: now}
+		b.m[r.Name] = e
+	}
+	ev := b.every()
+	if stored {
+		e.next = now.Add(ev*3/4 + mrand.N(ev/4+1))
+	} else if e.next.IsZero() {
+		e.next = now.Add(ev/2 + mrand.N(ev/2+1))
+	}
+}
+
+// SetHeldTags tells the node which tags it holds (names as published); their records, and
+// the tombstones it knows, are republished before the DHT drops them, and peers asking which
+// tags exist (ListTags) get them.
+func (n *Node) SetHeldTags(held func() []string) {
+	n.tags.mu.Lock()
+	n.tags.held = held
+	n.tags.mu.Unlock()
+	n.host.SetStreamHandler(tagListProtocol, n.serveTagList)
+}
+
+// tagListProtocol asks a peer which tags it holds under a prefix: one request line
+// "PREFIX\n"; the answer is one name per line (at most maxTagList), then the stream closes.
+// The DHT cannot enumerate its keys, so listing a repository's tags asks the peers.
+const tagListProtocol = protocol.ID(dhtPrefix + "/tags/1.0.0")
+
+// maxTagList bounds one peer's answer; listTagsTimeout bounds asking all peers.
+const (
+	maxTagList      = 10000
+	listTagsTimeout = time.Second
+	listTagsPar     = 16
+)
+
+func (n *Node) serveTagList(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReaderSize(s, 1024).ReadString('\n')
+	prefix := strings.TrimSuffix(line, "\n")
+	if err != nil || prefix == "" || strings.ContainsAny(prefix, "\r\n") {
+		s.Reset()
+		return
+	}
+	n.tags.mu.Lock()
+	held := n.tags.held
+	n.tags.mu.Unlock()
+	if held == nil {
+		return
+	}
+	w := bufio.NewWriter(s)
+	sent := 0
+	for _, name := range held() {
+		if strings.HasPrefix(name, prefix) && sent < maxTagList {
+			w.WriteString(name + "\n")
+			sent++
+		}
+	}
+	_ = w.Flush()
+}
+
+// ListTags asks every connected peer which tags it holds under prefix and returns the union
+// with this node's own, sorted (peers that do not answer within a second are left out).
+// Names only: whether a tag was deleted since is the tag records' to say.
+func (n *Node) ListTags(ctx context.Context, prefix string) []string {
+	ctx, cancel := context.WithTimeout(ctx, listTagsTimeout)
+	defer cancel()
+	seen := map[string]bool{}
+	var mu sync.Mutex
+	add := func(name string) {
+		if strings.HasPrefix(name, prefix) {
+			mu.Lock()
+			seen[name] = true
+			mu.Unlock()
+		}
+	}
+	n.tags.mu.Lock()
+	held := n.tags.held
+	n.tags.mu.Unlock()
+	if held != nil {
+		for _, name := range held() {
+			add(name)
+		}
+	}
+	sem := make(chan struct{}, listTagsPar)
+	var wg sync.WaitGroup
+	for _, id := range n.host.Network().Peers() {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s, err := n.host.NewStream(ctx, id, tagListProtocol)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			if dl, ok := ctx.Deadline(); ok {
+				_ = s.SetDeadline(dl)
+			}
+			if _, err := fmt.Fprintf(s, "%s\n", prefix); err != nil {
+				s.Reset()
+				return
+			}
+			sc := bufio.NewScanner(s)
+			for i := 0; i < maxTagList && sc.Scan(); i++ {
+				add(sc.Text())
+			}
+		})
+	}
+	wg.Wait()
+	out := make([]string, 0, len(seen))
+	for name := range seen {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (n *Node) republishLoop(ctx context.Context) {
+	tick := n.tags.age / 24
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tick/2 + mrand.N(tick+1)):
+		}
+		n.republishTags(ctx, maxRepublishPerTick)
+	}
+}
+
+// republishTags stores again the records that are due (at most max): those of held tags and
+// unexpired tombstones; records of tags no longer held are forgotten. A held tag with no
+// record in the book (after a restart) is looked up first.
+func (n *Node) republishTags(ctx context.Context, max int) int {
+	b := &n.tags
+	b.mu.Lock()
+	heldFn := b.held
+	b.mu.Unlock()
+	var held []string
+	if heldFn != nil {
+		held = heldFn()
+	}
+	heldSet := make(map[string]bool, len(held))
+	for _, h := range held {
+		heldSet[h] = true
+	}
+	now := time.Now()
+	var due []TagRecord
+	var unknown []string
+	b.mu.Lock()
+	for name, e := range b.m {
+		switch {
+		case e.rec.Deleted && now.Sub(e.seen) > b.age:
+			delete(b.m, name)
+		case !e.rec.Deleted && !heldSet[name]:
+			delete(b.m, name)
+		case !now.Before(e.next):
+			due = append(due, e.rec)
+		}
+	}
+	for _, h := range held {
+		if b.m[h] == nil {
+			unknown = append(unknown, h)
+		}
+	}
+	b.mu.Unlock()
+	slices.SortFunc(due, func(x, y TagRecord) int { return cmp.Compare(x.Seq, y.Seq) })
+	done := 0
+	for _, name := range unknown {
+		if done >= max || ctx.Err() != nil {
+			return done
+		}
+		done++
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := n.LookupTag(lctx, name)
+		if err == nil {
+			err = n.RepublishTag(lctx, r)
+		}
+		cancel()
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			n.log.Debug("could not republish a tag record", "tag", name, "err", err)
+		}
+	}
+	for _, r := range due {
+		if done >= max || ctx.Err() != nil {
+			break
+		}
+		done++
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := n.RepublishTag(pctx, r)
+		cancel()
+		if err != nil {
+			// A newer record replaced it: forget this one; a held tag's newer record is
+			// looked up next round.
+			n.log.Debug("could not republish a tag record", "tag", r.Name, "err", err)
+			b.mu.Lock()
+			if e := b.m[r.Name]; e != nil && compareTags(e.rec, r) == 0 {
+				delete(b.m, r.Name)
+			}
+			b.mu.Unlock()
+		}
+	}
+	return done
+}
+
+// tagNudgeProtocol tells a peer that a tag record changed: one request line "NAME\n"; the
+// peer looks the record up (the nudge itself carries no authority: only the signed record in
+// the DHT counts), acts on it, and answers "ok\n".
+const tagNudgeProtocol = protocol.ID(dhtPrefix + "/tagnudge/1.0.0")
+
+// nudgeTimeout bounds one peer's handling of a nudge.
+const nudgeTimeout = 3 * time.Second
+
+// HandleTagNudge serves nudges with fn (name is the record's name).
+func (n *Node) HandleTagNudge(fn func(ctx context.Context, name string)) {
+	n.host.SetStreamHandler(tagNudgeProtocol, func(s network.Stream) {
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(nudgeTimeout))
+		line, err := bufio.NewReaderSize(s, 2048).ReadString('\n')
+		name := strings.TrimSuffix(line, "\n")
+		if err != nil || name == "" || len(name) > 1024 || strings.ContainsAny(name, "\r\n") {
+			s.Reset()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), nudgeTimeout)
+		fn(ctx, name)
+		cancel()
+		_, _ = s.Write([]byte("ok\n"))
+	})
+}
+
+// NudgeTag tells every connected peer that the record of name changed and waits (within a
+// few seconds) until they handled it; it returns how many did.
+func (n *Node) NudgeTag(ctx context.Context, name string) int {
+	ctx, cancel := context.WithTimeout(ctx, nudgeTimeout+time.Second)
+	defer cancel()
+	var done atomic.Int64
+	sem := make(chan struct{}, listTagsPar)
+	var wg sync.WaitGroup
+	for _, id := range n.host.Network().Peers() {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			s, err := n.host.NewStream(ctx, id, tagNudgeProtocol)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			if dl, ok := ctx.Deadline(); ok {
+				_ = s.SetDeadline(dl)
+			}
+			if _, err := fmt.Fprintf(s, "%s\n", name); err != nil {
+				s.Reset()
+				return
+			}
+			if line, err := bufio.NewReaderSize(s, 64).ReadString('\n'); err == nil && line == "ok\n" {
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return int(done.Load())
 }

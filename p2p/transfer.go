@@ -242,8 +242,14 @@ func parseResponse(line []byte) (status string, size int64, err error) {
 	}
 }
 
+// copyChunk is how much serveBlob reads from Content and writes to the stream at a time. The
+// muxer's frames are sized to carry exactly one chunk (muxer): a frame of 256 KiB minus the
+// 12-byte yamux header, as before, left 12 bytes of every chunk for a frame (and a TLS record)
+// of their own, 4096 of them per GiB.
+const copyChunk = 256 << 10
+
 // copyBufPool holds transfer buffers; large ones keep encryption and framing overhead low.
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &b }}
 
 // serveBlob answers one peer request from Content.
 func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
@@ -652,7 +658,15 @@ func (r *blobReader) Read(p []byte) (int, error) {
 		p = p[:r.remaining]
 	}
 	_ = r.s.SetReadDeadline(time.Now().Add(r.stall))
-	n, err := r.br.Read(p)
+	var n int
+	var err error
+	if r.br.Buffered() > 0 {
+		n, err = r.br.Read(p)
+	} else {
+		// Past what the response line's reader buffered, read the stream directly: yamux
+		// buffers anyway, and bufio would copy every read shorter than its buffer once more.
+		n, err = r.s.Read(p)
+	}
 	r.remaining -= int64(n)
 	r.stats.bytesIn.Add(int64(n))
 	if err == nil || r.remaining == 0 {

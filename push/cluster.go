@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +36,15 @@ type Cluster interface {
 	// Holders lists the live peers that hold root, and whether this node comes first among
 	// them (the one that restores missing copies).
 	Holders(ctx context.Context, root digest.Digest) (holders map[string]bool, first bool)
+	// ListTags returns the tag names under prefix that this node or any live peer holds,
+	// sorted (deleted ones possibly among them: the records decide).
+	ListTags(ctx context.Context, prefix string) []string
+	// FetchBlob makes this node hold blob d from peers (verified), joining a download a
+	// client's HEAD or GET of it started.
+	FetchBlob(ctx context.Context, repo string, d digest.Digest) error
+	// NudgeTag tells the live peers that the record of name changed (they look it up and
+	// call Nudged); it returns how many handled it.
+	NudgeTag(ctx context.Context, name string) int
 }
 
 // SetCluster connects the handler to the swarm (before it serves) and starts restoring
@@ -172,6 +182,16 @@ func (h *Handler) manifestFromSwarm(ctx context.Context, d digest.Digest) error 
 	return err
 }
 
+// HeldTags lists the tags of the namespace this node holds (pushed here, copied here or
+// resolved here): the node keeps their swarm records alive (p2p.Node.SetHeldTags).
+func (h *Handler) HeldTags() []string {
+	if h.cfg.Namespace == "" {
+		return nil
+	}
+	names := h.st.TagNames(h.cfg.Namespace + "/")
+	return slices.DeleteFunc(names, func(n string) bool { return strings.Contains(n, "@") })
+}
+
 // replicate makes LocalReplicas nodes hold a pushed image before the push answers.
 func (h *Handler) replicate(ctx context.Context, name string, root digest.Digest) int {
 	if h.cluster == nil || h.cfg.LocalReplicas <= 1 {
@@ -225,4 +245,85 @@ func (h *Handler) repair() {
 		n := h.cluster.Replicate(ctx, name, t.Digest, h.cfg.LocalReplicas, holders)
 		h.log.Info("restored copies of a pushed image", "image", name, "digest", t.Digest, "copies", n, "want", h.cfg.LocalReplicas)
 	}
+}
+
+// digestName is the record name of manifest d of repo: a tombstone under it says the manifest
+// was deleted from the namespace (DELETE by digest), a newer live record that it was pushed
+// again. "@" never appears in a tag, so these never mix with tags.
+func (h *Handler) digestName(repo string, d digest.Digest) string {
+	return h.cfg.Namespace + "/" + repo + "@" + d.String()
+}
+
+// manifestDeleted reports whether manifest d of repo was deleted from the namespace: as this
+// node knows, or, with look, as the swarm's record says (one lookup).
+func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Digest, look bool) bool {
+	name := h.digestName(repo, d)
+	h.mu.Lock()
+	gone, known := h.gone[name]
+	h.mu.Unlock()
+	if known || !look || h.cluster == nil {
+		return gone
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+	defer cancel()
+	_, deleted, seq, err := h.cluster.LookupTag(lctx, name)
+	if err != nil {
+		return false
+	}
+	h.mu.Lock()
+	h.seqs[name] = max(h.seqs[name], seq)
+	if deleted {
+		h.gone[name] = true
+	}
+	h.mu.Unlock()
+	return deleted
+}
+
+// Nudged is told by a peer that the record of name changed. For a manifest deleted by digest
+// (its record a tombstone) this node drops the manifest from what it keeps: unpinned (cache
+// now, evictable), the namespace's tags naming it forgotten, reads by digest answered 404; a
+// live record (pushed again) makes it readable again.
+func (h *Handler) Nudged(ctx context.Context, name string) {
+	repoAt, ds, ok := strings.Cut(name, "@")
+	if !ok || !strings.HasPrefix(repoAt, h.cfg.Namespace+"/") || h.cluster == nil {
+		return
+	}
+	d, err := digest.Parse(ds)
+	if err != nil {
+		return
+	}
+	_, deleted, seq, err := h.cluster.LookupTag(ctx, name)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	h.seqs[name] = max(h.seqs[name], seq)
+	if !deleted { // pushed again
+		delete(h.gone, name)
+		h.mu.Unlock()
+		return
+	}
+	h.gone[name] = true
+	h.mu.Unlock()
+	h.dropManifest(ctx, repoAt, d)
+}
+
+// dropManifest forgets the tags of repo (the namespace's "<ns>/<repo>") on this node that name
+// d, and unpins d unless a tag of another repository still names it (named).
+func (h *Handler) dropManifest(ctx context.Context, repo string, d digest.Digest) (named bool) {
+	for _, n := range h.HeldTags() {
+		t, err := h.st.GetTag(ctx, n)
+		if err != nil || t.Digest != d {
+			continue
+		}
+		if strings.HasPrefix(n, repo+":") {
+			_ = h.st.DeleteTag(ctx, n)
+		} else {
+			named = true
+		}
+	}
+	if !named {
+		_ = h.st.Unpin(ctx, d)
+	}
+	return named
 }

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -79,8 +81,12 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) err
 	if err != nil {
 		return err
 	}
+	byDigest := oci.IsDigestRef(q.ref)
+	if byDigest && h.manifestDeleted(ctx, q.repo, d, false) {
+		return errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "manifest %s was deleted from %s/%s", d, h.cfg.Namespace, q.repo)
+	}
 	rc, info, err := h.st.Reader(ctx, d)
-	if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
+	if errors.Is(err, store.ErrNotFound) && h.cluster != nil && !(byDigest && h.manifestDeleted(ctx, q.repo, d, true)) {
 		if ferr := h.manifestFromSwarm(ctx, d); ferr == nil {
 			rc, info, err = h.st.Reader(ctx, d)
 		}
@@ -193,6 +199,9 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	if q.host != "" {
 		return h.forwardManifest(w, r, q, forwarded{data: data, digest: d, mediaType: mt, refs: refs, missing: missing, index: m.Manifests != nil})
 	}
+	if len(missing) > 0 && h.cluster != nil {
+		missing = h.fetchMissing(ctx, q.repo, missing, m.Manifests != nil)
+	}
 	if len(missing) > 0 {
 		return errorf(http.StatusBadRequest, oci.CodeManifestBlobUnknown, nil,
 			"manifest references content not pushed to this node: %s; nothing was stored", strings.Join(missing, ", "))
@@ -220,6 +229,16 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	}
 	h.mu.Unlock()
 	h.onCommit(d) // peers can fetch it before the tag names it anywhere
+	// Pushed again after a DELETE by digest: a live record newer than the tombstone.
+	if h.manifestDeleted(ctx, q.repo, d, true) {
+		h.mu.Lock()
+		delete(h.gone, h.digestName(q.repo, d))
+		h.mu.Unlock()
+		h.publish(ctx, h.digestName(q.repo, d), store.Tag{Digest: d, MediaType: mt, Size: int64(len(data))}, false)
+		if h.cluster != nil {
+			h.cluster.NudgeTag(wctx, h.digestName(q.repo, d))
+		}
+	}
 	if !oci.IsDigestRef(q.ref) {
 		name := q.tagName(h.cfg.Namespace, q.ref)
 		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
@@ -248,6 +267,29 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	return nil
 }
 
+// fetchMissing brings content a pushed manifest references from the peers that hold it: a
+// client that asked this node whether it has a blob (HEAD) was answered from the swarm and
+// uploads nothing, so the blob may still be on its way here. It returns what is still missing.
+func (h *Handler) fetchMissing(ctx context.Context, repo string, missing []string, index bool) []string {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	var still []string
+	for _, s := range missing {
+		d := digest.Digest(s)
+		var err error
+		if index {
+			err = h.manifestFromSwarm(fctx, d)
+		} else {
+			err = h.cluster.FetchBlob(fctx, repo, d)
+		}
+		if err != nil {
+			h.log.Info("content a pushed manifest references is not on this node nor to be had from peers", "digest", d, "err", err)
+			still = append(still, s)
+		}
+	}
+	return still
+}
+
 // deleteManifest deletes a manifest by digest (with every tag naming it) or just a tag.
 func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) error {
 	if !h.cfg.AllowDelete {
@@ -266,28 +308,82 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) 
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}
-	if err := h.st.Delete(ctx, digest.Digest(q.ref)); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "manifest %s is not in the local namespace", q.ref)
+	return h.deleteByDigest(w, r, q)
+}
+
+// deleteByDigest deletes a manifest from the namespace on every node: a tombstone record for
+// it (reads by digest answer 404 everywhere, until it is pushed again), tombstones for the
+// repository's tags that name it (found on any node), the bytes on this node, and the nodes
+// that hold it are told (they unpin it: cache now, evictable).
+func (h *Handler) deleteByDigest(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
+	d := digest.Digest(q.ref)
+	unknown := errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "manifest %s is not in %s/%s", d, h.cfg.Namespace, q.repo)
+	if h.manifestDeleted(ctx, q.repo, d, true) {
+		return unknown
+	}
+	if _, err := h.st.Stat(ctx, d); err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
 		}
-		return err
+		if h.cluster == nil {
+			return unknown
+		}
+		fctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+		_, err := h.cluster.ManifestFromPeers(fctx, d)
+		cancel()
+		if err != nil {
+			return unknown
+		}
+	}
+	wctx := context.WithoutCancel(ctx)
+	name := h.digestName(q.repo, d)
+	h.mu.Lock()
+	h.gone[name] = true
+	h.mu.Unlock()
+	h.publish(wctx, name, store.Tag{Digest: d}, true)
+	prefix := h.cfg.Namespace + "/" + q.repo + ":"
+	names := h.st.TagNames(prefix)
+	if h.cluster != nil {
+		names = h.cluster.ListTags(ctx, prefix)
+	}
+	for _, n := range names {
+		if td, _, err := h.resolveTag(wctx, n); err == nil && td == d {
+			_ = h.st.DeleteTag(wctx, n)
+			h.publish(wctx, n, store.Tag{}, true)
+		}
+	}
+	// The bytes go unless another repository of the namespace still names them here.
+	if !h.dropManifest(wctx, h.cfg.Namespace+"/"+q.repo, d) {
+		if err := h.st.Delete(wctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
+	if h.cluster != nil {
+		h.cluster.NudgeTag(wctx, name)
 	}
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }
 
-// listTags answers tags/list with the n/last pagination of the spec.
+// listTags answers tags/list with the n/last pagination of the spec: the tags of the
+// repository pushed on any node of the swarm (this node's and its peers'), never an upstream's,
+// without the ones deleted since (each listed tag resolves).
 func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error {
+	ctx := r.Context()
 	prefix := h.cfg.Namespace + "/" + q.repo + ":"
-	names := h.st.TagNames(prefix)
+	var names []string
+	if h.cluster != nil {
+		names = h.cluster.ListTags(ctx, prefix)
+	} else {
+		names = h.st.TagNames(prefix)
+	}
 	tags := make([]string, 0, len(names))
 	for _, n := range names {
 		tags = append(tags, strings.TrimPrefix(n, prefix))
 	}
 	slices.Sort(tags)
-	if len(tags) == 0 {
-		return errorf(http.StatusNotFound, oci.CodeNameUnknown, nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
-	}
+	tags = slices.Compact(tags)
 	qs := r.URL.Query()
 	if last := qs.Get("last"); last != "" {
 		i, _ := slices.BinarySearch(tags, last)
@@ -296,22 +392,54 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error 
 		}
 		tags = tags[i:]
 	}
+	limit := -1
 	if ns := qs.Get("n"); ns != "" {
 		n, err := strconv.Atoi(ns)
 		if err != nil || n < 0 {
 			return errorf(http.StatusBadRequest, oci.CodePaginationNumberInvalid, err, "n must be a non-negative number")
 		}
-		if n < len(tags) {
-			tags = tags[:n]
-			if n > 0 {
-				w.Header().Set("Link", `<`+q.prefix+`/tags/list?n=`+ns+`&last=`+tags[n-1]+`>; rel="next"`)
+		limit = n
+	}
+	// Keep the tags that still resolve (a peer may hold one deleted since), one page and one
+	// more (to know whether a next page exists), resolving up to 8 at once.
+	var page []string
+	for len(tags) > 0 && (limit < 0 || len(page) <= limit) {
+		chunk := tags[:min(len(tags), max(8, limit+1-len(page)))]
+		tags = tags[len(chunk):]
+		ok := make([]bool, len(chunk))
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 8)
+		for i, tag := range chunk {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				_, _, err := h.resolveTag(ctx, prefix+tag)
+				ok[i] = err == nil
+			})
+		}
+		wg.Wait()
+		for i, tag := range chunk {
+			if ok[i] {
+				page = append(page, tag)
 			}
 		}
+	}
+	if len(page) == 0 && qs.Get("last") == "" && limit != 0 {
+		return errorf(http.StatusNotFound, oci.CodeNameUnknown, nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
+	}
+	if limit >= 0 && len(page) > limit {
+		page = page[:limit]
+		if limit > 0 {
+			w.Header().Set("Link", `<`+q.prefix+`/tags/list?n=`+strconv.Itoa(limit)+`&last=`+url.QueryEscape(page[limit-1])+`>; rel="next"`)
+		}
+	}
+	if page == nil {
+		page = []string{}
 	}
 	body, _ := json.Marshal(struct {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
-	}{strings.TrimPrefix(q.prefix, "/v2/"), tags})
+	}{strings.TrimPrefix(q.prefix, "/v2/"), page})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)

@@ -112,7 +112,7 @@ type Handler struct {
 	onCommit func(digest.Digest)
 	// fwd and accepted serve write-through pushes (writethrough.go); nil: none.
 	fwd         Forwarder
-	onForwarded func(ctx context.Context, host, repo string, held []digest.Digest)
+	onForwarded func(ctx context.Context, host, repo string, held []digest.Digest) bool
 
 	mu      sync.Mutex
 	uploads map[string]*upload
@@ -122,6 +122,9 @@ type Handler struct {
 	unreferenced map[digest.Digest]time.Time
 	// seqs is the newest tag record sequence seen per tag name (pushed here or looked up).
 	seqs map[string]int64
+	// gone holds the manifests (by digestName) deleted from the namespace as far as this node
+	// knows; a newer push takes one out.
+	gone map[string]bool
 
 	stop       chan struct{}
 	done       chan struct{}
@@ -144,7 +147,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, onCommit func(digest.Dig
 		onCommit = func(digest.Digest) {}
 	}
 	h := &Handler{cfg: cfg, st: st, log: log, trusted: trusted, rules: rules, onCommit: onCommit,
-		uploads: map[string]*upload{}, unreferenced: map[digest.Digest]time.Time{}, seqs: map[string]int64{},
+		uploads: map[string]*upload{}, unreferenced: map[digest.Digest]time.Time{}, seqs: map[string]int64{}, gone: map[string]bool{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go h.sweepLoop()
 	return h, nil

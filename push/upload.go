@@ -52,6 +52,16 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, q req) err
 		// Content is addressed by digest across the whole namespace: a blob this node holds
 		// can be mounted into any repository the client may push to.
 		if d, err := oci.ParseDigest(m); err == nil {
+			if from := qs.Get("from"); q.host != "" && h.fwd != nil && from != "" {
+				// Write-through: the registry mounts it from its own repository.
+				mounted, err := h.mountFromRegistry(r, q, d, from)
+				if err != nil {
+					return err
+				}
+				if mounted {
+					return h.created(w, q, d)
+				}
+			}
 			if _, err := h.st.Stat(ctx, d); err == nil {
 				return h.created(w, q, d)
 			}

@@ -2,9 +2,11 @@ package push
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,12 +22,19 @@ type Forwarder interface {
 	HasBlob(ctx context.Context, host, repo string, d digest.Digest) (bool, error)
 	PushBlob(ctx context.Context, host, repo string, d digest.Digest, size int64, open func() (io.ReadCloser, error)) error
 	PutManifest(ctx context.Context, host, repo, ref, mediaType string, data []byte) (digest.Digest, error)
+	// StatBlob asks the registry for a blob's size without downloading it.
+	StatBlob(ctx context.Context, host, repo string, d digest.Digest) (size int64, ok bool, err error)
+	// MountBlob asks the registry to mount d from another of its repositories.
+	MountBlob(ctx context.Context, host, repo string, d digest.Digest, from string) (bool, error)
+	// Delete deletes "manifests/REF" or "blobs/DIGEST" in the registry.
+	Delete(ctx context.Context, host, repo, sub string) error
 }
 
 // SetWriteThrough enables ServeWriteThrough. accepted is called once the upstream took a
 // manifest, with the digests of it and of the content this node holds for it (the daemon
-// decides whether peers may fetch them: private stays private).
-func (h *Handler) SetWriteThrough(f Forwarder, accepted func(ctx context.Context, host, repo string, held []digest.Digest)) {
+// decides whether peers may fetch them: private stays private); it reports whether they may,
+// and then LocalReplicas nodes get a copy before the push answers.
+func (h *Handler) SetWriteThrough(f Forwarder, accepted func(ctx context.Context, host, repo string, held []digest.Digest) (shared bool)) {
 	h.fwd, h.onForwarded = f, accepted
 }
 
@@ -42,16 +51,90 @@ func (h *Handler) ServeWriteThrough(w http.ResponseWriter, r *http.Request, c Cl
 		return err
 	}
 	q.host = host
+	if q.kind+" "+r.Method == "blob HEAD" { // a read: the mirror's policy, no push rights
+		return h.headWriteThroughBlob(w, r, q)
+	}
 	if err := h.authorize(c, host+"/"+q.repo); err != nil {
 		return err
 	}
 	if ok, err := h.serveUpload(w, r, q); ok {
 		return err
 	}
-	if q.kind+" "+r.Method == "manifest PUT" {
+	switch q.kind + " " + r.Method {
+	case "manifest PUT":
 		return h.putManifest(w, r, q)
+	case "manifest DELETE", "blob DELETE":
+		return h.deleteWriteThrough(w, r, q)
 	}
 	return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "%s is not supported for write-through to %s", r.Method, host)
+}
+
+// headWriteThroughBlob answers HEAD of a blob of a write-through registry: from the store when
+// this node holds it, else from the registry's own HEAD. Clients ask before every upload;
+// the mirror's miss would download the whole blob to answer.
+func (h *Handler) headWriteThroughBlob(w http.ResponseWriter, r *http.Request, q req) error {
+	d := digest.Digest(q.ref)
+	size, source := int64(0), "store"
+	if info, err := h.st.Stat(r.Context(), d); err == nil {
+		size = info.Size
+	} else {
+		n, ok, err := h.fwd.StatBlob(r.Context(), q.host, q.repo, d)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "%s/%s holds no blob %s", q.host, q.repo, d)
+		}
+		size, source = n, "upstream"
+	}
+	hd := w.Header()
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("Content-Length", strconv.FormatInt(size, 10))
+	hd.Set("Accept-Ranges", "bytes")
+	hd.Set("X-Shoal-Source", source)
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// deleteWriteThrough passes a DELETE to the registry; only when it accepted does this node
+// forget its copy (a manifest's tags, the manifest or blob bytes).
+func (h *Handler) deleteWriteThrough(w http.ResponseWriter, r *http.Request, q req) error {
+	if !h.cfg.AllowDelete {
+		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "deletes are off (push.allow_delete)")
+	}
+	ctx := r.Context()
+	sub := "manifests/" + q.ref
+	if q.kind == "blob" {
+		sub = "blobs/" + q.ref
+	}
+	if err := h.fwd.Delete(ctx, q.host, q.repo, sub); err != nil {
+		return fmt.Errorf("%s refused the DELETE (registries may turn deletes off); nothing was deleted here: %w", q.host, err)
+	}
+	wctx := context.WithoutCancel(ctx)
+	if q.kind == "manifest" && !oci.IsDigestRef(q.ref) {
+		_ = h.st.DeleteTag(wctx, q.host+"/"+q.repo+":"+q.ref)
+	} else {
+		_ = h.st.Delete(wctx, digest.Digest(q.ref)) // with the tags naming it
+	}
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// mountFromRegistry passes a cross-repository mount to a write-through registry; from is the
+// source repository as the client named it (with the registry host in the path, or bare with
+// ?ns=). False: the registry did not mount it (the caller goes on as without a mount).
+func (h *Handler) mountFromRegistry(r *http.Request, q req, d digest.Digest, from string) (bool, error) {
+	if r.URL.Query().Get("ns") == "" {
+		var ok bool
+		if from, ok = strings.CutPrefix(from, q.host+"/"); !ok {
+			return false, nil // a mount from another registry: the registry cannot do it
+		}
+	}
+	if oci.ValidateRepo(from) != nil {
+		return false, nil
+	}
+	return h.fwd.MountBlob(r.Context(), q.host, q.repo, d, from)
 }
 
 // forwarded is a verified manifest on its way to the upstream.
@@ -133,15 +216,38 @@ func (h *Handler) forwardManifest(w http.ResponseWriter, r *http.Request, q req,
 			return storeErr(err, "tag")
 		}
 	}
+	shared := false
 	if h.onForwarded != nil {
-		h.onForwarded(wctx, q.host, q.repo, append(held, f.digest))
+		shared = h.onForwarded(wctx, q.host, q.repo, append(held, f.digest))
 	}
 	hd := w.Header()
+	if shared && len(f.missing) == 0 {
+		// Copies, as for the local namespace: the rollout right after is served by peers
+		// even when this node leaves. The asked peers check with the registry.
+		ref := ":" + q.ref
+		if oci.IsDigestRef(q.ref) {
+			ref = "@" + q.ref
+		}
+		hd.Set(hdrCopies, strconv.Itoa(h.replicate(ctx, q.host+"/"+q.repo+ref, f.digest)))
+	}
 	hd.Set("Location", location(q.prefix, "manifests", f.digest.String()))
 	hd.Set("Docker-Content-Digest", f.digest.String())
 	hd.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// WritesThrough reports whether the write-through side answers r when it names a registry
+// configured for it: writes, upload sessions, and HEAD of a blob (answered from the registry's
+// HEAD, not by downloading the blob). Other reads are the mirror's.
+func WritesThrough(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet:
+		return strings.Contains(r.URL.Path, "/blobs/uploads/")
+	case http.MethodHead:
+		return strings.Contains(r.URL.Path, "/blobs/")
+	}
+	return true
 }
 
 // WriteThroughHost returns the registry a write request names when it is not the local

@@ -132,3 +132,70 @@ func (c *Client) PutManifest(ctx context.Context, host, repo, ref, mediaType str
 	}
 	return digest.SHA256.FromBytes(data), nil
 }
+
+// StatBlob asks a write-through registry for a blob's size (HEAD, pull scope) without
+// downloading it: ok is false when the registry does not hold it in repo.
+func (c *Client) StatBlob(ctx context.Context, host, repo string, d digest.Digest) (size int64, ok bool, err error) {
+	reg, err := c.pushTarget(host, repo)
+	if err != nil {
+		return 0, false, err
+	}
+	resp, err := c.send(ctx, reg, request{method: http.MethodHead, repo: repo, scope: "repository:" + repo + ":pull"}, reg.apiURL(repo, "blobs/"+d.String()))
+	if e, isUp := err.(*Error); isUp && e.Status == http.StatusNotFound {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	drain(resp)
+	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d.String() {
+		return 0, false, fmt.Errorf("upstream %s: HEAD of %s answered digest %s", reg.host, d, got)
+	}
+	return resp.ContentLength, true, nil
+}
+
+// MountBlob asks a write-through registry to mount d from repository from into repo (POST
+// ?mount=&from=, push scope): true when it answered 201. A 202 (it opened an upload session
+// instead) is cancelled and reported as false, so the caller uploads as usual.
+func (c *Client) MountBlob(ctx context.Context, host, repo string, d digest.Digest, from string) (bool, error) {
+	reg, err := c.pushTarget(host, repo)
+	if err != nil {
+		return false, err
+	}
+	if err := oci.ValidateRepo(from); err != nil {
+		return false, err
+	}
+	u := reg.apiURL(repo, "blobs/uploads/")
+	u.RawQuery = url.Values{"mount": {d.String()}, "from": {from}}.Encode()
+	resp, err := c.send(ctx, reg, request{method: http.MethodPost, repo: repo, scope: pushScope(repo)}, u)
+	if err != nil {
+		return false, err
+	}
+	drain(resp)
+	if resp.StatusCode == http.StatusCreated {
+		return true, nil
+	}
+	if loc, err := resp.Request.URL.Parse(resp.Header.Get("Location")); err == nil && resp.Header.Get("Location") != "" &&
+		loc.Host == reg.endpoint.Host && loc.Scheme == reg.endpoint.Scheme {
+		if resp, err := c.send(ctx, reg, request{method: http.MethodDelete, repo: repo, scope: pushScope(repo)}, loc); err == nil {
+			drain(resp)
+		}
+	}
+	return false, nil
+}
+
+// Delete sends DELETE of sub ("manifests/REF" or "blobs/DIGEST") to a write-through registry
+// (delete scope, as distribution's token access maps DELETE). Registries that turn deletes off
+// answer 405 UNSUPPORTED; that comes back as an *Error.
+func (c *Client) Delete(ctx context.Context, host, repo, sub string) error {
+	reg, err := c.pushTarget(host, repo)
+	if err != nil {
+		return err
+	}
+	resp, err := c.send(ctx, reg, request{method: http.MethodDelete, repo: repo, scope: "repository:" + repo + ":delete"}, reg.apiURL(repo, sub))
+	if err != nil {
+		return err
+	}
+	drain(resp)
+	return nil
+}

@@ -36,6 +36,9 @@ func cacheCommand() *cli.Command {
 						if e.Pinned {
 							pinned = "pinned"
 						}
+						if e.Local {
+							pinned = strings.TrimPrefix(pinned+",local", ",")
+						}
 						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", e.Digest, e.Kind, humanBytes(e.Size), ago(e.Accessed), pinned)
 					}
 					fmt.Fprintf(w, "%d items, %s of %s\n", len(l.Entries), humanBytes(l.BytesUsed), humanBytes(l.MaxSize))

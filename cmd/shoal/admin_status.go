@@ -69,6 +69,9 @@ func printStatus(out io.Writer, s adminapi.Status) {
 		line += fmt.Sprintf(", %d verify failures", s.Store.VerifyFailures)
 	}
 	fmt.Fprintf(w, "store\t%s\n", line)
+	if l := s.Local; l != nil {
+		fmt.Fprintf(w, "local images\t%d in %s (%d tags, %s, %d pinned: never evicted)\n", l.Images, l.Namespace, l.Tags, humanBytes(l.Bytes), l.Pinned)
+	}
 	if len(s.Sources) == 0 {
 		fmt.Fprintf(w, "answers\tnone yet\n")
 	} else {

@@ -123,6 +123,9 @@ type Options struct {
 	// both nil when files are off.
 	FileName   func(digest.Digest) string
 	FileDigest func(name string) (digest.Digest, bool)
+	// Local sums the cluster-local namespace's images and names their digests; nil when
+	// pushes are off.
+	Local func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool)
 	// GuardAdmin keeps web pages away from the admin API (tcp: it listens on TCP, not on
 	// the unix socket); nil serves it as is.
 	GuardAdmin func(next http.Handler, tcp bool) http.Handler
@@ -219,7 +222,7 @@ func New(o Options) (*Server, error) {
 		metrics: o.Metrics, started: time.Now(), ready: s.ready.Load, mirrorAddr: o.MirrorAddr,
 		self:   newSelfClient(o.Mirror),
 		canary: o.Canary, finder: newSearcher(o.Console, o.Upstream),
-		fileName: o.FileName, fileDigest: o.FileDigest,
+		fileName: o.FileName, fileDigest: o.FileDigest, local: o.Local,
 	}
 	if err := s.listen(o); err != nil {
 		return nil, err
@@ -401,7 +404,9 @@ type admin struct {
 
 	mirrorAddr func() string
 	// fileName names a file kept under a digest (the files endpoint); nil when files are off.
-	fileName   func(digest.Digest) string
+	fileName func(digest.Digest) string
+	// local sums the cluster-local namespace's images (Options.Local); nil: pushes off.
+	local      func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool)
 	fileDigest func(name string) (digest.Digest, bool)
 
 	addr, metricsAddr string
@@ -516,6 +521,9 @@ func (a *admin) status(r *http.Request) (any, error) {
 			Misses: st.Misses, VerifyFailures: st.VerifyFailures, Evictions: st.Evictions},
 		InFlight:       a.dl.Count(),
 		HistoryEntries: a.dl.HistorySize(),
+	}
+	if a.local != nil {
+		s.Local, _ = a.local(r.Context())
 	}
 	s.Sources = a.metrics.sources()
 	var hits, all int64

@@ -62,6 +62,12 @@ func (a *admin) cacheList(r *http.Request) (any, error) {
 	if out == nil {
 		out = []adminapi.CacheEntry{}
 	}
+	if a.local != nil {
+		_, local := a.local(r.Context())
+		for i := range out {
+			out[i].Local = local[digest.Digest(out[i].Digest)]
+		}
+	}
 	st := a.store.Stats()
 	l := adminapi.CacheList{Entries: out, BytesUsed: st.BytesUsed, MaxSize: st.MaxSize, Total: len(out)}
 	// The web console lists the first entries and the pinned ones of a large store.
