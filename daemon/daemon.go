@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/admin"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
@@ -39,7 +40,8 @@ type Daemon struct {
 	observe func(guard.Served)
 	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
 	canary *canaryLog
-	push   *push.Handler // the cluster-local namespace (push_config.go, package push); nil when off
+	push   *push.Handler  // the cluster-local namespace (push_config.go, package push); nil when off
+	files  *files.Handler // Hugging Face and GitHub files (files.go); nil when off
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -131,6 +133,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		ups.files = fend.h
 	}
 	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, fetch: fe, guard: g, canary: m.canary}
+	if fend != nil {
+		d.files = fend.h
+	}
 	if cfg.Push.Namespace != "" || writeThroughConfigured(cfg) {
 		pc := cfg.Push
 		pc.MaxBlobSize = maxBlob
@@ -231,6 +236,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
 	d.fetch.Shutdown(dctx)
 	cancel()
+	d.up.CloseIdleConnections() // no download needs them now; else they outlive Run
+	if d.files != nil {
+		d.files.CloseIdleConnections()
+	}
 	if d.push != nil {
 		d.push.Close() // drops uploads in progress with their temporary data
 	}

@@ -345,9 +345,11 @@ func TestWriteThroughHeadMountDelete(t *testing.T) {
 	if st, _, body := pushReq(t, d, "DELETE", "/v2/"+wtHost+"/team/app/manifests/v1", nil, nil); st != http.StatusAccepted {
 		t.Fatalf("DELETE of a tag: %d %s", st, body)
 	}
-	if resp, err := http.Get(up.srv.URL + "/v2/team/app/manifests/v1"); err != nil || resp.StatusCode != http.StatusNotFound {
+	resp, err := http.Get(up.srv.URL + "/v2/team/app/manifests/v1")
+	if err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("the registry still serves the deleted tag: %v %v", resp, err)
 	}
+	resp.Body.Close() // else its connection's goroutines outlive the tests (goleak)
 	if _, err := d.store.GetTag(t.Context(), wtHost+"/team/app:v1"); err == nil {
 		t.Fatal("the node still holds the deleted tag")
 	}

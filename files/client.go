@@ -98,6 +98,14 @@ type mapping struct {
 
 type authKey struct{}
 
+// CloseIdleConnections closes the transport's idle keep-alive connections (http.Client's
+// CloseIdleConnections reaches a RoundTripper only through this method).
+func (m *mapping) CloseIdleConnections() {
+	if c, ok := m.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 func withAuth(ctx context.Context) context.Context { return context.WithValue(ctx, authKey{}, true) }
 
 func (m *mapping) RoundTrip(req *http.Request) (*http.Response, error) {

@@ -127,6 +127,11 @@ func GuardName(p string) (registry, repo string, ok bool) {
 
 // Serve answers a file request. Errors are the daemon's to write (upstream.Error carries the
 // upstream's status and Hub error code).
+// CloseIdleConnections closes the keep-alive connections to the file hosts that no request
+// uses. Call it once the handler's work is done: each holds two goroutines and a socket until
+// the host closes it, for as long as the process lives.
+func (h *Handler) CloseIdleConnections() { h.c.follow.CloseIdleConnections() }
+
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 	p := r.URL.EscapedPath()
 	if rest, ok := strings.CutPrefix(p, "/hf/"); ok {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/store"
 )
 
@@ -158,13 +159,7 @@ func (h *Handler) manifestFromSwarm(ctx context.Context, d digest.Digest) error 
 		if err := json.Unmarshal(data, &m); err != nil {
 			return nil, err
 		}
-		mt := m.MediaType
-		if mt == "" {
-			mt = "application/vnd.oci.image.manifest.v1+json"
-			if m.Manifests != nil {
-				mt = "application/vnd.oci.image.index.v1+json"
-			}
-		}
+		mt := oci.SniffMediaType(data)
 		if err := h.st.PutSmall(fctx, d, mt, data); err != nil {
 			return nil, err
 		}

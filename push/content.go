@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/store"
@@ -27,7 +29,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, q req) error {
 			return h.cluster.ServeBlobFromPeers(w, r, q.repo, d)
 		}
 		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, "BLOB_UNKNOWN", nil, "blob %s is not in the local namespace", d)
+			return errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "blob %s is not in the local namespace", d)
 		}
 		return err
 	}
@@ -44,12 +46,12 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, q req) error {
 
 func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, q req) error {
 	if !h.cfg.AllowDelete {
-		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "deletes are off (push.allow_delete)")
+		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "deletes are off (push.allow_delete)")
 	}
 	d := digest.Digest(q.ref)
 	if err := h.st.Delete(r.Context(), d); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, "BLOB_UNKNOWN", nil, "blob %s is not in the local namespace", d)
+			return errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "blob %s is not in the local namespace", d)
 		}
 		return err
 	}
@@ -68,7 +70,7 @@ func (h *Handler) resolve(ctx context.Context, q req) (d digest.Digest, stale bo
 	}
 	d, stale, err = h.resolveTag(ctx, q.tagName(h.cfg.Namespace, q.ref))
 	if err != nil {
-		return "", false, errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
+		return "", false, errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
 	}
 	return d, stale, nil
 }
@@ -81,7 +83,7 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) err
 	}
 	byDigest := oci.IsDigestRef(q.ref)
 	if byDigest && h.manifestDeleted(ctx, q.repo, d, false) {
-		return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s was deleted from %s/%s", d, h.cfg.Namespace, q.repo)
+		return errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "manifest %s was deleted from %s/%s", d, h.cfg.Namespace, q.repo)
 	}
 	rc, info, err := h.st.Reader(ctx, d)
 	if errors.Is(err, store.ErrNotFound) && h.cluster != nil && !(byDigest && h.manifestDeleted(ctx, q.repo, d, true)) {
@@ -94,7 +96,7 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) err
 	}
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in the local namespace", d)
+			return errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "manifest %s is not in the local namespace", d)
 		}
 		return err
 	}
@@ -116,23 +118,18 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, q req) err
 	return nil
 }
 
-// manifestShape is what shoal reads of a pushed manifest or index.
+// manifestShape is what shoal reads of a pushed manifest or index: the fields of image-spec's
+// Manifest and Index at once, so that whatever a document lists is checked, whichever shape
+// it claims.
 type manifestShape struct {
-	SchemaVersion int               `json:"schemaVersion"`
-	MediaType     string            `json:"mediaType"`
-	ArtifactType  string            `json:"artifactType"`
-	Annotations   map[string]string `json:"annotations"`
-	Config        *descriptor       `json:"config"`
-	Layers        []descriptor      `json:"layers"`
-	Manifests     []descriptor      `json:"manifests"`
-	Subject       *descriptor       `json:"subject"`
-}
-
-type descriptor struct {
-	MediaType string        `json:"mediaType"`
-	Digest    digest.Digest `json:"digest"`
-	Size      int64         `json:"size"`
-	URLs      []string      `json:"urls"`
+	SchemaVersion int                  `json:"schemaVersion"`
+	MediaType     string               `json:"mediaType"`
+	ArtifactType  string               `json:"artifactType"`
+	Annotations   map[string]string    `json:"annotations"`
+	Config        *ocispec.Descriptor  `json:"config"`
+	Layers        []ocispec.Descriptor `json:"layers"`
+	Manifests     []ocispec.Descriptor `json:"manifests"`
+	Subject       *ocispec.Descriptor  `json:"subject"`
 }
 
 // putManifest verifies a manifest (its digest when pushed by digest, its JSON, that every blob
@@ -140,48 +137,42 @@ type descriptor struct {
 func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) error {
 	ctx := r.Context()
 	if r.ContentLength > oci.MaxManifestSize {
-		return errorf(http.StatusRequestEntityTooLarge, "SIZE_INVALID", nil, "manifest is larger than %d bytes", oci.MaxManifestSize)
+		return errorf(http.StatusRequestEntityTooLarge, oci.CodeSizeInvalid, nil, "manifest is larger than %d bytes", oci.MaxManifestSize)
 	}
 	data, err := io.ReadAll(io.LimitReader(r.Body, oci.MaxManifestSize+1))
 	if err != nil {
-		return errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "reading the manifest failed")
+		return errorf(http.StatusBadRequest, oci.CodeManifestInvalid, err, "reading the manifest failed")
 	}
 	if len(data) > oci.MaxManifestSize {
-		return errorf(http.StatusRequestEntityTooLarge, "SIZE_INVALID", nil, "manifest is larger than %d bytes", oci.MaxManifestSize)
+		return errorf(http.StatusRequestEntityTooLarge, oci.CodeSizeInvalid, nil, "manifest is larger than %d bytes", oci.MaxManifestSize)
 	}
 	d := digest.SHA256.FromBytes(data)
 	if oci.IsDigestRef(q.ref) {
 		want := digest.Digest(q.ref)
 		if got := want.Algorithm().FromBytes(data); got != want {
-			return errorf(http.StatusBadRequest, "DIGEST_INVALID", nil, "manifest hashes to %s, not %s; nothing was stored", got, want)
+			return errorf(http.StatusBadRequest, oci.CodeDigestInvalid, nil, "manifest hashes to %s, not %s; nothing was stored", got, want)
 		}
 		d = want
 	}
 	var m manifestShape
 	if err := json.Unmarshal(data, &m); err != nil {
-		return errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "manifest is not valid JSON")
+		return errorf(http.StatusBadRequest, oci.CodeManifestInvalid, err, "manifest is not valid JSON")
 	}
 	mt := r.Header.Get("Content-Type")
 	if i := strings.IndexByte(mt, ';'); i >= 0 {
 		mt = strings.TrimSpace(mt[:i])
 	}
 	if mt == "" {
-		mt = m.MediaType
-	}
-	if mt == "" {
-		mt = "application/vnd.oci.image.manifest.v1+json"
-		if m.Manifests != nil {
-			mt = "application/vnd.oci.image.index.v1+json"
-		}
+		mt = oci.SniffMediaType(data)
 	}
 	if m.MediaType != "" && m.MediaType != mt {
-		return errorf(http.StatusBadRequest, "MANIFEST_INVALID", nil, "Content-Type %s differs from the manifest's mediaType %s", mt, m.MediaType)
+		return errorf(http.StatusBadRequest, oci.CodeManifestInvalid, nil, "Content-Type %s differs from the manifest's mediaType %s", mt, m.MediaType)
 	}
 	var refs []digest.Digest
 	var missing []string
-	check := func(ds descriptor) error {
+	check := func(ds ocispec.Descriptor) error {
 		if err := ds.Digest.Validate(); err != nil {
-			return errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "manifest references an invalid digest %q", ds.Digest)
+			return errorf(http.StatusBadRequest, oci.CodeManifestInvalid, err, "manifest references an invalid digest %q", ds.Digest)
 		}
 		if len(ds.URLs) > 0 { // a non-distributable layer lives at its URLs, not here
 			return nil
@@ -191,7 +182,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 		if err != nil {
 			missing = append(missing, ds.Digest.String())
 		} else if ds.Size > 0 && info.Size != ds.Size {
-			return errorf(http.StatusBadRequest, "MANIFEST_INVALID", nil, "manifest says %s has %d bytes; it has %d", ds.Digest, ds.Size, info.Size)
+			return errorf(http.StatusBadRequest, oci.CodeManifestInvalid, nil, "manifest says %s has %d bytes; it has %d", ds.Digest, ds.Size, info.Size)
 		}
 		return nil
 	}
@@ -212,7 +203,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 		missing = h.fetchMissing(ctx, q.repo, missing, m.Manifests != nil)
 	}
 	if len(missing) > 0 {
-		return errorf(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", nil,
+		return errorf(http.StatusBadRequest, oci.CodeManifestBlobUnknown, nil,
 			"manifest references content not pushed to this node: %s; nothing was stored", strings.Join(missing, ", "))
 	}
 	wctx := context.WithoutCancel(ctx)
@@ -302,13 +293,13 @@ func (h *Handler) fetchMissing(ctx context.Context, repo string, missing []strin
 // deleteManifest deletes a manifest by digest (with every tag naming it) or just a tag.
 func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) error {
 	if !h.cfg.AllowDelete {
-		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "deletes are off (push.allow_delete)")
+		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "deletes are off (push.allow_delete)")
 	}
 	ctx := r.Context()
 	if !oci.IsDigestRef(q.ref) {
 		name := q.tagName(h.cfg.Namespace, q.ref)
 		if _, _, err := h.resolveTag(ctx, name); err != nil {
-			return errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
+			return errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "tag %s is not in %s/%s", q.ref, h.cfg.Namespace, q.repo)
 		}
 		if err := h.st.DeleteTag(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -327,7 +318,7 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, q req) 
 func (h *Handler) deleteByDigest(w http.ResponseWriter, r *http.Request, q req) error {
 	ctx := r.Context()
 	d := digest.Digest(q.ref)
-	unknown := errorf(http.StatusNotFound, "MANIFEST_UNKNOWN", nil, "manifest %s is not in %s/%s", d, h.cfg.Namespace, q.repo)
+	unknown := errorf(http.StatusNotFound, oci.CodeManifestUnknown, nil, "manifest %s is not in %s/%s", d, h.cfg.Namespace, q.repo)
 	if h.manifestDeleted(ctx, q.repo, d, true) {
 		return unknown
 	}
@@ -405,7 +396,7 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error 
 	if ns := qs.Get("n"); ns != "" {
 		n, err := strconv.Atoi(ns)
 		if err != nil || n < 0 {
-			return errorf(http.StatusBadRequest, "PAGINATION_NUMBER_INVALID", err, "n must be a non-negative number")
+			return errorf(http.StatusBadRequest, oci.CodePaginationNumberInvalid, err, "n must be a non-negative number")
 		}
 		limit = n
 	}
@@ -434,7 +425,7 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, q req) error 
 		}
 	}
 	if len(page) == 0 && qs.Get("last") == "" && limit != 0 {
-		return errorf(http.StatusNotFound, "NAME_UNKNOWN", nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
+		return errorf(http.StatusNotFound, oci.CodeNameUnknown, nil, "%s/%s has no tags", h.cfg.Namespace, q.repo)
 	}
 	if limit >= 0 && len(page) > limit {
 		page = page[:limit]
@@ -469,14 +460,7 @@ func (h *Handler) referrerKey(repo string, subject digest.Digest) string {
 func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, q req) error {
 	ctx := r.Context()
 	filter := r.URL.Query().Get("artifactType")
-	type desc struct {
-		MediaType    string            `json:"mediaType"`
-		Digest       digest.Digest     `json:"digest"`
-		Size         int64             `json:"size"`
-		ArtifactType string            `json:"artifactType,omitempty"`
-		Annotations  map[string]string `json:"annotations,omitempty"`
-	}
-	list := []desc{}
+	list := []ocispec.Descriptor{}
 	prefix := h.referrerKey(q.repo, digest.Digest(q.ref))
 	for _, n := range h.st.TagNames(prefix) {
 		t, err := h.st.GetTag(ctx, n)
@@ -500,15 +484,11 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, q req) error
 		if filter != "" && at != filter {
 			continue
 		}
-		list = append(list, desc{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size, ArtifactType: at, Annotations: m.Annotations})
+		list = append(list, ocispec.Descriptor{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size, ArtifactType: at, Annotations: m.Annotations})
 	}
-	body, _ := json.Marshal(struct {
-		SchemaVersion int    `json:"schemaVersion"`
-		MediaType     string `json:"mediaType"`
-		Manifests     []desc `json:"manifests"`
-	}{2, "application/vnd.oci.image.index.v1+json", list})
+	body, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: list})
 	hd := w.Header()
-	hd.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	hd.Set("Content-Type", ocispec.MediaTypeImageIndex)
 	hd.Set("Content-Length", strconv.Itoa(len(body)))
 	if filter != "" {
 		hd.Set("OCI-Filters-Applied", "artifactType")

@@ -247,14 +247,14 @@ func (h *Handler) parse(r *http.Request, space string) (req, error) {
 		}
 	}
 	if q.kind == "" || name == "" || strings.Contains(q.ref, "/") {
-		return q, errorf(http.StatusNotFound, "NAME_UNKNOWN", nil, "no such route")
+		return q, errorf(http.StatusNotFound, oci.CodeNameUnknown, nil, "no such route")
 	}
 	q.prefix = "/v2/" + name
 	if ns := r.URL.Query().Get("ns"); ns == "" {
 		name = strings.TrimPrefix(name, space+"/")
 	}
 	if err := oci.ValidateRepo(name); err != nil {
-		return q, errorf(http.StatusBadRequest, "NAME_INVALID", err, "invalid repository name")
+		return q, errorf(http.StatusBadRequest, oci.CodeNameInvalid, err, "invalid repository name")
 	}
 	q.repo = name
 	switch q.kind {
@@ -264,15 +264,15 @@ func (h *Handler) parse(r *http.Request, space string) (req, error) {
 		}
 	case "blob", "referrers":
 		if _, err := oci.ParseDigest(q.ref); err != nil {
-			return q, errorf(http.StatusBadRequest, "DIGEST_INVALID", err, "invalid digest")
+			return q, errorf(http.StatusBadRequest, oci.CodeDigestInvalid, err, "invalid digest")
 		}
 	case "manifest":
 		if oci.IsDigestRef(q.ref) {
 			if _, err := oci.ParseDigest(q.ref); err != nil {
-				return q, errorf(http.StatusBadRequest, "DIGEST_INVALID", err, "invalid digest")
+				return q, errorf(http.StatusBadRequest, oci.CodeDigestInvalid, err, "invalid digest")
 			}
 		} else if err := oci.ValidateTag(q.ref); err != nil {
-			return q, errorf(http.StatusBadRequest, "MANIFEST_INVALID", err, "invalid tag")
+			return q, errorf(http.StatusBadRequest, oci.CodeManifestInvalid, err, "invalid tag")
 		}
 	}
 	return q, nil
@@ -310,7 +310,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, c Client) error 
 	case "referrers GET", "referrers HEAD":
 		return h.referrers(w, r, q)
 	}
-	return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "%s is not supported on this route", r.Method)
+	return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "%s is not supported on this route", r.Method)
 }
 
 // authorize decides whether c may write to repo.
@@ -321,7 +321,7 @@ func (h *Handler) authorize(c Client, repo string) error {
 		}
 	}
 	if c.User == "" {
-		e := errorf(http.StatusUnauthorized, "UNAUTHORIZED", nil,
+		e := errorf(http.StatusUnauthorized, oci.CodeUnauthorized, nil,
 			"pushing from your address needs a login (security.htpasswd) and a push.users rule for the repository")
 		e.Header = http.Header{"Www-Authenticate": {`Basic realm="shoal"`}}
 		return e
@@ -331,7 +331,7 @@ func (h *Handler) authorize(c Client, repo string) error {
 			return nil
 		}
 	}
-	return errorf(http.StatusForbidden, "DENIED", nil, "user %q may not push to %s/%s (push.users)", c.User, h.cfg.Namespace, repo)
+	return errorf(http.StatusForbidden, oci.CodeDenied, nil, "user %q may not push to %s/%s (push.users)", c.User, h.cfg.Namespace, repo)
 }
 
 type rule struct {
@@ -392,9 +392,9 @@ func newID() string {
 func storeErr(err error, what string) error {
 	switch {
 	case errors.Is(err, store.ErrDigestMismatch):
-		return errorf(http.StatusBadRequest, "DIGEST_INVALID", err, "%s does not match its digest; nothing was stored", what)
+		return errorf(http.StatusBadRequest, oci.CodeDigestInvalid, err, "%s does not match its digest; nothing was stored", what)
 	case errors.Is(err, store.ErrNoSpace):
-		return errorf(http.StatusInsufficientStorage, "DENIED", err, "no space left in this node's store for %s", what)
+		return errorf(http.StatusInsufficientStorage, oci.CodeDenied, err, "no space left in this node's store for %s", what)
 	case errors.Is(err, context.Canceled):
 		return err
 	}

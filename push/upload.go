@@ -40,7 +40,7 @@ func (u *upload) discard() {
 }
 
 func errUploadUnknown(id string) *Error {
-	return errorf(http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", nil, "upload %s is unknown (finished, cancelled, or dropped after push.upload_timeout)", id)
+	return errorf(http.StatusNotFound, oci.CodeBlobUploadUnknown, nil, "upload %s is unknown (finished, cancelled, or dropped after push.upload_timeout)", id)
 }
 
 // startUpload answers POST .../blobs/uploads/: a cross-repository mount, a monolithic upload
@@ -180,7 +180,7 @@ func checkRange(w http.ResponseWriter, r *http.Request, q req, u *upload) error 
 	hd.Set("Location", location(q.prefix, "blobs/uploads", u.id))
 	hd.Set("Range", fmt.Sprintf("0-%d", max(0, u.w.Written()-1)))
 	hd.Set("Docker-Upload-UUID", u.id)
-	return errorf(http.StatusRequestedRangeNotSatisfiable, "BLOB_UPLOAD_INVALID", nil,
+	return errorf(http.StatusRequestedRangeNotSatisfiable, oci.CodeBlobUploadInvalid, nil,
 		"Content-Range %q does not continue the upload, which holds %d bytes", cr, u.w.Written())
 }
 
@@ -210,13 +210,13 @@ func (h *Handler) receive(r *http.Request, u *upload) error {
 		}
 		// The client went away or its body broke: keep what arrived, the client may resume
 		// from the Range a status request reports.
-		return errorf(http.StatusBadRequest, "BLOB_UPLOAD_INVALID", err, "reading the upload's body failed after %d bytes", u.w.Written())
+		return errorf(http.StatusBadRequest, oci.CodeBlobUploadInvalid, err, "reading the upload's body failed after %d bytes", u.w.Written())
 	}
 	return nil
 }
 
 func errTooLarge(limit int64) *Error {
-	return errorf(http.StatusRequestEntityTooLarge, "SIZE_INVALID", nil, "blob is larger than store.max_blob_size (%d bytes); the upload was dropped", limit)
+	return errorf(http.StatusRequestEntityTooLarge, oci.CodeSizeInvalid, nil, "blob is larger than store.max_blob_size (%d bytes); the upload was dropped", limit)
 }
 
 // parseContentRange reads "<start>-<end>" (what clients send on PATCH), also with a
@@ -247,7 +247,7 @@ func (h *Handler) finishLocked(w http.ResponseWriter, r *http.Request, q req, u 
 	d, err := oci.ParseDigest(ds)
 	if err != nil {
 		h.drop(u)
-		return errorf(http.StatusBadRequest, "DIGEST_INVALID", err, "the upload's final PUT needs ?digest=<algorithm:hex>")
+		return errorf(http.StatusBadRequest, oci.CodeDigestInvalid, err, "the upload's final PUT needs ?digest=<algorithm:hex>")
 	}
 	if err := checkRange(w, r, q, u); err != nil {
 		return err

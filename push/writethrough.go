@@ -44,7 +44,7 @@ func (h *Handler) SetWriteThrough(f Forwarder, accepted func(ctx context.Context
 // the upstream accepted it. Reads are the mirror's.
 func (h *Handler) ServeWriteThrough(w http.ResponseWriter, r *http.Request, c Client, host string) error {
 	if h.fwd == nil {
-		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "write-through is not enabled")
+		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "write-through is not enabled")
 	}
 	q, err := h.parse(r, host)
 	if err != nil {
@@ -66,7 +66,7 @@ func (h *Handler) ServeWriteThrough(w http.ResponseWriter, r *http.Request, c Cl
 	case "manifest DELETE", "blob DELETE":
 		return h.deleteWriteThrough(w, r, q)
 	}
-	return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "%s is not supported for write-through to %s", r.Method, host)
+	return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "%s is not supported for write-through to %s", r.Method, host)
 }
 
 // headWriteThroughBlob answers HEAD of a blob of a write-through registry: from the store when
@@ -83,7 +83,7 @@ func (h *Handler) headWriteThroughBlob(w http.ResponseWriter, r *http.Request, q
 			return err
 		}
 		if !ok {
-			return errorf(http.StatusNotFound, "BLOB_UNKNOWN", nil, "%s/%s holds no blob %s", q.host, q.repo, d)
+			return errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "%s/%s holds no blob %s", q.host, q.repo, d)
 		}
 		size, source = n, "upstream"
 	}
@@ -101,7 +101,7 @@ func (h *Handler) headWriteThroughBlob(w http.ResponseWriter, r *http.Request, q
 // forget its copy (a manifest's tags, the manifest or blob bytes).
 func (h *Handler) deleteWriteThrough(w http.ResponseWriter, r *http.Request, q req) error {
 	if !h.cfg.AllowDelete {
-		return errorf(http.StatusMethodNotAllowed, "UNSUPPORTED", nil, "deletes are off (push.allow_delete)")
+		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "deletes are off (push.allow_delete)")
 	}
 	ctx := r.Context()
 	sub := "manifests/" + q.ref
@@ -161,7 +161,7 @@ func (h *Handler) forwardManifest(w http.ResponseWriter, r *http.Request, q req,
 			switch {
 			case has:
 			case !held:
-				return errorf(http.StatusBadRequest, "MANIFEST_BLOB_UNKNOWN", nil,
+				return errorf(http.StatusBadRequest, oci.CodeManifestBlobUnknown, nil,
 					"manifest references %s, which neither this node nor %s holds; nothing was pushed", ref, q.host)
 			default:
 				info, err := h.st.Stat(ctx, ref)

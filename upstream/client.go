@@ -161,6 +161,11 @@ func newClient(cfg Config, log *slog.Logger, setup func(*Client)) (*Client, erro
 	return c, nil
 }
 
+// CloseIdleConnections closes the keep-alive connections to the upstreams that no request
+// uses. Call it once the client's work is done: each idle connection holds two goroutines and
+// a socket until the upstream closes it (up to 90 s idle), for as long as the process lives.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
 func defaultEndpoint(host string) string {
 	if host == DockerHub {
 		return DockerHubEndpoint

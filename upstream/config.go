@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // DockerHub is the registry host clients use for Docker Hub, and its API endpoint.
@@ -200,12 +202,7 @@ func validHostPort(hp string) error {
 
 // canonicalHost folds the names Docker Hub goes by into "docker.io" and lower-cases.
 func canonicalHost(h string) string {
-	h = strings.ToLower(strings.TrimSpace(h))
-	switch h {
-	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
-		return DockerHub
-	}
-	return h
+	return oci.CanonicalRegistry(strings.ToLower(strings.TrimSpace(h)))
 }
 
 // credentials is what a registry or its token server is given. A zero value is anonymous.

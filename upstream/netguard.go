@@ -242,6 +242,16 @@ type dispatch struct {
 	trusted, private, public http.RoundTripper
 }
 
+// CloseIdleConnections closes the idle connections of each transport (http.Client's
+// CloseIdleConnections reaches a RoundTripper only through this method).
+func (d dispatch) CloseIdleConnections() {
+	for _, rt := range []http.RoundTripper{d.trusted, d.private, d.public} {
+		if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}
+}
+
 func (d dispatch) RoundTrip(req *http.Request) (*http.Response, error) {
 	reg := registryFrom(req.Context())
 	switch {

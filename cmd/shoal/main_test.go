@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
 	"gopkg.in/yaml.v3"
 
 	"github.com/shoal-mirror/shoal/daemon"
@@ -32,6 +33,14 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if code == 0 {
+		// A goroutine that outlives the tests (a pipe drained after its process is gone, a
+		// request not cancelled) fails them, as in every package that starts goroutines.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 

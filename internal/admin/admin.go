@@ -365,6 +365,10 @@ func (s *Server) stop() {
 	}
 	s.close()
 	s.serveGroup.Wait()
+	if s.admin != nil && s.admin.finder != nil {
+		// Docker Hub's search: else its keep-alive connections outlive the server.
+		s.admin.finder.hc.CloseIdleConnections()
+	}
 }
 
 // close releases listeners that were opened but are not (or no longer) served.

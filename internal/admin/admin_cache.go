@@ -18,9 +18,9 @@ import (
 func cacheEntry(i store.Info) adminapi.CacheEntry {
 	kind := "blob"
 	switch {
-	case isIndexType(i.MediaType):
+	case oci.IsIndexType(i.MediaType):
 		kind = "index"
-	case isManifestType(i.MediaType):
+	case oci.IsManifestType(i.MediaType):
 		kind = "manifest"
 	}
 	return adminapi.CacheEntry{Digest: i.Digest.String(), Size: i.Size, MediaType: i.MediaType, Kind: kind,
@@ -111,7 +111,7 @@ func (a *admin) readStored(ctx context.Context, d digest.Digest) ([]byte, store.
 		return nil, info, err
 	}
 	defer rc.Close()
-	if !isManifestType(info.MediaType) || info.Size > oci.MaxManifestSize {
+	if !oci.IsManifestType(info.MediaType) || info.Size > oci.MaxManifestSize {
 		return nil, info, nil
 	}
 	b, err := io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
@@ -132,20 +132,10 @@ func (a *admin) closure(ctx context.Context, d digest.Digest) ([]digest.Digest, 
 		if err != nil {
 			return nil, err
 		}
-		m, err := parseManifest(data)
-		if err != nil {
-			continue
-		}
-		var kids []descriptor
-		if m.Config != nil {
-			kids = append(kids, *m.Config)
-		}
-		kids = append(kids, m.Manifests...)
-		kids = append(kids, m.Layers...)
-		for _, k := range kids {
-			if k.Digest.Validate() == nil && !seen[k.Digest] {
-				seen[k.Digest] = true
-				order = append(order, k.Digest)
+		for _, k := range oci.ManifestRefs(data) {
+			if !seen[k] {
+				seen[k] = true
+				order = append(order, k)
 			}
 		}
 	}
@@ -189,14 +179,14 @@ func (a *admin) cacheRemove(r *http.Request) (any, error) {
 	// Content other cached manifests reference stays: removing it would only cost them a refetch.
 	others := map[digest.Digest]bool{}
 	err = a.store.Walk(ctx, func(i store.Info) error {
-		if inImage[i.Digest] || !isManifestType(i.MediaType) {
+		if inImage[i.Digest] || !oci.IsManifestType(i.MediaType) {
 			return nil
 		}
 		data, _, err := a.readStored(ctx, i.Digest)
 		if err != nil || data == nil {
 			return nil
 		}
-		for _, x := range manifestRefs(data) {
+		for _, x := range oci.ManifestRefs(data) {
 			others[x] = true
 		}
 		return nil

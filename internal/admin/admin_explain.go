@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // explain says, for each manifest, config and layer of an image (or one digest), whether the
@@ -98,7 +99,7 @@ func (a *admin) explain(r *http.Request) (any, error) {
 		}
 		res.MediaType = mt
 		kind := "manifest"
-		if isIndexType(mt) {
+		if oci.IsIndexType(mt) {
 			kind = "index"
 		}
 		i := add(top, kind, "", int64(len(data)))
@@ -150,30 +151,30 @@ func (a *admin) explainChildren(ctx context.Context, d digest.Digest, manifest f
 	if data == nil {
 		return
 	}
-	doc, err := parseManifest(data)
+	doc, err := oci.ParseManifest(data)
 	if err != nil {
 		return
 	}
-	layers := func(doc manifestDoc, plat string) {
-		if doc.Config != nil {
-			add(doc.Config.Digest, "config", plat, doc.Config.Size)
+	layers := func(doc oci.Doc, plat string) {
+		if c := doc.Config(); c != nil {
+			add(c.Digest, "config", plat, c.Size)
 		}
-		for _, l := range doc.Layers {
+		for _, l := range doc.Layers() {
 			add(l.Digest, "layer", plat, l.Size)
 		}
 	}
-	if !doc.isIndex() {
+	if !doc.IsIndex() {
 		layers(doc, "")
 		return
 	}
-	for _, child := range doc.Manifests {
-		plat := child.Platform.String()
+	for _, child := range doc.Manifests() {
+		plat := oci.FormatPlatform(child.Platform)
 		add(child.Digest, "manifest", plat, child.Size)
 		cdata, _, _ := manifest(child.Digest)
 		if cdata == nil {
 			continue
 		}
-		if cdoc, err := parseManifest(cdata); err == nil {
+		if cdoc, err := oci.ParseManifest(cdata); err == nil {
 			layers(cdoc, plat)
 		}
 	}

@@ -83,7 +83,7 @@ func (r imageRef) tagKey() string { return r.registry + "/" + r.repo + ":" + r.t
 // familiar is the name Docker shows: "alpine:3" for docker.io/library/alpine:3.
 func (r imageRef) familiar() string {
 	name := r.registry + "/" + r.repo
-	if r.registry == "docker.io" {
+	if r.registry == oci.DockerHub {
 		name = strings.TrimPrefix(r.repo, "library/")
 	}
 	if r.tag != "" {
@@ -296,108 +296,11 @@ func (c *selfClient) blob(ctx context.Context, r imageRef, d digest.Digest) (io.
 	return resp.Body, resp.Header.Get(hdrSource), nil
 }
 
-// ---- manifest shapes ----
-
-// descriptor is the part of an OCI descriptor the operator commands use.
-type descriptor struct {
-	MediaType   string            `json:"mediaType"`
-	Digest      digest.Digest     `json:"digest"`
-	Size        int64             `json:"size"`
-	Platform    *platform         `json:"platform,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-}
-
-type platform struct {
-	OS           string `json:"os"`
-	Architecture string `json:"architecture"`
-	Variant      string `json:"variant,omitempty"`
-}
-
-func (p *platform) String() string {
-	if p == nil {
-		return ""
+// parsePlatform reads the platform an operator asked for ("os/arch[/variant]").
+func parsePlatform(s string) (*ocispec.Platform, error) {
+	p, err := oci.ParsePlatform(s)
+	if err != nil {
+		return nil, badRequest("%v", strings.TrimPrefix(err.Error(), oci.ErrPlatformInvalid.Error()+": "))
 	}
-	s := p.OS + "/" + p.Architecture
-	if p.Variant != "" {
-		s += "/" + p.Variant
-	}
-	return s
-}
-
-// parsePlatform reads "os/arch[/variant]".
-func parsePlatform(s string) (*platform, error) {
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return nil, badRequest("platform %q: want os/arch[/variant], e.g. linux/amd64", s)
-	}
-	p := &platform{OS: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return p, nil
-}
-
-// matches: same OS and architecture, and the same variant when want names one.
-func (want *platform) matches(p *platform) bool {
-	return p != nil && p.OS == want.OS && p.Architecture == want.Architecture && (want.Variant == "" || want.Variant == p.Variant)
-}
-
-// manifestDoc is an image manifest or an index.
-type manifestDoc struct {
-	MediaType string       `json:"mediaType"`
-	Config    *descriptor  `json:"config"`
-	Layers    []descriptor `json:"layers"`
-	Manifests []descriptor `json:"manifests"`
-}
-
-func parseManifest(data []byte) (manifestDoc, error) {
-	var m manifestDoc
-	if err := json.Unmarshal(data, &m); err != nil {
-		return m, fmt.Errorf("manifest is not JSON: %w", err)
-	}
-	return m, nil
-}
-
-func (m manifestDoc) isIndex() bool { return m.Config == nil && m.Manifests != nil }
-
-// manifestRefs lists what a manifest or index points to (as the mirror reads it: any JSON
-// with config, layers or manifests).
-func manifestRefs(data []byte) []digest.Digest {
-	var m struct {
-		Config    *struct{ Digest digest.Digest }  `json:"config"`
-		Layers    []struct{ Digest digest.Digest } `json:"layers"`
-		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return nil
-	}
-	var out []digest.Digest
-	if m.Config != nil && m.Config.Digest.Validate() == nil {
-		out = append(out, m.Config.Digest)
-	}
-	for _, l := range m.Layers {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	for _, l := range m.Manifests {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out
-}
-
-// isManifestType tells manifests and indexes from blobs by media type.
-func isManifestType(mt string) bool {
-	for _, t := range oci.ManifestAccept {
-		if t == mt && t != "*/*" {
-			return true
-		}
-	}
-	return false
-}
-
-func isIndexType(mt string) bool {
-	return mt == ocispec.MediaTypeImageIndex || mt == oci.MediaTypeDockerManifestList
+	return &p, nil
 }

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/p2p"
 )
 
@@ -36,7 +38,7 @@ type eventSink interface {
 }
 
 // clusterPull answers POST /v1/pull with cluster set.
-func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi.PullRequest, refs []imageRef, want *platform) {
+func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi.PullRequest, refs []imageRef, want *ocispec.Platform) {
 	switch {
 	case req.Nodes < 0 || req.Nodes > p2p.PreheatMaxNodes:
 		WriteError(w, badRequest("pull --cluster: nodes must be 1 to %d", p2p.PreheatMaxNodes))
@@ -66,9 +68,9 @@ func (a *admin) clusterPull(w http.ResponseWriter, r *http.Request, req adminapi
 		top, err := a.self.manifest(ctx, ref, ref.ref())
 		if err == nil {
 			ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), Digest: top.digest.String(), MediaType: top.mediaType, Source: top.source, State: adminapi.StateDone})
-			_, _, err = a.platformManifests(ctx, ref, top, want, func(child descriptor, fm fetchedManifest) {
+			_, _, err = a.platformManifests(ctx, ref, top, want, func(child ocispec.Descriptor, fm fetchedManifest) {
 				ev.send(adminapi.PullEvent{Type: adminapi.EventManifest, Image: ref.String(), Digest: fm.digest.String(), MediaType: fm.mediaType,
-					Platform: child.Platform.String(), Source: fm.source, State: adminapi.StateDone})
+					Platform: oci.FormatPlatform(child.Platform), Source: fm.source, State: adminapi.StateDone})
 			})
 		}
 		if err != nil {
@@ -118,7 +120,7 @@ const preheatConcurrency = 16
 // reporting the bytes it fetches, and calling started once every blob is in flight here or
 // done (the preheat then asks the next nodes, which find this node a provider).
 func (a *admin) Preheat(ctx context.Context, images []string, plat string, progress func(int64), started func()) error {
-	var want *platform
+	var want *ocispec.Platform
 	if plat != "" {
 		p, err := parsePlatform(plat)
 		if err != nil {

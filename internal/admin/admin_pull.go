@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/oci"
 )
 
 // pullConcurrency is how many blobs of one image a warm-up fetches at once.
@@ -68,7 +70,7 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, badRequest("pull: name at least one image"))
 		return
 	}
-	var want *platform
+	var want *ocispec.Platform
 	if req.Platform != "" {
 		p, err := parsePlatform(req.Platform)
 		if err != nil {
@@ -112,32 +114,32 @@ func (a *admin) pull(w http.ResponseWriter, r *http.Request) {
 
 // blobJob is one config or layer to fetch.
 type blobJob struct {
-	desc     descriptor
+	desc     ocispec.Descriptor
 	kind     string
 	platform string
 }
 
 // platformManifests fetches the manifests an image stands for: itself, or the children of an
 // index (those matching want, or all). It reports each child as a manifest event.
-func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetchedManifest, want *platform, onChild func(descriptor, fetchedManifest)) ([]manifestDoc, []string, error) {
-	doc, err := parseManifest(top.data)
+func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetchedManifest, want *ocispec.Platform, onChild func(ocispec.Descriptor, fetchedManifest)) ([]oci.Doc, []string, error) {
+	doc, err := oci.ParseManifest(top.data)
 	if err != nil {
 		return nil, nil, err
 	}
-	if !doc.isIndex() {
-		return []manifestDoc{doc}, []string{""}, nil
+	if !doc.IsIndex() {
+		return []oci.Doc{doc}, []string{""}, nil
 	}
-	var docs []manifestDoc
+	var docs []oci.Doc
 	var plats []string
-	for _, child := range doc.Manifests {
-		if want != nil && !want.matches(child.Platform) {
+	for _, child := range doc.Manifests() {
+		if want != nil && !oci.MatchPlatform(*want, child.Platform) {
 			continue
 		}
 		fm, err := a.self.manifest(ctx, ref, child.Digest.String())
 		if err != nil {
-			return nil, nil, fmt.Errorf("manifest %s (%s): %w", child.Digest, child.Platform, err)
+			return nil, nil, fmt.Errorf("manifest %s (%s): %w", child.Digest, oci.FormatPlatform(child.Platform), err)
 		}
-		cd, err := parseManifest(fm.data)
+		cd, err := oci.ParseManifest(fm.data)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -145,15 +147,15 @@ func (a *admin) platformManifests(ctx context.Context, ref imageRef, top fetched
 			onChild(child, fm)
 		}
 		docs = append(docs, cd)
-		plats = append(plats, child.Platform.String())
+		plats = append(plats, oci.FormatPlatform(child.Platform))
 	}
 	if len(docs) == 0 {
-		return nil, nil, notFound("%s has no manifest for platform %s", ref, want)
+		return nil, nil, notFound("%s has no manifest for platform %s", ref, oci.FormatPlatform(want))
 	}
 	return docs, plats, nil
 }
 
-func (a *admin) pullImage(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals) {
+func (a *admin) pullImage(ctx context.Context, ref imageRef, want *ocispec.Platform, ev eventSink, tot *pullTotals) {
 	a.pullImageWith(ctx, ref, want, ev, tot, pullOpts{})
 }
 
@@ -172,7 +174,7 @@ type pullOpts struct {
 	onFlowing func(digest.Digest)
 }
 
-func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform, ev eventSink, tot *pullTotals, o pullOpts) {
+func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *ocispec.Platform, ev eventSink, tot *pullTotals, o pullOpts) {
 	fail := func(err error) {
 		ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), State: adminapi.StateError, Error: err.Error()})
 		tot.add(0, 0, 1)
@@ -183,9 +185,9 @@ func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform,
 		return
 	}
 	ev.send(adminapi.PullEvent{Type: adminapi.EventImage, Image: ref.String(), Digest: top.digest.String(), MediaType: top.mediaType, Source: top.source, State: adminapi.StateDone})
-	docs, plats, err := a.platformManifests(ctx, ref, top, want, func(child descriptor, fm fetchedManifest) {
+	docs, plats, err := a.platformManifests(ctx, ref, top, want, func(child ocispec.Descriptor, fm fetchedManifest) {
 		ev.send(adminapi.PullEvent{Type: adminapi.EventManifest, Image: ref.String(), Digest: fm.digest.String(), MediaType: fm.mediaType,
-			Platform: child.Platform.String(), Source: fm.source, State: adminapi.StateDone})
+			Platform: oci.FormatPlatform(child.Platform), Source: fm.source, State: adminapi.StateDone})
 	})
 	if err != nil {
 		fail(err)
@@ -195,10 +197,10 @@ func (a *admin) pullImageWith(ctx context.Context, ref imageRef, want *platform,
 	seen := map[digest.Digest]bool{}
 	for i, doc := range docs {
 		var all []blobJob
-		if doc.Config != nil {
-			all = append(all, blobJob{desc: *doc.Config, kind: "config", platform: plats[i]})
+		if c := doc.Config(); c != nil {
+			all = append(all, blobJob{desc: *c, kind: "config", platform: plats[i]})
 		}
-		for _, l := range doc.Layers {
+		for _, l := range doc.Layers() {
 			all = append(all, blobJob{desc: l, kind: "layer", platform: plats[i]})
 		}
 		for _, j := range all {

@@ -9,11 +9,11 @@ import (
 	"io"
 	"net/http"
 	"path"
-	"runtime"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/shoal-mirror/shoal/adminapi"
@@ -48,13 +48,13 @@ type exportPlan struct {
 	smalls  map[digest.Digest][]byte // manifests and indexes, already fetched
 	order   []digest.Digest          // every file, in the order written
 	blobs   map[digest.Digest]exportBlob
-	index   []descriptor
+	index   []ocispec.Descriptor
 	dockers []DockerEntry
 }
 
 type exportBlob struct {
 	ref  imageRef
-	desc descriptor
+	desc ocispec.Descriptor
 }
 
 // DockerEntry is one image in the export's Docker-archive manifest.json (what `docker load`
@@ -77,7 +77,7 @@ func (p *exportPlan) addSmall(d digest.Digest, data []byte) {
 	p.order = append(p.order, d)
 }
 
-func (p *exportPlan) addBlob(ref imageRef, desc descriptor) {
+func (p *exportPlan) addBlob(ref imageRef, desc ocispec.Descriptor) {
 	if _, ok := p.blobs[desc.Digest]; ok {
 		return
 	}
@@ -88,16 +88,7 @@ func (p *exportPlan) addBlob(ref imageRef, desc descriptor) {
 	p.order = append(p.order, desc.Digest)
 }
 
-// defaultPlatform is the daemon's own platform, the one `docker load` on this node would run.
-func defaultPlatform() *platform {
-	p := &platform{OS: runtime.GOOS, Architecture: runtime.GOARCH}
-	if runtime.GOARCH == "arm64" {
-		p.Variant = "v8"
-	}
-	return p
-}
-
-func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform, all bool) (*exportPlan, error) {
+func (a *admin) planExport(ctx context.Context, refs []imageRef, want ocispec.Platform, all bool) (*exportPlan, error) {
 	p := &exportPlan{smalls: map[digest.Digest][]byte{}, blobs: map[digest.Digest]exportBlob{}}
 	for _, ref := range refs {
 		top, err := a.self.manifest(ctx, ref, ref.ref())
@@ -105,7 +96,7 @@ func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform,
 			return nil, fmt.Errorf("%s: %w", ref, err)
 		}
 		p.addSmall(top.digest, top.data)
-		desc := descriptor{MediaType: top.mediaType, Digest: top.digest, Size: int64(len(top.data)), Annotations: map[string]string{}}
+		desc := ocispec.Descriptor{MediaType: top.mediaType, Digest: top.digest, Size: int64(len(top.data)), Annotations: map[string]string{}}
 		if ref.tag != "" {
 			desc.Annotations[AnnotationImageName] = ref.registry + "/" + ref.repo + ":" + ref.tag
 			desc.Annotations[annotationRefName] = ref.tag
@@ -114,24 +105,24 @@ func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform,
 		}
 		p.index = append(p.index, desc)
 
-		doc, err := parseManifest(top.data)
+		doc, err := oci.ParseManifest(top.data)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", ref, err)
 		}
 		docker := -1 // which of images the Docker part names
-		images := []manifestDoc{doc}
-		if doc.isIndex() {
+		images := []oci.Doc{doc}
+		if doc.IsIndex() {
 			images = nil
-			for _, child := range doc.Manifests {
-				match := want.matches(child.Platform)
+			for _, child := range doc.Manifests() {
+				match := oci.MatchPlatform(want, child.Platform)
 				if !all && !match {
 					continue
 				}
 				fm, err := a.self.manifest(ctx, ref, child.Digest.String())
 				if err != nil {
-					return nil, fmt.Errorf("%s: manifest %s (%s): %w", ref, child.Digest, child.Platform, err)
+					return nil, fmt.Errorf("%s: manifest %s (%s): %w", ref, child.Digest, oci.FormatPlatform(child.Platform), err)
 				}
-				cdoc, err := parseManifest(fm.data)
+				cdoc, err := oci.ParseManifest(fm.data)
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", ref, err)
 				}
@@ -142,26 +133,26 @@ func (a *admin) planExport(ctx context.Context, refs []imageRef, want *platform,
 				}
 			}
 			if len(images) == 0 {
-				return nil, notFound("%s has no manifest for platform %s (export with all_platforms, or pick a platform it has)", ref, want)
+				return nil, notFound("%s has no manifest for platform %s (export with all_platforms, or pick a platform it has)", ref, oci.FormatPlatform(&want))
 			}
 		}
 		if docker < 0 {
 			docker = 0
 		}
 		for _, img := range images {
-			if img.Config != nil {
-				p.addBlob(ref, *img.Config)
+			if c := img.Config(); c != nil {
+				p.addBlob(ref, *c)
 			}
-			for _, l := range img.Layers {
+			for _, l := range img.Layers() {
 				p.addBlob(ref, l)
 			}
 		}
-		if dk := images[docker]; dk.Config != nil && imageConfigTypes[dk.Config.MediaType] {
-			e := DockerEntry{Config: blobPath(dk.Config.Digest), RepoTags: []string{}, Layers: []string{}}
+		if dk := images[docker]; dk.Config() != nil && imageConfigTypes[dk.Config().MediaType] {
+			e := DockerEntry{Config: blobPath(dk.Config().Digest), RepoTags: []string{}, Layers: []string{}}
 			if ref.tag != "" {
 				e.RepoTags = append(e.RepoTags, ref.familiar())
 			}
-			for _, l := range dk.Layers {
+			for _, l := range dk.Layers() {
 				e.Layers = append(e.Layers, blobPath(l.Digest))
 			}
 			p.dockers = append(p.dockers, e)
@@ -191,14 +182,14 @@ func (a *admin) export(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, badRequest("export: name at least one image (image=NAME, repeatable, or images=A,B)"))
 		return
 	}
-	want := defaultPlatform()
+	want := oci.DefaultPlatform()
 	if s := q.Get("platform"); s != "" {
 		p, err := parsePlatform(s)
 		if err != nil {
 			WriteError(w, err)
 			return
 		}
-		want = p
+		want = *p
 	}
 	all := q.Get("all_platforms") == "true" || q.Get("all_platforms") == "1"
 	var refs []imageRef
@@ -276,11 +267,7 @@ func (a *admin) writeExport(ctx context.Context, w io.Writer, p *exportPlan) (in
 			return cw.n, err
 		}
 	}
-	idx, err := json.Marshal(struct {
-		SchemaVersion int          `json:"schemaVersion"`
-		MediaType     string       `json:"mediaType"`
-		Manifests     []descriptor `json:"manifests"`
-	}{2, ocispec.MediaTypeImageIndex, p.index})
+	idx, err := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: p.index})
 	if err != nil {
 		return cw.n, err
 	}

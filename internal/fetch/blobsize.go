@@ -1,12 +1,12 @@
 package fetch
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 )
 
@@ -85,26 +85,7 @@ func (s *sizeMemo) add(d digest.Digest, n int64) {
 
 // learn records the sizes in a manifest's descriptors: an image manifest's config and layers
 // (blobs), an index's manifests (fetched as manifests, but a client may ask for them as blobs).
-func (s *sizeMemo) learn(manifest []byte) {
-	type desc struct {
-		Digest digest.Digest `json:"digest"`
-		Size   int64         `json:"size"`
-	}
-	var m struct {
-		Config    *desc  `json:"config"`
-		Layers    []desc `json:"layers"`
-		Manifests []desc `json:"manifests"`
-	}
-	if json.Unmarshal(manifest, &m) != nil {
-		return
-	}
-	if m.Config != nil {
-		s.add(m.Config.Digest, m.Config.Size)
-	}
-	for _, l := range append(m.Layers, m.Manifests...) {
-		s.add(l.Digest, l.Size)
-	}
-}
+func (s *sizeMemo) learn(manifest []byte) { oci.ManifestSizes(manifest, s.add) }
 
 // checkAnnounced judges the size a source announced for a blob (-1: it did not say) whose
 // descriptor size is known (-1: none seen), and returns the size the download should expect.

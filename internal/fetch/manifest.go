@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,7 +41,7 @@ func (f *Fetcher) Manifest(ctx context.Context, ref Ref, d digest.Digest) (Manif
 		defer cancel()
 		source, private := Peer, false
 		data, ok := f.src.manifestFromPeers(ctx, d)
-		desc := upstream.Descriptor{Digest: d, MediaType: SniffManifestType(data), Size: int64(len(data))}
+		desc := upstream.Descriptor{Digest: d, MediaType: oci.SniffMediaType(data), Size: int64(len(data))}
 		if !ok {
 			var err error
 			source = Upstream
@@ -64,7 +63,7 @@ func (f *Fetcher) Manifest(ctx context.Context, ref Ref, d digest.Digest) (Manif
 			// Verified bytes can still be served; the next request tries to store them again.
 			f.log.Warn("could not store manifest", "digest", d, "err", err)
 		} else {
-			if refs := ManifestRefs(data); len(refs) > 0 {
+			if refs := oci.ManifestRefs(data); len(refs) > 0 {
 				if err := f.store.SetRefs(ctx, d, refs); err != nil {
 					f.log.Warn("could not record manifest references", "digest", d, "err", err)
 				}
@@ -79,49 +78,14 @@ func (f *Fetcher) Manifest(ctx context.Context, ref Ref, d digest.Digest) (Manif
 	return v.(Manifest), nil
 }
 
-// SniffManifestType names the media type of a manifest that came from a peer (the peer
-// protocol carries bytes only): the manifest's own mediaType field, which Docker manifests
-// always have, else the OCI type its shape says.
-func SniffManifestType(data []byte) string {
-	var m struct {
-		MediaType string          `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return "application/octet-stream"
-	}
-	switch {
-	case m.MediaType != "":
-		return m.MediaType
-	case m.Manifests != nil:
-		return "application/vnd.oci.image.index.v1+json"
-	}
-	return "application/vnd.oci.image.manifest.v1+json"
-}
+// SniffManifestType is oci.SniffMediaType, kept for daemon/mirror.go until it moves to
+// internal/mirror.
+//
+// Deprecated: use oci.SniffMediaType.
+func SniffManifestType(data []byte) string { return oci.SniffMediaType(data) }
 
-// ManifestRefs lists what a manifest or index points to, so the store keeps them coherent.
-func ManifestRefs(data []byte) []digest.Digest {
-	var m struct {
-		Config    *struct{ Digest digest.Digest }  `json:"config"`
-		Layers    []struct{ Digest digest.Digest } `json:"layers"`
-		Manifests []struct{ Digest digest.Digest } `json:"manifests"`
-	}
-	if json.Unmarshal(data, &m) != nil {
-		return nil
-	}
-	var out []digest.Digest
-	if m.Config != nil && m.Config.Digest.Validate() == nil {
-		out = append(out, m.Config.Digest)
-	}
-	for _, l := range m.Layers {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	for _, l := range m.Manifests {
-		if l.Digest.Validate() == nil {
-			out = append(out, l.Digest)
-		}
-	}
-	return out
-}
+// ManifestRefs is oci.ManifestRefs, kept for daemon/mirror.go until it moves to
+// internal/mirror.
+//
+// Deprecated: use oci.ManifestRefs.
+func ManifestRefs(data []byte) []digest.Digest { return oci.ManifestRefs(data) }
