@@ -228,8 +228,12 @@ func (a *admin) warmFile(ctx context.Context, target string, j fileJob, ev *even
 			return fail(n, fmt.Errorf("reading %s from the mirror: %w", j.path, rerr))
 		}
 	}
-	if j.sha256 != "" && source != "passthrough" {
-		if err := a.waitStored(ctx, digest.NewDigestFromEncoded(digest.SHA256, j.sha256)); err != nil {
+	want := j.sha256
+	if want == "" { // a release asset whose digest GitHub states: the files endpoint's ETag
+		want = sha256ETag(resp.Header.Get("ETag"))
+	}
+	if want != "" && source != "passthrough" {
+		if err := a.waitStored(ctx, digest.NewDigestFromEncoded(digest.SHA256, want)); err != nil {
 			return fail(n, err)
 		}
 	}
@@ -237,4 +241,19 @@ func (a *admin) warmFile(ctx context.Context, target string, j fileJob, ev *even
 	e.State, e.Source, e.Done, e.Size = adminapi.StateDone, source, n, n
 	ev.send(e)
 	return n, nil
+}
+
+// sha256ETag returns the hex SHA-256 an ETag carries (the files endpoint sets a file's
+// sha256 as its ETag when the host states it), or "".
+func sha256ETag(etag string) string {
+	etag = strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
+	if len(etag) != 64 {
+		return ""
+	}
+	for _, c := range etag {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return ""
+		}
+	}
+	return etag
 }
