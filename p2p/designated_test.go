@@ -12,6 +12,7 @@ import (
 	"time"
 
 	kb "github.com/libp2p/go-libp2p-kbucket"
+	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
 	"github.com/opencontainers/go-digest"
@@ -244,6 +245,28 @@ func TestFetchViaGranted(t *testing.T) {
 	rc.Close()
 	if err != nil || size != int64(len(blob)) || !bytes.Equal(got, blob) {
 		t.Fatalf("the second asker got %d of %d bytes, err %v", len(got), size, err)
+	}
+
+	// An old designated node (it speaks /shoal/blob/1.0.0 only; its content would grant):
+	// a new asker gets the bytes, never a grant.
+	oldGC := &grantingContent{granted: map[digest.Digest]string{},
+		swarmContent: &swarmContent{memContent: newMemContent(), upstream: map[digest.Digest][]byte{d: blob}, asked: make(chan string, 4)}}
+	old := startNode(t, testConfig(loopbackIPs(4)[3]), nil, nodeOpt{content: oldGC})
+	old.host.RemoveStreamHandler(blobProtocolGrant) // before anyone connects: identify tells 1.0.0 only
+	if err := second.host.Connect(t.Context(), peer.AddrInfo{ID: old.host.ID(), Addrs: old.host.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	if second.SpeaksGrant(old.ID()) {
+		t.Fatal("an old node is taken for one that grants")
+	}
+	rc, size, err = second.FetchVia(t.Context(), peerOf(old), d, 0, "docker.io", "library/alpine")
+	if err != nil {
+		t.Fatalf("a new asker of an old designated node: %v, want the bytes", err)
+	}
+	got, err = io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("a new asker of an old designated node got %d of %d bytes, err %v", len(got), size, err)
 	}
 
 	// An old asker: the same fetch-mode request on /shoal/blob/1.0.0 is accepted and
