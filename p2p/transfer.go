@@ -432,7 +432,9 @@ func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64)
 // FetchVia asks p, the peer designated for d (see Designated), to download d from the
 // upstream repository registry/repo for the swarm and stream it from offset as it arrives.
 // The peer must answer within DesignatedTimeout, or the caller should go to the upstream
-// itself. Like Fetch, the caller verifies the digest.
+// itself. Like Fetch, the caller verifies the digest. A peer that speaks /shoal/blob/1.1.0 and
+// has no copy, no download and no earlier grant of d answers with an error wrapping ErrGranted:
+// the caller fetches d from the upstream itself.
 func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
 	req := request{Digest: d, Offset: offset, Mode: modeFetch, Registry: registry, Repo: repo}
 	if !token([]byte(registry), maxRegistryLen) || !token([]byte(repo), maxRepoLen) {
