@@ -90,8 +90,11 @@ func (c *peerContent) Grant(ctx context.Context, asker string, d digest.Digest, 
 	g := &c.src.grants
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if cur, ok := g.m[d]; ok && cur.peer != asker && time.Since(cur.at) <= grantTTL && c.src.node.Connected(cur.peer) {
-		return false
+	if cur, ok := g.m[d]; ok && time.Since(cur.at) <= grantTTL && c.src.node.Connected(cur.peer) {
+		// The holder asking again (its first answer came too late for it) is still granted,
+		// even if this node's own download already follows it: refusing would make each wait
+		// on the other until the stall bound.
+		return cur.peer == asker
 	}
 	if c.spool.has(d) {
 		return false
