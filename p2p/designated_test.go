@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	kb "github.com/libp2p/go-libp2p-kbucket"
+	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
 	"github.com/opencontainers/go-digest"
@@ -195,4 +197,96 @@ func TestDesignatedWalkSkipsDownFrozenAndBanned(t *testing.T) {
 	asker.Ban(r2[0].ID(), "test")
 	agree("banned by the asker", d2, r2[1], []*testNode{asker}, false)
 	agree("banned by another", d2, r2[0], r2[:len(r2)-1], false)
+}
+
+// grantingContent grants the first asker of each digest the fetch (as the designated node
+// does when nobody has the blob), and fetches for the swarm for every later asker.
+type grantingContent struct {
+	*swarmContent
+	mu      sync.Mutex
+	granted map[digest.Digest]string
+}
+
+func (c *grantingContent) Grant(_ context.Context, asker string, d digest.Digest, _, _ string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur, ok := c.granted[d]; ok && cur != asker {
+		return false
+	}
+	c.granted[d] = asker
+	return true
+}
+
+// A node that speaks /shoal/blob/1.1.0 may answer FetchVia with GRANTED (ErrGranted): the
+// first asker fetches for itself, the next one gets the bytes. An old node (1.0.0 only) is
+// never granted: a granting node answers its fetch-mode request as before.
+func TestFetchViaGranted(t *testing.T) {
+	ips := loopbackIPs(3)
+	blob := randomBlob(9, 200<<10)
+	d := digest.FromBytes(blob)
+	gc := &grantingContent{granted: map[digest.Digest]string{},
+		swarmContent: &swarmContent{memContent: newMemContent(), upstream: map[digest.Digest][]byte{d: blob}, asked: make(chan string, 4)}}
+	fetcher := startNode(t, testConfig(ips[0]), nil, nodeOpt{content: gc})
+	first := startNode(t, bootstrapTo(testConfig(ips[1]), fetcher), nil)
+	second := startNode(t, bootstrapTo(testConfig(ips[2]), fetcher), nil)
+	waitRT(t, first, 1)
+	waitRT(t, second, 1)
+	if !first.SpeaksGrant(fetcher.ID()) {
+		t.Fatal("the fetcher does not say it speaks /shoal/blob/1.1.0")
+	}
+	if _, _, err := first.FetchVia(t.Context(), peerOf(fetcher), d, 0, "docker.io", "library/alpine"); !errors.Is(err, ErrGranted) {
+		t.Fatalf("the first asker: %v, want ErrGranted", err)
+	}
+	rc, size, err := second.FetchVia(t.Context(), peerOf(fetcher), d, 0, "docker.io", "library/alpine")
+	if err != nil {
+		t.Fatalf("the second asker: %v, want the bytes", err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || size != int64(len(blob)) || !bytes.Equal(got, blob) {
+		t.Fatalf("the second asker got %d of %d bytes, err %v", len(got), size, err)
+	}
+
+	// An old designated node (it speaks /shoal/blob/1.0.0 only; its content would grant):
+	// a new asker gets the bytes, never a grant.
+	oldGC := &grantingContent{granted: map[digest.Digest]string{},
+		swarmContent: &swarmContent{memContent: newMemContent(), upstream: map[digest.Digest][]byte{d: blob}, asked: make(chan string, 4)}}
+	old := startNode(t, testConfig(loopbackIPs(4)[3]), nil, nodeOpt{content: oldGC})
+	old.host.RemoveStreamHandler(blobProtocolGrant) // before anyone connects: identify tells 1.0.0 only
+	if err := second.host.Connect(t.Context(), peer.AddrInfo{ID: old.host.ID(), Addrs: old.host.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	if second.SpeaksGrant(old.ID()) {
+		t.Fatal("an old node is taken for one that grants")
+	}
+	rc, size, err = second.FetchVia(t.Context(), peerOf(old), d, 0, "docker.io", "library/alpine")
+	if err != nil {
+		t.Fatalf("a new asker of an old designated node: %v, want the bytes", err)
+	}
+	got, err = io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("a new asker of an old designated node got %d of %d bytes, err %v", len(got), size, err)
+	}
+
+	// An old asker: the same fetch-mode request on /shoal/blob/1.0.0 is accepted and
+	// answered with the bytes, not granted (a fresh digest, which nobody was granted).
+	blob2 := randomBlob(10, 64<<10)
+	d2 := digest.FromBytes(blob2)
+	gc.upstream[d2] = blob2
+	s, err := second.host.NewStream(t.Context(), fetcher.host.ID(), blobProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	req := request{Digest: d2, Offset: 0, Mode: modeFetch, Registry: "docker.io", Repo: "library/alpine"}
+	if _, err := s.Write(req.marshal()); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.CloseWrite()
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := io.ReadAll(s)
+	if want := fmt.Sprintf("ACCEPTED\nOK %d\n", len(blob2)); err != nil || !bytes.HasPrefix(resp, []byte(want)) || !bytes.HasSuffix(resp, blob2) {
+		t.Fatalf("an old asker's fetch: %q… (%d bytes), err %v; want %q and the blob", resp[:min(len(resp), 40)], len(resp), err, want)
+	}
 }

@@ -1,6 +1,7 @@
 // Package p2p lets shoal nodes find and serve each other's content: a libp2p host (TCP,
 // TLS 1.3 or Noise, yamux) with a Kademlia DHT that holds provider records, and a small stream protocol
-// (/shoal/blob/1.0.0) that transfers content by digest with Range semantics.
+// (/shoal/blob/1.1.0, and 1.0.0 for older nodes) that transfers content by digest with Range
+// semantics.
 //
 // What it does:
 //   - A stable identity: the Ed25519 host key lives at <data dir>/p2p/identity.key (0600), so
@@ -77,4 +78,11 @@
 // streaming the digest to Config.MaxUploadsPerBlob peers (it names them; they follow its
 // download). In fetch mode "ACCEPTED\n" comes first. A body that ends before size-offset bytes
 // is an error for the fetcher, which can resume elsewhere from the offset it reached.
+//
+// /shoal/blob/1.1.0 is the same protocol plus one answer in fetch mode, "GRANTED\n" (instead
+// of all else): the designated node has no copy, no download and no earlier grant of the
+// digest, so the asker fetches it from the upstream itself (ErrGranted) and the designated node
+// sends later askers to that download. A node serves both versions and asks in fetch mode with
+// 1.1.0 first (libp2p picks it from what identify learnt, without a round trip): an old node
+// (1.0.0 only) is never granted and never grants.
 package p2p

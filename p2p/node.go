@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	bconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -59,6 +60,15 @@ type SwarmFetcher interface {
 	FetchForSwarm(ctx context.Context, asker string, d digest.Digest, offset int64, registry, repo string) (rc io.ReadCloser, size int64, err error)
 }
 
+// Granter is implemented by a SwarmFetcher that may hand the fetch back to the asker (protocol
+// 1.1: the designated node as a rendezvous, not a detour). Grant reports whether asker should
+// download d from the upstream itself, at full speed, because this node has no copy, no
+// download and no earlier grant of d; the node then sends the next askers to asker's download.
+// A granted asker gets ErrGranted from FetchVia.
+type Granter interface {
+	Grant(ctx context.Context, asker string, d digest.Digest, registry, repo string) bool
+}
+
 // Sentinel errors, compared with errors.Is.
 var (
 	// ErrNotFound means the content is absent (or withdrawn) on the asked node.
@@ -71,6 +81,10 @@ var (
 	ErrRetracted = errors.New("p2p: the peer retracted the bytes it sent (its own download did not verify)")
 	// ErrBanned means the peer is banned; nothing is exchanged with it.
 	ErrBanned = errors.New("p2p: peer banned")
+	// ErrGranted means the designated peer asked by FetchVia lets this node fetch the blob
+	// from the upstream itself (nobody has it or fetches it yet): the designated peer sends the
+	// next askers to this node's download.
+	ErrGranted = errors.New("p2p: the designated peer granted this node the fetch")
 )
 
 // Peer names a node of the swarm: its peer ID and the multiaddrs it can be dialled on.
@@ -366,10 +380,12 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel = cancel
-	h.SetStreamHandler(blobProtocol, func(s network.Stream) {
-		defer n.holdConn(s.Conn().RemotePeer())()
-		n.serveBlob(life, s)
-	})
+	for _, proto := range []protocol.ID{blobProtocolGrant, blobProtocol} {
+		h.SetStreamHandler(proto, func(s network.Stream) {
+			defer n.holdConn(s.Conn().RemotePeer())()
+			n.serveBlob(life, s)
+		})
+	}
 	h.SetStreamHandler(preheatProtocol, func(s network.Stream) { n.servePreheat(life, s) })
 
 	if cfg.MDNS {

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
 )
@@ -29,6 +30,7 @@ import (
 //	          "NOTFOUND\n" | "RANGE <size>\n" | "BADREQUEST\n" | "BUSY\n" | "ERROR\n"
 //	          "REDIRECT <peer ID> [<peer ID>...]\n"   (in either mode, instead of all else)
 //	          in fetch mode, "ACCEPTED\n" comes first, at once, then one of the above
+//	          "GRANTED\n"   (fetch mode, protocol 1.1 only, instead of all else)
 //
 // "local" marks the request as coming from a peer: it is answered from the node's own
 // content only and never forwarded to an upstream or another peer (no loops). "fetch" asks the
@@ -40,12 +42,19 @@ import (
 // fetches from one of them (in local mode) instead. That is how a cluster pulling the same
 // image at once forms a tree instead of a star around the designated node. An asker follows
 // at most maxRedirectHops redirects and dials only peer IDs whose addresses it already knows.
+// GRANTED (protocol /shoal/blob/1.1.0, which a node offers first and answers alongside 1.0.0)
+// tells an asker that the designated node has no copy of the digest, no download of it and
+// granted nobody else its fetch: the asker downloads it from the upstream itself, at direct
+// speed, and the designated node sends the next askers to that download (it follows it). An
+// old node speaks 1.0.0 only, so it is never granted and never grants.
 // The response carries the full size, so a body cut short (the server's content failed, or
 // the connection dropped) is always seen as an error, never mistaken for a complete one.
 const (
-	blobProtocol    = "/shoal/blob/1.0.0"
-	maxRequestLine  = 1024
-	maxResponseLine = 1024
+	blobProtocol = "/shoal/blob/1.0.0"
+	// blobProtocolGrant is blobProtocol plus the GRANTED answer in fetch mode.
+	blobProtocolGrant = "/shoal/blob/1.1.0"
+	maxRequestLine    = 1024
+	maxResponseLine   = 1024
 	// maxRedirectPeers bounds the peer IDs in a REDIRECT line.
 	maxRedirectPeers = 8
 	// maxRedirectHops bounds how many redirects one fetch follows.
@@ -186,6 +195,8 @@ const (
 	// statusAccepted precedes the status line in fetch mode.
 	statusAccepted = "ACCEPTED"
 	statusRedirect = "REDIRECT"
+	// statusGranted answers a fetch-mode request on blobProtocolGrant (ErrGranted).
+	statusGranted = "GRANTED"
 )
 
 // parseRedirect parses a REDIRECT line (with its "\n"); ok is false for any other status.
@@ -314,6 +325,13 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			s.Close()
 			return
 		}
+		if g, ok := n.content.(Granter); ok && s.Protocol() == blobProtocolGrant &&
+			g.Grant(ctx, p.String(), req.Digest, req.Registry, req.Repo) {
+			n.reply(s, statusGranted)
+			_ = s.CloseWrite()
+			s.Close()
+			return
+		}
 		// Say at once that we are on it: the asker gives up quickly on a peer that does not
 		// answer, but waits (within the stall timeout) for an upstream that is slow to start.
 		if !n.reply(s, statusAccepted) {
@@ -420,7 +438,9 @@ func (n *Node) Fetch(ctx context.Context, p Peer, d digest.Digest, offset int64)
 // FetchVia asks p, the peer designated for d (see Designated), to download d from the
 // upstream repository registry/repo for the swarm and stream it from offset as it arrives.
 // The peer must answer within DesignatedTimeout, or the caller should go to the upstream
-// itself. Like Fetch, the caller verifies the digest.
+// itself. Like Fetch, the caller verifies the digest. A peer that speaks /shoal/blob/1.1.0 and
+// has no copy, no download and no earlier grant of d answers with an error wrapping ErrGranted:
+// the caller fetches d from the upstream itself.
 func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
 	req := request{Digest: d, Offset: offset, Mode: modeFetch, Registry: registry, Repo: repo}
 	if !token([]byte(registry), maxRegistryLen) || !token([]byte(repo), maxRepoLen) {
@@ -428,6 +448,17 @@ func (n *Node) FetchVia(ctx context.Context, p Peer, d digest.Digest, offset int
 	}
 	tries := maxRedirectPeers
 	return n.fetch(ctx, p, req, min(n.cfg.DesignatedTimeout, n.cfg.StallTimeout), 0, &tries)
+}
+
+// SpeaksGrant reports whether peer id may answer FetchVia with ErrGranted (it speaks
+// /shoal/blob/1.1.0, as identify told this node).
+func (n *Node) SpeaksGrant(id string) bool {
+	pid, err := peer.Decode(id)
+	if err != nil {
+		return false
+	}
+	ps, _ := n.host.Peerstore().SupportsProtocols(pid, blobProtocolGrant)
+	return len(ps) > 0
 }
 
 // FetchViaWithin is FetchVia with its own bound on the wait for the peer's first answer: for
@@ -484,7 +515,11 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	stall := n.cfg.StallTimeout
 	octx, cancel := context.WithTimeout(ctx, stall)
 	defer cancel()
-	s, err := n.host.NewStream(octx, pid, blobProtocol)
+	protos := []protocol.ID{blobProtocol}
+	if req.Mode == modeFetch {
+		protos = []protocol.ID{blobProtocolGrant, blobProtocol} // libp2p picks the first the peer speaks
+	}
+	s, err := n.host.NewStream(octx, pid, protos...)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
@@ -533,6 +568,11 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	if req.Mode == modeFetch {
 		// The designated peer accepted within answer; its upstream may take up to the stall
 		// timeout to start.
+		if string(line) == statusGranted+"\n" && s.Protocol() == blobProtocolGrant {
+			stop()
+			s.Close()
+			return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, pid, ErrGranted)
+		}
 		if string(line) != statusAccepted+"\n" {
 			if st, _, perr := parseResponse(line); perr == nil && st == statusNotFound {
 				stop()

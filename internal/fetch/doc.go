@@ -4,7 +4,8 @@
 // answering with a source or the reason it was skipped:
 //
 //	blob:     store → inflight (a download under way) → peer (a provider) → designated (the
-//	          swarm's fetcher for the digest, which downloads it once for everyone) → upstream
+//	          swarm's fetcher for the digest, which downloads it once for everyone, or grants
+//	          the first asker the fetch and follows its download) → upstream
 //	manifest: store → peer → upstream; a tag the upstream cannot revalidate is served stale
 //
 // A fetch runs the attempts; `shoal explain` asks the same attempts to predict (Fetcher.Explain),
@@ -19,8 +20,10 @@
 //     byte of every download (and of every range) waits for the check, and bytes from a peer
 //     are held back from this node's own clients until the whole blob verified (unless
 //     p2p.verify_before_serving is off; then a discarded attempt cuts those readers);
-//   - forward a peer's request to another peer: FetchForSwarm fetches from the upstream only,
-//     OpenForPeer serves the store and downloads in flight only;
+//   - forward a peer's request to another peer: FetchForSwarm fetches from the upstream, or
+//     (after a grant, grant.go) follows the granted peer's download in local mode, which that
+//     peer answers from its own content only; OpenForPeer serves the store and downloads in
+//     flight only;
 //   - serve to peers content that came from a repository needing credentials, unless sharing
 //     private content is configured;
 //   - start a second download of a digest already in flight, or let anyone outside this

@@ -74,6 +74,7 @@ func New(o Options) *Fetcher {
 func (f *Fetcher) PeerContent(log *slog.Logger) interface {
 	p2p.Content
 	p2p.SwarmFetcher
+	p2p.Granter
 } {
 	return &peerContent{store: f.store, spool: f.spool, private: f.src.private, sharePrivate: f.src.sharePrivate, src: f.src, log: log}
 }

@@ -30,6 +30,7 @@ type PeerNode interface {
 	DesignatedAmongConnected(ctx context.Context, d digest.Digest, except ...string) (p2p.Peer, bool, error)
 	Ban(peerID, reason string)
 	Connected(peerID string) bool
+	SpeaksGrant(peerID string) bool
 }
 
 var _ PeerNode = (*p2p.Node)(nil)
@@ -52,11 +53,14 @@ type peerContent struct {
 var (
 	_ p2p.Content      = (*peerContent)(nil)
 	_ p2p.SwarmFetcher = (*peerContent)(nil)
+	_ p2p.Granter      = (*peerContent)(nil)
 )
 
 // FetchForSwarm downloads d from the upstream for a peer that designated this node, once for
 // the whole swarm (coalesced with every local and remote request), and streams it as it
-// arrives. It never asks another peer: a request from a peer is never forwarded.
+// arrives. A request from a peer is never forwarded: when this node granted d's fetch to a
+// peer (Grant), its own download follows that peer's, in local mode (answered from that
+// peer's own content only), and falls back on the upstream (grant.go).
 func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
 	registry = oci.CanonicalRegistry(registry)
 	if !oci.ValidHost(registry) || oci.ValidateRepo(repo) != nil {
@@ -66,7 +70,11 @@ func (c *peerContent) FetchForSwarm(ctx context.Context, asker string, d digest.
 		return nil, 0, fmt.Errorf("%w: %v", p2p.ErrNotFound, err)
 	}
 	ref := Ref{Registry: registry, Repo: repo}
-	f, started, err := c.spool.join(ctx, ref, d, c.src.upstreamOpener(ref, d, "fetched for the swarm"))
+	open := c.src.upstreamOpener(ref, d, "fetched for the swarm")
+	if holder, ok := c.src.grants.holder(d, c.src.node.Connected); ok && holder != asker {
+		open = c.src.followGrant(ref, d, holder)
+	}
+	f, started, err := c.spool.join(ctx, ref, d, open)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -75,6 +75,8 @@ type sources struct {
 	log     *slog.Logger
 	// sharePrivate: advertise and serve content from repositories that needed credentials.
 	sharePrivate bool
+	// grants: the askers this node, as a designated fetcher, let fetch a blob themselves.
+	grants grants
 }
 
 // UpstreamClient is the part of upstream.Client that fetching uses.
@@ -114,6 +116,9 @@ func (s *sources) blobOpener(ref Ref, d digest.Digest, remote []attempt) Opener 
 				continue
 			}
 			rc, size, src, skip, err := a.open(ctx, q)
+			if ge, ok := errors.AsType[*grantError](err); ok {
+				skip, err = ge.reason(), errGoUpstream
+			}
 			switch {
 			case err == nil && rc != nil:
 				return rc, size, src, nil
@@ -151,6 +156,8 @@ func (s *sources) resumeAttempts(last string) []attempt {
 			switch {
 			case err == nil:
 				return r, n, src, "", nil
+			case errors.Is(err, p2p.ErrGranted):
+				return nil, 0, Source{}, "", err
 			case self:
 				return nil, 0, Source{}, "the stream broke and this node is now the blob's designated fetcher", errGoUpstream
 			case ctx.Err() != nil:
@@ -206,6 +213,9 @@ func (s *sources) openDesignated(ctx context.Context, q *query) (io.ReadCloser, 
 				rc, size, src := s.designatedAnswer(rt, d, id, rc, size, "the designated walk passed over closer peer ")
 				return rc, size, src, "", nil
 			}
+			if errors.Is(err, p2p.ErrGranted) {
+				return nil, 0, Source{}, "", asGrant(err, id)
+			}
 			s.log.Info("closer peer passed over by the designated walk did not answer", "digest", d, "peer", id, "err", err)
 			if ctx.Err() != nil {
 				return nil, 0, Source{}, "", ctx.Err()
@@ -219,12 +229,24 @@ func (s *sources) openDesignated(ctx context.Context, q *query) (io.ReadCloser, 
 		s.log.Info("finding the designated fetcher failed", "digest", d, "err", derr)
 	case self:
 		why = "no peer had it and this node is its designated fetcher"
+		if holder, ok := s.grants.holder(d, s.node.Connected); ok && !tried[holder] {
+			// A peer asked first and was granted the fetch: follow its download.
+			tried[holder] = true
+			rc, size, src, err := s.followGrant(rt, d, holder)(ctx, offset)
+			if err != nil {
+				return nil, 0, Source{}, "", err
+			}
+			return rc, size, src, "", nil
+		}
 	case tried[dp.ID]:
 		why = "no peer had it and its designated peer " + dp.ID + " was tried already"
 	default:
 		rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "nobody had it; designated peer ")
 		if err == nil {
 			return rc, size, source, "", nil
+		}
+		if errors.Is(err, p2p.ErrGranted) {
+			return nil, 0, Source{}, "", err
 		}
 		why = "no peer had it and its designated peer " + dp.ID + " did not answer: " + err.Error()
 		if errors.Is(err, p2p.ErrStalled) {
@@ -237,6 +259,9 @@ func (s *sources) openDesignated(ctx context.Context, q *query) (io.ReadCloser, 
 			if err2 == nil {
 				rc, size, src := s.designatedAnswer(rt, d, dp.ID, rc, size, "nobody had it; asked again, designated peer ")
 				return rc, size, src, "", nil
+			}
+			if errors.Is(err2, p2p.ErrGranted) {
+				return nil, 0, Source{}, "", asGrant(err2, dp.ID)
 			}
 			s.log.Info("designated peer did not answer a second time", "digest", d, "peer", dp.ID, "err", err2)
 			delete(tried, dp.ID)
@@ -256,6 +281,8 @@ func (s *sources) openDesignated(ctx context.Context, q *query) (io.ReadCloser, 
 		switch {
 		case rerr == nil:
 			return r, n, src, "", nil
+		case errors.Is(rerr, p2p.ErrGranted):
+			return nil, 0, Source{}, "", rerr
 		case self:
 			why = "its designated peer " + dp.ID + " did not answer and this node is the next closest: " + err.Error()
 			// A node that followed the one that went may hold the blob, or more of it.
@@ -335,7 +362,7 @@ func (s *sources) redesignate(ctx context.Context, rt Ref, d digest.Digest, offs
 			continue
 		}
 		rc, size, source, err := s.viaDesignated(ctx, rt, d, dp, offset, tried, "the stream broke; the swarm designated peer ")
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || errors.Is(err, p2p.ErrGranted) {
 			return rc, size, source, false, err
 		}
 	}
@@ -349,6 +376,9 @@ var errNoDesignated = errors.New("no designated peer to ask")
 func (s *sources) viaDesignated(ctx context.Context, rt Ref, d digest.Digest, dp p2p.Peer, offset int64, tried map[string]bool, why string) (io.ReadCloser, int64, Source, error) {
 	tried[dp.ID] = true
 	rc, size, err := s.node.FetchVia(ctx, dp, d, offset, rt.Registry, rt.Repo)
+	if errors.Is(err, p2p.ErrGranted) {
+		return nil, 0, Source{}, asGrant(err, dp.ID)
+	}
 	if err != nil {
 		s.log.Info("designated peer did not answer", "digest", d, "peer", dp.ID, "err", err)
 		return nil, 0, Source{}, err
@@ -460,12 +490,25 @@ func (s *sources) predictDesignated(ctx context.Context, q *query) (Source, stri
 		return Source{}, "P2P disabled"
 	}
 	des, err := s.node.Designate(ctx, q.d)
+	// asked is the answer of a designated peer asked to fetch: nobody provides the blob here
+	// (the step before found none), so it has no copy and no download, and no peer it granted
+	// the fetch to has one either (those are advertised from their start): it grants this
+	// node the fetch, unless it is an old node.
+	asked := func(id, why string) (Source, string) {
+		if s.node.SpeaksGrant(id) {
+			return Source{Kind: Upstream}, why + "; nobody provides it, so it would grant this node the fetch"
+		}
+		return Source{Kind: Designated, Peer: id}, why
+	}
 	switch {
 	case err != nil:
 		return Source{}, "finding its designated fetcher failed: " + err.Error()
 	case len(des.Passed) > 0:
-		return Source{Kind: Designated, Peer: des.Passed[0]}, "its designated fetcher is closer peer " + des.Passed[0] + " (the walk passed over it)"
+		return asked(des.Passed[0], "its designated fetcher is closer peer "+des.Passed[0]+" (the walk passed over it)")
 	case des.Self:
+		if holder, ok := s.grants.holder(q.d, s.node.Connected); ok {
+			return Source{Kind: Peer, Peer: holder}, "this node is its designated fetcher and granted the fetch to peer " + holder + ": it follows that download"
+		}
 		return Source{}, "this node is its designated fetcher"
 	case !s.node.Connected(des.Peer.ID):
 		// Gone: a fetch would hand the role to the next closest peer still connected.
@@ -476,9 +519,9 @@ func (s *sources) predictDesignated(ctx context.Context, q *query) (Source, stri
 		case self:
 			return Source{}, "its designated fetcher " + des.Peer.ID + " is gone and this node is the next closest"
 		}
-		return Source{Kind: Designated, Peer: next.ID}, "its designated fetcher " + des.Peer.ID + " is gone; the next closest is peer " + next.ID
+		return asked(next.ID, "its designated fetcher "+des.Peer.ID+" is gone; the next closest is peer "+next.ID)
 	}
-	return Source{Kind: Designated, Peer: des.Peer.ID}, "peer " + des.Peer.ID + " is its designated fetcher"
+	return asked(des.Peer.ID, "peer "+des.Peer.ID+" is its designated fetcher")
 }
 
 func (s *sources) predictUpstream(ctx context.Context, q *query) (Source, string) {

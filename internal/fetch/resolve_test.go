@@ -38,6 +38,7 @@ type fakeNode struct {
 	designate string                              // the designated peer ("": this node)
 	gone      map[string]bool                     // peers that no longer answer
 	breaks    map[string]bool                     // peers whose stream breaks halfway (then gone)
+	granting  map[string]bool                     // peers that grant a fetch (protocol 1.1)
 	provided  []digest.Digest                     // what this node advertised
 	asked     []string                            // "fetch:ID" and "via:ID", in order
 	banned    []string
@@ -78,10 +79,13 @@ func (n *fakeNode) Fetch(ctx context.Context, p p2p.Peer, d digest.Digest, offse
 func (n *fakeNode) FetchVia(ctx context.Context, p p2p.Peer, d digest.Digest, offset int64, registry, repo string) (io.ReadCloser, int64, error) {
 	n.mu.Lock()
 	n.asked = append(n.asked, "via:"+p.ID)
-	gone := n.gone[p.ID]
+	gone, grants := n.gone[p.ID], n.granting[p.ID]
 	n.mu.Unlock()
 	if gone {
 		return nil, 0, fmt.Errorf("dial %s: connection refused", p.ID)
+	}
+	if grants {
+		return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, p.ID, p2p.ErrGranted)
 	}
 	rc, size, err := n.up.GetBlob(ctx, registry, repo, d, offset) // it fetches for the swarm
 	if err == nil && n.breaks[p.ID] {
@@ -123,6 +127,12 @@ func (n *fakeNode) Ban(peerID, reason string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.banned = append(n.banned, peerID)
+}
+
+func (n *fakeNode) SpeaksGrant(peerID string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.granting[peerID]
 }
 
 func (n *fakeNode) Connected(peerID string) bool {
@@ -230,6 +240,14 @@ func TestResolverOrder(t *testing.T) {
 		{name: "designated peer", want: Source{Kind: Designated, Peer: "fetcher"}, prepare: func(t *testing.T, s *setup) func() {
 			s.node.designate = "fetcher"
 			return nil
+		}},
+		{name: "designated peer grants the fetch", want: Source{Kind: Upstream}, prepare: func(t *testing.T, s *setup) func() {
+			s.node.designate, s.node.granting = "fetcher", map[string]bool{"fetcher": true}
+			return nil
+		}, check: func(t *testing.T, s *setup) {
+			if r := s.f.Recent(s.d, 1); len(r) != 1 || !strings.Contains(r[0].Reason, "granted by designated peer fetcher") {
+				t.Errorf("decision %+v, want upstream, granted by designated peer fetcher", r)
+			}
 		}},
 		{name: "designated gone, the next one", want: Source{Kind: Designated, Peer: "next"}, prepare: func(t *testing.T, s *setup) func() {
 			s.node.designate, s.node.gone["fetcher"] = "fetcher", true
