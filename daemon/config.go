@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/guard"
+	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -353,7 +354,7 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return &ConfigError{Key: "data_dir", Err: errors.New("must not be empty")}
 	}
-	if !validHost(c.DefaultRegistry) {
+	if !oci.ValidHost(c.DefaultRegistry) {
 		return &ConfigError{Key: "default_registry", Err: fmt.Errorf("%q is not a registry host", c.DefaultRegistry)}
 	}
 	if c.ShutdownTimeout < 0 {
@@ -385,7 +386,7 @@ func (c *Config) Validate() error {
 		return &ConfigError{Key: "log_level", Err: fmt.Errorf("%q: want debug, info, warn or error", c.LogLevel)}
 	}
 	for host := range c.Upstream.Registries {
-		if !validHost(host) {
+		if !oci.ValidHost(host) {
 			return &ConfigError{Key: fmt.Sprintf("registries.%q", host), Err: errors.New("not a registry host (want HOST or HOST:PORT)")}
 		}
 	}

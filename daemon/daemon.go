@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/shoal-mirror/shoal/internal/admin"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -37,9 +39,8 @@ type Daemon struct {
 	// metrics is the Prometheus registry (internal/admin); observe records a mirror request in it.
 	metrics *admin.Metrics
 	observe func(guard.Served)
-	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
-	canary *canaryLog
-	push   *push.Handler // the cluster-local namespace (push_config.go, package push); nil when off
+	mirror  *mirror.Mirror // the mirror API (internal/mirror), behind the guard
+	push    *push.Handler  // the cluster-local namespace (push_config.go, package push); nil when off
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -60,12 +61,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, &ConfigError{Key: "registries", Err: err}
 	}
 	glog := log.With("component", "guard")
-	defaultRegistry := canonicalRegistry(cfg.DefaultRegistry)
-	g, err := guard.New(cfg.Guard, glog, guard.Options{Listen: cfg.Listen, SendFrom: sendFrom,
-		Route: func(r *http.Request) (string, string, bool) {
-			rt, err := parseRoute(r, defaultRegistry)
-			return rt.registry, rt.repo, err == nil
-		}})
+	g, err := guard.New(cfg.Guard, glog, guard.Options{Listen: cfg.Listen, SendFrom: mirror.SendFrom,
+		Route: func(r *http.Request) (string, string, bool) { return mirror.Name(r, cfg.DefaultRegistry) }})
 	if err != nil {
 		return nil, guardError(err)
 	}
@@ -88,7 +85,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if maxBlob == 0 {
 		maxBlob = st.Stats().MaxSize
 	}
-	ups := &fileUpstream{UpstreamClient: up} // files.go: file hosts answer through package files
+	ups := mirror.NewUpstream(up) // file hosts answer through package files once the mirror mounts them
 	fe := fetch.New(fetch.Options{Store: st, Upstream: ups, Log: mlog, MaxBlob: maxBlob, SharePrivate: cfg.P2PSharePrivate})
 	var node *p2p.Node
 	if cfg.P2PEnabled {
@@ -110,27 +107,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			}
 		})
 	}
-	m := &mirror{
-		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),
-		tagTTL:          cfg.TagTTL,
-		store:           st,
-		up:              up,
-		fetch:           fe,
-		log:             mlog,
-		staleLog:        logEvery{every: time.Minute},
-		verifyFirst:     cfg.P2PVerifyBeforeServing,
-		verifyMaxWait:   cfg.P2PVerifyMaxWait,
-		canary:          newCanaryLog(),
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, fetch: fe, guard: g}
+	mo := mirror.Options{DefaultRegistry: cfg.DefaultRegistry, TagTTL: cfg.TagTTL, Store: st, Upstream: up, Fetch: fe, Log: mlog,
+		VerifyFirst: cfg.P2PVerifyBeforeServing, VerifyMaxWait: cfg.P2PVerifyMaxWait}
+	if cfg.Files.Enabled { // Hugging Face and GitHub files (docs/files.md)
+		mo.Files, mo.FilesDir, mo.FilesLog, mo.FileUpstream = &cfg.Files, filepath.Join(cfg.DataDir, "files"), log.With("component", "files"), ups
 	}
-	var fend *filesEndpoint // files.go: Hugging Face and GitHub files
-	if cfg.Files.Enabled {
-		if fend, err = newFilesEndpoint(cfg, m, log.With("component", "files")); err != nil {
-			(&Daemon{ln: ln, store: st, node: node}).abortNew()
-			return nil, err
-		}
-		ups.files = fend.h
-	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, fetch: fe, guard: g, canary: m.canary}
 	if cfg.Push.Namespace != "" || writeThroughConfigured(cfg) {
 		pc := cfg.Push
 		pc.MaxBlobSize = maxBlob
@@ -139,7 +121,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			d.abortNew()
 			return nil, &ConfigError{Key: "push", Err: err}
 		}
-		d.push, m.push, m.pushUser = ph, ph, g.PushUser
+		d.push, mo.Push, mo.PushUser = ph, ph, g.PushUser
 		// Write-through: what the upstream accepted is advertised unless the registry needed
 		// credentials (private stays private, p2p.share_private).
 		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) {
@@ -151,13 +133,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 				fe.Advertise(ctx, dg)
 			}
 		})
-		if node != nil {
-			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
-			node.HandleReplicate(pcl.hold)
-			ph.SetCluster(pcl)
-		}
 	}
-	if err := d.openOps(routeFiles(fend, m), fe, fend); err != nil { // admin_wiring.go: admin API and metrics
+	m, err := mirror.New(mo)
+	if err != nil {
+		d.abortNew()
+		return nil, &ConfigError{Key: "files", Err: err}
+	}
+	d.mirror = m
+	if d.push != nil && node != nil {
+		pcl := m.PushCluster(node) // the push namespace's cluster side: tags and copies over the swarm
+		node.HandleReplicate(pcl.Hold)
+		d.push.SetCluster(pcl)
+	}
+	if err := d.openOps(m, fe); err != nil { // admin_wiring.go: admin API and metrics
 		d.abortNew()
 		return nil, err
 	}
@@ -166,7 +154,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           guard.AccessLog(mlog, hdrSource, g.Wrap(routeFiles(fend, routeRoot(mux, m))), d.observe), // access controls, limits
+		Handler:           guard.AccessLog(mlog, mirror.HeaderSource, g.Wrap(routeRoot(mux, m)), d.observe), // access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
@@ -178,11 +166,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
-// routeRoot sends /v2 and everything below it to the mirror without ServeMux's path
-// cleaning (which would turn "/v2/../x" into a redirect instead of a NAME_INVALID).
-func routeRoot(mux *http.ServeMux, m http.Handler) http.Handler {
+// routeRoot sends what the mirror owns (/v2 and below, the file endpoints) to it without
+// ServeMux's path cleaning (which would turn "/v2/../x" into a redirect instead of a
+// NAME_INVALID, and "/https://…" into "/https:/…").
+func routeRoot(mux *http.ServeMux, m *mirror.Mirror) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v2" || len(r.URL.Path) >= 4 && r.URL.Path[:4] == "/v2/" {
+		if m.Owns(r.URL.Path) {
 			m.ServeHTTP(w, r)
 			return
 		}
@@ -207,8 +196,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
-	stopOps := d.ops.Start()                   // internal/admin
-	stopDoctor := d.startDoctor(ctx, d.canary) // doctor.go: off unless doctor.cri_endpoint
+	stopOps := d.ops.Start()                          // internal/admin
+	stopDoctor := d.startDoctor(ctx, d.mirror.Canary) // doctor.go: off unless doctor.cri_endpoint
 	var err error
 	select {
 	case err = <-errc:
