@@ -17,7 +17,7 @@ import (
 )
 
 const (
-	docsTableStart = "<!-- settings table: generated from daemon/settings.go"
+	docsTableStart = "<!-- settings table: generated from daemon/config.go"
 	docsTableEnd   = "<!-- end of settings table -->"
 )
 
