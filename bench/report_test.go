@@ -486,7 +486,7 @@ What was compared:
 How shoal's data path is built (issue 18), so that these figures hold:
 
 - A stored blob goes out with sendfile(2) in a loop that, like nginx, waits for the socket to drain
-  after a short send instead of calling again at once (daemon/sendfile_linux.go): one cached 1 GiB GET
+  after a short send instead of calling again at once (internal/mirror/sendfile_linux.go): one cached 1 GiB GET
   makes ~700 sendfile calls and no EAGAIN, where Go's own loop made ~1760 with ~390 EAGAIN.
 - A download in flight: the bytes are read from the upstream socket into a store buffer, hashed in
   place (SHA-256 with the CPU's SHA extensions, on its own goroutine, overlapping the write), written

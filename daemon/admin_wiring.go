@@ -3,8 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -13,7 +11,9 @@ import (
 	"github.com/shoal-mirror/shoal/internal/admin"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/p2p"
+	"github.com/shoal-mirror/shoal/push"
 )
 
 // The operator surfaces (admin API, metrics, web console) live in internal/admin; this file
@@ -32,8 +32,8 @@ func (c *Config) validateOps() error {
 // openOps builds the metrics and the admin API over the daemon's parts and opens their
 // listeners. m is the mirror (operator pulls and exports go through it, in process), fe where
 // its content comes from (downloads in flight, decisions, explain's predictions; its P2P
-// lookups are timed for the metrics), fend the files endpoint (nil when off).
-func (d *Daemon) openOps(m http.Handler, fe *fetch.Fetcher, fend *filesEndpoint) error {
+// lookups are timed for the metrics).
+func (d *Daemon) openOps(m *mirror.Mirror, fe *fetch.Fetcher) error {
 	var node admin.Node
 	if d.node != nil {
 		node = d.node
@@ -59,13 +59,13 @@ func (d *Daemon) openOps(m http.Handler, fe *fetch.Fetcher, fend *filesEndpoint)
 		Store: d.store, Upstream: d.up, Node: node, Downloads: fe, Metrics: metrics,
 		// The mirror without the guard (the admin API is the operator's already), with the
 		// access log and metrics like any client's request.
-		Mirror:     guard.AccessLog(d.log.With("component", "mirror"), hdrSource, m, observe),
+		Mirror:     guard.AccessLog(d.log.With("component", "mirror"), mirror.HeaderSource, m, observe),
 		MirrorAddr: d.Addr,
-		Canary:     d.canaryLookup,
+		Canary:     m.Canary,
 		GuardAdmin: guard.Admin,
 	}
-	if fend != nil {
-		o.FileName, o.FileDigest = fend.h.Name, fend.h.DigestOf
+	if fh := m.Files(); fh != nil {
+		o.FileName, o.FileDigest = fh.Name, fh.DigestOf
 	}
 	if d.push != nil && d.cfg.Push.Namespace != "" {
 		o.Local = localImages(d.push)
@@ -89,6 +89,9 @@ func (d *Daemon) abortNew() {
 	if d.node != nil {
 		_ = d.node.Close()
 	}
+	if d.push != nil {
+		d.push.Close()
+	}
 	_ = d.ln.Close()
 	_ = d.store.Close()
 }
@@ -101,17 +104,6 @@ func (d *Daemon) MetricsAddr() string { return d.ops.MetricsAddr() }
 
 // ConsoleAddr is the web console's address ("" when off).
 func (d *Daemon) ConsoleAddr() string { return d.ops.ConsoleAddr() }
-
-// canaryLookup answers the admin API's /v1/doctor/canary: what the mirror recorded of a nonce.
-func (d *Daemon) canaryLookup(nonce string) (adminapi.Canary, error) {
-	if !canaryNonce.MatchString(nonce) {
-		return adminapi.Canary{}, fmt.Errorf("nonce %q: not a tag", nonce)
-	}
-	if d.canary == nil {
-		return adminapi.Canary{Nonce: nonce}, nil
-	}
-	return d.canary.lookup(nonce), nil
-}
 
 // timedPeerNode times the mirror's provider lookups and counts its provides for the metrics.
 type timedPeerNode struct {
@@ -130,4 +122,12 @@ func (t *timedPeerNode) Provide(ctx context.Context, d digest.Digest) error {
 	err := t.PeerNode.Provide(ctx, d)
 	t.m.ObserveProvide(err)
 	return err
+}
+
+// localImages adapts push.Handler.LocalUsage to the admin API (status, cache ls).
+func localImages(h *push.Handler) func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
+	return func(ctx context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
+		u := h.LocalUsage(ctx)
+		return &adminapi.LocalImages{Namespace: h.Namespace(), Tags: u.Tags, Images: u.Images, Pinned: u.Pinned, Bytes: u.Bytes}, u.Digests
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"testing"
+
+	"github.com/shoal-mirror/shoal/internal/mirror"
 )
 
 // TestDoctorCanary: the canary is served from the built-in image (valid: digests and diff IDs
@@ -13,14 +15,14 @@ import (
 func TestDoctorCanary(t *testing.T) {
 	up := newUpstream(t)
 	d := startDaemon(t, up, withOps) // only_configured: shoal-doctor.invalid is not a configured registry
-	img, err := pullThrough(t, d, CanaryRepo+":ndocker1")
+	img, err := pullThrough(t, d, mirror.CanaryRepo+":ndocker1")
 	if err != nil {
 		t.Fatalf("pull of the Docker-style canary: %v", err)
 	}
 	if cf, err := img.ConfigFile(); err != nil || cf.OS != "linux" || len(cf.RootFS.DiffIDs) != 1 {
 		t.Errorf("canary config %+v (%v)", cf, err)
 	}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+d.Addr()+"/v2/canary/manifests/nctr2?ns="+CanaryRegistry, nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+d.Addr()+"/v2/canary/manifests/nctr2?ns="+mirror.CanaryRegistry, nil)
 	req.Header.Set("User-Agent", "containerd/test")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -28,7 +30,8 @@ func TestDoctorCanary(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != builtinCanary().manifestDigest.String() || string(body) != string(builtinCanary().manifest) {
+	canaryManifest, canaryDigest := mirror.CanaryManifest()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != canaryDigest.String() || string(body) != string(canaryManifest) {
 		t.Errorf("GET canary manifest with ?ns=: %s %q", resp.Status, resp.Header.Get("Docker-Content-Digest"))
 	}
 	if n := up.count(http.MethodGet, "/") + up.count(http.MethodHead, "/"); n != 0 {
@@ -36,7 +39,7 @@ func TestDoctorCanary(t *testing.T) {
 	}
 
 	cl := adminFor(t, d)
-	for nonce, want := range map[string]string{"ndocker1": up.host(), "nctr2": CanaryRegistry} {
+	for nonce, want := range map[string]string{"ndocker1": up.host(), "nctr2": mirror.CanaryRegistry} {
 		c, err := cl.Canary(context.Background(), nonce)
 		if err != nil || !c.Seen || c.Hits[0].Registry != want {
 			t.Errorf("canary %s: %+v (%v), want seen for registry %s", nonce, c, err, want)
@@ -45,7 +48,7 @@ func TestDoctorCanary(t *testing.T) {
 	if c, err := cl.Canary(context.Background(), "nnever"); err != nil || c.Seen {
 		t.Errorf("a nonce never asked for: %+v (%v)", c, err)
 	}
-	if c, _ := cl.Canary(context.Background(), "nctr2"); c.Hits[0].UserAgent != "containerd/test" || c.Hits[0].NS != CanaryRegistry {
+	if c, _ := cl.Canary(context.Background(), "nctr2"); c.Hits[0].UserAgent != "containerd/test" || c.Hits[0].NS != mirror.CanaryRegistry {
 		t.Errorf("hit %+v: want the user agent and ns recorded", c.Hits[0])
 	}
 	if _, err := cl.Canary(context.Background(), "../x"); err == nil {

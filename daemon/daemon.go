@@ -8,15 +8,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/admin"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/push"
 	"github.com/shoal-mirror/shoal/store"
@@ -38,10 +39,8 @@ type Daemon struct {
 	// metrics is the Prometheus registry (internal/admin); observe records a mirror request in it.
 	metrics *admin.Metrics
 	observe func(guard.Served)
-	// canary is the mirror's record of `shoal doctor`'s nonces (canary.go, doctor.go).
-	canary *canaryLog
-	push   *push.Handler  // the cluster-local namespace (push_config.go, package push); nil when off
-	files  *files.Handler // Hugging Face and GitHub files (files.go); nil when off
+	mirror  *mirror.Mirror // the mirror API (internal/mirror), behind the guard
+	push    *push.Handler  // the cluster-local namespace (push_config.go, package push); nil when off
 }
 
 // New builds the daemon from a validated configuration and opens its listener, so that a port
@@ -62,12 +61,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, &ConfigError{Key: "registries", Err: err}
 	}
 	glog := log.With("component", "guard")
-	defaultRegistry := canonicalRegistry(cfg.DefaultRegistry)
-	g, err := guard.New(cfg.Guard, glog, guard.Options{Listen: cfg.Listen, SendFrom: sendFrom,
-		Route: func(r *http.Request) (string, string, bool) {
-			rt, err := parseRoute(r, defaultRegistry)
-			return rt.registry, rt.repo, err == nil
-		}})
+	g, err := guard.New(cfg.Guard, glog, guard.Options{Listen: cfg.Listen, SendFrom: mirror.SendFrom,
+		Route: func(r *http.Request) (string, string, bool) { return mirror.Name(r, cfg.DefaultRegistry) }})
 	if err != nil {
 		return nil, guardError(err)
 	}
@@ -90,7 +85,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	if maxBlob == 0 {
 		maxBlob = st.Stats().MaxSize
 	}
-	ups := &fileUpstream{UpstreamClient: up} // files.go: file hosts answer through package files
+	ups := mirror.NewUpstream(up) // file hosts answer through package files once the mirror mounts them
 	fe := fetch.New(fetch.Options{Store: st, Upstream: ups, Log: mlog, MaxBlob: maxBlob, SharePrivate: cfg.P2PSharePrivate})
 	var node *p2p.Node
 	if cfg.P2PEnabled {
@@ -112,29 +107,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			}
 		})
 	}
-	m := &mirror{
-		defaultRegistry: canonicalRegistry(cfg.DefaultRegistry),
-		tagTTL:          cfg.TagTTL,
-		store:           st,
-		up:              up,
-		fetch:           fe,
-		log:             mlog,
-		staleLog:        logEvery{every: time.Minute},
-		verifyFirst:     cfg.P2PVerifyBeforeServing,
-		verifyMaxWait:   cfg.P2PVerifyMaxWait,
-		canary:          newCanaryLog(),
-	}
-	var fend *filesEndpoint // files.go: Hugging Face and GitHub files
-	if cfg.Files.Enabled {
-		if fend, err = newFilesEndpoint(cfg, m, log.With("component", "files")); err != nil {
-			(&Daemon{ln: ln, store: st, node: node}).abortNew()
-			return nil, err
-		}
-		ups.files = fend.h
-	}
-	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, fetch: fe, guard: g, canary: m.canary}
-	if fend != nil {
-		d.files = fend.h
+	d := &Daemon{cfg: cfg, log: log, store: st, up: up, ln: ln, node: node, fetch: fe, guard: g}
+	mo := mirror.Options{DefaultRegistry: cfg.DefaultRegistry, TagTTL: cfg.TagTTL, Store: st, Upstream: up, Fetch: fe, Log: mlog,
+		VerifyFirst: cfg.P2PVerifyBeforeServing, VerifyMaxWait: cfg.P2PVerifyMaxWait}
+	if cfg.Files.Enabled { // Hugging Face and GitHub files (docs/files.md)
+		mo.Files, mo.FilesDir, mo.FilesLog, mo.FileUpstream = &cfg.Files, filepath.Join(cfg.DataDir, "files"), log.With("component", "files"), ups
 	}
 	if cfg.Push.Namespace != "" || writeThroughConfigured(cfg) {
 		pc := cfg.Push
@@ -144,7 +121,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			d.abortNew()
 			return nil, &ConfigError{Key: "push", Err: err}
 		}
-		d.push, m.push, m.pushUser = ph, ph, g.PushUser
+		d.push, mo.Push, mo.PushUser = ph, ph, g.PushUser
 		// Write-through: what the upstream accepted is advertised unless the registry needed
 		// credentials (private stays private, p2p.share_private).
 		ph.SetWriteThrough(up, func(ctx context.Context, host, repo string, held []digest.Digest) bool {
@@ -157,15 +134,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 			}
 			return !private
 		})
-		if node != nil {
-			pcl := &pushCluster{node: node, m: m, ns: pc.Namespace}
-			node.HandleReplicate(pcl.hold)
-			node.SetHeldTags(ph.HeldTags)
-			node.HandleTagNudge(ph.Nudged)
-			ph.SetCluster(pcl)
-		}
 	}
-	if err := d.openOps(routeFiles(fend, m), fe, fend); err != nil { // admin_wiring.go: admin API and metrics
+	m, err := mirror.New(mo)
+	if err != nil {
+		d.abortNew()
+		return nil, &ConfigError{Key: "files", Err: err}
+	}
+	d.mirror = m
+	if d.push != nil && node != nil {
+		pcl := m.PushCluster(node) // the push namespace's cluster side: tags and copies over the swarm
+		node.HandleReplicate(pcl.Hold)
+		node.SetHeldTags(d.push.HeldTags)
+		node.HandleTagNudge(d.push.Nudged)
+		d.push.SetCluster(pcl)
+	}
+	if err := d.openOps(m, fe); err != nil { // admin_wiring.go: admin API and metrics
 		d.abortNew()
 		return nil, err
 	}
@@ -174,7 +157,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ready\n")) })
 	mux.Handle("/", m) // everything else gets an OCI error from the mirror
 	d.srv = &http.Server{
-		Handler:           guard.AccessLog(mlog, hdrSource, g.Wrap(routeFiles(fend, routeRoot(mux, m))), d.observe), // access controls, limits
+		Handler:           guard.AccessLog(mlog, mirror.HeaderSource, g.Wrap(routeRoot(mux, m)), d.observe), // access controls, limits
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
@@ -186,11 +169,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
-// routeRoot sends /v2 and everything below it to the mirror without ServeMux's path
-// cleaning (which would turn "/v2/../x" into a redirect instead of a NAME_INVALID).
-func routeRoot(mux *http.ServeMux, m http.Handler) http.Handler {
+// routeRoot sends what the mirror owns (/v2 and below, the file endpoints) to it without
+// ServeMux's path cleaning (which would turn "/v2/../x" into a redirect instead of a
+// NAME_INVALID, and "/https://…" into "/https:/…").
+func routeRoot(mux *http.ServeMux, m *mirror.Mirror) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v2" || len(r.URL.Path) >= 4 && r.URL.Path[:4] == "/v2/" {
+		if m.Owns(r.URL.Path) {
 			m.ServeHTTP(w, r)
 			return
 		}
@@ -215,8 +199,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
-	stopOps := d.ops.Start()                   // internal/admin
-	stopDoctor := d.startDoctor(ctx, d.canary) // doctor.go: off unless doctor.cri_endpoint
+	stopOps := d.ops.Start()                          // internal/admin
+	stopDoctor := d.startDoctor(ctx, d.mirror.Canary) // doctor.go: off unless doctor.cri_endpoint
 	var err error
 	select {
 	case err = <-errc:
@@ -237,8 +221,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.fetch.Shutdown(dctx)
 	cancel()
 	d.up.CloseIdleConnections() // no download needs them now; else they outlive Run
-	if d.files != nil {
-		d.files.CloseIdleConnections()
+	if d.mirror != nil {
+		d.mirror.CloseIdleConnections()
 	}
 	if d.push != nil {
 		d.push.Close() // drops uploads in progress with their temporary data

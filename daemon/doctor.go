@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -32,18 +31,15 @@ func (c DoctorConfig) validate() error {
 	return nil
 }
 
-// localCanary answers doctor's question from the mirror's own record.
-type localCanary struct{ l *canaryLog }
+// localCanary answers doctor's question from the mirror's own record (mirror.Mirror.Canary).
+type localCanary func(nonce string) (adminapi.Canary, error)
 
 func (c localCanary) Canary(_ context.Context, nonce string) (adminapi.Canary, error) {
-	if c.l == nil {
-		return adminapi.Canary{}, errors.New("no canary record")
-	}
-	return c.l.lookup(nonce), nil
+	return c(nonce)
 }
 
 // startDoctor runs the periodic CRI check until ctx ends; stop waits for it.
-func (d *Daemon) startDoctor(ctx context.Context, canary *canaryLog) (stop func()) {
+func (d *Daemon) startDoctor(ctx context.Context, canary localCanary) (stop func()) {
 	cfg := d.cfg.Doctor
 	if cfg.CRIEndpoint == "" {
 		return func() {}
@@ -64,7 +60,7 @@ func (d *Daemon) startDoctor(ctx context.Context, canary *canaryLog) (stop func(
 		scheme = "https"
 	}
 	o := doctor.Options{
-		Admin: localCanary{canary}, Mirror: doctor.MirrorURL(d.Addr(), scheme == "https"), Timeout: 4 * time.Second,
+		Admin: canary, Mirror: doctor.MirrorURL(d.Addr(), scheme == "https"), Timeout: 4 * time.Second,
 		CRIEndpoint: cfg.CRIEndpoint, ContainerdConfig: orDash(cfg.ContainerdConfig),
 	}
 	log := d.log.With("component", "doctor", "runtime", doctor.CRI)

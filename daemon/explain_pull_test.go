@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/mirror"
 )
 
 // getBlob GETs a blob from d and returns the source it reports, after checking every byte.
@@ -28,7 +29,7 @@ func getBlob(t *testing.T, d *Daemon, repo string, dg digest.Digest) string {
 	if err != nil || resp.StatusCode != http.StatusOK || digest.FromBytes(body) != dg {
 		t.Fatalf("GET blob %s: status %d, %d bytes, err %v", dg, resp.StatusCode, len(body), err)
 	}
-	return resp.Header.Get(hdrSource)
+	return resp.Header.Get(mirror.HeaderSource)
 }
 
 // readBlob reads a blob response to its end and checks it is the blob dg.
@@ -129,7 +130,7 @@ func TestExplainEqualsPull(t *testing.T) {
 			first <- answer{err: err}
 			return
 		}
-		first <- answer{resp.Header.Get(hdrSource), readBlob(resp, sl)}
+		first <- answer{resp.Header.Get(mirror.HeaderSource), readBlob(resp, sl)}
 	}()
 	<-gate.started
 	if got := explainEntries(t, c, sl.String())[sl.String()]; got.Next != "inflight" {
@@ -141,7 +142,7 @@ func TestExplainEqualsPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	gate.open()
-	if got := resp.Header.Get(hdrSource); got != "inflight" {
+	if got := resp.Header.Get(mirror.HeaderSource); got != "inflight" {
 		t.Errorf("the client that joined the download: source %q, want inflight (as predicted)", got)
 	}
 	if err := readBlob(resp, sl); err != nil {
@@ -163,10 +164,10 @@ func TestExplainEqualsPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || resp.Header.Get(hdrStale) != "true" {
-		t.Fatalf("manifest by tag with the upstream down: %d, stale %q; want 200 served stale", resp.StatusCode, resp.Header.Get(hdrStale))
+	if resp.StatusCode != http.StatusOK || resp.Header.Get(mirror.HeaderStale) != "true" {
+		t.Fatalf("manifest by tag with the upstream down: %d, stale %q; want 200 served stale", resp.StatusCode, resp.Header.Get(mirror.HeaderStale))
 	}
-	if got := resp.Header.Get(hdrSource); got != top.Next {
+	if got := resp.Header.Get(mirror.HeaderSource); got != top.Next {
 		t.Errorf("manifest by tag with the upstream down: explain predicted %q (%s), the pull came from %q", top.Next, top.Reason, got)
 	}
 }

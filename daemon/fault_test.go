@@ -19,6 +19,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -324,8 +325,8 @@ func TestUpstream429BacksOffAndServesTheCache(t *testing.T) {
 					t.Fatalf("pull %d while the upstream answers 429: %v", i, err)
 				}
 				a := ask(t, http.DefaultClient, "GET", base+"/v2/test/busy/manifests/latest", nil)
-				if a.status != 200 || a.header.Get(hdrStale) != "true" {
-					t.Fatalf("tag while rate limited: %d stale=%q, want 200 and stale", a.status, a.header.Get(hdrStale))
+				if a.status != 200 || a.header.Get(mirror.HeaderStale) != "true" {
+					t.Fatalf("tag while rate limited: %d stale=%q, want 200 and stale", a.status, a.header.Get(mirror.HeaderStale))
 				}
 			}
 			if n := b.manifests.Load() - before; n != 1 {
@@ -353,8 +354,8 @@ func TestUpstream429BacksOffAndServesTheCache(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 			a = ask(t, http.DefaultClient, "GET", base+"/v2/test/busy/manifests/latest", nil)
-			if a.status != 200 || a.header.Get(hdrStale) != "" {
-				t.Errorf("after the back-off: %d stale=%q, want a fresh answer", a.status, a.header.Get(hdrStale))
+			if a.status != 200 || a.header.Get(mirror.HeaderStale) != "" {
+				t.Errorf("after the back-off: %d stale=%q, want a fresh answer", a.status, a.header.Get(mirror.HeaderStale))
 			}
 			checkStore(t, d)
 		})
@@ -392,8 +393,8 @@ func TestDNSFailureServesStaleTags(t *testing.T) {
 		t.Fatalf("pull while DNS fails: %v", err)
 	}
 	base := "http://" + d.Addr()
-	if a := ask(t, http.DefaultClient, "GET", base+"/v2/test/dns/manifests/latest", nil); a.status != 200 || a.header.Get(hdrStale) != "true" {
-		t.Fatalf("tag while DNS fails: %d stale=%q", a.status, a.header.Get(hdrStale))
+	if a := ask(t, http.DefaultClient, "GET", base+"/v2/test/dns/manifests/latest", nil); a.status != 200 || a.header.Get(mirror.HeaderStale) != "true" {
+		t.Fatalf("tag while DNS fails: %d stale=%q", a.status, a.header.Get(mirror.HeaderStale))
 	}
 	// What is not cached fails clearly and quickly.
 	t0 := time.Now()

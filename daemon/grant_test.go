@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/p2p"
 )
 
@@ -76,7 +77,7 @@ func TestLonePullIsGrantedByTheDesignatedNode(t *testing.T) {
 			xDone <- answer{err: err}
 			return
 		}
-		xDone <- answer{resp.Header.Get(hdrSource), readBlob(resp, d)}
+		xDone <- answer{resp.Header.Get(mirror.HeaderSource), readBlob(resp, d)}
 	}()
 	select {
 	case <-gate.started: // X's own upstream GET is under way (held after half the blob)

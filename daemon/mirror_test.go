@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/internal/testutil"
 	"github.com/shoal-mirror/shoal/upstream"
 )
@@ -267,8 +268,8 @@ func TestCorruptUpstreamBlobIsNeverServedOrStored(t *testing.T) {
 	if got := v1Hash(body); got != dg {
 		t.Fatalf("served %s, want %s", got, dg)
 	}
-	if up.count("GET", path) != 1 || resp.Header.Get(hdrSource) != "upstream" {
-		t.Fatalf("corrupted bytes were stored: second fetch came from %q", resp.Header.Get(hdrSource))
+	if up.count("GET", path) != 1 || resp.Header.Get(mirror.HeaderSource) != "upstream" {
+		t.Fatalf("corrupted bytes were stored: second fetch came from %q", resp.Header.Get(mirror.HeaderSource))
 	}
 }
 
@@ -305,8 +306,8 @@ func TestStaleTagWhenUpstreamDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get(hdrStale) != "true" {
-		t.Fatalf("status %d, %s=%q; want 200 and stale", resp.StatusCode, hdrStale, resp.Header.Get(hdrStale))
+	if resp.StatusCode != 200 || resp.Header.Get(mirror.HeaderStale) != "true" {
+		t.Fatalf("status %d, %s=%q; want 200 and stale", resp.StatusCode, mirror.HeaderStale, resp.Header.Get(mirror.HeaderStale))
 	}
 }
 
@@ -433,7 +434,7 @@ func TestRangeOnCachedAndInFlightBlobs(t *testing.T) {
 				return false
 			}
 			resp.Body.Close()
-			return resp.Header.Get(hdrSource) == "store"
+			return resp.Header.Get(mirror.HeaderSource) == "store"
 		})
 	}
 }

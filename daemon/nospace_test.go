@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/mirror"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
@@ -210,7 +211,7 @@ func TestIndexSurvivesFullFilesystem(t *testing.T) {
 				return false
 			}
 			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK && resp.Header.Get(hdrSource) == "store"
+			return resp.StatusCode == http.StatusOK && resp.Header.Get(mirror.HeaderSource) == "store"
 		})
 	}
 }

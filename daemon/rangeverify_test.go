@@ -12,6 +12,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-mirror/shoal/internal/mirror"
 )
 
 // corruptBlobAt makes the upstream registry send the blob at path with the byte at offset
@@ -168,7 +170,7 @@ func TestColdRangeOfGoodBlob(t *testing.T) {
 		} else if _, err := d.store.Stat(context.Background(), dg); err != nil {
 			t.Errorf("%s: complete 206, but the blob is neither verified in flight nor stored: %v", tc.name, err)
 		}
-		if src := resp.Header.Get(hdrSource); !strings.Contains("upstream inflight", src) {
+		if src := resp.Header.Get(mirror.HeaderSource); !strings.Contains("upstream inflight", src) {
 			t.Errorf("%s: source %q", tc.name, src)
 		}
 	}

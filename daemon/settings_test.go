@@ -17,7 +17,7 @@ import (
 )
 
 const (
-	docsTableStart = "<!-- settings table: generated from daemon/settings.go"
+	docsTableStart = "<!-- settings table: generated from daemon/config.go"
 	docsTableEnd   = "<!-- end of settings table -->"
 )
 
@@ -181,7 +181,7 @@ func TestEverySettingReachesItsField(t *testing.T) {
 	other := map[Kind]string{KindString: "x.example:1", KindBool: "", KindInt: "7", KindFloat: "2.5",
 		KindDuration: "7s", KindList: "[10.1.2.0/24]", KindRegistries: "{ghcr.io: {url: https://ghcr.example}}", KindHosts: "{hf.example: http://127.0.0.1:1}"}
 	keys := map[string]bool{}
-	for _, s := range settings {
+	for _, s := range table.All() {
 		if keys[s.Key] {
 			t.Errorf("%s declared twice", s.Key)
 		}
@@ -189,7 +189,7 @@ func TestEverySettingReachesItsField(t *testing.T) {
 		t.Run(s.Key, func(t *testing.T) {
 			v := other[s.Kind()]
 			switch {
-			case s.parse != nil:
+			case s.Parse != nil:
 				v = "3MiB"
 			case s.Kind() == KindBool:
 				v = fmt.Sprint(s.Default != "true")
@@ -204,8 +204,8 @@ func TestEverySettingReachesItsField(t *testing.T) {
 			if err := c.applyYAML([]byte(doc), "t.yaml"); err != nil {
 				t.Fatal(err)
 			}
-			for _, o := range settings {
-				changed := !reflect.DeepEqual(o.value(&base), o.value(&c))
+			for _, o := range table.All() {
+				changed := !reflect.DeepEqual(o.Value(&base), o.Value(&c))
 				if changed != (o.Key == s.Key) {
 					t.Errorf("setting %s = %s: %s changed: %v", s.Key, v, o.Key, changed)
 				}

@@ -20,7 +20,7 @@ import (
 	"github.com/shoal-mirror/shoal/hostsetup"
 )
 
-// Canary names, as the daemon recognises them (daemon/canary.go).
+// Canary names, as the daemon recognises them (internal/mirror/canary.go).
 const (
 	CanaryRegistry = "shoal-doctor.invalid"
 	CanaryRepo     = "shoaldoctor/canary"

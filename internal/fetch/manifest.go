@@ -77,15 +77,3 @@ func (f *Fetcher) Manifest(ctx context.Context, ref Ref, d digest.Digest) (Manif
 	}
 	return v.(Manifest), nil
 }
-
-// SniffManifestType is oci.SniffMediaType, kept for daemon/mirror.go until it moves to
-// internal/mirror.
-//
-// Deprecated: use oci.SniffMediaType.
-func SniffManifestType(data []byte) string { return oci.SniffMediaType(data) }
-
-// ManifestRefs is oci.ManifestRefs, kept for daemon/mirror.go until it moves to
-// internal/mirror.
-//
-// Deprecated: use oci.ManifestRefs.
-func ManifestRefs(data []byte) []digest.Digest { return oci.ManifestRefs(data) }

@@ -1,4 +1,4 @@
-package daemon
+package mirror
 
 import (
 	"io"
@@ -13,10 +13,10 @@ type fileSpanner interface {
 	sent(n int64)
 }
 
-// sendFrom is the mirror connections' ReadFrom (guard.Options.SendFrom): a stored blob and a
+// SendFrom is the mirror connections' ReadFrom (guard.Options.SendFrom): a stored blob and a
 // download in flight go out with sendfile(2), from under the one io.LimitedReader net/http
 // wraps them in. It reports false when it sent nothing (the connection then copies).
-func sendFrom(c net.Conn, r io.Reader) (int64, bool, error) {
+func SendFrom(c net.Conn, r io.Reader) (int64, bool, error) {
 	src, limit := r, int64(-1)
 	lr, _ := r.(*io.LimitedReader)
 	if lr != nil {

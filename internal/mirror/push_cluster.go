@@ -1,4 +1,4 @@
-package daemon
+package mirror
 
 import (
 	"bytes"
@@ -15,7 +15,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/shoal-mirror/shoal/adminapi"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/oci"
 	"github.com/shoal-mirror/shoal/internal/ocierr"
@@ -24,18 +23,25 @@ import (
 	"github.com/shoal-mirror/shoal/store"
 )
 
-// pushCluster adapts the P2P node and the mirror's peer machinery to push.Cluster: tags as
+// PushCluster adapts the P2P node and the mirror's peer machinery to push.Cluster: tags as
 // signed DHT records, content from peers only. Nothing of the local namespace is ever asked of
 // an upstream (a lookup of "shoal.local" would leave the machine).
-type pushCluster struct {
+type PushCluster struct {
 	node *p2p.Node
-	m    *mirror
+	m    *Mirror
 	ns   string
 }
 
-var _ push.Cluster = (*pushCluster)(nil)
+var _ push.Cluster = (*PushCluster)(nil)
 
-func (c *pushCluster) PublishTag(ctx context.Context, name string, t store.Tag, deleted bool, seq int64) (int64, error) {
+// PushCluster is the cluster side of the push namespace over node (push.Handler.SetCluster;
+// its Hold answers the node's replication requests). The mirror must have been built with
+// Options.Push.
+func (m *Mirror) PushCluster(node *p2p.Node) *PushCluster {
+	return &PushCluster{node: node, m: m, ns: m.push.Namespace()}
+}
+
+func (c *PushCluster) PublishTag(ctx context.Context, name string, t store.Tag, deleted bool, seq int64) (int64, error) {
 	r := p2p.TagRecord{Name: name, Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Deleted: deleted}
 	if seq >= time.Now().UnixNano() {
 		r.Seq = seq + 1 // above what this node already saw, whatever its clock says
@@ -48,7 +54,7 @@ func (c *pushCluster) PublishTag(ctx context.Context, name string, t store.Tag, 
 	return got.Seq, err
 }
 
-func (c *pushCluster) LookupTag(ctx context.Context, name string) (store.Tag, bool, int64, error) {
+func (c *PushCluster) LookupTag(ctx context.Context, name string) (store.Tag, bool, int64, error) {
 	r, err := c.node.LookupTag(ctx, name)
 	if err != nil {
 		if errors.Is(err, p2p.ErrNotFound) {
@@ -59,7 +65,7 @@ func (c *pushCluster) LookupTag(ctx context.Context, name string) (store.Tag, bo
 	return store.Tag{Digest: r.Digest, MediaType: r.MediaType, Size: r.Size}, r.Deleted, r.Seq, nil
 }
 
-func (c *pushCluster) ManifestFromPeers(ctx context.Context, d digest.Digest) ([]byte, error) {
+func (c *PushCluster) ManifestFromPeers(ctx context.Context, d digest.Digest) ([]byte, error) {
 	data, ok := c.m.fetch.ManifestFromPeers(ctx, d)
 	if !ok {
 		return nil, fmt.Errorf("%w: no peer holds manifest %s", store.ErrNotFound, d)
@@ -67,7 +73,7 @@ func (c *pushCluster) ManifestFromPeers(ctx context.Context, d digest.Digest) ([
 	return data, nil
 }
 
-func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) error {
+func (c *PushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) error {
 	err := c.m.blob(w, r, route{kind: "blob", registry: c.ns, repo: repo, ref: d.String()})
 	if errors.Is(err, p2p.ErrNotFound) || errors.Is(err, store.ErrNotFound) {
 		return &ocierr.Error{Status: http.StatusNotFound, Code: "BLOB_UNKNOWN", Message: "no node of the swarm holds this blob of the local namespace", Err: err}
@@ -78,7 +84,7 @@ func (c *pushCluster) ServeBlobFromPeers(w http.ResponseWriter, r *http.Request,
 // FetchBlob makes this node hold blob d of the local namespace, from peers, through the same
 // download a client's GET or HEAD starts, so that one under way is joined: verified before it
 // is stored.
-func (c *pushCluster) FetchBlob(ctx context.Context, repo string, d digest.Digest) error {
+func (c *PushCluster) FetchBlob(ctx context.Context, repo string, d digest.Digest) error {
 	ref := fetch.Ref{Registry: c.ns, Repo: repo}
 	b, err := c.m.fetch.Blob(ctx, ref, d, c.m.fetch.PeersOnly(d, store.ErrNotFound))
 	if err != nil {
@@ -92,18 +98,18 @@ func (c *pushCluster) FetchBlob(ctx context.Context, repo string, d digest.Diges
 	return err
 }
 
-func (c *pushCluster) ListTags(ctx context.Context, prefix string) []string {
+func (c *PushCluster) ListTags(ctx context.Context, prefix string) []string {
 	return c.node.ListTags(ctx, prefix)
 }
 
-func (c *pushCluster) NudgeTag(ctx context.Context, name string) int {
+func (c *PushCluster) NudgeTag(ctx context.Context, name string) int {
 	return c.node.NudgeTag(ctx, name)
 }
 
 // Replicate makes k nodes (this one included) hold the image root tagged name: it asks
 // connected peers, nearest to root first (by XOR of hashed IDs, so pushes spread over the
 // swarm), until k-1 of them hold it. It returns the number of copies.
-func (c *pushCluster) Replicate(ctx context.Context, name string, root digest.Digest, k int, except map[string]bool) int {
+func (c *PushCluster) Replicate(ctx context.Context, name string, root digest.Digest, k int, except map[string]bool) int {
 	copies := 1 + len(except)
 	if k <= copies {
 		return copies
@@ -153,7 +159,7 @@ func (c *pushCluster) Replicate(ctx context.Context, name string, root digest.Di
 }
 
 // Holders lists the connected peers that provide root (this node excluded).
-func (c *pushCluster) Holders(ctx context.Context, root digest.Digest) (map[string]bool, bool) {
+func (c *PushCluster) Holders(ctx context.Context, root digest.Digest) (map[string]bool, bool) {
 	provs, err := c.node.FindProviders(ctx, root, 20)
 	if err != nil {
 		return nil, false
@@ -180,10 +186,10 @@ func (c *pushCluster) Holders(ctx context.Context, root digest.Digest) (map[stri
 // names it to be found in the swarm.
 const holdRecordWait = 5 * time.Second
 
-// hold is the receiving side of Replicate: the tag's swarm record must name root; then the
+// Hold is the receiving side of Replicate: the tag's swarm record must name root; then the
 // image (manifests, recursively, and blobs) is fetched from the asking peer, verified, stored,
 // its root pinned and everything advertised.
-func (c *pushCluster) hold(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
+func (c *PushCluster) Hold(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
 	if c.ns == "" || !strings.HasPrefix(name, c.ns+"/") {
 		return c.holdWriteThrough(ctx, from, name, root)
 	}
@@ -216,7 +222,7 @@ func (c *pushCluster) hold(ctx context.Context, from p2p.Peer, name string, root
 	return c.m.store.PutTag(ctx, name, store.Tag{Digest: root, MediaType: r.MediaType, Size: r.Size, Checked: time.Now()})
 }
 
-func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Digest, depth int) error {
+func (c *PushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Digest, depth int) error {
 	if depth > 4 {
 		return errors.New("image nests too deep")
 	}
@@ -227,7 +233,7 @@ func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Di
 		if err != nil {
 			return err
 		}
-		if err := st.PutSmall(ctx, d, sniffManifestType(data), data); err != nil {
+		if err := st.PutSmall(ctx, d, oci.SniffMediaType(data), data); err != nil {
 			return err
 		}
 		c.m.fetch.Advertise(ctx, d)
@@ -274,7 +280,7 @@ func (c *pushCluster) fetchImage(ctx context.Context, from p2p.Peer, d digest.Di
 	return nil
 }
 
-func (c *pushCluster) readStored(ctx context.Context, d digest.Digest) ([]byte, error) {
+func (c *PushCluster) readStored(ctx context.Context, d digest.Digest) ([]byte, error) {
 	rc, _, err := c.m.store.Reader(ctx, d)
 	if err != nil {
 		return nil, err
@@ -283,7 +289,7 @@ func (c *pushCluster) readStored(ctx context.Context, d digest.Digest) ([]byte, 
 	return io.ReadAll(io.LimitReader(rc, oci.MaxManifestSize+1))
 }
 
-func (c *pushCluster) fetchBytes(ctx context.Context, from p2p.Peer, d digest.Digest, limit int64) ([]byte, error) {
+func (c *PushCluster) fetchBytes(ctx context.Context, from p2p.Peer, d digest.Digest, limit int64) ([]byte, error) {
 	rc, size, err := c.node.Fetch(ctx, from, d, 0)
 	if err != nil {
 		return nil, err
@@ -302,7 +308,7 @@ func (c *pushCluster) fetchBytes(ctx context.Context, from p2p.Peer, d digest.Di
 	return data, nil
 }
 
-func (c *pushCluster) fetchBlob(ctx context.Context, from p2p.Peer, d digest.Digest) error {
+func (c *PushCluster) fetchBlob(ctx context.Context, from p2p.Peer, d digest.Digest) error {
 	rc, size, err := c.node.Fetch(ctx, from, d, 0)
 	if err != nil {
 		return err
@@ -323,7 +329,7 @@ func (c *pushCluster) fetchBlob(ctx context.Context, from p2p.Peer, d digest.Dig
 // (name "HOST/REPO:TAG" or "HOST/REPO@DIGEST"): the registry, not a tag record, is the
 // authority: it must serve root under that name, and the repository must not be private
 // (private stays private). The copy is cache content, as the pushing node's is: not pinned.
-func (c *pushCluster) holdWriteThrough(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
+func (c *PushCluster) holdWriteThrough(ctx context.Context, from p2p.Peer, name string, root digest.Digest) error {
 	host, rest, ok := strings.Cut(name, "/")
 	if !ok || !c.m.up.WriteThrough(host) {
 		return fmt.Errorf("%s is neither in the local namespace nor in a write-through registry", name)
@@ -353,12 +359,4 @@ func (c *pushCluster) holdWriteThrough(ctx context.Context, from p2p.Peer, name 
 		return nil
 	}
 	return c.m.store.PutTag(ctx, name, store.Tag{Digest: root, MediaType: desc.MediaType, Size: desc.Size, Checked: time.Now()})
-}
-
-// localImages adapts push.Handler.LocalUsage to the admin API (status, cache ls).
-func localImages(h *push.Handler) func(context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
-	return func(ctx context.Context) (*adminapi.LocalImages, map[digest.Digest]bool) {
-		u := h.LocalUsage(ctx)
-		return &adminapi.LocalImages{Namespace: h.Namespace(), Tags: u.Tags, Images: u.Images, Pinned: u.Pinned, Bytes: u.Bytes}, u.Digests
-	}
 }

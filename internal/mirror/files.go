@@ -1,4 +1,4 @@
-package daemon
+package mirror
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path/filepath"
 
 	"github.com/opencontainers/go-digest"
 
@@ -21,15 +20,18 @@ import (
 // mirror listener. Files with a sha256 digest go through the mirror's blob path.
 type filesEndpoint struct {
 	h   *files.Handler
-	m   *mirror
+	m   *Mirror
 	log *slog.Logger
 }
 
-func newFilesEndpoint(cfg Config, m *mirror, log *slog.Logger) (*filesEndpoint, error) {
+func newFilesEndpoint(cfg files.Config, dir string, m *Mirror, log *slog.Logger) (*filesEndpoint, error) {
+	if log == nil {
+		log = m.log
+	}
 	fe := &filesEndpoint{m: m, log: log}
-	h, err := files.New(cfg.Files, filepath.Join(cfg.DataDir, "files"), fe, log)
+	h, err := files.New(cfg, dir, fe, log)
 	if err != nil {
-		return nil, &ConfigError{Key: "files", Err: err}
+		return nil, err
 	}
 	fe.h = h
 	return fe, nil
@@ -38,7 +40,7 @@ func newFilesEndpoint(cfg Config, m *mirror, log *slog.Logger) (*filesEndpoint, 
 var _ files.Blobs = (*filesEndpoint)(nil)
 
 // ServeBlob serves a file that has a sha256 digest exactly as a blob: store, download in
-// flight, peers, designated fetcher, upstream (through fileUpstream), verified.
+// flight, peers, designated fetcher, upstream (through Upstream), verified.
 func (fe *filesEndpoint) ServeBlob(w http.ResponseWriter, r *http.Request, ref files.BlobRef) error {
 	rt := route{kind: "blob", registry: ref.Registry, repo: ref.Repo, ref: ref.Digest.String(), clientName: ref.Repo}
 	return fe.m.blob(&keepHeaders{ResponseWriter: w, etag: w.Header().Get("Etag")}, r, rt)
@@ -90,45 +92,46 @@ func (fe *filesEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// routeFiles sends the file endpoints' paths to fe before anything cleans them (ServeMux
-// would redirect /https://… to /https:/…).
-func routeFiles(fe *filesEndpoint, next http.Handler) http.Handler {
-	if fe == nil {
-		return next
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if files.IsFilePath(r.URL.Path) {
-			fe.ServeHTTP(w, r)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// fileUpstream is the upstream as the blob path sees it: file hosts answer through package
-// files, registries through the registry client. files is nil when files are off.
-type fileUpstream struct {
+// Upstream is the upstream as the blob path sees it (fetch.Options.Upstream): file hosts
+// answer through package files, registries through the registry client. New points it at the
+// file endpoints it mounts (Options.FileUpstream); until then, and when files are off, every
+// host is the registry client's.
+type Upstream struct {
 	fetch.UpstreamClient
 	files *files.Handler
 }
 
-func (u *fileUpstream) GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
+// NewUpstream wraps the registry client for internal/fetch.
+func NewUpstream(up fetch.UpstreamClient) *Upstream { return &Upstream{UpstreamClient: up} }
+
+// GetBlob opens a blob from its file host or registry.
+func (u *Upstream) GetBlob(ctx context.Context, host, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error) {
 	if u.files != nil && files.IsFileRegistry(host) {
 		return u.files.OpenBlob(ctx, host, repo, d, offset)
 	}
 	return u.UpstreamClient.GetBlob(ctx, host, repo, d, offset)
 }
 
-func (u *fileUpstream) Private(host, repo string) bool {
+// Private reports whether the content needed credentials (it is then not shared with peers).
+func (u *Upstream) Private(host, repo string) bool {
 	if u.files != nil && files.IsFileRegistry(host) {
 		return u.files.Private(host, repo)
 	}
 	return u.UpstreamClient.Private(host, repo)
 }
 
-func (u *fileUpstream) Endpoint(host string) (*url.URL, error) {
+// Endpoint is the host's base URL; an error for a registry the client refuses.
+func (u *Upstream) Endpoint(host string) (*url.URL, error) {
 	if u.files != nil && files.IsFileRegistry(host) {
 		return &url.URL{Scheme: "https", Host: host}, nil
 	}
 	return u.UpstreamClient.Endpoint(host)
+}
+
+// CloseIdleConnections closes the files endpoint's idle connections to the file hosts (at
+// shutdown: else they outlive the daemon).
+func (m *Mirror) CloseIdleConnections() {
+	if m.files != nil {
+		m.files.h.CloseIdleConnections()
+	}
 }

@@ -1,4 +1,4 @@
-package daemon
+package settings
 
 import (
 	"bytes"
@@ -6,28 +6,56 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
 )
 
-// Setting is one configuration key: where it lives in the YAML file, on the command line and
-// in the environment, its default and what it means.
-type Setting struct {
+// Setting is one configuration key of the configuration struct C: where it lives in the YAML
+// file, on the command line and in the environment, its default and what it means.
+type Setting[C any] struct {
 	Key     string // YAML path, "p2p.lookup_timeout"
 	Default string // YAML text of the default, `""` for an empty string
 	Help    string // one sentence or a few; `code` in backticks
 	Flag    string // CLI flag without "--"; "" derives it from Key
 	Arg     string // the flag's argument in help, "FILE"; "" = by type
 	Reload  bool   // SIGHUP applies it; otherwise a change waits for a restart
-	ptr     func(*Config) any
-	parse   func(string) (int64, error) // text form of a size held as a number
+	// Ptr points at the setting's field in a C: *string, *bool, *int, *int64 (with Parse),
+	// *float64, *time.Duration, *[]string, *map[string]string (hosts) or
+	// *map[string]upstream.RegistryConfig (registries).
+	Ptr func(*C) any
+	// Parse reads the text form of a size held as a number (Ptr is then an *int64).
+	Parse func(string) (int64, error)
+	given func(*C, string) // Table's: records that a file, variable or flag set Key
 }
+
+// Table is a configuration's settings, in the order its documentation lists them.
+type Table[C any] struct {
+	list []Setting[C]
+}
+
+// NewTable completes the table's entries (the flag derived from the key where Flag is empty:
+// "." and "_" become "-", and the prefix trimmed from the flag dropped) and remembers given,
+// which is told every key a file, variable or flag sets (nil: nobody needs to know).
+func NewTable[C any](list []Setting[C], trimmed string, given func(c *C, key string)) *Table[C] {
+	list = slices.Clone(list)
+	for i := range list {
+		s := &list[i]
+		if s.Flag == "" {
+			s.Flag = strings.NewReplacer(".", "-", "_", "-").Replace(strings.TrimPrefix(s.Key, trimmed))
+		}
+		s.given = given
+	}
+	return &Table[C]{list: list}
+}
+
+// All returns the table's settings.
+func (t *Table[C]) All() []Setting[C] { return slices.Clone(t.list) }
 
 // Kind names the type of a setting's value, as the CLI needs it to build a flag.
 type Kind int
@@ -44,29 +72,17 @@ const (
 	KindHosts      // a HOST → URL map (files.hosts): the flag takes HOST=URL, `-` removes HOST
 )
 
-// Settings returns the table, each entry with its flag and variable filled in.
-func Settings() []Setting { return slices.Clone(settings) }
-
-func init() {
-	for i := range settings {
-		s := &settings[i]
-		if s.Flag == "" {
-			s.Flag = strings.NewReplacer(".", "-", "_", "-").Replace(strings.TrimPrefix(s.Key, "security."))
-		}
-	}
-}
-
 // Env is the setting's variable, SHOAL_ and the flag in capitals.
-func (s Setting) Env() string {
+func (s Setting[C]) Env() string {
 	return "SHOAL_" + strings.ToUpper(strings.ReplaceAll(s.Flag, "-", "_"))
 }
 
 // Kind is the type of the setting's value as the CLI takes it (a size is a string).
-func (s Setting) Kind() Kind {
-	if s.parse != nil {
+func (s Setting[C]) Kind() Kind {
+	if s.Parse != nil {
 		return KindString
 	}
-	switch s.ptr(&Config{}).(type) {
+	switch s.Ptr(new(C)).(type) {
 	case *bool:
 		return KindBool
 	case *int:
@@ -87,7 +103,7 @@ func (s Setting) Kind() Kind {
 
 // Set gives the setting the value v from a flag or variable: a string, bool, int, float64,
 // time.Duration or []string as Kind says. The error names the flag.
-func (s Setting) Set(c *Config, v any) error {
+func (s Setting[C]) Set(c *C, v any) error {
 	err := s.set(c, v)
 	if err != nil {
 		return &ConfigError{Key: "--" + s.Flag, Err: err}
@@ -95,43 +111,43 @@ func (s Setting) Set(c *Config, v any) error {
 	return nil
 }
 
-func (s Setting) set(c *Config, v any) error {
-	c.given(s.Key)
-	if s.parse != nil {
+func (s Setting[C]) set(c *C, v any) error {
+	s.note(c)
+	if s.Parse != nil {
 		str, ok := v.(string)
 		if !ok {
 			return fmt.Errorf("want a size, got %T", v)
 		}
-		n, err := s.parse(str)
+		n, err := s.Parse(str)
 		if err != nil {
 			return err
 		}
-		reflect.ValueOf(s.ptr(c)).Elem().SetInt(n)
+		reflect.ValueOf(s.Ptr(c)).Elem().SetInt(n)
 		return nil
 	}
-	if regs, ok := s.ptr(c).(*map[string]upstream.RegistryConfig); ok {
+	if regs, ok := s.Ptr(c).(*map[string]upstream.RegistryConfig); ok {
 		list, _ := v.([]string)
 		for _, hv := range list {
 			host, u, ok := strings.Cut(hv, "=")
 			if !ok || host == "" || u == "" {
 				return fmt.Errorf("%q: want HOST=URL, e.g. docker.io=https://registry-1.docker.io", hv)
 			}
-			setRegistry(regs, host, upstream.RegistryConfig{URL: u})
+			MergeRegistry(regs, host, upstream.RegistryConfig{URL: u})
 		}
 		return nil
 	}
-	if hosts, ok := s.ptr(c).(*map[string]string); ok {
+	if hosts, ok := s.Ptr(c).(*map[string]string); ok {
 		list, _ := v.([]string)
 		for _, hv := range list {
 			host, u, ok := strings.Cut(hv, "=")
 			if !ok || host == "" || u == "" {
 				return fmt.Errorf("%q: want HOST=URL (or HOST=- to remove a host)", hv)
 			}
-			setHost(hosts, host, u)
+			SetHost(hosts, host, u)
 		}
 		return nil
 	}
-	dst := reflect.ValueOf(s.ptr(c)).Elem()
+	dst := reflect.ValueOf(s.Ptr(c)).Elem()
 	val := reflect.ValueOf(v)
 	if !val.Type().AssignableTo(dst.Type()) {
 		return fmt.Errorf("want %s, got %T", dst.Type(), v)
@@ -142,23 +158,23 @@ func (s Setting) set(c *Config, v any) error {
 
 // decode sets the setting from its YAML node. A null node (`key:` with nothing) keeps the
 // value as it was.
-func (s Setting) decode(c *Config, n *yaml.Node) error {
+func (s Setting[C]) decode(c *C, n *yaml.Node) error {
 	if n.Tag == "!!null" {
 		return nil
 	}
-	c.given(s.Key)
-	if s.parse != nil {
+	s.note(c)
+	if s.Parse != nil {
 		if n.Kind != yaml.ScalarNode {
 			return fmt.Errorf("line %d: %s: want a size such as 10GiB", n.Line, s.Key)
 		}
-		v, err := s.parse(n.Value)
+		v, err := s.Parse(n.Value)
 		if err != nil {
 			return &ConfigError{Key: s.Key, Err: err}
 		}
-		reflect.ValueOf(s.ptr(c)).Elem().SetInt(v)
+		reflect.ValueOf(s.Ptr(c)).Elem().SetInt(v)
 		return nil
 	}
-	if regs, ok := s.ptr(c).(*map[string]upstream.RegistryConfig); ok {
+	if regs, ok := s.Ptr(c).(*map[string]upstream.RegistryConfig); ok {
 		if err := knownKeys(n, s.Key, reflect.TypeFor[upstream.RegistryConfig]()); err != nil {
 			return err
 		}
@@ -167,22 +183,22 @@ func (s Setting) decode(c *Config, n *yaml.Node) error {
 			return yamlError(s.Key, err)
 		}
 		for host, rc := range m {
-			setRegistry(regs, host, rc)
+			MergeRegistry(regs, host, rc)
 		}
 		return nil
 	}
-	if hosts, ok := s.ptr(c).(*map[string]string); ok {
+	if hosts, ok := s.Ptr(c).(*map[string]string); ok {
 		var m map[string]string
 		if err := n.Decode(&m); err != nil {
 			return yamlError(s.Key, err)
 		}
 		for host, u := range m {
-			setHost(hosts, host, u)
+			SetHost(hosts, host, u)
 		}
 		return nil
 	}
 	// Decode into a fresh value so that a type error leaves the old one.
-	dst := reflect.ValueOf(s.ptr(c)).Elem()
+	dst := reflect.ValueOf(s.Ptr(c)).Elem()
 	fresh := reflect.New(dst.Type())
 	if err := n.Decode(fresh.Interface()); err != nil {
 		return yamlError(s.Key, err)
@@ -235,46 +251,19 @@ func yamlError(key string, err error) error {
 	return errors.New(strings.Join(out, "; "))
 }
 
-// given records that a file, variable or flag set key.
-func (c *Config) given(key string) {
-	if c.explicit == nil {
-		c.explicit = map[string]bool{}
-	}
-	c.explicit[key] = true
-}
-
-// value is the setting's current value in c, for comparing two configurations.
-func (s Setting) value(c *Config) any { return reflect.ValueOf(s.ptr(c)).Elem().Interface() }
-
-func parseSize(emptyIsZero bool) func(string) (int64, error) {
-	return func(v string) (int64, error) {
-		if v == "" {
-			return 0, nil
-		}
-		n, err := store.ParseSize(v)
-		if err != nil {
-			return 0, err
-		}
-		if n == 0 && !emptyIsZero {
-			return 0, errors.New(`0: want a size such as 10GiB, or "" for the store's budget`)
-		}
-		return n, nil
+// note tells the table's given func that a file, variable or flag set the setting.
+func (s Setting[C]) note(c *C) {
+	if s.given != nil {
+		s.given(c, s.Key)
 	}
 }
 
-func parseHeaderBytes(v string) (int64, error) {
-	n, err := store.ParseSize(v)
-	if err != nil {
-		return 0, err
-	}
-	if n > 1<<30 {
-		return 0, errors.New("must be at most 1GiB")
-	}
-	return n, nil
-}
+// Value is the setting's current value in c, for comparing two configurations.
+func (s Setting[C]) Value(c *C) any { return reflect.ValueOf(s.Ptr(c)).Elem().Interface() }
 
-// applyYAML overlays the YAML document b on c. Unknown keys are errors naming their line.
-func (c *Config) applyYAML(b []byte, name string) error {
+// ApplyYAML overlays the YAML document b (named name in errors) on c. Unknown keys are errors
+// naming their line.
+func (t *Table[C]) ApplyYAML(c *C, b []byte, name string) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return &ConfigError{Key: name, Err: errors.New(strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", "; "))}
@@ -282,7 +271,7 @@ func (c *Config) applyYAML(b []byte, name string) error {
 	if len(doc.Content) == 0 {
 		return nil
 	}
-	if err := c.applyNode(doc.Content[0], ""); err != nil {
+	if err := t.applyNode(c, doc.Content[0], ""); err != nil {
 		var ce *ConfigError
 		if errors.As(err, &ce) {
 			return err
@@ -292,7 +281,7 @@ func (c *Config) applyYAML(b []byte, name string) error {
 	return nil
 }
 
-func (c *Config) applyNode(n *yaml.Node, prefix string) error {
+func (t *Table[C]) applyNode(c *C, n *yaml.Node, prefix string) error {
 	if n.Tag == "!!null" {
 		return nil
 	}
@@ -309,14 +298,14 @@ func (c *Config) applyNode(n *yaml.Node, prefix string) error {
 		if prefix != "" {
 			key = prefix + "." + k.Value
 		}
-		if s, ok := settingByKey(key); ok {
+		if s, ok := t.Lookup(key); ok {
 			if err := s.decode(c, v); err != nil {
 				return err
 			}
 			continue
 		}
-		if isSection(key) {
-			if err := c.applyNode(v, key); err != nil {
+		if t.isSection(key) {
+			if err := t.applyNode(c, v, key); err != nil {
 				return err
 			}
 			continue
@@ -329,17 +318,18 @@ func (c *Config) applyNode(n *yaml.Node, prefix string) error {
 	return nil
 }
 
-func settingByKey(key string) (Setting, bool) {
-	for _, s := range settings {
+// Lookup finds the setting of a YAML key.
+func (t *Table[C]) Lookup(key string) (Setting[C], bool) {
+	for _, s := range t.list {
 		if s.Key == key {
 			return s, true
 		}
 	}
-	return Setting{}, false
+	return Setting[C]{}, false
 }
 
-func isSection(key string) bool {
-	for _, s := range settings {
+func (t *Table[C]) isSection(key string) bool {
+	for _, s := range t.list {
 		if strings.HasPrefix(s.Key, key+".") {
 			return true
 		}
@@ -347,15 +337,15 @@ func isSection(key string) bool {
 	return false
 }
 
-// defaultsFromTable writes the table's defaults as the YAML file `shoal config default`
-// prints, each key under its section with its help as a comment.
-func defaultsFromTable() []byte {
+// DefaultsYAML writes the table's defaults as the YAML file `shoal config default` prints,
+// each key under its section.
+func (t *Table[C]) DefaultsYAML() []byte {
 	var b strings.Builder
 	b.WriteString("# shoal's built-in configuration. `shoal config default` prints it; a --config file uses the\n")
 	b.WriteString("# same keys and overrides these; SHOAL_* environment variables override the file; flags override all.\n")
 	b.WriteString("# Every key: docs/configuration.md.\n")
 	section := ""
-	for _, s := range settings {
+	for _, s := range t.list {
 		sec, name, nested := strings.Cut(s.Key, ".")
 		if !nested {
 			sec, name = "", s.Key
@@ -375,11 +365,11 @@ func defaultsFromTable() []byte {
 	return []byte(b.String())
 }
 
-// SettingsMarkdown is the reference table of docs/configuration.md.
-func SettingsMarkdown() string {
+// Markdown is the reference table of docs/configuration.md.
+func (t *Table[C]) Markdown() string {
 	var b strings.Builder
 	b.WriteString("| YAML key | flag | env | default | reload | meaning |\n|---|---|---|---|---|---|\n")
-	for _, s := range settings {
+	for _, s := range t.list {
 		arg := s.Arg
 		if arg == "" {
 			arg = argByKind(s.Kind())
@@ -402,14 +392,14 @@ func SettingsMarkdown() string {
 	return b.String()
 }
 
-// ConfigSchema is the JSON schema (draft-07) of the configuration file, made from the table:
+// Schema is the JSON schema (draft-07) of the configuration file, made from the table:
 // every key with its type, default and help, no other key. The Helm chart's values.schema.json
 // holds it as the schema of its `config` value, so that `helm install` refuses a misspelt key or
 // a value the daemon would refuse to decode (TestDocsTable rewrites it there).
-func ConfigSchema() []byte {
+func (t *Table[C]) Schema() []byte {
 	props := jsonObject{}
 	sections := map[string]int{} // section → its index in props
-	for _, s := range settings {
+	for _, s := range t.list {
 		sec, name, nested := strings.Cut(s.Key, ".")
 		if !nested {
 			props = append(props, jsonMember{s.Key, s.schema()})
@@ -435,10 +425,10 @@ func ConfigSchema() []byte {
 
 // schema is the setting's JSON schema: its type as the YAML decoding takes it, its default and
 // its help.
-func (s Setting) schema() jsonObject {
+func (s Setting[C]) schema() jsonObject {
 	var o jsonObject
 	switch k := s.Kind(); {
-	case s.parse != nil: // a size: 10GiB, or a number of bytes
+	case s.Parse != nil: // a size: 10GiB, or a number of bytes
 		o = jsonObject{{"type", []string{"string", "integer"}}}
 	case k == KindBool:
 		o = jsonObject{{"type", "boolean"}}
@@ -545,20 +535,20 @@ func argByKind(k Kind) string {
 	return ""
 }
 
-// restartNeeded lists the settings that differ between the running and the new
+// RestartNeeded lists the settings that differ between the running and the new
 // configuration but cannot change while running.
-func restartNeeded(old, cur Config) []string {
+func (t *Table[C]) RestartNeeded(old, cur *C) []string {
 	var keys []string
-	for _, s := range settings {
-		if !s.Reload && !reflect.DeepEqual(s.value(&old), s.value(&cur)) {
+	for _, s := range t.list {
+		if !s.Reload && !reflect.DeepEqual(s.Value(old), s.Value(cur)) {
 			keys = append(keys, s.Key)
 		}
 	}
 	return keys
 }
 
-// setHost adds host → u to a host map that starts from built-in hosts; u "-" removes host.
-func setHost(hosts *map[string]string, host, u string) {
+// SetHost adds host → u to a host map that starts from built-in hosts; u "-" removes host.
+func SetHost(hosts *map[string]string, host, u string) {
 	if u == "-" {
 		delete(*hosts, host)
 		return
@@ -568,3 +558,48 @@ func setHost(hosts *map[string]string, host, u string) {
 	}
 	(*hosts)[host] = u
 }
+
+// MergeRegistry merges rc into the configuration for host: fields given in rc win, the rest
+// stay.
+func MergeRegistry(regs *map[string]upstream.RegistryConfig, host string, rc upstream.RegistryConfig) {
+	if *regs == nil {
+		*regs = map[string]upstream.RegistryConfig{}
+	}
+	cur := (*regs)[host]
+	if rc.URL != "" {
+		cur.URL = rc.URL
+	}
+	if rc.Username != "" {
+		cur.Username = rc.Username
+	}
+	if rc.Password != "" {
+		cur.Password = rc.Password
+	}
+	if rc.PasswordFile != "" {
+		cur.PasswordFile = rc.PasswordFile
+	}
+	if rc.RealmHosts != nil {
+		cur.RealmHosts = rc.RealmHosts
+	}
+	if rc.WriteThrough {
+		cur.WriteThrough = true
+	}
+	(*regs)[host] = cur
+}
+
+// ConfigError names the key that is wrong; the CLI prints it on one line and exits with 2.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+// Error is one line, whatever the wrapped error: several problems are joined with "; ".
+func (e *ConfigError) Error() string {
+	return strings.ReplaceAll(fmt.Sprintf("config: %s: %v", e.Key, e.Err), "\n", "; ")
+}
+
+// Unwrap is the wrapped error.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// yamlAtLine splits yaml.v3's "line 4: cannot unmarshal …" into its line and message.
+var yamlAtLine = regexp.MustCompile(`line (\d+): (.*)`)

@@ -1,4 +1,4 @@
-package daemon
+package mirror
 
 import (
 	"fmt"
@@ -48,7 +48,7 @@ func parseRoute(r *http.Request, defaultRegistry string) (route, error) {
 	name := rt.clientName
 	switch ns := r.URL.Query().Get("ns"); {
 	case ns != "":
-		if !validHost(ns) {
+		if !oci.ValidHost(ns) {
 			return rt, fmt.Errorf("%w: ns=%q is not a registry host", oci.ErrNameInvalid, ns)
 		}
 		rt.registry = oci.CanonicalRegistry(ns)
@@ -77,8 +77,10 @@ func parseRoute(r *http.Request, defaultRegistry string) (route, error) {
 	return rt, nil
 }
 
-// canonicalRegistry, looksLikeHost and validHost are internal/oci's (names.go), kept under
-// these names for the daemon's other files.
-func canonicalRegistry(h string) string { return oci.CanonicalRegistry(h) }
-func looksLikeHost(s string) bool       { return oci.LooksLikeHost(s) }
-func validHost(s string) bool           { return oci.ValidHost(s) }
+// Name is the registry and repository a mirror API request names, as the mirror routes it
+// (the guard's repository patterns match these: guard.Options.Route); ok is false for a
+// request that is not a valid mirror API route.
+func Name(r *http.Request, defaultRegistry string) (registry, repo string, ok bool) {
+	rt, err := parseRoute(r, oci.CanonicalRegistry(defaultRegistry))
+	return rt.registry, rt.repo, err == nil
+}

@@ -1,4 +1,4 @@
-package daemon
+package mirror
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/fetch"
 	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/internal/oci"
@@ -28,8 +29,8 @@ import (
 
 // Response headers that tell an operator (and the tests) where an answer came from.
 const (
-	hdrSource = "X-Shoal-Source" // store | inflight | peer | designated | upstream | passthrough (fetch.Kind)
-	hdrStale  = "X-Shoal-Stale"  // "true": tag served from cache because the upstream failed
+	HeaderSource = "X-Shoal-Source" // store | inflight | peer | designated | upstream | passthrough (fetch.Kind), canary
+	HeaderStale  = "X-Shoal-Stale"  // "true": tag served from cache because the upstream failed
 )
 
 // firstByteWait bounds how long a blob response waits for its first byte before it commits to
@@ -40,8 +41,33 @@ const firstByteWait = 2 * time.Second
 // so the client sees a broken transfer, never a short body taken for a whole one.
 var errAborted = errors.New("response aborted after headers were sent")
 
-// mirror serves the OCI distribution API, pull side.
-type mirror struct {
+// Options are the mirror's collaborators and settings, all handed to New.
+type Options struct {
+	DefaultRegistry string        // registry of a name that names none (default_registry)
+	TagTTL          time.Duration // how long a stored tag is used without an upstream HEAD (tag_ttl)
+	Store           *store.Store  // tags, and what push_cluster.go holds for the swarm
+	Upstream        *upstream.Client
+	Fetch           *fetch.Fetcher // where blobs and manifests come from (internal/fetch)
+	Log             *slog.Logger
+	VerifyFirst     bool          // p2p.verify_before_serving: peer bytes wait for the digest check
+	VerifyMaxWait   time.Duration // p2p.verify_max_wait: ... but not longer than this without a byte
+	// Push serves the cluster-local namespace, reads and writes, and write-through pushes
+	// (package push); nil when pushes are off. PushUser names the htpasswd user a request
+	// logged in as (guard.PushUser).
+	Push     *push.Handler
+	PushUser func(*http.Request) string
+	// Files, when not nil, mounts the Hugging Face and GitHub file endpoints (package files,
+	// files.go) with FilesDir for their state. FileUpstream is the upstream Fetch was built
+	// with (NewUpstream): New points its file hosts at those endpoints.
+	Files        *files.Config
+	FilesDir     string
+	FilesLog     *slog.Logger
+	FileUpstream *Upstream
+}
+
+// Mirror serves the OCI distribution API, pull side, the canary of `shoal doctor`, the file
+// endpoints and, through package push, the push side. It is an http.Handler.
+type Mirror struct {
 	defaultRegistry string
 	tagTTL          time.Duration
 	store           *store.Store
@@ -52,14 +78,69 @@ type mirror struct {
 	verifyFirst     bool               // p2p.verify_before_serving: peer bytes wait for the digest check
 	verifyMaxWait   time.Duration      // p2p.verify_max_wait: ... but not longer than this without a byte
 	staleLog        logEvery
-	canary          *canaryLog // canary.go: `shoal doctor`'s nonces
+	canary          *canaryLog     // canary.go: `shoal doctor`'s nonces
+	files           *filesEndpoint // files.go: Hugging Face and GitHub files; nil when off
 	// push serves the cluster-local namespace, reads and writes (package push); nil when
 	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.PushUser).
 	push     *push.Handler
 	pushUser func(*http.Request) string
 }
 
-func (m *mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// New builds the mirror. Its only error is a files configuration the files endpoints refuse.
+func New(o Options) (*Mirror, error) {
+	m := &Mirror{
+		defaultRegistry: oci.CanonicalRegistry(o.DefaultRegistry),
+		tagTTL:          o.TagTTL,
+		store:           o.Store,
+		up:              o.Upstream,
+		fetch:           o.Fetch,
+		log:             o.Log,
+		staleLog:        logEvery{every: time.Minute},
+		verifyFirst:     o.VerifyFirst,
+		verifyMaxWait:   o.VerifyMaxWait,
+		canary:          newCanaryLog(),
+		push:            o.Push,
+		pushUser:        o.PushUser,
+	}
+	if m.pushUser == nil {
+		m.pushUser = func(*http.Request) string { return "" }
+	}
+	if o.Files != nil {
+		fend, err := newFilesEndpoint(*o.Files, o.FilesDir, m, o.FilesLog)
+		if err != nil {
+			return nil, err
+		}
+		m.files = fend
+		if o.FileUpstream != nil {
+			o.FileUpstream.files = fend.h
+		}
+	}
+	return m, nil
+}
+
+// Owns reports whether the mirror answers path as it came, before any path cleaning: the
+// distribution API under /v2 and, when on, the file endpoints (ServeMux would redirect
+// "/https://…" to "/https:/…" and turn "/v2/../x" into a redirect instead of a NAME_INVALID).
+func (m *Mirror) Owns(path string) bool {
+	return path == "/v2" || strings.HasPrefix(path, "/v2/") || m.files != nil && files.IsFilePath(path)
+}
+
+// Files is the files endpoints' handler (names and digests of files for the admin API); nil
+// when files are off.
+func (m *Mirror) Files() *files.Handler {
+	if m.files == nil {
+		return nil
+	}
+	return m.files.h
+}
+
+// ServeHTTP answers a mirror API or file request; it expects the guard (internal/guard) in
+// front of it.
+func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if m.files != nil && files.IsFilePath(r.URL.Path) {
+		m.files.ServeHTTP(w, r)
+		return
+	}
 	err := m.serve(w, r)
 	switch {
 	case err == nil:
@@ -70,7 +151,7 @@ func (m *mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
+func (m *Mirror) serve(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
 	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -125,7 +206,7 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request) error {
 
 // ---- blobs ----
 
-func (m *mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
+func (m *Mirror) blob(w http.ResponseWriter, r *http.Request, rt route) error {
 	d := digest.Digest(rt.ref)
 	ref := fetch.Ref{Registry: rt.registry, Repo: rt.repo}
 	open := m.fetch.Opener(ref, d)
@@ -151,7 +232,7 @@ func setBlobHeaders(h http.Header, d digest.Digest, source fetch.Kind) {
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set(hdrSource, source.String())
+	h.Set(HeaderSource, source.String())
 }
 
 // writeBlobHead answers the Range header for a blob of the given size and writes the status
@@ -177,7 +258,7 @@ func writeBlobHead(w http.ResponseWriter, r *http.Request, size int64) (int64, i
 }
 
 // serveStored sends committed content. io.CopyN over the *os.File lets net/http use sendfile.
-func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest, rc io.ReadSeeker, size int64) error {
+func (m *Mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest, rc io.ReadSeeker, size int64) error {
 	setBlobHeaders(w.Header(), d, fetch.Store)
 	start, end, err := writeBlobHead(w, r, size)
 	if err != nil || r.Method == http.MethodHead {
@@ -200,7 +281,7 @@ func (m *mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 }
 
 // serveFill streams a blob that is being downloaded, as it arrives.
-func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fetch.Fill, started bool, open fetch.Opener) error {
+func (m *Mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Digest, f *fetch.Fill, started bool, open fetch.Opener) error {
 	ctx := r.Context()
 	size, err := f.WaitStarted(ctx)
 	if errors.Is(err, store.ErrNoSpace) {
@@ -273,7 +354,7 @@ func (m *mirror) serveFill(w http.ResponseWriter, r *http.Request, d digest.Dige
 	return nil
 }
 
-func (m *mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Digest, f *fetch.Fill, pos int64, open fetch.Opener) error {
+func (m *Mirror) continueDirect(ctx context.Context, w io.Writer, d digest.Digest, f *fetch.Fill, pos int64, open fetch.Opener) error {
 	h := d.Algorithm().Hash()
 	if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(f.ReadPrefixAt), 0, pos)); err != nil {
 		return err
@@ -309,7 +390,7 @@ func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off
 
 // serveDirect is the degraded path when the store cannot take the blob: stream it from the
 // upstream, verified, without keeping it. A Range cannot be verified, so it is refused.
-func (m *mirror) serveDirect(w http.ResponseWriter, r *http.Request, ref fetch.Ref, d digest.Digest, open fetch.Opener) error {
+func (m *Mirror) serveDirect(w http.ResponseWriter, r *http.Request, ref fetch.Ref, d digest.Digest, open fetch.Opener) error {
 	if r.Header.Get("Range") != "" {
 		return &ocierr.Error{Status: http.StatusServiceUnavailable, Code: "UNAVAILABLE", Message: "the mirror's store is full; ranged reads need the cache, retry without Range"}
 	}
@@ -341,7 +422,7 @@ type manifestResult struct {
 	source    fetch.Kind
 }
 
-func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) error {
+func (m *Mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
 	var d digest.Digest
 	stale := false
@@ -366,9 +447,9 @@ func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) erro
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Content-Length", strconv.Itoa(len(mr.data)))
 	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set(hdrSource, mr.source.String())
+	h.Set(HeaderSource, mr.source.String())
 	if stale {
-		h.Set(hdrStale, "true")
+		h.Set(HeaderStale, "true")
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
@@ -380,7 +461,7 @@ func (m *mirror) manifest(w http.ResponseWriter, r *http.Request, rt route) erro
 // resolveTag maps a tag to a digest: from the store while the last upstream check is younger
 // than the tag TTL, else by an upstream HEAD (HEADs do not count against Docker Hub's pull
 // limit). When the upstream cannot answer, the last known mapping is served, marked stale.
-func (m *mirror) resolveTag(ctx context.Context, rt route) (store.Tag, bool, error) {
+func (m *Mirror) resolveTag(ctx context.Context, rt route) (store.Tag, bool, error) {
 	name := rt.registry + "/" + rt.repo + ":" + rt.ref
 	known, kerr := m.store.GetTag(ctx, name)
 	if kerr == nil && m.tagTTL > 0 && time.Since(known.Checked) < m.tagTTL {
@@ -422,17 +503,13 @@ func upstreamUnavailable(err error) bool {
 }
 
 // manifestBytes returns a manifest by digest: the resolution order for manifests (fetch).
-func (m *mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (manifestResult, error) {
+func (m *Mirror) manifestBytes(ctx context.Context, rt route, d digest.Digest) (manifestResult, error) {
 	man, err := m.fetch.Manifest(ctx, fetch.Ref{Registry: rt.registry, Repo: rt.repo}, d)
 	if err != nil {
 		return manifestResult{}, err
 	}
 	return manifestResult{data: man.Data, mediaType: man.MediaType, source: man.Source}, nil
 }
-
-// sniffManifestType and manifestRefs are fetch's, named here for the pushes and the cache API.
-func sniffManifestType(data []byte) string     { return fetch.SniffManifestType(data) }
-func manifestRefs(data []byte) []digest.Digest { return fetch.ManifestRefs(data) }
 
 // accepts reports whether a client's Accept headers admit a media type. No Accept header at
 // all admits anything, as registries do.
@@ -456,7 +533,7 @@ func accepts(values []string, mediaType string) bool {
 
 // ---- pass-through (tags/list, referrers) ----
 
-func (m *mirror) passThrough(w http.ResponseWriter, r *http.Request, rt route, subpath string) error {
+func (m *Mirror) passThrough(w http.ResponseWriter, r *http.Request, rt route, subpath string) error {
 	q := r.URL.Query()
 	ns := q.Get("ns")
 	q.Del("ns")
@@ -474,7 +551,7 @@ func (m *mirror) passThrough(w http.ResponseWriter, r *http.Request, rt route, s
 	if link := resp.Header.Get("Link"); link != "" {
 		h.Set("Link", rewriteLink(link, "/v2/"+rt.clientName+"/"+subpath, ns))
 	}
-	h.Set(hdrSource, fetch.Upstream.String())
+	h.Set(HeaderSource, fetch.Upstream.String())
 	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead {
 		return nil

@@ -1,4 +1,4 @@
-package daemon
+package mirror
 
 import (
 	"archive/tar"
@@ -85,6 +85,24 @@ func buildCanary() *canaryImage {
 	return img
 }
 
+// CanaryManifest is the canary image's manifest and its digest, as the mirror serves them.
+func CanaryManifest() ([]byte, digest.Digest) {
+	img := builtinCanary()
+	return img.manifest, img.manifestDigest
+}
+
+// Canary answers the admin API's /v1/doctor/canary and the daemon's own doctor: what the
+// mirror recorded of a nonce.
+func (m *Mirror) Canary(nonce string) (adminapi.Canary, error) {
+	if !canaryNonce.MatchString(nonce) {
+		return adminapi.Canary{}, fmt.Errorf("nonce %q: not a tag", nonce)
+	}
+	if m.canary == nil {
+		return adminapi.Canary{Nonce: nonce}, nil
+	}
+	return m.canary.lookup(nonce), nil
+}
+
 // isCanary reports whether a route names the canary.
 func isCanary(rt route) bool {
 	return rt.registry == CanaryRegistry || rt.repo == CanaryRepo
@@ -130,7 +148,7 @@ func (l *canaryLog) lookup(nonce string) adminapi.Canary {
 }
 
 // serveCanary answers a canary route from the built-in image, never from an upstream.
-func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) error {
+func (m *Mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) error {
 	img := builtinCanary()
 	var body []byte
 	var ctype string
@@ -170,7 +188,7 @@ func (m *mirror) serveCanary(w http.ResponseWriter, r *http.Request, rt route) e
 	h.Set("Content-Type", ctype)
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set(hdrSource, "canary")
+	h.Set(HeaderSource, "canary")
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
 		_, _ = w.Write(body)
