@@ -1,6 +1,3 @@
-// Package oci holds what several top-level packages of shoal share about the OCI distribution
-// spec: repository names, references, digests, error codes, media types, manifests (read into
-// image-spec's types) and platforms (parsed and matched by containerd's rules). It performs no I/O.
 package oci
 
 import (
