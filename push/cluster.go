@@ -258,11 +258,11 @@ func (h *Handler) digestName(repo string, d digest.Digest) string {
 // node knows, or, with look, as the swarm's record says (one lookup).
 func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Digest, look bool) bool {
 	name := h.digestName(repo, d)
-	h.mu.Lock()
-	gone, known := h.gone[name]
-	h.mu.Unlock()
-	if known || !look || h.cluster == nil {
-		return gone
+	if h.isTombstoned(ctx, name) {
+		return true
+	}
+	if !look || h.cluster == nil {
+		return false
 	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
 	defer cancel()
@@ -272,11 +272,33 @@ func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Dig
 	}
 	h.mu.Lock()
 	h.seqs[name] = max(h.seqs[name], seq)
-	if deleted {
-		h.gone[name] = true
-	}
 	h.mu.Unlock()
+	if deleted {
+		h.tombstone(ctx, name, seq)
+	}
 	return deleted
+}
+
+// tombstone records, in the store, that manifest record name (digestName) was deleted: the
+// node answers reads of it by digest 404 after a restart too, whether or not it still holds
+// the bytes (a copy another repository names, or one kept as cache), until it is pushed again.
+func (h *Handler) tombstone(ctx context.Context, name string, seq int64) {
+	err := h.st.PutTombstone(context.WithoutCancel(ctx), name, store.Tombstone{Seq: seq, Seen: time.Now()})
+	if err != nil {
+		h.log.Warn("could not record a deleted manifest; the swarm's record still says so", "name", name, "err", err)
+	}
+}
+
+// untombstone forgets that name was deleted (it was pushed again).
+func (h *Handler) untombstone(ctx context.Context, name string) {
+	if err := h.st.DeleteTombstone(context.WithoutCancel(ctx), name); err != nil {
+		h.log.Warn("could not forget a deleted manifest", "name", name, "err", err)
+	}
+}
+
+func (h *Handler) isTombstoned(ctx context.Context, name string) bool {
+	_, err := h.st.GetTombstone(ctx, name)
+	return err == nil
 }
 
 // Nudged is told by a peer that the record of name changed. For a manifest deleted by digest
@@ -298,13 +320,12 @@ func (h *Handler) Nudged(ctx context.Context, name string) {
 	}
 	h.mu.Lock()
 	h.seqs[name] = max(h.seqs[name], seq)
+	h.mu.Unlock()
 	if !deleted { // pushed again
-		delete(h.gone, name)
-		h.mu.Unlock()
+		h.untombstone(ctx, name)
 		return
 	}
-	h.gone[name] = true
-	h.mu.Unlock()
+	h.tombstone(ctx, name, seq)
 	h.dropManifest(ctx, repoAt, d)
 }
 

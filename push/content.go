@@ -231,9 +231,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	h.onCommit(d) // peers can fetch it before the tag names it anywhere
 	// Pushed again after a DELETE by digest: a live record newer than the tombstone.
 	if h.manifestDeleted(ctx, q.repo, d, true) {
-		h.mu.Lock()
-		delete(h.gone, h.digestName(q.repo, d))
-		h.mu.Unlock()
+		h.untombstone(ctx, h.digestName(q.repo, d))
 		h.publish(ctx, h.digestName(q.repo, d), store.Tag{Digest: d, MediaType: mt, Size: int64(len(data))}, false)
 		if h.cluster != nil {
 			h.cluster.NudgeTag(wctx, h.digestName(q.repo, d))
@@ -339,8 +337,9 @@ func (h *Handler) deleteByDigest(w http.ResponseWriter, r *http.Request, q req) 
 	wctx := context.WithoutCancel(ctx)
 	name := h.digestName(q.repo, d)
 	h.mu.Lock()
-	h.gone[name] = true
+	seq := h.seqs[name]
 	h.mu.Unlock()
+	h.tombstone(wctx, name, seq)
 	h.publish(wctx, name, store.Tag{Digest: d}, true)
 	prefix := h.cfg.Namespace + "/" + q.repo + ":"
 	names := h.st.TagNames(prefix)
