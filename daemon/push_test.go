@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -1010,6 +1011,107 @@ func TestPushDeleteManifestSurvivesRestart(t *testing.T) {
 		waitFor(t, func() bool {
 			st, _, _ := pushReq(t, n.d, "GET", path+md.String(), nil, nil)
 			return st == http.StatusOK
+		})
+	}
+}
+
+// Blob DELETE in the local namespace acts on every node, as manifest DELETE does: asked of a
+// node that does not hold the blob, every node then answers it 404 BLOB_UNKNOWN; a copy that
+// nothing references is removed on every holder, one that a held manifest references stays as
+// cache (unpinned) but is answered 404 in that repository; a second DELETE is 404 BLOB_UNKNOWN
+// on every node; uploading the blob again makes it readable everywhere.
+func TestPushDeleteBlobClusterWide(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	c := startNode(t, up, a.node.Addrs())
+	nodes := []*Daemon{a, b, c}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	ctx := t.Context()
+	repo := "/v2/shoal.local/team/blobdel"
+	// A blob nothing references, pushed on A, read (and so held) on B.
+	data := []byte("a blob of the local namespace that no manifest references")
+	x := digest.FromBytes(data)
+	if st, _, body := pushReq(t, a, "POST", repo+"/blobs/uploads/?digest="+x.String(), bytes.NewReader(data),
+		map[string]string{"Content-Type": "application/octet-stream"}); st != http.StatusCreated {
+		t.Fatalf("monolithic upload: %d %s", st, body)
+	}
+	waitFor(t, func() bool {
+		st, _, _ := pushReq(t, b, "GET", repo+"/blobs/"+x.String(), nil, nil)
+		return st == http.StatusOK
+	})
+	// An image whose layer the copy's holder references.
+	img, _ := random.Image(10<<10, 1)
+	ref, _ := name.ParseReference(a.Addr()+"/shoal.local/team/blobdel:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	md := digest.Digest(mustDigest(t, img).String())
+	layer := layerDigests(t, img)[0]
+	var holder *Daemon
+	for _, n := range nodes[1:] {
+		if info, err := n.store.Stat(ctx, md); err == nil && info.Pinned {
+			holder = n
+		}
+	}
+	if holder == nil {
+		t.Fatal("no other node holds a pinned copy of the image after the push")
+	}
+	for _, n := range nodes {
+		if _, err := n.store.Stat(ctx, x); (err == nil) != (n != c) {
+			t.Fatalf("before the delete, %s holds the blob: %v (want A and B only)", n.Addr(), err == nil)
+		}
+	}
+
+	if st, _, body := pushReq(t, c, "DELETE", repo+"/blobs/"+x.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE of a blob on a node that does not hold it: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			_, err := n.store.Stat(ctx, x)
+			return errors.Is(err, store.ErrNotFound)
+		})
+		for _, method := range []string{"GET", "HEAD"} {
+			st, _, body := pushReq(t, n, method, repo+"/blobs/"+x.String(), nil, nil)
+			if st != http.StatusNotFound || (method == "GET" && firstCode(t, body) != "BLOB_UNKNOWN") {
+				t.Fatalf("%s of the deleted blob on %s: %d %s", method, n.Addr(), st, body)
+			}
+		}
+		st, _, body := pushReq(t, n, "DELETE", repo+"/blobs/"+x.String(), nil, nil)
+		if st != http.StatusNotFound || firstCode(t, body) != "BLOB_UNKNOWN" {
+			t.Fatalf("second DELETE on %s: %d %s", n.Addr(), st, body)
+		}
+	}
+
+	// The layer: deleted from the namespace; the holder keeps its bytes as cache (the manifest
+	// it holds references them) but answers the blob 404.
+	deleter := b
+	if holder == b {
+		deleter = c
+	}
+	if st, _, body := pushReq(t, deleter, "DELETE", repo+"/blobs/"+layer.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE of a layer: %d %s", st, body)
+	}
+	waitFor(t, func() bool {
+		st, _, _ := pushReq(t, holder, "GET", repo+"/blobs/"+layer.String(), nil, nil)
+		return st == http.StatusNotFound
+	})
+	if info, err := holder.store.Stat(ctx, layer); err != nil || info.Pinned {
+		t.Fatalf("the holder's copy of a referenced layer: %+v %v, want kept, unpinned", info, err)
+	}
+
+	// Uploaded again (on B): readable on every node.
+	if st, _, body := pushReq(t, b, "POST", repo+"/blobs/uploads/?digest="+x.String(), bytes.NewReader(data),
+		map[string]string{"Content-Type": "application/octet-stream"}); st != http.StatusCreated {
+		t.Fatalf("upload again: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, got := pushReq(t, n, "GET", repo+"/blobs/"+x.String(), nil, nil)
+			return st == http.StatusOK && bytes.Equal(got, data)
 		})
 	}
 }

@@ -254,10 +254,21 @@ func (h *Handler) digestName(repo string, d digest.Digest) string {
 	return h.cfg.Namespace + "/" + repo + "@" + d.String()
 }
 
+// blobName is the record name of blob d of repo deleted from the namespace (DELETE of a blob):
+// a tombstone under it, a newer live record when it is uploaded again.
+func (h *Handler) blobName(repo string, d digest.Digest) string {
+	return h.cfg.Namespace + "/" + repo + "@blobs/" + d.String()
+}
+
 // manifestDeleted reports whether manifest d of repo was deleted from the namespace: as this
 // node knows, or, with look, as the swarm's record says (one lookup).
 func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Digest, look bool) bool {
-	name := h.digestName(repo, d)
+	return h.deleted(ctx, h.digestName(repo, d), look)
+}
+
+// deleted reports whether record name (digestName or blobName) is a delete: as this node's
+// store says, or, with look, as the swarm's record says (one lookup; a tombstone found is kept).
+func (h *Handler) deleted(ctx context.Context, name string, look bool) bool {
 	if h.isTombstoned(ctx, name) {
 		return true
 	}
@@ -277,6 +288,22 @@ func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Dig
 		h.tombstone(ctx, name, seq)
 	}
 	return deleted
+}
+
+// revive undoes a delete of record name on this node and in the swarm, when there was one:
+// the content was pushed again (a manifest PUT, a blob upload or mount). It publishes a live
+// record newer than the tombstone and tells the peers. With look the swarm's record is asked
+// when this node knows of no delete (a manifest PUT); a blob upload asks only the store, so
+// that uploads cost no lookup each.
+func (h *Handler) revive(ctx context.Context, name string, t store.Tag, look bool) {
+	if !h.deleted(ctx, name, look) {
+		return
+	}
+	h.untombstone(ctx, name)
+	h.publish(ctx, name, t, false)
+	if h.cluster != nil {
+		h.cluster.NudgeTag(context.WithoutCancel(ctx), name)
+	}
 }
 
 // tombstone records, in the store, that manifest record name (digestName) was deleted: the
@@ -304,12 +331,15 @@ func (h *Handler) isTombstoned(ctx context.Context, name string) bool {
 // Nudged is told by a peer that the record of name changed. For a manifest deleted by digest
 // (its record a tombstone) this node drops the manifest from what it keeps: unpinned (cache
 // now, evictable), the namespace's tags naming it forgotten, reads by digest answered 404; a
-// live record (pushed again) makes it readable again.
+// live record (pushed again) makes it readable again. For a deleted blob it drops the blob's
+// pin and removes the copy unless content it holds still references it (then it stays as
+// cache: an image this node holds would break), and answers reads of it 404.
 func (h *Handler) Nudged(ctx context.Context, name string) {
 	repoAt, ds, ok := strings.Cut(name, "@")
 	if !ok || !strings.HasPrefix(repoAt, h.cfg.Namespace+"/") || h.cluster == nil {
 		return
 	}
+	ds, blob := strings.CutPrefix(ds, "blobs/")
 	d, err := digest.Parse(ds)
 	if err != nil {
 		return
@@ -326,7 +356,18 @@ func (h *Handler) Nudged(ctx context.Context, name string) {
 		return
 	}
 	h.tombstone(ctx, name, seq)
-	h.dropManifest(ctx, repoAt, d)
+	if !blob {
+		h.dropManifest(ctx, repoAt, d)
+		return
+	}
+	h.mu.Lock()
+	delete(h.unreferenced, d)
+	h.mu.Unlock()
+	if h.st.Referenced(d) {
+		_ = h.st.Unpin(ctx, d)
+		return
+	}
+	_ = h.st.Delete(ctx, d)
 }
 
 // dropManifest forgets the tags of repo (the namespace's "<ns>/<repo>") on this node that name

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
 )
 
 // prefixTombstone keys what a delete decided: "ns/repo@digest" -> Tombstone (JSON).
@@ -79,4 +81,16 @@ func (s *Store) DeleteTombstone(ctx context.Context, name string) error {
 		return s.dbErr("delete tombstone "+name, err)
 	}
 	return nil
+}
+
+// Referenced reports whether a stored manifest lists d among its references (SetRefs).
+func (s *Store) Referenced(d digest.Digest) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for m, refs := range s.refs {
+		if s.idx[m] != nil && slices.Contains(refs, d) {
+			return true
+		}
+	}
+	return false
 }
