@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // A tombstone outlives the content it is about and a reopen of the store; deleting it undoes it.
@@ -41,5 +43,28 @@ func TestTombstoneSurvivesReopenAndContent(t *testing.T) {
 	}
 	if err := s.PutTombstone(ctx, "bad\nname", Tombstone{}); err == nil {
 		t.Fatal("a name with a newline was accepted")
+	}
+}
+
+// Referenced sees the references of stored manifests only.
+func TestReferenced(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	blob := put(t, s, []byte("a layer"))
+	m := put(t, s, []byte(`{"layers":["a layer"]}`))
+	if s.Referenced(blob) {
+		t.Fatal("referenced before SetRefs")
+	}
+	if err := s.SetRefs(ctx, m, []digest.Digest{blob}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Referenced(blob) || s.Referenced(m) {
+		t.Fatalf("after SetRefs: blob %v, manifest %v", s.Referenced(blob), s.Referenced(m))
+	}
+	if err := s.Delete(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if s.Referenced(blob) {
+		t.Fatal("still referenced after its manifest was deleted")
 	}
 }
