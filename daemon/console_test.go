@@ -370,6 +370,53 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	})
 
+	// Images pushed into the local namespace: the node card counts them apart, the cache page
+	// marks their manifest, config and layers (and nothing pulled from an upstream).
+	t.Run("local images", func(t *testing.T) {
+		local, _ := random.Image(48<<10, 2)
+		for _, tag := range []string{"v1", "stable"} {
+			ref, _ := name.ParseReference(a.Addr()+"/shoal.local/team/app:"+tag, name.Insecure)
+			if err := remote.Write(ref, local); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, err := cl.Status(t.Context())
+		if err != nil || st.Local == nil || st.Local.Images != 1 || st.Local.Tags != 2 {
+			t.Fatalf("status local_images: %+v %v", st.Local, err)
+		}
+		visit(t, ctx, base+"/", "#store-local")
+		want := fmt.Sprintf("1 in shoal.local (2 tags, %s, 1 pinned)", text(t, ctx, "#local-bytes"))
+		if got := text(t, ctx, "#store-local"); got != want {
+			t.Errorf("local images shown as %q, want %q", got, want)
+		}
+		if got := eval[string](t, ctx, `document.querySelector("#local-bytes").textContent`); got == "" || got == "0 B" {
+			t.Errorf("local bytes shown as %q", got)
+		}
+		if st.Local.Bytes <= 48<<10 {
+			t.Errorf("status counts %d local bytes for 96 KiB of layers", st.Local.Bytes)
+		}
+		screenshot(t, ctx, "overview-local")
+		visit(t, ctx, base+"/cache", "#cache")
+		ds := append(layerDigests(t, local), digest.Digest(mustDigest(t, local).String()))
+		for _, d := range ds {
+			if got := text(t, ctx, fmt.Sprintf(`#cache tr[data-digest="%s"] td.local`, d)); got != "local" {
+				t.Errorf("cache row of %s: local column %q", d, got)
+			}
+		}
+		// Exactly those: content pulled from the upstream is not marked.
+		marked := eval[int](t, ctx, `[...document.querySelectorAll("#cache td.local")].filter(td => td.textContent === "local").length`)
+		if marked != len(ds) {
+			t.Errorf("%d rows marked local, the image has %d pieces", marked, len(ds))
+		}
+		if rows := eval[int](t, ctx, `document.querySelectorAll("#cache tr[data-digest]").length`); rows <= len(ds) {
+			t.Errorf("the cache page lists %d rows: the upstream content is missing", rows)
+		}
+		if n := eval[int](t, ctx, `document.querySelectorAll("main img, main script").length`); n != 0 {
+			t.Errorf("%d elements of markup in the page", n)
+		}
+		screenshot(t, ctx, "cache-local")
+	})
+
 	t.Run("search shows upstream text as text", func(t *testing.T) {
 		visit(t, ctx, base+"/search?q=shoal", "#results")
 		if got := text(t, ctx, "#result-count"); !strings.HasPrefix(got, "2 results") {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -903,5 +904,214 @@ func TestPushLocalImagesInStatus(t *testing.T) {
 	}
 	if marked != len(local) || len(l.Entries) <= marked {
 		t.Fatalf("cache ls marked %d of %d entries local, want %d (and the cached image unmarked)", marked, len(l.Entries), len(local))
+	}
+}
+
+// A manifest deleted by digest stays deleted on every node that held it after the nodes
+// restart (the delete is kept in the store, not only in memory): a read by digest answers
+// 404 MANIFEST_UNKNOWN on the holder that kept a cached copy, on a node that pulled it and on
+// the deleting node; pushing it again makes it readable everywhere.
+func TestPushDeleteManifestSurvivesRestart(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	type node struct {
+		d       *Daemon
+		stop    func()
+		dir, ip string
+	}
+	start := func(n *node, bootstrap []string) {
+		n.d, n.stop = startStoppable(t, up, bootstrap, func(c *Config) {
+			c.DataDir = n.dir
+			c.Listen = n.ip + ":0"
+			c.P2P.Listen = []string{"/ip4/" + n.ip + "/tcp/0"}
+		})
+	}
+	nodes := make([]*node, 3)
+	for i := range nodes {
+		nodes[i] = &node{dir: t.TempDir(), ip: nextIP()}
+		var boot []string
+		if i > 0 {
+			boot = nodes[0].d.node.Addrs()
+		}
+		start(nodes[i], boot)
+	}
+	waitPeers := func() {
+		for _, n := range nodes {
+			waitFor(t, func() bool { return len(n.d.node.Status().Peers) >= len(nodes)-1 })
+		}
+	}
+	waitPeers()
+	a := nodes[0]
+	img, _ := random.Image(10<<10, 1)
+	md := digest.Digest(mustDigest(t, img).String())
+	ref, _ := name.ParseReference(a.d.Addr()+"/shoal.local/team/gone:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	path := "/v2/shoal.local/team/gone/manifests/"
+	// Every node holds a copy: the pusher, the replica, and a node that pulled it by tag.
+	for _, n := range nodes {
+		if st, _, body := pushReq(t, n.d, "GET", path+"v1", nil, nil); st != http.StatusOK {
+			t.Fatalf("GET v1 on %s: %d %s", n.d.Addr(), st, body)
+		}
+		if _, err := n.d.store.Stat(t.Context(), md); err != nil {
+			t.Fatalf("%s holds no copy before the delete: %v", n.d.Addr(), err)
+		}
+	}
+	deleter := nodes[1]
+	if st, _, body := pushReq(t, deleter.d, "DELETE", path+md.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE by digest: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, _ := pushReq(t, n.d, "GET", path+md.String(), nil, nil)
+			return st == http.StatusNotFound
+		})
+	}
+	kept := 0 // nodes that still hold the bytes (as cache): the test must cover them
+	for _, n := range nodes {
+		if _, err := n.d.store.Stat(t.Context(), md); err == nil {
+			kept++
+		}
+	}
+	if kept == 0 {
+		t.Fatal("no node kept a cached copy: the restart would not show that the delete persists")
+	}
+	for _, n := range nodes {
+		n.stop()
+	}
+	for i, n := range nodes {
+		var boot []string
+		if i > 0 {
+			boot = nodes[0].d.node.Addrs()
+		}
+		start(n, boot)
+	}
+	waitPeers()
+	for _, n := range nodes {
+		for _, method := range []string{"GET", "HEAD"} {
+			st, _, body := pushReq(t, n.d, method, path+md.String(), nil, nil)
+			if st != http.StatusNotFound || (method == "GET" && firstCode(t, body) != "MANIFEST_UNKNOWN") {
+				t.Fatalf("%s by digest on %s after a restart: %d %s, want 404 MANIFEST_UNKNOWN", method, n.d.Addr(), st, body)
+			}
+		}
+		if st, _, body := pushReq(t, n.d, "GET", path+"v1", nil, nil); st != http.StatusNotFound {
+			t.Fatalf("tag v1 on %s after a restart: %d %s", n.d.Addr(), st, body)
+		}
+	}
+	if st, _, body := pushReq(t, a.d, "DELETE", path+md.String(), nil, nil); st != http.StatusNotFound || firstCode(t, body) != "MANIFEST_UNKNOWN" {
+		t.Fatalf("second DELETE after a restart: %d %s", st, body)
+	}
+	// Pushed again: readable by digest on every node.
+	ref, _ = name.ParseReference(nodes[2].d.Addr()+"/shoal.local/team/gone:v2", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, _ := pushReq(t, n.d, "GET", path+md.String(), nil, nil)
+			return st == http.StatusOK
+		})
+	}
+}
+
+// Blob DELETE in the local namespace acts on every node, as manifest DELETE does: asked of a
+// node that does not hold the blob, every node then answers it 404 BLOB_UNKNOWN; a copy that
+// nothing references is removed on every holder, one that a held manifest references stays as
+// cache (unpinned) but is answered 404 in that repository; a second DELETE is 404 BLOB_UNKNOWN
+// on every node; uploading the blob again makes it readable everywhere.
+func TestPushDeleteBlobClusterWide(t *testing.T) {
+	up := newUpstream(t)
+	up.down.Store(true)
+	a := startNode(t, up, nil)
+	b := startNode(t, up, a.node.Addrs())
+	c := startNode(t, up, a.node.Addrs())
+	nodes := []*Daemon{a, b, c}
+	for _, n := range nodes {
+		waitFor(t, func() bool { return len(n.node.Status().Peers) >= len(nodes)-1 })
+	}
+	ctx := t.Context()
+	repo := "/v2/shoal.local/team/blobdel"
+	// A blob nothing references, pushed on A, read (and so held) on B.
+	data := []byte("a blob of the local namespace that no manifest references")
+	x := digest.FromBytes(data)
+	if st, _, body := pushReq(t, a, "POST", repo+"/blobs/uploads/?digest="+x.String(), bytes.NewReader(data),
+		map[string]string{"Content-Type": "application/octet-stream"}); st != http.StatusCreated {
+		t.Fatalf("monolithic upload: %d %s", st, body)
+	}
+	waitFor(t, func() bool {
+		st, _, _ := pushReq(t, b, "GET", repo+"/blobs/"+x.String(), nil, nil)
+		return st == http.StatusOK
+	})
+	// An image whose layer the copy's holder references.
+	img, _ := random.Image(10<<10, 1)
+	ref, _ := name.ParseReference(a.Addr()+"/shoal.local/team/blobdel:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	md := digest.Digest(mustDigest(t, img).String())
+	layer := layerDigests(t, img)[0]
+	var holder *Daemon
+	for _, n := range nodes[1:] {
+		if info, err := n.store.Stat(ctx, md); err == nil && info.Pinned {
+			holder = n
+		}
+	}
+	if holder == nil {
+		t.Fatal("no other node holds a pinned copy of the image after the push")
+	}
+	for _, n := range nodes {
+		if _, err := n.store.Stat(ctx, x); (err == nil) != (n != c) {
+			t.Fatalf("before the delete, %s holds the blob: %v (want A and B only)", n.Addr(), err == nil)
+		}
+	}
+
+	if st, _, body := pushReq(t, c, "DELETE", repo+"/blobs/"+x.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE of a blob on a node that does not hold it: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			_, err := n.store.Stat(ctx, x)
+			return errors.Is(err, store.ErrNotFound)
+		})
+		for _, method := range []string{"GET", "HEAD"} {
+			st, _, body := pushReq(t, n, method, repo+"/blobs/"+x.String(), nil, nil)
+			if st != http.StatusNotFound || (method == "GET" && firstCode(t, body) != "BLOB_UNKNOWN") {
+				t.Fatalf("%s of the deleted blob on %s: %d %s", method, n.Addr(), st, body)
+			}
+		}
+		st, _, body := pushReq(t, n, "DELETE", repo+"/blobs/"+x.String(), nil, nil)
+		if st != http.StatusNotFound || firstCode(t, body) != "BLOB_UNKNOWN" {
+			t.Fatalf("second DELETE on %s: %d %s", n.Addr(), st, body)
+		}
+	}
+
+	// The layer: deleted from the namespace; the holder keeps its bytes as cache (the manifest
+	// it holds references them) but answers the blob 404.
+	deleter := b
+	if holder == b {
+		deleter = c
+	}
+	if st, _, body := pushReq(t, deleter, "DELETE", repo+"/blobs/"+layer.String(), nil, nil); st != http.StatusAccepted {
+		t.Fatalf("DELETE of a layer: %d %s", st, body)
+	}
+	waitFor(t, func() bool {
+		st, _, _ := pushReq(t, holder, "GET", repo+"/blobs/"+layer.String(), nil, nil)
+		return st == http.StatusNotFound
+	})
+	if info, err := holder.store.Stat(ctx, layer); err != nil || info.Pinned {
+		t.Fatalf("the holder's copy of a referenced layer: %+v %v, want kept, unpinned", info, err)
+	}
+
+	// Uploaded again (on B): readable on every node.
+	if st, _, body := pushReq(t, b, "POST", repo+"/blobs/uploads/?digest="+x.String(), bytes.NewReader(data),
+		map[string]string{"Content-Type": "application/octet-stream"}); st != http.StatusCreated {
+		t.Fatalf("upload again: %d %s", st, body)
+	}
+	for _, n := range nodes {
+		waitFor(t, func() bool {
+			st, _, got := pushReq(t, n, "GET", repo+"/blobs/"+x.String(), nil, nil)
+			return st == http.StatusOK && bytes.Equal(got, data)
+		})
 	}
 }

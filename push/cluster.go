@@ -254,15 +254,26 @@ func (h *Handler) digestName(repo string, d digest.Digest) string {
 	return h.cfg.Namespace + "/" + repo + "@" + d.String()
 }
 
+// blobName is the record name of blob d of repo deleted from the namespace (DELETE of a blob):
+// a tombstone under it, a newer live record when it is uploaded again.
+func (h *Handler) blobName(repo string, d digest.Digest) string {
+	return h.cfg.Namespace + "/" + repo + "@blobs/" + d.String()
+}
+
 // manifestDeleted reports whether manifest d of repo was deleted from the namespace: as this
 // node knows, or, with look, as the swarm's record says (one lookup).
 func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Digest, look bool) bool {
-	name := h.digestName(repo, d)
-	h.mu.Lock()
-	gone, known := h.gone[name]
-	h.mu.Unlock()
-	if known || !look || h.cluster == nil {
-		return gone
+	return h.deleted(ctx, h.digestName(repo, d), look)
+}
+
+// deleted reports whether record name (digestName or blobName) is a delete: as this node's
+// store says, or, with look, as the swarm's record says (one lookup; a tombstone found is kept).
+func (h *Handler) deleted(ctx context.Context, name string, look bool) bool {
+	if h.isTombstoned(ctx, name) {
+		return true
+	}
+	if !look || h.cluster == nil {
+		return false
 	}
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
 	defer cancel()
@@ -272,22 +283,63 @@ func (h *Handler) manifestDeleted(ctx context.Context, repo string, d digest.Dig
 	}
 	h.mu.Lock()
 	h.seqs[name] = max(h.seqs[name], seq)
-	if deleted {
-		h.gone[name] = true
-	}
 	h.mu.Unlock()
+	if deleted {
+		h.tombstone(ctx, name, seq)
+	}
 	return deleted
+}
+
+// revive undoes a delete of record name on this node and in the swarm, when there was one:
+// the content was pushed again (a manifest PUT, a blob upload or mount). It publishes a live
+// record newer than the tombstone and tells the peers. With look the swarm's record is asked
+// when this node knows of no delete (a manifest PUT); a blob upload asks only the store, so
+// that uploads cost no lookup each.
+func (h *Handler) revive(ctx context.Context, name string, t store.Tag, look bool) {
+	if !h.deleted(ctx, name, look) {
+		return
+	}
+	h.untombstone(ctx, name)
+	h.publish(ctx, name, t, false)
+	if h.cluster != nil {
+		h.cluster.NudgeTag(context.WithoutCancel(ctx), name)
+	}
+}
+
+// tombstone records, in the store, that manifest record name (digestName) was deleted: the
+// node answers reads of it by digest 404 after a restart too, whether or not it still holds
+// the bytes (a copy another repository names, or one kept as cache), until it is pushed again.
+func (h *Handler) tombstone(ctx context.Context, name string, seq int64) {
+	err := h.st.PutTombstone(context.WithoutCancel(ctx), name, store.Tombstone{Seq: seq, Seen: time.Now()})
+	if err != nil {
+		h.log.Warn("could not record a deleted manifest; the swarm's record still says so", "name", name, "err", err)
+	}
+}
+
+// untombstone forgets that name was deleted (it was pushed again).
+func (h *Handler) untombstone(ctx context.Context, name string) {
+	if err := h.st.DeleteTombstone(context.WithoutCancel(ctx), name); err != nil {
+		h.log.Warn("could not forget a deleted manifest", "name", name, "err", err)
+	}
+}
+
+func (h *Handler) isTombstoned(ctx context.Context, name string) bool {
+	_, err := h.st.GetTombstone(ctx, name)
+	return err == nil
 }
 
 // Nudged is told by a peer that the record of name changed. For a manifest deleted by digest
 // (its record a tombstone) this node drops the manifest from what it keeps: unpinned (cache
 // now, evictable), the namespace's tags naming it forgotten, reads by digest answered 404; a
-// live record (pushed again) makes it readable again.
+// live record (pushed again) makes it readable again. For a deleted blob it drops the blob's
+// pin and removes the copy unless content it holds still references it (then it stays as
+// cache: an image this node holds would break), and answers reads of it 404.
 func (h *Handler) Nudged(ctx context.Context, name string) {
 	repoAt, ds, ok := strings.Cut(name, "@")
 	if !ok || !strings.HasPrefix(repoAt, h.cfg.Namespace+"/") || h.cluster == nil {
 		return
 	}
+	ds, blob := strings.CutPrefix(ds, "blobs/")
 	d, err := digest.Parse(ds)
 	if err != nil {
 		return
@@ -298,14 +350,24 @@ func (h *Handler) Nudged(ctx context.Context, name string) {
 	}
 	h.mu.Lock()
 	h.seqs[name] = max(h.seqs[name], seq)
+	h.mu.Unlock()
 	if !deleted { // pushed again
-		delete(h.gone, name)
-		h.mu.Unlock()
+		h.untombstone(ctx, name)
 		return
 	}
-	h.gone[name] = true
+	h.tombstone(ctx, name, seq)
+	if !blob {
+		h.dropManifest(ctx, repoAt, d)
+		return
+	}
+	h.mu.Lock()
+	delete(h.unreferenced, d)
 	h.mu.Unlock()
-	h.dropManifest(ctx, repoAt, d)
+	if h.st.Referenced(d) {
+		_ = h.st.Unpin(ctx, d)
+		return
+	}
+	_ = h.st.Delete(ctx, d)
 }
 
 // dropManifest forgets the tags of repo (the namespace's "<ns>/<repo>") on this node that name

@@ -23,6 +23,9 @@ import (
 
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, q req) error {
 	d := digest.Digest(q.ref)
+	if h.deleted(r.Context(), h.blobName(q.repo, d), false) {
+		return errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "blob %s was deleted from %s/%s", d, h.cfg.Namespace, q.repo)
+	}
 	rc, _, err := h.st.Reader(r.Context(), d)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) && h.cluster != nil {
@@ -44,20 +47,48 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, q req) error {
 	return nil
 }
 
+// deleteBlob deletes a blob from the namespace on every node, as a manifest DELETE does: a
+// tombstone record under blobName (reads of it answer 404, a second DELETE too, until it is
+// uploaded again), the bytes on this node, and the peers are told: they drop its pin and remove
+// their copy unless a manifest they hold references it (Nudged).
 func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, q req) error {
 	if !h.cfg.AllowDelete {
 		return errorf(http.StatusMethodNotAllowed, oci.CodeUnsupported, nil, "deletes are off (push.allow_delete)")
 	}
+	ctx := r.Context()
 	d := digest.Digest(q.ref)
-	if err := h.st.Delete(r.Context(), d); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "blob %s is not in the local namespace", d)
-		}
-		return err
+	unknown := errorf(http.StatusNotFound, oci.CodeBlobUnknown, nil, "blob %s is not in %s/%s", d, h.cfg.Namespace, q.repo)
+	name := h.blobName(q.repo, d)
+	if h.deleted(ctx, name, true) {
+		return unknown
 	}
+	if _, err := h.st.Stat(ctx, d); err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if h.cluster == nil {
+			return unknown
+		}
+		hctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+		holders, _ := h.cluster.Holders(hctx, d)
+		cancel()
+		if len(holders) == 0 {
+			return unknown
+		}
+	}
+	wctx := context.WithoutCancel(ctx)
 	h.mu.Lock()
+	seq := h.seqs[name]
 	delete(h.unreferenced, d)
 	h.mu.Unlock()
+	h.tombstone(wctx, name, seq)
+	h.publish(wctx, name, store.Tag{Digest: d}, true)
+	if err := h.st.Delete(wctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if h.cluster != nil {
+		h.cluster.NudgeTag(wctx, name)
+	}
 	w.WriteHeader(http.StatusAccepted)
 	return nil
 }
@@ -230,15 +261,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, q req) err
 	h.mu.Unlock()
 	h.onCommit(d) // peers can fetch it before the tag names it anywhere
 	// Pushed again after a DELETE by digest: a live record newer than the tombstone.
-	if h.manifestDeleted(ctx, q.repo, d, true) {
-		h.mu.Lock()
-		delete(h.gone, h.digestName(q.repo, d))
-		h.mu.Unlock()
-		h.publish(ctx, h.digestName(q.repo, d), store.Tag{Digest: d, MediaType: mt, Size: int64(len(data))}, false)
-		if h.cluster != nil {
-			h.cluster.NudgeTag(wctx, h.digestName(q.repo, d))
-		}
-	}
+	h.revive(ctx, h.digestName(q.repo, d), store.Tag{Digest: d, MediaType: mt, Size: int64(len(data))}, true)
 	if !oci.IsDigestRef(q.ref) {
 		name := q.tagName(h.cfg.Namespace, q.ref)
 		t := store.Tag{Digest: d, MediaType: mt, Size: int64(len(data)), Checked: time.Now()}
@@ -339,8 +362,9 @@ func (h *Handler) deleteByDigest(w http.ResponseWriter, r *http.Request, q req) 
 	wctx := context.WithoutCancel(ctx)
 	name := h.digestName(q.repo, d)
 	h.mu.Lock()
-	h.gone[name] = true
+	seq := h.seqs[name]
 	h.mu.Unlock()
+	h.tombstone(wctx, name, seq)
 	h.publish(wctx, name, store.Tag{Digest: d}, true)
 	prefix := h.cfg.Namespace + "/" + q.repo + ":"
 	names := h.st.TagNames(prefix)

@@ -122,9 +122,6 @@ type Handler struct {
 	unreferenced map[digest.Digest]time.Time
 	// seqs is the newest tag record sequence seen per tag name (pushed here or looked up).
 	seqs map[string]int64
-	// gone holds the manifests (by digestName) deleted from the namespace as far as this node
-	// knows; a newer push takes one out.
-	gone map[string]bool
 
 	stop       chan struct{}
 	done       chan struct{}
@@ -147,7 +144,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger, onCommit func(digest.Dig
 		onCommit = func(digest.Digest) {}
 	}
 	h := &Handler{cfg: cfg, st: st, log: log, trusted: trusted, rules: rules, onCommit: onCommit,
-		uploads: map[string]*upload{}, unreferenced: map[digest.Digest]time.Time{}, seqs: map[string]int64{}, gone: map[string]bool{},
+		uploads: map[string]*upload{}, unreferenced: map[digest.Digest]time.Time{}, seqs: map[string]int64{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go h.sweepLoop()
 	return h, nil

@@ -139,6 +139,9 @@ func (h *Handler) accepted(w http.ResponseWriter, q req, u *upload, status int) 
 }
 
 func (h *Handler) created(w http.ResponseWriter, q req, d digest.Digest) error {
+	if q.host == "" { // uploaded or mounted again after a DELETE: readable again everywhere
+		h.revive(context.Background(), h.blobName(q.repo, d), store.Tag{Digest: d}, false)
+	}
 	hd := w.Header()
 	hd.Set("Location", location(q.prefix, "blobs", d.String()))
 	hd.Set("Docker-Content-Digest", d.String())
