@@ -346,7 +346,7 @@ func BenchmarkCachedBeforeAfter(b *testing.B) {
 			}
 			gets += minBytes / size
 			rNew, rOld = append(rNew, got[0]/got[2]), append(rOld, got[1]/got[2])
-			b.Logf("%s round %d: new %.0f MiB/s, before %.0f MiB/s, nginx %.0f MiB/s", sizeName(size), r, got[0], got[1], got[2])
+			fmt.Fprintf(os.Stderr, "%s round %d: new %.0f MiB/s, before %.0f MiB/s, nginx %.0f MiB/s\n", sizeName(size), r, got[0], got[1], got[2])
 		}
 		name := strings.ReplaceAll(sizeName(size), " ", "")
 		b.ReportMetric(median(rNew), "new/nginx-"+name)
