@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -294,4 +295,76 @@ func BenchmarkMirrorCachedVsNginx(b *testing.B) {
 	b.ReportMetric(median(c.ratios), "shoal/nginx-50x1GiB")
 	b.ReportMetric(float64(after)/1024, "VmHWM-MiB")
 	b.Logf("50 × %v; shoal peak RSS %d MiB (before: %d MiB)", c, after/1024, before/1024)
+}
+
+// BenchmarkCachedBeforeAfter: cached 1 MiB and 64 MiB blob GETs from shoal (this tree), from an
+// older shoal (SHOAL_REPORT_BEFORE) and from nginx over the same files, in a rotating order,
+// SHOAL_BENCH_ROUNDS rounds (default 5). It logs the medians of the per-round ratios to nginx.
+// Both daemons' pids are logged, to profile them (perf record -p PID) while it runs:
+//
+//	SHOAL_REPORT_BEFORE=/tmp/shoal-OLD flock /tmp/shoal-heavy.lock go test -run '^$' -bench CachedBeforeAfter -benchtime 1x -timeout 30m ./bench
+func BenchmarkCachedBeforeAfter(b *testing.B) {
+	e := getEnv(b)
+	old := beforeBinary(b)
+	rounds := abRounds()
+	sizes := []int64{1 << 20, 64 << 20}
+	newURLs, nginxURLs, newPid := cachedSetup(b, e, sizes)
+	nginxPid := e.procs[len(e.procs)-1].Process.Pid // started last by cachedSetup
+	cur := e.shoal
+	e.shoal = old
+	oldBase, oldCmd, _ := e.startShoalData(b, e.upstream)
+	e.shoal = cur
+	var oldURLs []string
+	for _, u := range newURLs {
+		_, path, _ := strings.Cut(strings.TrimPrefix(u, "http://"), "/")
+		u = oldBase + "/" + path
+		if _, err := download(u, ""); err != nil { // fills the old daemon's cache
+			b.Fatal(err)
+		}
+		oldURLs = append(oldURLs, u)
+	}
+	b.Logf("pids: new %d, before %d", newPid, oldCmd.Process.Pid)
+	b.ResetTimer()
+	for i, size := range sizes {
+		minBytes := max(size, 1<<30) // rounds of ≥ 1 s: the machine is shared
+		var rNew, rOld []float64
+		var cpu [3]time.Duration // per server, over all rounds
+		var gets int64
+		pids := []int{newPid, oldCmd.Process.Pid, nginxPid}
+		for r := range rounds {
+			urls := []string{newURLs[i], oldURLs[i], nginxURLs[i]}
+			order := [][3]int{{0, 1, 2}, {2, 0, 1}, {1, 2, 0}}[r%3]
+			var got [3]float64
+			for _, k := range order {
+				c0 := treeCPU(pids[k])
+				v, err := timedGets(urls[k], size, minBytes)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cpu[k] += treeCPU(pids[k]) - c0
+				got[k] = v
+			}
+			gets += minBytes / size
+			rNew, rOld = append(rNew, got[0]/got[2]), append(rOld, got[1]/got[2])
+			fmt.Fprintf(os.Stderr, "%s round %d: new %.0f MiB/s, before %.0f MiB/s, nginx %.0f MiB/s\n", sizeName(size), r, got[0], got[1], got[2])
+		}
+		name := strings.ReplaceAll(sizeName(size), " ", "")
+		b.ReportMetric(median(rNew), "new/nginx-"+name)
+		b.ReportMetric(median(rOld), "before/nginx-"+name)
+		b.Logf("%s: shoal/nginx new %.3f (%s), before %.3f (%s)", sizeName(size), median(rNew), spread(rNew), median(rOld), spread(rOld))
+		us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(gets) }
+		b.Logf("%s: server CPU per GET: new %.0f µs, before %.0f µs, nginx %.0f µs", sizeName(size), us(cpu[0]), us(cpu[1]), us(cpu[2]))
+	}
+}
+
+// treeCPU is the CPU time of a process and its direct children (nginx's workers).
+func treeCPU(pid int) time.Duration {
+	t := procCPU(pid)
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, f := range strings.Fields(string(kids)) {
+		if k, err := strconv.Atoi(f); err == nil {
+			t += procCPU(k)
+		}
+	}
+	return t
 }

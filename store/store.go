@@ -512,7 +512,7 @@ func (s *Store) Reader(ctx context.Context, d digest.Digest) (io.ReadSeekCloser,
 		// Opened under the shared lock: the evictor takes it exclusively while it checks for
 		// open files, so a file opened here is always seen.
 		var f *os.File
-		f, err = os.Open(s.blobPath(d))
+		f, err = openBlob(s.blobPath(d))
 		if err == nil {
 			rc = f
 		}

@@ -31,6 +31,10 @@ type Metrics struct {
 	lookups  *prometheus.HistogramVec // result
 	provides *prometheus.CounterVec   // result
 
+	// observers holds the request series already resolved, by obsKey: WithLabelValues hashes
+	// and looks up every label set on every call, three times per request.
+	observers sync.Map
+
 	mu       sync.Mutex
 	bySource map[string]*adminapi.SourceCount // manifest and blob answers, for `shoal status`
 	timeline timeline                         // the same per minute, last hour (timeline.go)
@@ -135,9 +139,19 @@ func (m *Metrics) ObserveRequest(rd Request) {
 	if !knownSources[source] {
 		source = "none"
 	}
-	m.requests.WithLabelValues(route, source, strconv.Itoa(rd.Status)).Inc()
-	m.bytes.WithLabelValues(route, source).Add(float64(rd.Bytes))
-	m.duration.WithLabelValues(route).Observe(rd.Duration.Seconds())
+	k := obsKey{route, source, rd.Status}
+	o, ok := m.observers.Load(k)
+	if !ok { // the label sets are few (routes × sources × statuses): each is resolved once
+		o, _ = m.observers.LoadOrStore(k, &requestObservers{
+			requests: m.requests.WithLabelValues(route, source, strconv.Itoa(rd.Status)),
+			bytes:    m.bytes.WithLabelValues(route, source),
+			duration: m.duration.WithLabelValues(route),
+		})
+	}
+	ob := o.(*requestObservers)
+	ob.requests.Inc()
+	ob.bytes.Add(float64(rd.Bytes))
+	ob.duration.Observe(rd.Duration.Seconds())
 	if (route == "manifest" || route == "blob" || route == "file") && rd.Status < 300 && source != "none" {
 		m.mu.Lock()
 		sc := m.bySource[source]
@@ -150,6 +164,18 @@ func (m *Metrics) ObserveRequest(rd Request) {
 		m.timeline.add(time.Now(), source, rd.Bytes)
 		m.mu.Unlock()
 	}
+}
+
+// obsKey names one request series: route, source and status.
+type obsKey struct {
+	route, source string
+	status        int
+}
+
+// requestObservers are one obsKey's series, resolved.
+type requestObservers struct {
+	requests, bytes prometheus.Counter
+	duration        prometheus.Observer
 }
 
 // sources returns the answers by source, largest first.

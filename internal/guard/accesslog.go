@@ -32,9 +32,15 @@ func AccessLog(log *slog.Logger, sourceHeader string, next http.Handler, observe
 		defer func() {
 			rd := Served{Path: r.URL.Path, Status: rec.status, Bytes: rec.bytes, Source: w.Header().Get(sourceHeader),
 				Duration: time.Since(start), UpstreamStatus: note.Status()}
-			log.Info("request", "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"),
-				"status", rd.Status, "bytes", rd.Bytes, "source", rd.Source, "upstream_status", rd.UpstreamStatus,
-				"duration", rd.Duration.Round(time.Microsecond), "remote", r.RemoteAddr)
+			if log.Enabled(r.Context(), slog.LevelInfo) { // the arguments cost allocations even when not logged
+				ns := ""
+				if r.URL.RawQuery != "" {
+					ns = r.URL.Query().Get("ns")
+				}
+				log.Info("request", "method", r.Method, "path", r.URL.Path, "ns", ns,
+					"status", rd.Status, "bytes", rd.Bytes, "source", rd.Source, "upstream_status", rd.UpstreamStatus,
+					"duration", rd.Duration.Round(time.Microsecond), "remote", r.RemoteAddr)
+			}
 			for _, o := range observers {
 				o(rd)
 			}

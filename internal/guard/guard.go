@@ -445,6 +445,7 @@ func (g *Guard) Configure(srv *http.Server) {
 	if cfg.MaxHeaderBytes > 0 {
 		srv.MaxHeaderBytes = cfg.MaxHeaderBytes
 	}
+	srv.ConnContext = connContext(srv.ConnContext) // for Cork
 }
 
 // Listener caps ln's connections per client (below TLS: a refused connection costs no

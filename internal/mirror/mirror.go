@@ -272,6 +272,8 @@ func (m *Mirror) serveStored(w http.ResponseWriter, r *http.Request, d digest.Di
 	if _, ok := rc.(*os.File); ok {
 		// Send the headers now: net/http's ReadFrom would otherwise first read 512 bytes of
 		// the file through a buffer (to sniff a Content-Type we have set) before sendfile.
+		// Corked, they share a segment with the first bytes (guard.Cork).
+		defer guard.Cork(r.Context())()
 		_ = http.NewResponseController(w).Flush()
 	}
 	if _, err := io.CopyN(w, rc, end-start); err != nil {
