@@ -114,7 +114,7 @@ func (f *Fetcher) Blob(ctx context.Context, ref Ref, d digest.Digest, open Opene
 		fl, started, err := f.spool.join(ctx, ref, d, open)
 		switch {
 		case errors.Is(err, store.ErrNoSpace):
-			f.spool.noSpace.do(func() { f.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
+			f.spool.noSpace.Do(func() { f.log.Warn("store is out of space; serving straight from the upstream", "err", err) })
 			return Blob{}, err
 		case err != nil:
 			return Blob{}, err

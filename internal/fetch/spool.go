@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/time/rate"
 
 	"github.com/shoal-mirror/shoal/internal/ocierr"
 	"github.com/shoal-mirror/shoal/p2p"
@@ -100,7 +101,7 @@ type spool struct {
 	fills   map[digest.Digest]*Fill
 	bounded map[string]int64 // downloads stopped by their size bound, by reason
 
-	noSpace logEvery
+	noSpace rate.Sometimes // the out-of-space warning, once a minute
 	hooks   hooks
 	watch   startWatch // WhenStarted's waiters
 
@@ -158,7 +159,7 @@ type hooks struct {
 func newSpool(st *store.Store, log *slog.Logger, maxBlob int64, h hooks) *spool {
 	base, abort := context.WithCancel(context.Background())
 	return &spool{store: st, log: log, maxBlob: maxBlob, hooks: h, timeout: 2 * time.Hour, retries: 3, refills: maxPeersPerLookup, fills: map[digest.Digest]*Fill{},
-		sizes: newSizeMemo(sizeMemoEntries), bounded: map[string]int64{}, noSpace: logEvery{every: time.Minute}, base: base, abort: abort}
+		sizes: newSizeMemo(sizeMemoEntries), bounded: map[string]int64{}, noSpace: rate.Sometimes{Interval: time.Minute}, base: base, abort: abort}
 }
 
 // join returns the fill in flight for d (started reports whether this call started it), or
@@ -243,7 +244,7 @@ func (s *spool) run(reqCtx context.Context, f *Fill, open Opener) {
 	if err != nil {
 		_ = f.w.Abort()
 		if errors.Is(err, store.ErrNoSpace) {
-			s.noSpace.do(func() {
+			s.noSpace.Do(func() {
 				s.log.Warn("store is out of space; serving straight from the upstream", "digest", f.d, "err", err)
 			})
 		} else if ocierr.IsUpstreamNotFound(err) {
@@ -723,24 +724,4 @@ func (v *VerifyingReader) Read(p []byte) (int, error) {
 	n := copy(p, v.pend[:avail])
 	v.pend = append(v.pend[:0], v.pend[n:]...)
 	return n, nil
-}
-
-// logEvery lets a repeated condition be logged once per period, not once per request.
-type logEvery struct {
-	mu    sync.Mutex
-	every time.Duration
-	last  time.Time
-}
-
-func (l *logEvery) do(fn func()) {
-	l.mu.Lock()
-	now := time.Now()
-	ok := l.last.IsZero() || now.Sub(l.last) >= l.every
-	if ok {
-		l.last = now
-	}
-	l.mu.Unlock()
-	if ok {
-		fn()
-	}
 }

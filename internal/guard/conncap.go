@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // DefaultMaxConnsPerClient bounds the mirror connections one client (IPv4 address, IPv6 /64)
@@ -25,11 +27,11 @@ type connCap struct {
 	mu       sync.Mutex
 	open     map[netip.Prefix]int
 	refused  atomic.Int64
-	warn     logEvery
+	warn     rate.Sometimes
 }
 
 func newConnCap(g *Guard, sendFrom func(net.Conn, io.Reader) (int64, bool, error)) *connCap {
-	return &connCap{g: g, sendFrom: sendFrom, open: map[netip.Prefix]int{}, warn: logEvery{every: time.Minute}}
+	return &connCap{g: g, sendFrom: sendFrom, open: map[netip.Prefix]int{}, warn: rate.Sometimes{Interval: time.Minute}}
 }
 
 // Conns is the number of open mirror connections (shoal_http_open_connections).
@@ -73,7 +75,7 @@ func (cc *connCap) admit(c net.Conn) (net.Conn, bool) {
 		cc.mu.Unlock()
 		_ = c.Close()
 		total := cc.refused.Add(1)
-		cc.warn.do(func() {
+		cc.warn.Do(func() {
 			cc.g.log.Warn("mirror connection refused: the client holds security.max_conns_per_client connections already (logged once a minute)",
 				"client", key.String(), "open", n, "max", limit, "refused_total", total)
 		})
@@ -138,24 +140,4 @@ func (c *countedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
-}
-
-// logEvery lets a repeated condition be logged once per period, not once per connection.
-type logEvery struct {
-	mu    sync.Mutex
-	every time.Duration
-	last  time.Time
-}
-
-func (l *logEvery) do(fn func()) {
-	l.mu.Lock()
-	now := time.Now()
-	ok := l.last.IsZero() || now.Sub(l.last) >= l.every
-	if ok {
-		l.last = now
-	}
-	l.mu.Unlock()
-	if ok {
-		fn()
-	}
 }

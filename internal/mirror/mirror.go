@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/shoal-mirror/shoal/files"
 	"github.com/shoal-mirror/shoal/internal/fetch"
@@ -77,9 +78,9 @@ type Mirror struct {
 	flight          singleflight.Group // manifests and tag lookups, keyed by digest or name
 	verifyFirst     bool               // p2p.verify_before_serving: peer bytes wait for the digest check
 	verifyMaxWait   time.Duration      // p2p.verify_max_wait: ... but not longer than this without a byte
-	staleLog        logEvery
-	canary          *canaryLog     // canary.go: `shoal doctor`'s nonces
-	files           *filesEndpoint // files.go: Hugging Face and GitHub files; nil when off
+	staleLog        rate.Sometimes     // the stale-answer warning, once a minute
+	canary          *canaryLog         // canary.go: `shoal doctor`'s nonces
+	files           *filesEndpoint     // files.go: Hugging Face and GitHub files; nil when off
 	// push serves the cluster-local namespace, reads and writes (package push); nil when
 	// pushes are off. pushUser names the htpasswd user a request logged in as (guard.PushUser).
 	push     *push.Handler
@@ -95,7 +96,7 @@ func New(o Options) (*Mirror, error) {
 		up:              o.Upstream,
 		fetch:           o.Fetch,
 		log:             o.Log,
-		staleLog:        logEvery{every: time.Minute},
+		staleLog:        rate.Sometimes{Interval: time.Minute},
 		verifyFirst:     o.VerifyFirst,
 		verifyMaxWait:   o.VerifyMaxWait,
 		canary:          newCanaryLog(),
@@ -486,7 +487,7 @@ func (m *Mirror) resolveTag(ctx context.Context, rt route) (store.Tag, bool, err
 		return v.(store.Tag), false, nil
 	}
 	if kerr == nil && upstreamUnavailable(err) {
-		m.staleLog.do(func() {
+		m.staleLog.Do(func() {
 			m.log.Warn("upstream unavailable: serving the last known digest for tags (logged once a minute)", "tag", name, "digest", known.Digest, "err", err)
 		})
 		return known, true, nil
