@@ -341,31 +341,12 @@ func (n *Node) ListTags(ctx context.Context, prefix string) []string {
 			add(name)
 		}
 	}
-	sem := make(chan struct{}, listTagsPar)
-	var wg sync.WaitGroup
-	for _, id := range n.host.Network().Peers() {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			s, err := n.host.NewStream(ctx, id, tagListProtocol)
-			if err != nil {
-				return
-			}
-			defer s.Close()
-			if dl, ok := ctx.Deadline(); ok {
-				_ = s.SetDeadline(dl)
-			}
-			if _, err := fmt.Fprintf(s, "%s\n", prefix); err != nil {
-				s.Reset()
-				return
-			}
-			sc := bufio.NewScanner(s)
-			for i := 0; i < maxTagList && sc.Scan(); i++ {
-				add(sc.Text())
-			}
-		})
-	}
-	wg.Wait()
+	n.askEachPeer(ctx, tagListProtocol, prefix, func(s network.Stream) {
+		sc := bufio.NewScanner(s)
+		for i := 0; i < maxTagList && sc.Scan(); i++ {
+			add(sc.Text())
+		}
+	})
 	out := make([]string, 0, len(seen))
 	for name := range seen {
 		out = append(out, name)
@@ -493,13 +474,24 @@ func (n *Node) NudgeTag(ctx context.Context, name string) int {
 	ctx, cancel := context.WithTimeout(ctx, nudgeTimeout+time.Second)
 	defer cancel()
 	var done atomic.Int64
+	n.askEachPeer(ctx, tagNudgeProtocol, name, func(s network.Stream) {
+		if line, err := bufio.NewReaderSize(s, 64).ReadString('\n'); err == nil && line == "ok\n" {
+			done.Add(1)
+		}
+	})
+	return int(done.Load())
+}
+
+// askEachPeer sends line on a new stream of proto to every connected peer (listTagsPar at a
+// time, bounded by ctx) and hands each stream that took it to read; it returns when all are done.
+func (n *Node) askEachPeer(ctx context.Context, proto protocol.ID, line string, read func(network.Stream)) {
 	sem := make(chan struct{}, listTagsPar)
 	var wg sync.WaitGroup
 	for _, id := range n.host.Network().Peers() {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			s, err := n.host.NewStream(ctx, id, tagNudgeProtocol)
+			s, err := n.host.NewStream(ctx, id, proto)
 			if err != nil {
 				return
 			}
@@ -507,15 +499,12 @@ func (n *Node) NudgeTag(ctx context.Context, name string) int {
 			if dl, ok := ctx.Deadline(); ok {
 				_ = s.SetDeadline(dl)
 			}
-			if _, err := fmt.Fprintf(s, "%s\n", name); err != nil {
+			if _, err := fmt.Fprintf(s, "%s\n", line); err != nil {
 				s.Reset()
 				return
 			}
-			if line, err := bufio.NewReaderSize(s, 64).ReadString('\n'); err == nil && line == "ok\n" {
-				done.Add(1)
-			}
+			read(s)
 		})
 	}
 	wg.Wait()
-	return int(done.Load())
 }

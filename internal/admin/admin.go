@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-mirror/shoal/adminapi"
+	"github.com/shoal-mirror/shoal/internal/guard"
 	"github.com/shoal-mirror/shoal/p2p"
 	"github.com/shoal-mirror/shoal/store"
 	"github.com/shoal-mirror/shoal/upstream"
@@ -153,7 +153,7 @@ func CheckAdminListen(spec string) error {
 	}
 	// The admin API has no authentication and can remove, pin and pull content: on TCP
 	// it may listen on loopback only (a unix socket's file mode is its access control).
-	if a.Network == "tcp" && !listensOnLoopback(a.Address) {
+	if a.Network == "tcp" && !guard.ListensOnLoopback(a.Address) {
 		return fmt.Errorf("%q is not a loopback address: the admin API has no authentication; use unix:/path or 127.0.0.1:PORT", spec)
 	}
 	return nil
@@ -168,19 +168,6 @@ func CheckMetricsListen(spec string) error {
 		return fmt.Errorf("%q: %w", spec, err)
 	}
 	return nil
-}
-
-// listensOnLoopback reports whether a listen address only accepts loopback connections.
-func listensOnLoopback(listen string) bool {
-	host, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // Server holds the operator surfaces: the admin API, the metrics/probe endpoint and the web
