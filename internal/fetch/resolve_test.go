@@ -145,11 +145,22 @@ func (n *fakeNode) Connected(peerID string) bool {
 // to repo; creds (user:password) makes it ask for Basic credentials.
 func testRegistry(t *testing.T, repo, creds string) (host string, up *upstream.Client, d digest.Digest, data []byte) {
 	t.Helper()
+	return testRegistryWith(t, repo, creds, nil)
+}
+
+// testRegistryWith is testRegistry with front, when not nil, in front of the registry: it
+// answers a request itself or passes it on to next (the real registry).
+func testRegistryWith(t *testing.T, repo, creds string, front func(w http.ResponseWriter, r *http.Request, next http.Handler)) (host string, up *upstream.Client, d digest.Digest, data []byte) {
+	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if u, p, ok := r.BasicAuth(); creds != "" && r.URL.Path != "/v2/" && (!ok || u+":"+p != creds) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
 			http.Error(w, "auth", http.StatusUnauthorized)
+			return
+		}
+		if front != nil {
+			front(w, r, reg)
 			return
 		}
 		reg.ServeHTTP(w, r)

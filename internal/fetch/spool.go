@@ -378,31 +378,32 @@ func (s *spool) copy(ctx context.Context, f *Fill, open Opener) error {
 	return fmt.Errorf("blob %s: giving up after %d resumes: %w", f.d, s.retries, lastErr)
 }
 
+// drain copies r into the fill's writer and publishes the bytes to its readers. It gathers a
+// good chunk (at least half of the store's 128 KiB buffer) per write: fewer syscalls and
+// wake-ups of followers per byte, and the hasher takes the buffer over without a copy (the
+// bytes are copied once, from the socket, and written once). But bytes that arrived never wait
+// for more longer than flushAfter: a source that sends a little and pauses (a 1 KiB config, a
+// slow link) would otherwise hold them back from followers and clients until it goes on, and a
+// peer following this download gives up at its stall bound. See gather.
 func (s *spool) drain(f *Fill, r io.Reader) error {
 	w := f.currentWriter()
+	g := &gather{s: s, f: f, w: w}
+	defer g.stop()
 	for {
-		// Gather a good chunk (128 KiB) before writing: fewer syscalls and wake-ups per byte
-		// (the hasher takes it over without a copy), at a latency cost of about a millisecond
-		// at 100 MiB/s. The buffer is
-		// the store's: the writer hashes it in place, so the bytes are copied once, from the
-		// socket, and written once.
 		buf := w.Buffer()[:store.BufferSize]
-		n, rerr := io.ReadAtLeast(r, buf, len(buf)/2)
-		if rerr == io.ErrUnexpectedEOF {
-			rerr = io.EOF
+		g.begin(buf)
+		n := 0
+		var rerr error
+		for n < len(buf)/2 && rerr == nil {
+			var k int
+			k, rerr = r.Read(buf[n:])
+			n += k
+			if k > 0 && g.arrived(n) != nil {
+				break // a flush failed: finish reports it
+			}
 		}
-		if n > 0 {
-			if err := s.overBound(f, f.size, f.written, n); err != nil {
-				return err
-			}
-			if _, err := w.WriteBuffer(buf[:n]); err != nil {
-				return err
-			}
-			f.mu.Lock()
-			f.written += int64(n)
-			f.lastByte = time.Now()
-			f.broadcast()
-			f.mu.Unlock()
+		if err := g.finish(n); err != nil {
+			return err
 		}
 		if rerr == io.EOF {
 			if f.size >= 0 && f.written != f.size {
@@ -413,6 +414,124 @@ func (s *spool) drain(f *Fill, r io.Reader) error {
 		if rerr != nil {
 			return rerr
 		}
+	}
+}
+
+// flushAfter bounds how long bytes that arrived wait for more before they are written and
+// published. At 100 MiB/s half a buffer arrives in 0.6 ms, so a fast source fills its chunks
+// before it fires; a source slower than ~32 MiB/s, or one that pauses, has its bytes published
+// within it.
+const flushAfter = 2 * time.Millisecond
+
+// gather is one drain's chunk being read: the drain reads into buf and writes it whole (the
+// writer takes the buffer over); a timer, armed when bytes arrive, writes what arrived so far
+// if the gathering takes longer than flushAfter, while the drain's Read blocks on buf's tail.
+// mu orders the two writers: bytes reach the writer in order, each once.
+type gather struct {
+	s *spool
+	f *Fill
+	w *store.Writer
+
+	mu         sync.Mutex
+	buf        []byte
+	n, flushed int   // bytes read into buf; of them, written by the timer
+	armed      bool  // the timer runs for bytes not yet written
+	err        error // the timer's write failed
+	stopped    bool
+	t          *time.Timer
+}
+
+func (g *gather) begin(buf []byte) {
+	g.mu.Lock()
+	g.buf, g.n, g.flushed = buf, 0, 0
+	g.mu.Unlock()
+}
+
+// arrived records that buf[:n] was read, arms the timer for them, and returns a failed flush.
+func (g *gather) arrived(n int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n = n
+	if !g.armed && g.err == nil {
+		g.armed = true
+		if g.t == nil {
+			g.t = time.AfterFunc(flushAfter, g.flush)
+		} else {
+			g.t.Reset(flushAfter)
+		}
+	}
+	return g.err
+}
+
+// flush runs on the timer: it writes and publishes what was read and not yet written. The
+// drain may meanwhile be reading into buf[n:], which flush does not touch.
+func (g *gather) flush() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.armed = false
+	if g.stopped || g.err != nil || g.flushed >= g.n {
+		return
+	}
+	if err := g.write(g.buf[g.flushed:g.n], false); err != nil {
+		g.err = err
+		return
+	}
+	g.flushed = g.n
+}
+
+// finish writes buf[:n] that the timer did not: the whole buffer, handed over without a copy,
+// when the timer wrote nothing.
+func (g *gather) finish(n int) error {
+	if g.t != nil {
+		g.t.Stop()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.armed = false
+	if g.err != nil {
+		return g.err
+	}
+	buf, from := g.buf, g.flushed
+	g.buf, g.n, g.flushed = nil, 0, 0
+	if n == from {
+		return nil
+	}
+	if from == 0 {
+		return g.write(buf[:n], true)
+	}
+	return g.write(buf[from:n], false) // the rest of a buffer the writer cannot take over
+}
+
+// write writes p (taking it over if own) and publishes it to the fill's readers; g.mu is held.
+func (g *gather) write(p []byte, own bool) error {
+	f := g.f
+	if err := g.s.overBound(f, f.size, f.written, len(p)); err != nil {
+		return err
+	}
+	var err error
+	if own {
+		_, err = g.w.WriteBuffer(p)
+	} else {
+		_, err = g.w.Write(p)
+	}
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.written += int64(len(p))
+	f.lastByte = time.Now()
+	f.broadcast()
+	f.mu.Unlock()
+	return nil
+}
+
+// stop ends the timer: no write happens after the drain returned.
+func (g *gather) stop() {
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
+	if g.t != nil {
+		g.t.Stop()
 	}
 }
 
@@ -523,6 +642,7 @@ func (f *Fill) readable(r *FillReader, max int64) (w *store.Writer, n, peerFrom 
 		f.mu.Lock()
 		done, err, limit, ch := f.done || f.verified, f.err, f.written, f.changed
 		w, peerFrom = f.w, f.peerFrom
+		size := f.size
 		if r.eager {
 			if r.tainted && r.attempt != f.restarts {
 				f.mu.Unlock()
@@ -541,7 +661,12 @@ func (f *Fill) readable(r *FillReader, max int64) (w *store.Writer, n, peerFrom 
 		}
 		var hold *time.Timer // a gated reader's wait for peer bytes ends (verify_max_wait)
 		if !done {
-			limit--
+			// The blob's last byte waits for the check. Before it came in, every byte written
+			// may go (a source that pauses must not hold back the last one it sent); when the
+			// size is unknown, any byte may be the last.
+			if size < 0 || limit >= size {
+				limit--
+			}
 			// A range is a whole answer to the client that asked for it: its last byte waits
 			// for the check like the blob's own last byte.
 			if r.end >= 0 && limit >= r.end {
