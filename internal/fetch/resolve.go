@@ -88,9 +88,9 @@ type UpstreamClient interface {
 }
 
 // blobOpener returns the opener a fill uses for one blob. The first call runs the remote
-// attempts in order (providers, designated fetcher, upstream); each resume after a broken
-// stream runs the resume attempts (resumeAttempts), and past maxPeerResumes goes to the
-// upstream.
+// attempts in order (providers, designated fetcher, upstream); a resume after a peer's stream
+// broke runs the resume attempts (resumeAttempts), and past maxPeerResumes goes to the
+// upstream; a resume after the upstream's stream broke goes back to the upstream.
 func (s *sources) blobOpener(ref Ref, d digest.Digest, remote []attempt) Opener {
 	q := &query{ref: ref, d: d, tried: map[string]bool{}}
 	resumes := -1
@@ -106,6 +106,11 @@ func (s *sources) blobOpener(ref Ref, d digest.Digest, remote []attempt) Opener 
 			why = "P2P disabled"
 		case resumes == 0:
 			steps = remote
+		case last == "":
+			// The upstream's stream broke: resume from it. The peers that provide the blob now
+			// are this download's followers (it was advertised when the upstream answered), at
+			// or behind its offset: asking one would wait on ourselves until a stall bound.
+			why = "the upstream's stream broke; resuming from it"
 		case resumes <= maxPeerResumes:
 			steps = s.resumeAttempts(last)
 		default:
@@ -141,17 +146,17 @@ func (s *sources) blobOpener(ref Ref, d digest.Digest, remote []attempt) Opener 
 // errGoUpstream ends an attempt list early: the next step is the upstream, for the reason given.
 var errGoUpstream = errors.New("go to the upstream")
 
-// resumeAttempts are what a resume tries before the upstream. The stream broke. If the
-// source that died was the one every in-flight copy followed (a killed designated fetcher), the
-// other providers are stuck at the same offset, and if each node went to the upstream the rest
-// of the blob would be paid once per node. So the swarm designates again among the peers still
-// connected (the dead one drops from that list on every node at once): the new designated
-// fetcher resumes from the upstream, the others ask it. Failing that, one more provider, then
-// the upstream. (A broken upstream stream resumes from the upstream.)
+// resumeAttempts are what a resume tries before the upstream when last, the peer that sent
+// the bytes so far, broke its stream (a broken upstream stream resumes from the upstream:
+// blobOpener). If that peer was the one every in-flight copy followed (a killed designated
+// fetcher), the other providers are stuck at the same offset, and if each node went to the
+// upstream the rest of the blob would be paid once per node. So the swarm designates again
+// among the peers still connected (the dead one drops from that list on every node at once):
+// the new designated fetcher resumes from the upstream, the others ask it. Failing that, one
+// more provider, then the upstream.
 func (s *sources) resumeAttempts(last string) []attempt {
-	var out []attempt
-	if last != "" {
-		out = append(out, attempt{kind: Designated, open: func(ctx context.Context, q *query) (io.ReadCloser, int64, Source, string, error) {
+	return []attempt{
+		{kind: Designated, open: func(ctx context.Context, q *query) (io.ReadCloser, int64, Source, string, error) {
 			r, n, src, self, err := s.redesignate(ctx, q.ref, q.d, q.offset, q.tried, last)
 			switch {
 			case err == nil:
@@ -164,17 +169,16 @@ func (s *sources) resumeAttempts(last string) []attempt {
 				return nil, 0, Source{}, "", ctx.Err()
 			}
 			return nil, 0, Source{}, "", nil
-		}})
+		}},
+		{kind: Peer, open: func(ctx context.Context, q *query) (io.ReadCloser, int64, Source, string, error) {
+			rc, size, peerID, err := s.fromPeers(ctx, q.d, q.offset, q.tried, 1)
+			if err == nil {
+				s.hist.add(decision{Registry: q.ref.Registry, Repo: q.ref.Repo, Digest: q.d, Kind: "blob", Source: Peer, Reason: "the stream broke; provided by peer " + peerID})
+				return rc, size, Source{Kind: Peer, Peer: peerID}, "", nil
+			}
+			return nil, 0, Source{}, "the stream from " + last + " broke and neither a designated peer nor a provider took over", nil
+		}},
 	}
-	out = append(out, attempt{kind: Peer, open: func(ctx context.Context, q *query) (io.ReadCloser, int64, Source, string, error) {
-		rc, size, peerID, err := s.fromPeers(ctx, q.d, q.offset, q.tried, 1)
-		if err == nil {
-			s.hist.add(decision{Registry: q.ref.Registry, Repo: q.ref.Repo, Digest: q.d, Kind: "blob", Source: Peer, Reason: "the stream broke; provided by peer " + peerID})
-			return rc, size, Source{Kind: Peer, Peer: peerID}, "", nil
-		}
-		return nil, 0, Source{}, "the stream from " + last + " broke and neither a designated peer nor a provider took over", nil
-	}})
-	return out
 }
 
 // openProviders opens the blob from the first provider that answers.

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -431,5 +432,88 @@ func TestResumeAsksTheNextDesignatedPeer(t *testing.T) {
 	}
 	if len(srcs) != 2 || !strings.HasPrefix(srcs[0], "designated: the stream broke; the swarm designated peer next") {
 		t.Errorf("decisions %q, want the resume from the next designated peer", srcs)
+	}
+}
+
+// TestUpstreamBreakResumesFromTheUpstream: this node downloads a blob from the upstream (no
+// peer had it, it is the designated fetcher); a follower starts providing it meanwhile; the
+// upstream's stream breaks halfway. The resume asks the upstream for the rest (a Range from
+// where it broke), not the provider: that would be a follower of this very download.
+func TestUpstreamBreakResumesFromTheUpstream(t *testing.T) {
+	t.Parallel()
+	var (
+		armed atomic.Bool
+		mu    sync.Mutex
+		gets  []string // the Range header of each blob GET
+		node  *fakeNode
+		blob  digest.Digest
+	)
+	front := func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		if r.Method != http.MethodGet || !strings.Contains(r.URL.Path, "/blobs/") || !armed.Load() {
+			next.ServeHTTP(w, r)
+			return
+		}
+		mu.Lock()
+		gets = append(gets, r.Header.Get("Range"))
+		first := len(gets) == 1
+		mu.Unlock()
+		if !first {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		// The download answered: a follower (here one that would even hold the whole blob)
+		// now provides it.
+		node.mu.Lock()
+		node.providers[blob] = []string{"follower"}
+		node.holds["follower"] = map[digest.Digest][]byte{blob: rec.Body.Bytes()}
+		node.mu.Unlock()
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler) // the connection breaks
+	}
+	host, up, d, _ := testRegistryWith(t, "test/app", "", front)
+	st, err := store.Open(t.Context(), storeConfig(t.TempDir()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := New(Options{Store: st, Upstream: up, Log: slog.New(slog.DiscardHandler)})
+	node = &fakeNode{up: up, providers: map[digest.Digest][]string{}, holds: map[string]map[digest.Digest][]byte{}, gone: map[string]bool{}}
+	blob = d
+	f.SetNode(node)
+	t.Cleanup(func() { f.Shutdown(context.Background()) })
+	armed.Store(true)
+	s := &setup{f: f, node: node, ref: Ref{Registry: host, Repo: "test/app"}, d: d}
+	if _, err := fetchOnce(t.Context(), s, func() {}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitStored(t.Context(), d, nil); err != nil {
+		t.Fatalf("the blob is not stored: %v", err)
+	}
+	node.mu.Lock()
+	asked := strings.Join(node.asked, " ")
+	node.mu.Unlock()
+	if asked != "" {
+		t.Errorf("asked peers %q, want none: the resume goes back to the upstream", asked)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// go-containerregistry's registry refuses a Range (416): the client then asks for the
+	// whole blob once more and skips what it has (upstream.Client.GetBlob).
+	if len(gets) < 2 || len(gets) > 3 || gets[0] != "" || !strings.HasPrefix(gets[1], "bytes=") {
+		t.Errorf("blob GETs with Range %q, want the whole blob, then a Range for the rest", gets)
+	}
+	var srcs []string
+	for _, r := range f.Recent(d, 0) {
+		srcs = append(srcs, r.Source+": "+r.Reason)
+	}
+	if len(srcs) != 2 || srcs[0] != "upstream: the upstream's stream broke; resuming from it" {
+		t.Errorf("decisions %q, want the resume from the upstream", srcs)
 	}
 }
