@@ -442,9 +442,10 @@ type gather struct {
 
 	mu         sync.Mutex
 	buf        []byte
-	n, flushed int   // bytes read into buf; of them, written by the timer
-	armed      bool  // the timer runs for bytes not yet written
-	err        error // the timer's write failed
+	n, flushed int       // bytes read into buf; of them, written by the timer
+	armed      bool      // the timer runs for bytes not yet written
+	at         time.Time // when the last bytes were read: the fill's lastByte once written
+	err        error     // the timer's write failed
 	stopped    bool
 	t          *time.Timer
 }
@@ -459,7 +460,7 @@ func (g *gather) begin(buf []byte) {
 func (g *gather) arrived(n int) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.n = n
+	g.n, g.at = n, time.Now()
 	if !g.armed && g.err == nil {
 		g.armed = true
 		if g.t == nil {
@@ -528,7 +529,7 @@ func (g *gather) write(p []byte, own bool) error {
 	}
 	f.mu.Lock()
 	f.written += int64(len(p))
-	f.lastByte = time.Now()
+	f.lastByte = g.at // when they came, not when flushed: the stream's silence is timed from it (leavePeerFor)
 	f.broadcast()
 	f.mu.Unlock()
 	return nil
