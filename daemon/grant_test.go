@@ -25,11 +25,7 @@ func grantTrio(t *testing.T, up *upstreamLog, repo string, layers int) (nodes []
 		waitFor(t, func() bool { return n.node.Status().RoutingTableSize >= 2 })
 	}
 	byDesignated = map[int][]digest.Digest{}
-	ls := layerDigests(t, img)
-	// Layers only (not the ~1 KiB config): the tests gate the upstream after half a blob, and
-	// a download writes what it gathered only from 64 KiB on (or at the end), so a half of
-	// the config would never reach a follower before the gate opens.
-	for _, d := range ls[:len(ls)-1] {
+	for _, d := range layerDigests(t, img) {
 		des, err := nodes[0].node.Designate(t.Context(), d)
 		if err != nil {
 			t.Fatal(err)
