@@ -136,6 +136,7 @@ type Node struct {
 	kadOnce   sync.Once
 	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
 
+	direct  directState  // direct connections for blob bytes (direct.go)
 	preheat preheatState // cluster preheat asks (preheat.go)
 	tags    tagBook      // tag records this node republishes (tags.go)
 
@@ -383,10 +384,14 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	for _, proto := range []protocol.ID{blobProtocolGrant, blobProtocol} {
 		h.SetStreamHandler(proto, func(s network.Stream) {
 			defer n.holdConn(s.Conn().RemotePeer())()
-			n.serveBlob(life, s)
+			n.serveBlob(life, &streamConn{Stream: s})
 		})
 	}
 	h.SetStreamHandler(preheatProtocol, func(s network.Stream) { n.servePreheat(life, s) })
+	if err := n.startDirect(life, key); err != nil {
+		n.Close()
+		return nil, err
+	}
 
 	if cfg.MDNS {
 		m, err := startMDNS(life, n)
@@ -418,6 +423,7 @@ func (n *Node) Close() error {
 		if n.mdns != nil {
 			n.mdns.Close()
 		}
+		n.closeDirect()
 		n.wg.Wait()
 		var errs []error
 		if n.sweeper != nil {

@@ -163,6 +163,8 @@ type Status struct {
 	InboundHandshakeFailures int64
 	LastInboundFailure       string
 	LastInboundFailureAt     time.Time
+	// Direct counts the direct connections that carry blob bytes (direct.go).
+	Direct DirectStatus
 }
 
 // PeerStatus describes one connected or banned peer. BytesIn/BytesOut count blob bytes
@@ -191,6 +193,7 @@ func (n *Node) Status() Status {
 		SwarmKey:         n.swarmKey,
 		BootstrapError:   n.BootstrapError(),
 		Lone:             n.cfg.Lone(),
+		Direct:           n.directStatus(),
 	}
 	st.LookupP50, st.LookupP99 = n.lookupLat.percentiles()
 	st.InboundHandshakeFailures, st.LastInboundFailure, st.LastInboundFailureAt = n.inbound.snapshot()
