@@ -28,6 +28,10 @@ type blobConn interface {
 	// end finishes an exchange whose answer is complete; keep says the connection may carry
 	// the next request (a direct connection then stays open for it).
 	end(keep bool)
+	// complete finishes an exchange whose whole body went out: it returns once the asker has
+	// it (a direct connection waits for the asker's DONE line, as a stream's writes wait for
+	// the asker's window), so an upload counts until then (Config.MaxUploadsPerBlob).
+	complete()
 	// cutShort ends a body before its announced size: the asker sees io.ErrUnexpectedEOF and
 	// keeps what it got.
 	cutShort()
@@ -49,6 +53,8 @@ type blobClient interface {
 	lineReader() *bufio.Reader
 	// bodyReader reads the body after the response lines.
 	bodyReader() io.Reader
+	// received tells the peer the whole body arrived (a direct connection sends DONE).
+	received()
 	// release ends an exchange that completed (a direct connection goes back to the pool).
 	release(ok bool) error
 	// reset aborts, from any goroutine.
@@ -72,6 +78,8 @@ func (s *streamConn) writeBody(f []byte) (int, error) { return s.Write(f[frameHe
 func (s *streamConn) retract()                        { _ = s.ResetWithError(retractCode) }
 func (s *streamConn) reset()                          { _ = s.Reset() }
 func (s *streamConn) requestSent()                    { _ = s.CloseWrite() }
+func (s *streamConn) complete()                       { s.end(true) }
+func (s *streamConn) received()                       {}
 
 func (s *streamConn) end(bool) {
 	_ = s.CloseWrite()

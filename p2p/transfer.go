@@ -416,7 +416,7 @@ func (n *Node) serveBlob(ctx context.Context, s blobConn) {
 			return
 		}
 	}
-	s.end(true)
+	s.complete()
 }
 
 // reply writes one response line within StallTimeout.
@@ -645,6 +645,9 @@ func (n *Node) fetchOnce(ctx context.Context, pid peer.ID, req request, answer t
 	if offset > size {
 		return abort(fmt.Errorf("peer answered size %d below offset %d", size, offset))
 	}
+	if size == offset {
+		s.received() // an empty body: all of it is here
+	}
 	return &blobReader{s: s, body: s.bodyReader(), remaining: size - offset, stall: stall, ctx: ctx, stop: stop,
 		stats: stats, from: pid, what: fmt.Sprintf("%s from %s", d, pid)}, size, nil, false
 }
@@ -743,6 +746,9 @@ func (r *blobReader) Read(p []byte) (int, error) {
 	n, err := r.body.Read(p)
 	r.remaining -= int64(n)
 	r.stats.bytesIn.Add(int64(n))
+	if r.remaining == 0 && n > 0 {
+		r.s.received()
+	}
 	if err == nil || r.remaining == 0 {
 		return n, nil
 	}
