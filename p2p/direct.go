@@ -227,6 +227,26 @@ func (n *Node) closeDirect() {
 	d.wg.Wait()
 }
 
+// dropDirect closes every direct connection to and from p (p was banned).
+func (n *Node) dropDirect(p peer.ID) {
+	d := &n.direct
+	d.mu.Lock()
+	var drop []*directConn
+	for c := range d.serving {
+		if c.peer == p {
+			drop = append(drop, c)
+		}
+	}
+	drop = append(drop, d.idle[p]...)
+	d.nidle -= len(d.idle[p])
+	delete(d.idle, p)
+	delete(d.ports, p)
+	d.mu.Unlock()
+	for _, c := range drop {
+		c.closeNow()
+	}
+}
+
 // directPort is the port of the direct listener on local IP ip (or on the unspecified
 // address of its family); 0 when there is none.
 func (n *Node) directPort(ip net.IP) int {
@@ -343,7 +363,9 @@ func (n *Node) serveDirect(life context.Context, c *directConn) {
 		refuse("peer key", err)
 		return
 	}
-	c.peer = p
+	d.mu.Lock()
+	c.peer = p // under the lock: dropDirect reads it
+	d.mu.Unlock()
 	if !n.directAllowed(p, remoteIP) {
 		refuse("peer not connected over libp2p from this IP, or banned", nil)
 		return

@@ -413,3 +413,25 @@ func TestDirectPortDefault(t *testing.T) {
 		t.Fatalf("port answered for %s: %d", ip, got)
 	}
 }
+
+// A banned peer loses its direct connections with its libp2p ones and gets nothing more.
+func TestDirectBanned(t *testing.T) {
+	blob := randomBlob(55, 64<<10)
+	d := digest.FromBytes(blob)
+	srv, cli := directPair(t, testConfig, newMemContent(blob))
+	if got, _, err := fetchAll(t, cli, peerOf(srv), d, 0); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("fetch: %d bytes, %v", len(got), err)
+	}
+	if srv.Status().Direct.Open != 1 {
+		t.Fatalf("server holds %d direct connections after a fetch, want 1 (kept for the next)", srv.Status().Direct.Open)
+	}
+	srv.Ban(cli.ID(), "test")
+	waitFor(t, 2*time.Second, "the banned peer's direct connection to close", func() bool { return srv.Status().Direct.Open == 0 })
+	served := srv.Status().Direct.Served
+	if got, _, err := fetchAll(t, cli, peerOf(srv), d, 0); err == nil {
+		t.Fatalf("a banned peer fetched %d bytes", len(got))
+	}
+	if s := srv.Status().Direct.Served; s != served {
+		t.Fatalf("server answered %d more direct requests of a banned peer", s-served)
+	}
+}

@@ -133,6 +133,7 @@ func (n *Node) Ban(peerID string, reason string) {
 	until := n.peers.ban(p)
 	n.dht.RoutingTable().RemovePeer(p)
 	_ = n.host.Network().ClosePeer(p)
+	n.dropDirect(p)
 	n.log.Warn("peer banned", "peer", p.String(), "reason", reason, "until", until.Format(time.RFC3339))
 }
 
