@@ -240,8 +240,10 @@ func TestDirectOutsiders(t *testing.T) {
 			t.Fatal("no direct connection")
 		}
 		defer c.closeNow()
+		before := srv.Status().BadRequests
 		io.WriteString(c, "sha256:")
 		closedQuickly(t, c.raw, stall)
+		waitFor(t, 2*time.Second, "the slow request to be counted", func() bool { return srv.Status().BadRequests == before+1 })
 	})
 	t.Run("bad request line", func(t *testing.T) {
 		c, _ := cli.directFor(t.Context(), srv.host.ID(), false)
@@ -249,6 +251,7 @@ func TestDirectOutsiders(t *testing.T) {
 			t.Fatal("no direct connection")
 		}
 		defer c.closeNow()
+		before := srv.Status().BadRequests
 		io.WriteString(c, "GET / HTTP/1.1\n")
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		line, err := bufio.NewReader(c).ReadString('\n')
@@ -256,6 +259,9 @@ func TestDirectOutsiders(t *testing.T) {
 			t.Fatalf("bad request answered %q, %v", line, err)
 		}
 		closedQuickly(t, c.raw, stall)
+		if n := srv.Status().BadRequests; n != before+1 {
+			t.Fatalf("%d bad requests counted, want %d", n, before+1)
+		}
 	})
 	// The member itself still fetches.
 	if got, _, err := fetchAll(t, cli, peerOf(srv), d, 0); err != nil || !bytes.Equal(got, blob) {

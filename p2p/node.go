@@ -130,6 +130,7 @@ type Node struct {
 	serveSlots   chan struct{}
 	uploads      uploadTable
 	redirects    atomic.Int64 // requests answered REDIRECT
+	badRequests  atomic.Int64 // blob requests too long, malformed, cut off or too slow
 	openFailLog  rateLog
 
 	designate designateCache // designated fetcher per digest key (large swarms)

@@ -151,6 +151,9 @@ type Status struct {
 	Bans                 int64
 	// Redirected counts peer requests sent on to other peers at the upload limit.
 	Redirected int64
+	// BadRequests counts blob requests (on streams or direct connections) whose line was too
+	// long, malformed, cut off or slower than the stall timeout: each closed the exchange.
+	BadRequests int64
 	// SwarmKey is the swarm key's fingerprint ("" without a key): equal on nodes that share it.
 	SwarmKey string
 	// BootstrapError says why the last bootstrap round reached no peer ("" once one did).
@@ -191,6 +194,7 @@ func (n *Node) Status() Status {
 		LookupHits:       n.lookupHits.Load(),
 		Bans:             n.peers.bans.Load(),
 		Redirected:       n.redirects.Load(),
+		BadRequests:      n.badRequests.Load(),
 		SwarmKey:         n.swarmKey,
 		BootstrapError:   n.BootstrapError(),
 		Lone:             n.cfg.Lone(),

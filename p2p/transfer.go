@@ -274,6 +274,7 @@ func (n *Node) serveBlob(ctx context.Context, s blobConn) {
 	br := bufio.NewReaderSize(s, maxRequestLine)
 	line, err := br.ReadSlice('\n')
 	if err != nil {
+		n.badRequests.Add(1) // too long, cut off, or too slow (slowloris)
 		if errors.Is(err, bufio.ErrBufferFull) {
 			n.reply(s, statusBadRequest)
 			s.end(false)
@@ -283,12 +284,14 @@ func (n *Node) serveBlob(ctx context.Context, s blobConn) {
 		return
 	}
 	if br.Buffered() > 0 { // a request is one line, and the asker waits for the answer
+		n.badRequests.Add(1)
 		n.reply(s, statusBadRequest)
 		s.end(false)
 		return
 	}
 	req, err := parseRequest(line)
 	if err != nil {
+		n.badRequests.Add(1)
 		n.log.Debug("bad blob request", "peer", p.String(), "err", err)
 		n.reply(s, statusBadRequest)
 		s.end(false)
