@@ -61,8 +61,9 @@ const (
 	maxFrame     = 16 << 20
 	frameShort   = 0xFFFFFFFE // the body ends here, before its size (cutShort)
 	frameRetract = 0xFFFFFFFF // discard the body (retract)
-	// directDialTimeout bounds dial and handshake of a direct connection (a LAN peer answers
-	// in well under a millisecond); the stall timeout bounds them when shorter.
+	// directDialTimeout bounds asking the port, dial and handshake of a direct connection (a
+	// LAN peer answers in well under a millisecond); half the stall timeout bounds them when
+	// shorter, so that the stream asked instead still has its own stall timeout.
 	directDialTimeout = time.Second
 	// directRetryAfter is how long a peer whose direct connection failed is asked over streams.
 	directRetryAfter = time.Minute
@@ -427,6 +428,9 @@ func (n *Node) directFor(ctx context.Context, p peer.ID, pooled bool) (c *direct
 	}
 	port := d.ports[p]
 	d.mu.Unlock()
+	if n.host.Network().Connectedness(p) != network.Connected {
+		return nil, false // openBlobConn connects first; without a connection, no address to dial
+	}
 	c, err := n.dialDirect(ctx, p, port)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -450,11 +454,10 @@ var errNoDirect = errors.New("peer offers no direct connection")
 // the peer for it first.
 func (n *Node) dialDirect(ctx context.Context, p peer.ID, port int) (*directConn, error) {
 	d := &n.direct
-	if n.host.Network().Connectedness(p) != network.Connected {
-		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
-			return nil, err
-		}
-	}
+	// Everything here (the port, dial, handshake) within the direct budget: a silent port must leave the stream fallback its stall timeout.
+	timeout := min(directDialTimeout, n.cfg.StallTimeout/2)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	if protos, err := n.host.Peerstore().GetProtocols(p); err == nil && len(protos) > 0 {
 		if ok, _ := n.host.Peerstore().SupportsProtocols(p, directProtocol); len(ok) == 0 {
 			return nil, errNoDirect // identify says so: no round trip
@@ -481,8 +484,7 @@ func (n *Node) dialDirect(ctx context.Context, p peer.ID, port int) (*directConn
 		d.ports[p] = port
 		d.mu.Unlock()
 	}
-	timeout := min(directDialTimeout, n.cfg.StallTimeout)
-	dialer := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: local}}
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: local}}
 	d.dials.Add(1)
 	raw, err := dialer.DialContext(ctx, "tcp", net.JoinHostPort(remote.String(), strconv.Itoa(port)))
 	if err != nil {
@@ -492,7 +494,8 @@ func (n *Node) dialDirect(ctx context.Context, p peer.ID, port int) (*directConn
 	d.open.Add(1)
 	conf, _ := d.id.ConfigForPeer(p)
 	conf.NextProtos = []string{directALPN}
-	if err := c.secure(ctx, conf, true, timeout); err != nil {
+	dl, _ := ctx.Deadline()
+	if err := c.secure(ctx, conf, true, time.Until(dl)); err != nil {
 		c.closeNow()
 		return nil, err
 	}
@@ -506,7 +509,9 @@ func (n *Node) askDirectPort(ctx context.Context, p peer.ID) (int, error) {
 		return 0, err
 	}
 	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(n.cfg.StallTimeout))
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
 	_ = s.CloseWrite()
 	line, err := readLine(bufio.NewReaderSize(s, 16), 8)
 	if err != nil {

@@ -130,6 +130,47 @@ func TestDirectFallback(t *testing.T) {
 			t.Fatalf("client direct counters %+v: want one failed dial, then streams without dialling again", cs)
 		}
 	})
+	t.Run("port answers nothing", func(t *testing.T) {
+		// As behind a firewall that drops what it does not like, or a frozen listener: the
+		// TCP connection opens, the handshake never completes; the asker gives up within the
+		// dial timeout, fetches over a stream, and does not try again for every blob.
+		srv, cli := directPair(t, testConfig, newMemContent(blob))
+		addr := directAddr(t, srv)
+		srv.direct.listeners[0].ln.Close()
+		hole, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		defer func() { hole.Close(); <-done }()
+		go func() {
+			defer close(done)
+			var held []net.Conn
+			for {
+				c, err := hole.Accept()
+				if err != nil {
+					for _, c := range held {
+						c.Close()
+					}
+					return
+				}
+				held = append(held, c)
+			}
+		}()
+		within(t, "fetch past a silent direct port", directDialTimeout, func() {
+			if got, _, err := fetchAll(t, cli, peerOf(srv), d, 0); err != nil || !bytes.Equal(got, blob) {
+				t.Fatalf("fetch: %d bytes, %v", len(got), err)
+			}
+		})
+		within(t, "the next fetch", 200*time.Millisecond, func() {
+			if got, _, err := fetchAll(t, cli, peerOf(srv), d, 0); err != nil || !bytes.Equal(got, blob) {
+				t.Fatalf("fetch: %d bytes, %v", len(got), err)
+			}
+		})
+		if cs := cli.Status().Direct; cs.Dials != 1 || cs.DialFailures != 1 || cs.Fetched != 0 {
+			t.Fatalf("client direct counters %+v: want one failed dial, then streams", cs)
+		}
+	})
 }
 
 // dialTLS opens a TLS connection to addr (from local IP from, if set) as the holder of key,

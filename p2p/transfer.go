@@ -525,10 +525,24 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 
 // openBlobConn opens the connection for one request to pid: a direct connection when the
 // peer has one (reused from the pool if pooled), else a libp2p stream.
+// The direct attempt has its own short bound (dialDirect); the stream then gets the whole stall
+// timeout.
 func (n *Node) openBlobConn(ctx context.Context, pid peer.ID, req request, pooled bool) (c blobClient, reused bool, err error) {
+	if n.direct.id != nil && n.host.Network().Connectedness(pid) != network.Connected {
+		// The direct connection goes to the IP of the libp2p one: connect first (a stream
+		// would), within the stall timeout; a peer that cannot be reached fails here.
+		cctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
+		err := n.host.Connect(cctx, peer.AddrInfo{ID: pid})
+		cancel()
+		if err != nil {
+			return nil, false, err
+		}
+	}
 	if dc, reused := n.directFor(ctx, pid, pooled); dc != nil {
 		return dc, reused, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
+	defer cancel()
 	protos := []protocol.ID{blobProtocol}
 	if req.Mode == modeFetch {
 		protos = []protocol.ID{blobProtocolGrant, blobProtocol} // libp2p picks the first the peer speaks
@@ -550,9 +564,7 @@ func (n *Node) fetchOnce(ctx context.Context, pid peer.ID, req request, answer t
 		return nil, 0, err, false
 	}
 	stall := n.cfg.StallTimeout
-	octx, cancel := context.WithTimeout(ctx, stall)
-	defer cancel()
-	s, reused, err := n.openBlobConn(octx, pid, req, pooled)
+	s, reused, err := n.openBlobConn(ctx, pid, req, pooled)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err()), false
