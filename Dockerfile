@@ -29,7 +29,7 @@ ENV SHOAL_LISTEN=0.0.0.0:5000 \
 USER 65532:65532
 VOLUME ["/var/lib/shoal"]
 # 5000 mirror API, 5001 P2P (libp2p TCP), 9095 /metrics, /healthz, /readyz
-EXPOSE 5000 5001 9095
+EXPOSE 5000 5001 5002 9095
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["/usr/local/bin/shoal", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/shoal"]
 CMD ["daemon"]

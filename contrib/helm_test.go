@@ -647,6 +647,7 @@ func TestHelmValues(t *testing.T) {
 		"extra args":        fmt.Sprint(shoal["args"]) == "[daemon --log-level=warn]",
 		"mirror port":       fmt.Sprint(list(shoal["ports"])[0]["containerPort"]) == "5050",
 		"metrics port":      fmt.Sprint(list(shoal["ports"])[2]["containerPort"]) == "9096" && dig(shoal, "livenessProbe", "httpGet", "port") == "metrics",
+		"p2p direct port":   len(list(shoal["ports"])) == 4 && fmt.Sprint(list(shoal["ports"])[3]["containerPort"]) == "5002",
 		"setup's mirror":    slices.Contains(setup["args"].([]any), "--mirror=http://127.0.0.1:5050"),
 		"node selector":     dig(pod, "nodeSelector", "kubernetes.io/os") == "linux",
 		"priority class":    pod["priorityClassName"] == "system-node-critical",

@@ -157,6 +157,8 @@ var table = settings.NewTable([]Setting{
 		Ptr: func(c *Config) any { return &c.P2P.DesignatedTimeout }},
 	{Key: "p2p.max_uploads_per_blob", Default: "4", Help: "peers streaming one blob from this node at once; more are redirected to those peers, which follow the download (`0` = no limit)",
 		Ptr: func(c *Config) any { return &c.P2P.MaxUploadsPerBlob }},
+	{Key: "p2p.direct_port", Default: "0", Help: "TCP port, on the IP of each `listen` address, where peers fetch blob bytes on a TLS connection of their own (libp2p's TLS handshake, no muxer; with a swarm key one cipher instead of two; see docs/peers.md); `0` = the libp2p port + 1 (5002 by default), `-1` = off (blobs go over libp2p streams)",
+		Ptr: func(c *Config) any { return &c.P2P.DirectPort }},
 
 	{Key: "store.max_size", Default: `""`, Arg: "SIZE", Help: "content budget (`50GiB`, `512MiB`); least recently used blobs are evicted first; `\"\"` = half of (free space + what the store holds), computed at start",
 		Ptr: func(c *Config) any { return &c.Store.MaxSize }, Parse: parseSize(true)},

@@ -64,22 +64,26 @@ func benchSize(b *testing.B, def int64) int64 {
 	return def
 }
 
-// BenchmarkTransfer: blobs peer to peer over /shoal/blob/1.0.0 next to the same bytes over
+// BenchmarkTransfer: blobs peer to peer over /shoal/blob/1.x next to the same bytes over
 // plain HTTP and HTTPS on loopback (net/http over Go's crypto/tls 1.3, AES-128-GCM, with the
 // p2p transport's coalesced writes, no libp2p): HTTPS tells what encryption alone costs on
-// this machine, so p2p/https is what libp2p's stream multiplexing adds. Two shapes:
+// this machine. Two shapes:
 //
 //   - single: one 256 MiB blob (SHOAL_BENCH_SIZE bytes);
-//   - 8x64MiB: 8 blobs of 64 MiB at once: over one libp2p connection (8 yamux streams), as a
-//     node fetching an image's layers from one peer does, against 8 HTTP(S) connections.
+//   - 8x64MiB: 8 blobs of 64 MiB at once: as a node fetching an image's layers from one peer
+//     does, against 8 HTTP(S) connections.
 //
-// The p2p side runs as shoal runs it (TLS 1.3 + yamux over TCP), and also with Noise instead of
-// TLS (the fallback security transport) and with a swarm key (p2p-psk: a libp2p private
-// network adds XSalsa20 under TLS). Every iteration is one round that runs all five, one after
-// the other, in an order rotated from round to round, so each ratio compares runs that saw the
-// same machine load (this machine is shared: absolute figures swing by 30%). Reported: each
-// path's MB/s and CPU-s/GiB over all rounds, and the median (with min and max) of the
-// per-round ratios p2p/https, noise/tls and psk/p2p.
+// Peer paths: "direct" is how shoal runs (the blob protocol on a direct TLS connection,
+// direct.go; 8 blobs at once use up to 8 connections from the pool), "direct-psk" the same
+// with a swarm key (the key guards the libp2p connection; the direct one is TLS only). "p2p"
+// is the blob protocol on libp2p streams (TLS 1.3 + yamux over TCP; 8 streams on one
+// connection), as before direct connections and as a peer without one is still asked;
+// "p2p-noise" the same with Noise instead of TLS, "p2p-psk" with a swarm key (libp2p's
+// private network adds XSalsa20 under TLS). Every iteration is one round that runs all paths,
+// one after the other, in an order rotated from round to round, so each ratio compares runs
+// that saw the same machine load (this machine is shared: absolute figures swing by 30%).
+// Reported: each path's MB/s and CPU-s/GiB over all rounds, and the median (with min and max)
+// of the per-round ratios direct/https, direct-psk/https, p2p/https, noise/tls and psk/p2p.
 //
 //	go test -run '^$' -bench Transfer -benchtime 5x ./p2p/
 func BenchmarkTransfer(b *testing.B) {
@@ -122,7 +126,9 @@ func benchTransfer(b *testing.B, streams int, size int64) {
 		b.ReportMetric(total/1e6/wall.Seconds(), name+"-MB/s")
 		b.ReportMetric(cpu.Seconds()/(total/(1<<30)), name+"-cpu-s/GiB")
 	}
-	for _, c := range [][3]string{{"p2p", "https", "p2p/https"}, {"p2p", "http", "p2p/http"}, {"p2p-noise", "p2p", "noise/tls"}, {"p2p-psk", "p2p", "psk/p2p"}} {
+	for _, c := range [][3]string{{"direct", "https", "direct/https"}, {"direct-psk", "https", "direct-psk/https"},
+		{"direct", "p2p", "direct/p2p"}, {"p2p", "https", "p2p/https"}, {"p2p", "http", "p2p/http"},
+		{"p2p-noise", "p2p", "noise/tls"}, {"p2p-psk", "p2p", "psk/p2p"}} {
 		med, lo, hi := r.ratio(c[0], c[1])
 		b.ReportMetric(med, c[2])
 		b.ReportMetric(lo, c[2]+"-min")
@@ -132,7 +138,7 @@ func benchTransfer(b *testing.B, streams int, size int64) {
 
 // runTransferRounds sets up the five paths and runs b.N interleaved rounds of them.
 func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
-	ips := loopbackIPs(7)
+	ips := loopbackIPs(11)
 	d := digest.FromString("bench")
 	// Each copy reads with its own 1 MiB buffer, on both sides of every path.
 	copyAll := func(what string, r io.Reader) {
@@ -169,6 +175,14 @@ func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
 		c.SwarmKeyFile = key
 		return c
 	}
+	// The stream paths: no direct connection (the asker then uses libp2p streams).
+	viaStreams := func(cfg func(ip string) Config) func(ip string) Config {
+		return func(ip string) Config {
+			c := cfg(ip)
+			c.DirectPort = DirectOff
+			return c
+		}
+	}
 	noiseOnly := []option{func(o *options) { o.security = securityNoise }}
 
 	ln, err := net.Listen("tcp", ips[2]+":0")
@@ -201,9 +215,11 @@ func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
 		return func() { pprof.Do(b.Context(), pprof.Labels("path", name), func(context.Context) { run() }) }
 	}
 	paths := map[string]func(){
-		"p2p":       labelled("p2p", func() func() { return fetch(testConfig, nil, ips[0], ips[1]) }),
-		"p2p-noise": labelled("p2p-noise", func() func() { return fetch(testConfig, noiseOnly, ips[5], ips[6]) }),
-		"p2p-psk":   labelled("p2p-psk", func() func() { return fetch(withKey, nil, ips[3], ips[4]) }),
+		"direct":     labelled("direct", func() func() { return fetch(testConfig, nil, ips[7], ips[8]) }),
+		"direct-psk": labelled("direct-psk", func() func() { return fetch(withKey, nil, ips[9], ips[10]) }),
+		"p2p":        labelled("p2p", func() func() { return fetch(viaStreams(testConfig), nil, ips[0], ips[1]) }),
+		"p2p-noise":  labelled("p2p-noise", func() func() { return fetch(viaStreams(testConfig), noiseOnly, ips[5], ips[6]) }),
+		"p2p-psk":    labelled("p2p-psk", func() func() { return fetch(viaStreams(withKey), nil, ips[3], ips[4]) }),
 		"http": labelled("http", func() func() {
 			go hs.Serve(ln)
 			return get(httpClient, "http://"+ln.Addr().String()+"/blob")
@@ -214,11 +230,11 @@ func runTransferRounds(b *testing.B, streams int, size int64) transferRounds {
 		}),
 	}
 	r := transferRounds{
-		names: []string{"p2p", "p2p-noise", "p2p-psk", "http", "https"},
+		names: []string{"direct", "direct-psk", "p2p", "p2p-noise", "p2p-psk", "http", "https"},
 		wall:  map[string][]time.Duration{},
 		cpu:   map[string][]time.Duration{},
 	}
-	// Connections, handshakes and yamux windows warmed up, as between busy peers.
+	// Connections, handshakes, pools and yamux windows warmed up, as between busy peers.
 	for _, name := range r.names {
 		paths[name]()
 	}

@@ -55,7 +55,16 @@ type Config struct {
 	// on. When a whole cluster pulls the same image at once, this turns "everyone from the
 	// designated node" into a tree, spreading the upload over the nodes. 0 means no limit.
 	MaxUploadsPerBlob int `yaml:"max_uploads_per_blob"`
+	// DirectPort is the TCP port of the direct listener, opened next to each TCP listen
+	// address (same IP): peers fetch blob bytes on a TLS connection of their own there (no
+	// muxer, and with a swarm key one cipher instead of two; see direct.go). 0 means the
+	// libp2p port + 1 (or a port the kernel picks if that one is taken; peers learn it over
+	// libp2p); DirectOff turns direct connections off (blobs go over libp2p streams).
+	DirectPort int `yaml:"direct_port"`
 }
+
+// DirectOff as Config.DirectPort turns direct connections off.
+const DirectOff = -1
 
 // DefaultPort is the TCP port of the default listen address.
 const DefaultPort = 5001
@@ -143,6 +152,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxUploadsPerBlob < 0 {
 		errs = append(errs, fmt.Errorf("p2p.max_uploads_per_blob: must be 0 (no limit) or more, got %d", c.MaxUploadsPerBlob))
+	}
+	if c.DirectPort < DirectOff || c.DirectPort > 65535 {
+		errs = append(errs, fmt.Errorf("p2p.direct_port: must be a TCP port, 0 (the libp2p port + 1) or -1 (off), got %d", c.DirectPort))
 	}
 	if c.RecordTTL > 0 && c.RecordTTL < time.Second {
 		errs = append(errs, fmt.Errorf("p2p.record_ttl: %v is too short (minimum 1s)", c.RecordTTL))

@@ -1,7 +1,7 @@
 // Package p2p lets shoal nodes find and serve each other's content: a libp2p host (TCP,
 // TLS 1.3 or Noise, yamux) with a Kademlia DHT that holds provider records, and a small stream protocol
 // (/shoal/blob/1.1.0, and 1.0.0 for older nodes) that transfers content by digest with Range
-// semantics.
+// semantics, on libp2p streams or on direct TLS connections between nodes.
 //
 // What it does:
 //   - A stable identity: the Ed25519 host key lives at <data dir>/p2p/identity.key (0600), so
@@ -85,4 +85,16 @@
 // sends later askers to that download. A node serves both versions and asks in fetch mode with
 // 1.1.0 first (libp2p picks it from what identify learnt, without a round trip): an old node
 // (1.0.0 only) is never granted and never grants.
+//
+// # Direct connections (direct.go)
+//
+// The same requests and answers also run on a direct TCP connection secured by libp2p's TLS 1.3
+// handshake (ALPN "shoal-blob/1"; each side verifies the other's peer ID), which is how blob
+// bytes travel between nodes that both have one: no yamux copies, and with a swarm key no
+// second cipher. A node answers its port on /shoal/direct/1.0.0 ("<port>\n"); the asker dials
+// only the IP of its libp2p connection to that peer, and the server serves only a peer connected
+// to it over libp2p from the same IP and not banned. Differences from a stream: the connection
+// carries one request after another; the body comes in frames (a 4-byte big-endian length and
+// that many bytes; 0xFFFFFFFE ends a body cut short, 0xFFFFFFFF retracts it); after a whole body
+// the asker sends "DONE\n". The version spoken is that of the node's streams.
 package p2p

@@ -130,12 +130,14 @@ type Node struct {
 	serveSlots   chan struct{}
 	uploads      uploadTable
 	redirects    atomic.Int64 // requests answered REDIRECT
+	badRequests  atomic.Int64 // blob requests too long, malformed, cut off or too slow
 	openFailLog  rateLog
 
 	designate designateCache // designated fetcher per digest key (large swarms)
 	kadOnce   sync.Once
 	kad       *dhtpb.ProtocolMessenger // FIND_NODE client of the designation walk
 
+	direct  directState  // direct connections for blob bytes (direct.go)
 	preheat preheatState // cluster preheat asks (preheat.go)
 	tags    tagBook      // tag records this node republishes (tags.go)
 
@@ -383,10 +385,14 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 	for _, proto := range []protocol.ID{blobProtocolGrant, blobProtocol} {
 		h.SetStreamHandler(proto, func(s network.Stream) {
 			defer n.holdConn(s.Conn().RemotePeer())()
-			n.serveBlob(life, s)
+			n.serveBlob(life, &streamConn{Stream: s})
 		})
 	}
 	h.SetStreamHandler(preheatProtocol, func(s network.Stream) { n.servePreheat(life, s) })
+	if err := n.startDirect(life, key); err != nil {
+		n.Close()
+		return nil, err
+	}
 
 	if cfg.MDNS {
 		m, err := startMDNS(life, n)
@@ -418,6 +424,7 @@ func (n *Node) Close() error {
 		if n.mdns != nil {
 			n.mdns.Close()
 		}
+		n.closeDirect()
 		n.wg.Wait()
 		var errs []error
 		if n.sweeper != nil {

@@ -133,6 +133,7 @@ func (n *Node) Ban(peerID string, reason string) {
 	until := n.peers.ban(p)
 	n.dht.RoutingTable().RemovePeer(p)
 	_ = n.host.Network().ClosePeer(p)
+	n.dropDirect(p)
 	n.log.Warn("peer banned", "peer", p.String(), "reason", reason, "until", until.Format(time.RFC3339))
 }
 
@@ -150,6 +151,9 @@ type Status struct {
 	Bans                 int64
 	// Redirected counts peer requests sent on to other peers at the upload limit.
 	Redirected int64
+	// BadRequests counts blob requests (on streams or direct connections) whose line was too
+	// long, malformed, cut off or slower than the stall timeout: each closed the exchange.
+	BadRequests int64
 	// SwarmKey is the swarm key's fingerprint ("" without a key): equal on nodes that share it.
 	SwarmKey string
 	// BootstrapError says why the last bootstrap round reached no peer ("" once one did).
@@ -163,6 +167,8 @@ type Status struct {
 	InboundHandshakeFailures int64
 	LastInboundFailure       string
 	LastInboundFailureAt     time.Time
+	// Direct counts the direct connections that carry blob bytes (direct.go).
+	Direct DirectStatus
 }
 
 // PeerStatus describes one connected or banned peer. BytesIn/BytesOut count blob bytes
@@ -188,9 +194,11 @@ func (n *Node) Status() Status {
 		LookupHits:       n.lookupHits.Load(),
 		Bans:             n.peers.bans.Load(),
 		Redirected:       n.redirects.Load(),
+		BadRequests:      n.badRequests.Load(),
 		SwarmKey:         n.swarmKey,
 		BootstrapError:   n.BootstrapError(),
 		Lone:             n.cfg.Lone(),
+		Direct:           n.directStatus(),
 	}
 	st.LookupP50, st.LookupP99 = n.lookupLat.percentiles()
 	st.InboundHandshakeFailures, st.LastInboundFailure, st.LastInboundFailureAt = n.inbound.snapshot()

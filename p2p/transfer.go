@@ -260,13 +260,13 @@ func parseResponse(line []byte) (status string, size int64, err error) {
 const copyChunk = 256 << 10
 
 // copyBufPool holds transfer buffers; large ones keep encryption and framing overhead low.
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyChunk); return &b }}
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, frameHeader+copyChunk); return &b }}
 
-// serveBlob answers one peer request from Content.
-func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
-	p := s.Conn().RemotePeer()
+// serveBlob answers one peer request from Content, on a libp2p stream or a direct connection.
+func (n *Node) serveBlob(ctx context.Context, s blobConn) {
+	p := s.remotePeer()
 	if n.peers.isBanned(p) {
-		s.Reset()
+		s.reset()
 		return
 	}
 	stall := n.cfg.StallTimeout
@@ -274,19 +274,27 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 	br := bufio.NewReaderSize(s, maxRequestLine)
 	line, err := br.ReadSlice('\n')
 	if err != nil {
+		n.badRequests.Add(1) // too long, cut off, or too slow (slowloris)
 		if errors.Is(err, bufio.ErrBufferFull) {
 			n.reply(s, statusBadRequest)
-			s.Close()
+			s.end(false)
 			return
 		}
-		s.Reset()
+		s.reset()
+		return
+	}
+	if br.Buffered() > 0 { // a request is one line, and the asker waits for the answer
+		n.badRequests.Add(1)
+		n.reply(s, statusBadRequest)
+		s.end(false)
 		return
 	}
 	req, err := parseRequest(line)
 	if err != nil {
+		n.badRequests.Add(1)
 		n.log.Debug("bad blob request", "peer", p.String(), "err", err)
 		n.reply(s, statusBadRequest)
-		s.Close()
+		s.end(false)
 		return
 	}
 	select {
@@ -294,12 +302,12 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 		defer func() { <-n.serveSlots }()
 	default:
 		n.reply(s, statusBusy)
-		s.Close()
+		s.end(true)
 		return
 	}
 	if n.isWithdrawn(req.Digest) {
 		n.reply(s, statusNotFound)
-		s.Close()
+		s.end(true)
 		return
 	}
 	others, ok := n.uploads.begin(req.Digest, p, n.cfg.MaxUploadsPerBlob)
@@ -310,7 +318,7 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			line += " " + o.String()
 		}
 		n.reply(s, line)
-		s.Close()
+		s.end(true)
 		return
 	}
 	defer n.uploads.end(req.Digest, p)
@@ -322,20 +330,19 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 		sf, ok := n.content.(SwarmFetcher)
 		if !ok {
 			n.reply(s, statusNotFound)
-			s.Close()
+			s.end(true)
 			return
 		}
-		if g, ok := n.content.(Granter); ok && s.Protocol() == blobProtocolGrant &&
+		if g, ok := n.content.(Granter); ok && s.protocol() == blobProtocolGrant &&
 			g.Grant(ctx, p.String(), req.Digest, req.Registry, req.Repo) {
 			n.reply(s, statusGranted)
-			_ = s.CloseWrite()
-			s.Close()
+			s.end(true)
 			return
 		}
 		// Say at once that we are on it: the asker gives up quickly on a peer that does not
 		// answer, but waits (within the stall timeout) for an upstream that is slow to start.
 		if !n.reply(s, statusAccepted) {
-			s.Reset()
+			s.reset()
 			return
 		}
 		rc, size, err = sf.FetchForSwarm(ctx, p.String(), req.Digest, req.Offset, req.Registry, req.Repo)
@@ -353,24 +360,26 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 			}
 			n.reply(s, statusError)
 		}
-		s.Close()
+		s.end(true)
 		return
 	}
 	defer rc.Close()
 	if req.Offset > size {
 		n.reply(s, fmt.Sprintf("%s %d", statusRange, size))
-		s.Close()
+		s.end(true)
 		return
 	}
 	if !n.reply(s, fmt.Sprintf("%s %d", statusOK, size)) {
-		s.Reset()
+		s.reset()
 		return
 	}
 	stats := n.peers.get(p)
 	want := size - req.Offset
 	bufp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bufp)
-	buf := *bufp
+	// Bytes are read after frameHeader bytes of room, where a direct connection writes its
+	// frame header: header and chunk leave in one write, without a copy.
+	buf := (*bufp)[frameHeader:]
 	var sent int64
 	for sent < want {
 		chunk := buf
@@ -380,12 +389,12 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 		nr, rerr := rc.Read(chunk)
 		if nr > 0 {
 			_ = s.SetWriteDeadline(time.Now().Add(stall))
-			nw, werr := s.Write(chunk[:nr])
+			nw, werr := s.writeBody((*bufp)[:frameHeader+nr])
 			sent += int64(nw)
 			stats.bytesOut.Add(int64(nw))
 			if werr != nil {
 				n.log.Debug("peer stopped reading", "peer", p.String(), "digest", req.Digest, "sent", sent, "err", werr)
-				s.Reset()
+				s.reset()
 				return
 			}
 		}
@@ -397,26 +406,24 @@ func (n *Node) serveBlob(ctx context.Context, s network.Stream) {
 				// The bytes sent so far came from a source that lied to this node: tell the
 				// peer to discard them (it verifies what it gets anyway).
 				n.log.Info("retracting the bytes sent to a peer: this node's own download did not verify", "peer", p.String(), "digest", req.Digest, "sent", sent)
-				_ = s.ResetWithError(retractCode)
+				s.retract()
 				return
 			}
 			// Content ended early or failed (an in-progress download that was aborted, say).
-			// Close cleanly rather than reset: the peer knows the size, so it sees the short
+			// End cleanly rather than reset: the peer knows the size, so it sees the short
 			// body as io.ErrUnexpectedEOF, and it keeps the bytes it got to resume elsewhere
 			// with a Range request (a reset would make yamux drop what is still buffered).
 			n.log.Warn("content ended before its size while serving a peer", "peer", p.String(),
 				"digest", req.Digest, "sent", sent, "want", want, "err", rerr)
-			_ = s.CloseWrite()
-			s.Close()
+			s.cutShort()
 			return
 		}
 	}
-	_ = s.CloseWrite()
-	s.Close()
+	s.complete()
 }
 
 // reply writes one response line within StallTimeout.
-func (n *Node) reply(s network.Stream, line string) bool {
+func (n *Node) reply(s blobConn, line string) bool {
 	_ = s.SetWriteDeadline(time.Now().Add(n.cfg.StallTimeout))
 	_, err := io.WriteString(s, line+"\n")
 	return err == nil
@@ -507,77 +514,123 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	if len(addrs) > 0 {
 		n.host.Peerstore().AddAddrs(pid, addrs, peerstore.TempAddrTTL)
 	}
-	stats := n.peers.get(pid)
-	fail := func(err error) (io.ReadCloser, int64, error) {
-		stats.failures.Add(1)
-		return nil, 0, err
+	// A pooled direct connection the peer closed while idle fails before its first answer:
+	// the request is then sent once more, on a fresh connection or stream.
+	rc, size, err, again := n.fetchOnce(ctx, pid, req, answer, hops, tries, true)
+	if again {
+		rc, size, err, _ = n.fetchOnce(ctx, pid, req, answer, hops, tries, false)
 	}
-	stall := n.cfg.StallTimeout
-	octx, cancel := context.WithTimeout(ctx, stall)
+	return rc, size, err
+}
+
+// openBlobConn opens the connection for one request to pid: a direct connection when the
+// peer has one (reused from the pool if pooled), else a libp2p stream.
+// The direct attempt has its own short bound (dialDirect); the stream then gets the whole stall
+// timeout.
+func (n *Node) openBlobConn(ctx context.Context, pid peer.ID, req request, pooled bool) (c blobClient, reused bool, err error) {
+	if n.direct.id != nil && n.host.Network().Connectedness(pid) != network.Connected {
+		// The direct connection goes to the IP of the libp2p one: connect first (a stream
+		// would), within the stall timeout; a peer that cannot be reached fails here.
+		cctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
+		err := n.host.Connect(cctx, peer.AddrInfo{ID: pid})
+		cancel()
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	if dc, reused := n.directFor(ctx, pid, pooled); dc != nil {
+		return dc, reused, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
 	defer cancel()
 	protos := []protocol.ID{blobProtocol}
 	if req.Mode == modeFetch {
 		protos = []protocol.ID{blobProtocolGrant, blobProtocol} // libp2p picks the first the peer speaks
 	}
-	s, err := n.host.NewStream(octx, pid, protos...)
+	s, err := n.host.NewStream(ctx, pid, protos...)
+	if err != nil {
+		return nil, false, err
+	}
+	return &streamConn{Stream: s}, false, nil
+}
+
+// fetchOnce is one attempt of fetch. again reports that it failed on a reused direct
+// connection before any answer (the peer had closed it): the caller may retry once.
+func (n *Node) fetchOnce(ctx context.Context, pid peer.ID, req request, answer time.Duration, hops int, tries *int, pooled bool) (_ io.ReadCloser, _ int64, _ error, again bool) {
+	d, offset := req.Digest, req.Offset
+	stats := n.peers.get(pid)
+	fail := func(err error) (io.ReadCloser, int64, error, bool) {
+		stats.failures.Add(1)
+		return nil, 0, err, false
+	}
+	stall := n.cfg.StallTimeout
+	s, reused, err := n.openBlobConn(ctx, pid, req, pooled)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
+			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err()), false
 		}
 		if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 			err = fmt.Errorf("%w: could not open a stream within %v", ErrStalled, stall)
 		}
 		return fail(fmt.Errorf("p2p: fetch %s from %s: open stream: %w", d, pid, err))
 	}
-	reset := context.AfterFunc(ctx, func() { s.Reset() })
+	reset := context.AfterFunc(ctx, func() { s.reset() })
 	release := n.holdConn(pid) // no connection-manager trim mid-transfer; every exit calls stop
 	stop := func() bool { release(); return reset() }
 	waited := stall // the deadline of the read or write under way, for the error message
-	abort := func(err error) (io.ReadCloser, int64, error) {
+	answered := false
+	abort := func(err error) (io.ReadCloser, int64, error, bool) {
 		stop()
-		s.Reset()
+		s.reset()
 		if ctx.Err() != nil {
-			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err())
+			return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ctx.Err()), false
+		}
+		if reused && !answered && !isTimeout(err) {
+			return nil, 0, err, true
 		}
 		if isTimeout(err) {
 			err = fmt.Errorf("%w: no answer for %v", ErrStalled, waited)
 		}
 		return fail(fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, err))
 	}
+	// done ends an exchange whose answer was complete without a body.
+	done := func() {
+		stop()
+		s.release(true)
+	}
 	_ = s.SetWriteDeadline(time.Now().Add(stall))
 	if _, err := s.Write(req.marshal()); err != nil {
 		return abort(err)
 	}
-	_ = s.CloseWrite()
+	s.requestSent()
 	_ = s.SetReadDeadline(time.Now().Add(answer))
 	waited = answer
-	br := bufio.NewReaderSize(s, 64<<10)
+	br := s.lineReader()
 	line, err := readLine(br, maxResponseLine)
 	waited = stall
 	if err != nil {
 		return abort(err)
 	}
+	answered = true
 	if ids, ok, rerr := parseRedirect(line); ok {
 		if rerr != nil {
 			return abort(rerr)
 		}
-		stop()
-		s.Close()
-		return n.followRedirect(ctx, pid, ids, req, hops, tries)
+		done()
+		rc, size, err := n.followRedirect(ctx, pid, ids, req, hops, tries)
+		return rc, size, err, false
 	}
 	if req.Mode == modeFetch {
 		// The designated peer accepted within answer; its upstream may take up to the stall
 		// timeout to start.
-		if string(line) == statusGranted+"\n" && s.Protocol() == blobProtocolGrant {
-			stop()
-			s.Close()
-			return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, pid, ErrGranted)
+		if string(line) == statusGranted+"\n" && s.protocol() == blobProtocolGrant {
+			done()
+			return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, pid, ErrGranted), false
 		}
 		if string(line) != statusAccepted+"\n" {
 			if st, _, perr := parseResponse(line); perr == nil && st == statusNotFound {
-				stop()
-				s.Close()
-				return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, pid, ErrNotFound)
+				done()
+				return nil, 0, fmt.Errorf("p2p: fetch %s via %s: %w", d, pid, ErrNotFound), false
 			}
 			return abort(fmt.Errorf("designated peer answered %q", line))
 		}
@@ -593,25 +646,25 @@ func (n *Node) fetch(ctx context.Context, p Peer, req request, answer time.Durat
 	switch status {
 	case statusOK:
 	case statusNotFound:
-		stop()
-		s.Close()
-		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ErrNotFound)
+		done()
+		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: %w", d, pid, ErrNotFound), false
 	case statusRange:
-		stop()
-		s.Close()
-		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: offset %d beyond size %d", d, pid, offset, size)
+		done()
+		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: offset %d beyond size %d", d, pid, offset, size), false
 	case statusBusy:
-		stop()
-		s.Close()
-		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: peer busy", d, pid)
+		done()
+		return nil, 0, fmt.Errorf("p2p: fetch %s from %s: peer busy", d, pid), false
 	default:
 		return abort(fmt.Errorf("peer answered %s", status))
 	}
 	if offset > size {
 		return abort(fmt.Errorf("peer answered size %d below offset %d", size, offset))
 	}
-	return &blobReader{s: s, br: br, remaining: size - offset, stall: stall, ctx: ctx, stop: stop,
-		stats: stats, from: pid, what: fmt.Sprintf("%s from %s", d, pid)}, size, nil
+	if size == offset {
+		s.received() // an empty body: all of it is here
+	}
+	return &blobReader{s: s, body: s.bodyReader(), remaining: size - offset, stall: stall, ctx: ctx, stop: stop,
+		stats: stats, from: pid, what: fmt.Sprintf("%s from %s", d, pid)}, size, nil, false
 }
 
 // followRedirect fetches req's digest, in local mode, from one of the peers that from named:
@@ -674,10 +727,11 @@ func isTimeout(err error) bool {
 
 // blobReader streams a response body, enforcing the stall timeout on every read.
 type blobReader struct {
-	s         network.Stream
-	br        *bufio.Reader
+	s         blobClient
+	body      io.Reader
 	remaining int64
 	stall     time.Duration
+	armed     time.Time // when the read deadline was last set
 	ctx       context.Context
 	stop      func() bool
 	stats     *peerStats
@@ -697,26 +751,26 @@ func (r *blobReader) Read(p []byte) (int, error) {
 	if int64(len(p)) > r.remaining {
 		p = p[:r.remaining]
 	}
-	_ = r.s.SetReadDeadline(time.Now().Add(r.stall))
-	var n int
-	var err error
-	if r.br.Buffered() > 0 {
-		n, err = r.br.Read(p)
-	} else {
-		// Past what the response line's reader buffered, read the stream directly: yamux
-		// buffers anyway, and bufio would copy every read shorter than its buffer once more.
-		n, err = r.s.Read(p)
+	// The deadline moves on at most every stall/8: a direct connection's reads return one TLS
+	// record (16 KiB) each, and re-arming the poller's timer for each cost measurable CPU. A
+	// stall is still seen after 7/8 to 8/8 of the stall timeout without a byte.
+	if now := time.Now(); now.Sub(r.armed) > r.stall/8 {
+		_ = r.s.SetReadDeadline(now.Add(r.stall))
+		r.armed = now
 	}
+	n, err := r.body.Read(p)
 	r.remaining -= int64(n)
 	r.stats.bytesIn.Add(int64(n))
+	if r.remaining == 0 && n > 0 {
+		r.s.received()
+	}
 	if err == nil || r.remaining == 0 {
 		return n, nil
 	}
-	var se *network.StreamError
 	switch {
 	case r.ctx.Err() != nil:
 		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, r.ctx.Err())
-	case errors.As(err, &se) && se.Remote && se.ErrorCode == retractCode:
+	case isRetract(err):
 		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, ErrRetracted)
 	case isTimeout(err):
 		r.err = fmt.Errorf("p2p: fetch %s: %w: no data for %v", r.what, ErrStalled, r.stall)
@@ -728,7 +782,7 @@ func (r *blobReader) Read(p []byte) (int, error) {
 		r.err = fmt.Errorf("p2p: fetch %s: %w", r.what, err)
 		r.stats.failures.Add(1)
 	}
-	r.s.Reset()
+	r.s.reset()
 	return n, r.err
 }
 
@@ -737,7 +791,7 @@ func (r *blobReader) Peer() string { return r.from.String() }
 
 // Abort breaks the transfer from another goroutine than the reader's: a Read blocked on it
 // returns an error (Close is for the reader's own goroutine).
-func (r *blobReader) Abort() { _ = r.s.Reset() }
+func (r *blobReader) Abort() { r.s.reset() }
 
 // Close ends the transfer; before the last byte it aborts the stream.
 func (r *blobReader) Close() error {
@@ -747,9 +801,10 @@ func (r *blobReader) Close() error {
 	r.closed = true
 	r.stop()
 	if r.remaining > 0 || r.err != nil {
-		return r.s.Reset()
+		r.s.reset()
+		return nil
 	}
-	return r.s.Close()
+	return r.s.release(true)
 }
 
 // uploadTable tracks which peers are streaming which digest from this node, so that a

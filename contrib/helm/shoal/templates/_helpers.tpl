@@ -96,6 +96,12 @@ given: the daemon must not join a swarm without one, and the chart never makes o
 {{- include "shoal.port" (first $listen) }}
 {{- end }}
 
+{{/* The direct port for peers' blob bytes: p2p.direct_port, 0 = the P2P port + 1, -1 = none (empty). */}}
+{{- define "shoal.p2pDirectPort" -}}
+{{- $d := int (.Values.config.p2p.direct_port | default 0) }}
+{{- if gt $d 0 }}{{ $d }}{{- else if eq $d 0 }}{{ add1 (int (include "shoal.p2pPort" .)) }}{{- end }}
+{{- end }}
+
 {{/* The daemon's configuration file: config, plus the swarm key's path and the peers Service. */}}
 {{- define "shoal.config" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
