@@ -808,12 +808,22 @@ func TestPushDeleteManifestClusterWide(t *testing.T) {
 	if holder == nil {
 		t.Fatal("no other node holds a pinned copy after the push")
 	}
-	deleter := b
-	if holder == b {
-		deleter = c
+	// The deleter must not hold the manifest, or the test would not show a cluster-wide
+	// delete. A replica the nearest peer refused for a moment (busy) lands on the next one,
+	// so on a loaded machine b and c can both hold it: then a fresh node deletes.
+	var deleter *Daemon
+	for _, n := range nodes[1:] {
+		if _, err := n.store.Stat(context.Background(), md); err != nil {
+			deleter = n
+		}
 	}
-	if _, err := deleter.store.Stat(context.Background(), md); err == nil {
-		t.Fatal("the deleting node should not hold the manifest: the test would not show a cluster-wide delete")
+	if deleter == nil {
+		deleter = startNode(t, up, a.node.Addrs())
+		nodes = append(nodes, deleter)
+		waitFor(t, func() bool { return len(deleter.node.Status().Peers) >= len(nodes)-1 })
+		if _, err := deleter.store.Stat(context.Background(), md); err == nil {
+			t.Fatal("a node that joined after the push holds the manifest")
+		}
 	}
 	path := "/v2/shoal.local/team/del/manifests/"
 	if st, _, body := pushReq(t, deleter, "DELETE", path+md.String(), nil, nil); st != http.StatusAccepted {
