@@ -109,7 +109,9 @@ func printStatus(out io.Writer, s adminapi.Status) {
 		} else {
 			fmt.Fprintf(w, "\tno swarm key (any node that reaches the P2P port can join)\n")
 		}
-		fmt.Fprintf(w, "\t%s\n", directLine(p))
+		if p.NotListening == "" { // a node listening for no peer has no direct port either
+			fmt.Fprintf(w, "\t%s\n", directLine(p))
+		}
 		if p.BootstrapError != "" {
 			fmt.Fprintf(w, "\tbootstrap failing: %s\n", p.BootstrapError)
 		}
