@@ -147,8 +147,10 @@ type P2PStatus struct {
 type DirectStatus struct {
 	// Port is the direct listener's port; 0: direct connections are off (p2p.direct_port).
 	Port int `json:"port"`
-	// Open is how many direct connections are open now, served and dialled.
+	// Open is how many direct connections are open now, served and dialled; Idle how many of
+	// them wait in this node's pool for its next request to that peer.
 	Open int64 `json:"open"`
+	Idle int64 `json:"idle"`
 	// Accepted counts connections accepted from peers; Refused those closed before a request
 	// (no valid libp2p certificate, a peer not connected over libp2p from that IP or banned,
 	// over the limit, a handshake too slow).
@@ -161,6 +163,10 @@ type DirectStatus struct {
 	// then fell back to a libp2p stream (and the peer is asked over streams for a minute).
 	Dials        int64 `json:"dials"`
 	DialFailures int64 `json:"dial_failures"`
+	// Fallbacks counts requests this node sent over a libp2p stream although direct
+	// connections are on: the peer has no direct port, or its dial failed now or within the
+	// last minute.
+	Fallbacks int64 `json:"fallbacks"`
 }
 
 // Peers is `shoal peers`.

@@ -139,8 +139,8 @@ func directLine(p *adminapi.P2PStatus) string {
 	d := p.Direct
 	s := "direct connections off: blob bytes over libp2p streams"
 	if d.Port != 0 {
-		s = fmt.Sprintf("direct: port %d, %d open; out: %d dials, %d failed (fell back to streams), %d requests; in: %d accepted, %d refused, %d requests served",
-			d.Port, d.Open, d.Dials, d.DialFailures, d.Fetched, d.Accepted, d.Refused, d.Served)
+		s = fmt.Sprintf("direct: port %d, %d open (%d idle); out: %d dials, %d failed, %d requests, %d over streams instead; in: %d accepted, %d refused, %d requests served",
+			d.Port, d.Open, d.Idle, d.Dials, d.DialFailures, d.Fetched, d.Fallbacks, d.Accepted, d.Refused, d.Served)
 	}
 	if p.BadRequests > 0 {
 		s += fmt.Sprintf("; %d bad peer requests", p.BadRequests)

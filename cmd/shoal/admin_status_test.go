@@ -17,8 +17,8 @@ func TestStatusDirectLine(t *testing.T) {
 		p2p  adminapi.P2PStatus
 		want string // "" : no direct line
 	}{
-		{"on", adminapi.P2PStatus{BadRequests: 2, Direct: adminapi.DirectStatus{Port: 5002, Open: 3, Dials: 12, DialFailures: 1, Fetched: 40, Accepted: 7, Refused: 4, Served: 30}},
-			"direct: port 5002, 3 open; out: 12 dials, 1 failed (fell back to streams), 40 requests; in: 7 accepted, 4 refused, 30 requests served; 2 bad peer requests"},
+		{"on", adminapi.P2PStatus{BadRequests: 2, Direct: adminapi.DirectStatus{Port: 5002, Open: 3, Idle: 1, Dials: 12, DialFailures: 1, Fetched: 40, Fallbacks: 5, Accepted: 7, Refused: 4, Served: 30}},
+			"direct: port 5002, 3 open (1 idle); out: 12 dials, 1 failed, 40 requests, 5 over streams instead; in: 7 accepted, 4 refused, 30 requests served; 2 bad peer requests"},
 		{"off", adminapi.P2PStatus{}, "direct connections off: blob bytes over libp2p streams"},
 		{"not listening", adminapi.P2PStatus{NotListening: "not listening for peers: no p2p.listen"}, ""},
 	} {

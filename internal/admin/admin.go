@@ -553,8 +553,8 @@ func (a *admin) status(r *http.Request) (any, error) {
 }
 
 func directStatus(d p2p.DirectStatus) adminapi.DirectStatus {
-	return adminapi.DirectStatus{Port: d.Port, Open: d.Open, Accepted: d.Accepted, Refused: d.Refused,
-		Served: d.Served, Fetched: d.Fetched, Dials: d.Dials, DialFailures: d.DialFailures}
+	return adminapi.DirectStatus{Port: d.Port, Open: d.Open, Idle: d.Idle, Accepted: d.Accepted, Refused: d.Refused,
+		Served: d.Served, Fetched: d.Fetched, Dials: d.Dials, DialFailures: d.DialFailures, Fallbacks: d.Streamed}
 }
 
 func upstreamStatus(u upstream.RegistryStats) adminapi.UpstreamStatus {

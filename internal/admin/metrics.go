@@ -257,6 +257,8 @@ var (
 	descP2PBadRequests   = prometheus.NewDesc("shoal_p2p_bad_requests_total", "Peers' blob requests (streams or direct connections) too long, malformed, cut off or too slow: each closed the exchange.", nil, nil)
 	descDirectPort       = prometheus.NewDesc("shoal_p2p_direct_port", "The port of the direct listener for peers' blob bytes (0: direct connections off).", nil, nil)
 	descDirectOpen       = prometheus.NewDesc("shoal_p2p_direct_open_connections", "Direct connections open now (served and dialled).", nil, nil)
+	descDirectIdle       = prometheus.NewDesc("shoal_p2p_direct_idle_connections", "Direct connections this node keeps in its pool for its next request to that peer.", nil, nil)
+	descDirectFallbacks  = prometheus.NewDesc("shoal_p2p_direct_fallbacks_total", "Blob requests this node sent over a libp2p stream although direct connections are on (the peer has no direct port, or its dial failed now or within the last minute).", nil, nil)
 	descDirectAccepted   = prometheus.NewDesc("shoal_p2p_direct_accepted_total", "Direct connections accepted from peers.", nil, nil)
 	descDirectRefused    = prometheus.NewDesc("shoal_p2p_direct_refused_total", "Direct connections closed before a request: no valid libp2p certificate, a peer not connected over libp2p from that IP or banned, over the limit, a handshake too slow.", nil, nil)
 	descDirectServed     = prometheus.NewDesc("shoal_p2p_direct_served_total", "Peers' blob requests answered on direct connections.", nil, nil)
@@ -270,7 +272,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
 		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PInboundFailed, descP2PBytesIn, descP2PBytesOut, descGuardRefused,
 		descGuardConnRefused, descMirrorConns, descBlobBound, descP2PBadRequests, descDirectPort, descDirectOpen, descDirectAccepted,
-		descDirectRefused, descDirectServed, descDirectFetched, descDirectDials, descDirectDialFailed} {
+		descDirectRefused, descDirectServed, descDirectFetched, descDirectDials, descDirectDialFailed, descDirectIdle, descDirectFallbacks} {
 		ch <- d
 	}
 }
@@ -359,6 +361,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDirectFetched, float64(d.Fetched))
 	counter(descDirectDials, float64(d.Dials))
 	counter(descDirectDialFailed, float64(d.DialFailures))
+	gauge(descDirectIdle, float64(d.Idle))
+	counter(descDirectFallbacks, float64(d.Streamed))
 }
 
 // ObserveLookup records one provider lookup made on a cache miss: its time and what it found.
