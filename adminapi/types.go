@@ -135,6 +135,38 @@ type P2PStatus struct {
 	// LastInboundFailure is the remote address of the latest, with its time.
 	LastInboundFailure   string     `json:"last_inbound_failure,omitempty"`
 	LastInboundFailureAt *time.Time `json:"last_inbound_failure_at,omitempty"`
+	// BadRequests counts peers' blob requests (over streams or direct connections) whose line
+	// was too long, malformed, cut off or too slow: each closed the exchange.
+	BadRequests int64 `json:"bad_requests"`
+	// Direct describes the direct connections that carry blob bytes between peers.
+	Direct DirectStatus `json:"direct"`
+}
+
+// DirectStatus counts the direct connections (TLS over TCP, one per peer pair) that carry
+// blob bytes between peers; without one a request goes over a libp2p stream.
+type DirectStatus struct {
+	// Port is the direct listener's port; 0: direct connections are off (p2p.direct_port).
+	Port int `json:"port"`
+	// Open is how many direct connections are open now, served and dialled; Idle how many of
+	// them wait in this node's pool for its next request to that peer.
+	Open int64 `json:"open"`
+	Idle int64 `json:"idle"`
+	// Accepted counts connections accepted from peers; Refused those closed before a request
+	// (no valid libp2p certificate, a peer not connected over libp2p from that IP or banned,
+	// over the limit, a handshake too slow).
+	Accepted int64 `json:"accepted"`
+	Refused  int64 `json:"refused"`
+	// Served counts requests answered on direct connections; Fetched requests sent on them.
+	Served  int64 `json:"served"`
+	Fetched int64 `json:"fetched"`
+	// Dials counts connections this node opened; DialFailures those that failed: the request
+	// then fell back to a libp2p stream (and the peer is asked over streams for a minute).
+	Dials        int64 `json:"dials"`
+	DialFailures int64 `json:"dial_failures"`
+	// Fallbacks counts requests this node sent over a libp2p stream although direct
+	// connections are on: the peer has no direct port, or its dial failed now or within the
+	// last minute.
+	Fallbacks int64 `json:"fallbacks"`
 }
 
 // Peers is `shoal peers`.

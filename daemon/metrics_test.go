@@ -168,3 +168,81 @@ func TestMetricsP2P(t *testing.T) {
 		t.Errorf("shoal_p2p_lookup_duration_seconds has %v observations, want ≥ 1", lookups)
 	}
 }
+
+// TestDirectCountersShown: B fetches an image's blobs from A (the upstream down) on a direct
+// connection; what an operator reads — the admin API status and /metrics — shows the dial on
+// B, the accepted connection and served requests on A, and no fallback to streams.
+func TestDirectCountersShown(t *testing.T) {
+	up := newUpstream(t)
+	img := pushRandom(t, up, "test/direct", 256<<10, 2)
+	a := startNode(t, up, nil, withOps)
+	b := startNode(t, up, a.node.Addrs(), withOps)
+	if _, err := pullThrough(t, a, "test/direct:latest"); err != nil {
+		t.Fatal(err)
+	}
+	waitProvided(t, b.node, imageBlobs(t, img)...)
+	up.down.Store(true)
+	if _, err := pullThrough(t, b, "test/direct@"+mustDigest(t, img).String()); err != nil {
+		t.Fatalf("pull from A with the upstream down: %v", err)
+	}
+
+	status := func(d *Daemon) adminapi.DirectStatus {
+		t.Helper()
+		s, err := adminFor(t, d).Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.P2P == nil {
+			t.Fatal("status: no p2p section")
+		}
+		return s.P2P.Direct
+	}
+	sa, sb := status(a), status(b)
+	for name, s := range map[string]adminapi.DirectStatus{"A": sa, "B": sb} {
+		if s.Port <= 0 {
+			t.Errorf("%s: status p2p.direct.port = %d, want the listener's port", name, s.Port)
+		}
+	}
+	if sb.Dials < 1 || sb.Fetched < 1 || sb.DialFailures != 0 || sb.Fallbacks != 0 {
+		t.Errorf("B (asker): status p2p.direct = %+v, want ≥ 1 dial, ≥ 1 request fetched, no dial failure, no request over a stream", sb)
+	}
+	// After the pull, B keeps its connection to A in its pool for the next blob.
+	waitFor(t, func() bool { sb = status(b); return sb.Idle >= 1 && sb.Open >= sb.Idle })
+	if sa.Accepted < 1 || sa.Served < 1 || sa.Refused != 0 {
+		t.Errorf("A (server): status p2p.direct = %+v, want ≥ 1 accepted, ≥ 1 served, none refused", sa)
+	}
+	if sa.Served != sb.Fetched {
+		t.Errorf("A served %d requests on direct connections, B sent %d", sa.Served, sb.Fetched)
+	}
+
+	// /metrics: the same figures, counters as counters, gauges as gauges.
+	check := func(d *Daemon, name string, want float64, typ dto.MetricType) {
+		t.Helper()
+		mfs := scrape(t, d.MetricsAddr())
+		mf := mfs[name]
+		if mf == nil {
+			t.Errorf("/metrics has no %s", name)
+			return
+		}
+		if mf.GetType() != typ || mf.GetHelp() == "" {
+			t.Errorf("%s: type %v help %q, want %v with help", name, mf.GetType(), mf.GetHelp(), typ)
+		}
+		if v, _ := metricValue(mfs, name, nil); v != want {
+			t.Errorf("%s = %v, want %v (as in the status)", name, v, want)
+		}
+	}
+	check(b, "shoal_p2p_direct_port", float64(sb.Port), dto.MetricType_GAUGE)
+	check(b, "shoal_p2p_direct_dials_total", float64(sb.Dials), dto.MetricType_COUNTER)
+	check(b, "shoal_p2p_direct_dial_failures_total", 0, dto.MetricType_COUNTER)
+	check(b, "shoal_p2p_direct_fetched_total", float64(sb.Fetched), dto.MetricType_COUNTER)
+	check(b, "shoal_p2p_direct_fallbacks_total", 0, dto.MetricType_COUNTER)
+	check(b, "shoal_p2p_direct_idle_connections", float64(sb.Idle), dto.MetricType_GAUGE)
+	check(a, "shoal_p2p_direct_port", float64(sa.Port), dto.MetricType_GAUGE)
+	check(a, "shoal_p2p_direct_accepted_total", float64(sa.Accepted), dto.MetricType_COUNTER)
+	check(a, "shoal_p2p_direct_refused_total", 0, dto.MetricType_COUNTER)
+	check(a, "shoal_p2p_direct_served_total", float64(sa.Served), dto.MetricType_COUNTER)
+	check(a, "shoal_p2p_bad_requests_total", 0, dto.MetricType_COUNTER)
+	if v, _ := metricValue(scrape(t, b.MetricsAddr()), "shoal_p2p_direct_open_connections", nil); v < 1 {
+		t.Errorf("B: shoal_p2p_direct_open_connections = %v, want ≥ 1", v)
+	}
+}

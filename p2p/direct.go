@@ -95,8 +95,13 @@ type DirectStatus struct {
 	// Dials counts direct connections this node opened; DialFailures those that failed (the
 	// request then went over a libp2p stream).
 	Dials, DialFailures int64
-	// Open is how many direct connections are open now (served and pooled/in use).
-	Open int64
+	// Open is how many direct connections are open now (served and pooled/in use); Idle how
+	// many of them this node keeps in its pool for the next request.
+	Open, Idle int64
+	// Streamed counts requests this node sent over a libp2p stream although direct
+	// connections are on here: the peer has no direct port, its dial failed (now or within
+	// the last minute).
+	Streamed int64
 }
 
 // directState is the node's direct listeners, the connections it serves and its pool.
@@ -113,7 +118,7 @@ type directState struct {
 	closed    bool
 	wg        sync.WaitGroup
 
-	accepted, refused, served, fetched, dials, dialFails, open atomic.Int64
+	accepted, refused, served, fetched, dials, dialFails, open, streamed atomic.Int64
 }
 
 type directListener struct {
@@ -720,10 +725,13 @@ func (n *Node) directStatus() DirectStatus {
 		Accepted: d.accepted.Load(), Refused: d.refused.Load(),
 		Served: d.served.Load(), Fetched: d.fetched.Load(),
 		Dials: d.dials.Load(), DialFailures: d.dialFails.Load(),
-		Open: d.open.Load(),
+		Open: d.open.Load(), Streamed: d.streamed.Load(),
 	}
+	d.mu.Lock()
+	st.Idle = int64(d.nidle)
 	if len(d.listeners) > 0 {
 		st.Port = d.listeners[0].port
 	}
+	d.mu.Unlock()
 	return st
 }

@@ -78,6 +78,11 @@ func TestDirectFetch(t *testing.T) {
 			if cs.Dials != 1 || ss.Accepted != 1 {
 				t.Fatalf("5 sequential fetches dialled %d direct connections (server accepted %d), want 1: the idle one is reused", cs.Dials, ss.Accepted)
 			}
+			if cs.Streamed != 0 {
+				t.Fatalf("client sent %d requests over streams, want none", cs.Streamed)
+			}
+			// The client's connection goes back to its pool once the body is read.
+			waitFor(t, 5*time.Second, "the client's direct connection idle in its pool", func() bool { return cli.Status().Direct.Idle == 1 })
 			for _, p := range cli.Status().Peers {
 				if p.ID == srv.ID() && p.BytesIn != total {
 					t.Fatalf("client counted %d bytes in from the server, want %d", p.BytesIn, total)
@@ -113,8 +118,8 @@ func TestDirectFallback(t *testing.T) {
 				t.Fatalf("fetch: %d bytes, %v", len(got), err)
 			}
 		}
-		if cs := cli.Status().Direct; cs.Fetched != 0 || cs.Dials != 0 {
-			t.Fatalf("client went direct to a node without a direct port: %+v", cs)
+		if cs := cli.Status().Direct; cs.Fetched != 0 || cs.Dials != 0 || cs.Streamed != 2 {
+			t.Fatalf("client direct counters %+v: want no direct request, 2 over streams", cs)
 		}
 	})
 	t.Run("port closed", func(t *testing.T) {
@@ -126,8 +131,8 @@ func TestDirectFallback(t *testing.T) {
 			}
 		}
 		cs := cli.Status().Direct
-		if cs.Dials != 1 || cs.DialFailures != 1 || cs.Fetched != 0 {
-			t.Fatalf("client direct counters %+v: want one failed dial, then streams without dialling again", cs)
+		if cs.Dials != 1 || cs.DialFailures != 1 || cs.Fetched != 0 || cs.Streamed != 3 {
+			t.Fatalf("client direct counters %+v: want one failed dial, then streams without dialling again (3 requests)", cs)
 		}
 	})
 	t.Run("port answers nothing", func(t *testing.T) {

@@ -541,6 +541,9 @@ func (n *Node) openBlobConn(ctx context.Context, pid peer.ID, req request, poole
 	if dc, reused := n.directFor(ctx, pid, pooled); dc != nil {
 		return dc, reused, nil
 	}
+	if n.direct.id != nil {
+		n.direct.streamed.Add(1)
+	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
 	defer cancel()
 	protos := []protocol.ID{blobProtocol}

@@ -109,6 +109,9 @@ func printStatus(out io.Writer, s adminapi.Status) {
 		} else {
 			fmt.Fprintf(w, "\tno swarm key (any node that reaches the P2P port can join)\n")
 		}
+		if p.NotListening == "" { // a node listening for no peer has no direct port either
+			fmt.Fprintf(w, "\t%s\n", directLine(p))
+		}
 		if p.BootstrapError != "" {
 			fmt.Fprintf(w, "\tbootstrap failing: %s\n", p.BootstrapError)
 		}
@@ -129,6 +132,20 @@ func printStatus(out io.Writer, s adminapi.Status) {
 		}
 	}
 	w.Flush()
+}
+
+// directLine is the direct connections (peers' blob bytes over TLS/TCP) in one line.
+func directLine(p *adminapi.P2PStatus) string {
+	d := p.Direct
+	s := "direct connections off: blob bytes over libp2p streams"
+	if d.Port != 0 {
+		s = fmt.Sprintf("direct: port %d, %d open (%d idle); out: %d dials, %d failed, %d requests, %d over streams instead; in: %d accepted, %d refused, %d requests served",
+			d.Port, d.Open, d.Idle, d.Dials, d.DialFailures, d.Fetched, d.Fallbacks, d.Accepted, d.Refused, d.Served)
+	}
+	if p.BadRequests > 0 {
+		s += fmt.Sprintf("; %d bad peer requests", p.BadRequests)
+	}
+	return s
 }
 
 func upstreamLine(u adminapi.UpstreamStatus) string {

@@ -531,7 +531,8 @@ func (a *admin) status(r *http.Request) (any, error) {
 		p := &adminapi.P2PStatus{PeerID: ns.ID, Addrs: ns.Addrs, RoutingTableSize: ns.RoutingTableSize, Provided: ns.Provided,
 			Lookups: ns.Lookups, LookupHits: ns.LookupHits, LookupP50Ms: ms(ns.LookupP50), LookupP99Ms: ms(ns.LookupP99), Bans: ns.Bans, Redirected: ns.Redirected,
 			SwarmKey: ns.SwarmKey, BootstrapError: ns.BootstrapError,
-			InboundHandshakeFailures: ns.InboundHandshakeFailures, LastInboundFailure: ns.LastInboundFailure}
+			InboundHandshakeFailures: ns.InboundHandshakeFailures, LastInboundFailure: ns.LastInboundFailure,
+			BadRequests: ns.BadRequests, Direct: directStatus(ns.Direct)}
 		if ns.Lone {
 			p.NotListening = p2p.LoneNote
 		}
@@ -549,6 +550,11 @@ func (a *admin) status(r *http.Request) (any, error) {
 		s.P2P = p
 	}
 	return s, nil
+}
+
+func directStatus(d p2p.DirectStatus) adminapi.DirectStatus {
+	return adminapi.DirectStatus{Port: d.Port, Open: d.Open, Idle: d.Idle, Accepted: d.Accepted, Refused: d.Refused,
+		Served: d.Served, Fetched: d.Fetched, Dials: d.Dials, DialFailures: d.DialFailures, Fallbacks: d.Streamed}
 }
 
 func upstreamStatus(u upstream.RegistryStats) adminapi.UpstreamStatus {

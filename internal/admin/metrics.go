@@ -254,13 +254,25 @@ var (
 	descBlobBound        = prometheus.NewDesc("shoal_blob_bound_exceeded_total", "Blob downloads stopped because they broke their size bound, by reason (descriptor, content_length, max_blob_size).", []string{"reason"}, nil)
 	descP2PBytesIn       = prometheus.NewDesc("shoal_p2p_peer_received_bytes", "Blob bytes received from each connected peer.", []string{"peer"}, nil)
 	descP2PBytesOut      = prometheus.NewDesc("shoal_p2p_peer_sent_bytes", "Blob bytes served to each connected peer.", []string{"peer"}, nil)
+	descP2PBadRequests   = prometheus.NewDesc("shoal_p2p_bad_requests_total", "Peers' blob requests (streams or direct connections) too long, malformed, cut off or too slow: each closed the exchange.", nil, nil)
+	descDirectPort       = prometheus.NewDesc("shoal_p2p_direct_port", "The port of the direct listener for peers' blob bytes (0: direct connections off).", nil, nil)
+	descDirectOpen       = prometheus.NewDesc("shoal_p2p_direct_open_connections", "Direct connections open now (served and dialled).", nil, nil)
+	descDirectIdle       = prometheus.NewDesc("shoal_p2p_direct_idle_connections", "Direct connections this node keeps in its pool for its next request to that peer.", nil, nil)
+	descDirectFallbacks  = prometheus.NewDesc("shoal_p2p_direct_fallbacks_total", "Blob requests this node sent over a libp2p stream although direct connections are on (the peer has no direct port, or its dial failed now or within the last minute).", nil, nil)
+	descDirectAccepted   = prometheus.NewDesc("shoal_p2p_direct_accepted_total", "Direct connections accepted from peers.", nil, nil)
+	descDirectRefused    = prometheus.NewDesc("shoal_p2p_direct_refused_total", "Direct connections closed before a request: no valid libp2p certificate, a peer not connected over libp2p from that IP or banned, over the limit, a handshake too slow.", nil, nil)
+	descDirectServed     = prometheus.NewDesc("shoal_p2p_direct_served_total", "Peers' blob requests answered on direct connections.", nil, nil)
+	descDirectFetched    = prometheus.NewDesc("shoal_p2p_direct_fetched_total", "Blob requests this node sent to peers on direct connections.", nil, nil)
+	descDirectDials      = prometheus.NewDesc("shoal_p2p_direct_dials_total", "Direct connections this node opened to peers.", nil, nil)
+	descDirectDialFailed = prometheus.NewDesc("shoal_p2p_direct_dial_failures_total", "Direct connections that failed to open: the request fell back to a libp2p stream.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStoreBytes, descStoreMax, descStoreBlobs, descStoreEvict, descStoreHits, descStoreMisses,
 		descStoreVerify, descUpRequests, descUpTokens, descUpTokenErrors, descUpRemaining, descUpLimit, descInflight, descP2PEnabled,
 		descP2PPeers, descP2PBanned, descP2PRouting, descP2PProvided, descP2PLookups, descP2PHits, descP2PBans, descP2PRedirected, descP2PInboundFailed, descP2PBytesIn, descP2PBytesOut, descGuardRefused,
-		descGuardConnRefused, descMirrorConns, descBlobBound} {
+		descGuardConnRefused, descMirrorConns, descBlobBound, descP2PBadRequests, descDirectPort, descDirectOpen, descDirectAccepted,
+		descDirectRefused, descDirectServed, descDirectFetched, descDirectDials, descDirectDialFailed, descDirectIdle, descDirectFallbacks} {
 		ch <- d
 	}
 }
@@ -339,6 +351,18 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descP2PBans, float64(ns.Bans))
 	counter(descP2PRedirected, float64(ns.Redirected))
 	counter(descP2PInboundFailed, float64(ns.InboundHandshakeFailures))
+	counter(descP2PBadRequests, float64(ns.BadRequests))
+	d := ns.Direct
+	gauge(descDirectPort, float64(d.Port))
+	gauge(descDirectOpen, float64(d.Open))
+	counter(descDirectAccepted, float64(d.Accepted))
+	counter(descDirectRefused, float64(d.Refused))
+	counter(descDirectServed, float64(d.Served))
+	counter(descDirectFetched, float64(d.Fetched))
+	counter(descDirectDials, float64(d.Dials))
+	counter(descDirectDialFailed, float64(d.DialFailures))
+	gauge(descDirectIdle, float64(d.Idle))
+	counter(descDirectFallbacks, float64(d.Streamed))
 }
 
 // ObserveLookup records one provider lookup made on a cache miss: its time and what it found.
