@@ -82,15 +82,16 @@ func TestStatusShowsDirectConnections(t *testing.T) {
 	if one.Refused+two.Refused != 0 {
 		t.Errorf("%d direct connections refused, want none", one.Refused+two.Refused)
 	}
-	// shoal-2 dialled shoal-1 over libp2p (bootstrap) and asks it on that connection: its
-	// direct dials must work. shoal-1 asking shoal-2 on the same connection may fail and fall
-	// back to a stream (counted above as "1 failed"): libp2p dials without SO_REUSEPORT, so
-	// shoal-2's end of that connection is 127.0.0.1, where it has no direct listener
-	// (p2p.directPort answers 0 and resets). Seen here in 6 runs of 7; see the report.
-	if two.Dials < 1 || two.DialFailed != 0 || two.Fetched < 1 || two.Fallbacks != 0 {
-		t.Errorf("shoal-2 (which pulled from shoal-1 with the upstream stopped): %+v, want ≥ 1 dial, none failed, ≥ 1 request, none over streams", two)
+	// Neither side may fall back to streams: shoal-2 dialled shoal-1 over libp2p (bootstrap)
+	// from the IP it listens on (p2p.sourceDialer), so shoal-1 asking shoal-2 on that
+	// connection learns shoal-2's direct port too. Before the source binding, shoal-2's end
+	// was 127.0.0.1, where it has no direct listener: shoal-1's dial failed in 6 runs of 7.
+	for i, st := range []direct{one, two} {
+		if st.DialFailed != 0 || st.Fallbacks != 0 {
+			t.Errorf("shoal-%d: %+v, want no failed dial and no request over streams", i+1, st)
+		}
 	}
-	if one.Fallbacks < one.DialFailed {
-		t.Errorf("shoal-1: %d dials failed but %d requests went over streams instead, want at least one per failed dial", one.DialFailed, one.Fallbacks)
+	if two.Dials < 1 || two.Fetched < 1 {
+		t.Errorf("shoal-2 (which pulled from shoal-1 with the upstream stopped): %+v, want ≥ 1 dial, ≥ 1 request", two)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/transport"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
@@ -230,8 +231,56 @@ func (l coalescingListener) Accept() (manet.Conn, network.ConnManagementScope, e
 // (mDNS, a DNS bootstrap of a fresh cluster) get two connections instead of one TCP
 // simultaneous open that both sides try to initiate on, which fails the handshake. Port
 // reuse only matters for NAT traversal, which shoal does not do.
-func newTCPTransport(watch *inboundWatch) func(transport.Upgrader, network.ResourceManager) (*tcp.TcpTransport, error) {
-	return func(up transport.Upgrader, rcmgr network.ResourceManager) (*tcp.TcpTransport, error) {
-		return tcp.NewTCPTransport(coalescingUpgrader{up, watch}, rcmgr, nil, tcp.DisableReuseport())
+//
+// A node that listens on named IPs also dials from them (sourceDialer): without that, the
+// kernel picks the source address, and a peer sees this node's connection come from an IP
+// it does not listen on (127.0.0.1 for a node on 127.0.0.2; the other interface's address on
+// a host with two): the peer cannot then reach this node's direct port over that connection.
+func newTCPTransport(watch *inboundWatch, listen []string) func(transport.Upgrader, network.ResourceManager) (*tcp.TcpTransport, error) {
+	opts := []tcp.Option{tcp.DisableReuseport()}
+	if ips := listenIPs(listen); len(ips) > 0 {
+		opts = append(opts, tcp.WithDialerForAddr(func(raddr ma.Multiaddr) (tcp.ContextDialer, error) {
+			return sourceDialer(ips, raddr), nil
+		}))
 	}
+	return func(up transport.Upgrader, rcmgr network.ResourceManager) (*tcp.TcpTransport, error) {
+		return tcp.NewTCPTransport(coalescingUpgrader{up, watch}, rcmgr, nil, opts...)
+	}
+}
+
+// listenIPs lists the specific IPs of TCP listen addresses (none for 0.0.0.0 or ::).
+func listenIPs(listen []string) []net.IP {
+	var ips []net.IP
+	for _, s := range listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			continue
+		}
+		if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
+			continue
+		}
+		ip, err := manet.ToIP(a)
+		if err != nil || ip.IsUnspecified() {
+			continue
+		}
+		ips = append(ips, ip)
+	}
+	return ips
+}
+
+// sourceDialer dials raddr from the first listen IP of its family and scope (loopback to
+// loopback, else not loopback); with none, the kernel picks, as libp2p's own dialer does.
+func sourceDialer(ips []net.IP, raddr ma.Multiaddr) *net.Dialer {
+	d := &net.Dialer{}
+	rip, err := manet.ToIP(raddr)
+	if err != nil {
+		return d
+	}
+	for _, ip := range ips {
+		if (ip.To4() == nil) == (rip.To4() == nil) && ip.IsLoopback() == rip.IsLoopback() {
+			d.LocalAddr = &net.TCPAddr{IP: ip}
+			break
+		}
+	}
+	return d
 }

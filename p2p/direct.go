@@ -315,11 +315,13 @@ func (n *Node) acceptDirect(life context.Context, ln net.Listener) {
 			continue
 		}
 		d.serving[c] = struct{}{}
-		d.wg.Add(1)
 		d.mu.Unlock()
 		d.open.Add(1)
+		// Not waited for by Close, as libp2p does not wait for stream handlers: Close closes
+		// the connection, but a reader of a download in flight (it ignores cancellation, so
+		// a peer's follow outlives its request) may hold the goroutine until the download
+		// moves; waiting made a node's Close hang as long as its own upstream did.
 		go func() {
-			defer d.wg.Done()
 			defer func() {
 				d.mu.Lock()
 				delete(d.serving, c)

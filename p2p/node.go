@@ -309,7 +309,7 @@ func newNode(ctx context.Context, cfg Config, dataDir string, content Content, l
 		listenOpt(cfg.ListenAddrs()),
 		// TCP only: a private network (PSK) cannot protect QUIC, and one transport keeps the
 		// dialled addresses predictable.
-		libp2p.Transport(newTCPTransport(n.inbound)),
+		libp2p.Transport(newTCPTransport(n.inbound, cfg.ListenAddrs())),
 		// TLS 1.3 first: with AES-NI its AES-GCM costs less CPU per byte than Noise's
 		// ChaCha20-Poly1305 (10-30% less for the whole transfer in BenchmarkTransfer here).
 		// Noise stays as a fallback; both authenticate the peer ID.
