@@ -30,8 +30,9 @@ type blobConn interface {
 	end(keep bool)
 	// complete finishes an exchange whose whole body went out: it returns once the asker has
 	// it (a direct connection waits for the asker's DONE line, as a stream's writes wait for
-	// the asker's window), so an upload counts until then (Config.MaxUploadsPerBlob).
-	complete()
+	// the asker's window), so an upload counts until then (Config.MaxUploadsPerBlob). It
+	// reports whether the asker said it has the body (a stream: whether the writes went out).
+	complete() bool
 	// cutShort ends a body before its announced size: the asker sees io.ErrUnexpectedEOF and
 	// keeps what it got.
 	cutShort()
@@ -78,7 +79,7 @@ func (s *streamConn) writeBody(f []byte) (int, error) { return s.Write(f[frameHe
 func (s *streamConn) retract()                        { _ = s.ResetWithError(retractCode) }
 func (s *streamConn) reset()                          { _ = s.Reset() }
 func (s *streamConn) requestSent()                    { _ = s.CloseWrite() }
-func (s *streamConn) complete()                       { s.end(true) }
+func (s *streamConn) complete() bool                  { s.end(true); return true }
 func (s *streamConn) received()                       {}
 
 func (s *streamConn) end(bool) {

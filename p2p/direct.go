@@ -632,10 +632,12 @@ func (c *directConn) end(keep bool) {
 // complete waits (within the stall timeout) for the asker's DONE line, which it sends once it
 // has read the whole body: until then the bytes may sit in socket buffers, and the upload (and
 // its serve slot) still counts.
-func (c *directConn) complete() {
+func (c *directConn) complete() bool {
 	_ = c.tc.SetReadDeadline(time.Now().Add(c.node.cfg.StallTimeout))
 	line, err := readLine(c.br, len(directDone))
-	c.end(err == nil && string(line) == directDone)
+	done := err == nil && string(line) == directDone
+	c.end(done)
+	return done
 }
 
 // received sends DONE: the whole body arrived.

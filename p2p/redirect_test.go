@@ -66,6 +66,60 @@ func TestRedirectAtUploadLimit(t *testing.T) {
 	}
 }
 
+// A node that sent a blob whole to as many peers as its upload limit sends the next asker to
+// one of them, however fast those copies went: a node's copies of a blob stay about the limit
+// (TestSwarm60Herd saw one node send a blob 9-12 times with a limit of 4 once copies took
+// milliseconds). A peer that only read part of it is not named.
+func TestRedirectToPeerThatGotItWhole(t *testing.T) {
+	ips := loopbackIPs(4)
+	blob := randomBlob(12, 1<<20)
+	cfgA := testConfig(ips[0])
+	cfgA.MaxUploadsPerBlob = 1
+	a := startNode(t, cfgA, newMemContent(blob))
+	part := startNode(t, bootstrapTo(testConfig(ips[1]), a), nil)
+	b := startNode(t, bootstrapTo(testConfig(ips[2]), a), newMemContent(blob))
+	c := startNode(t, bootstrapTo(testConfig(ips[3]), a), nil)
+	for _, n := range []*testNode{a, part, b, c} {
+		waitRT(t, n, 3)
+	}
+	d := b.content.put(blob)
+	fetchFrom := func(n *testNode) string {
+		t.Helper()
+		rc, _, err := n.Fetch(t.Context(), peerOf(a), d, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("%d bytes, err %v", len(got), err)
+		}
+		return rc.(interface{ Peer() string }).Peer()
+	}
+	// part reads 1000 bytes and hangs up: a gave it no whole copy.
+	rc, _, err := part.Fetch(t.Context(), peerOf(a), d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	waitFor(t, 5*time.Second, "a's upload to part to end", func() bool {
+		a.uploads.mu.Lock()
+		defer a.uploads.mu.Unlock()
+		return len(a.uploads.m) == 0
+	})
+	if from := fetchFrom(b); from != a.ID() {
+		t.Fatalf("b's copy came from %s, want a", from)
+	}
+	if from := fetchFrom(c); from != b.ID() {
+		t.Fatalf("c's copy came from %s, want b (a sent b a whole copy and its limit is 1)", from)
+	}
+	if r := a.Status().Redirected; r != 1 {
+		t.Fatalf("a counted %d redirects, want 1", r)
+	}
+}
+
 func TestParseRedirect(t *testing.T) {
 	id := "12D3KooWLya2DpJKp19CLAUmsFkWkkxzMSNEQukqFGuTkZBHgbHw"
 	for _, tc := range []struct {

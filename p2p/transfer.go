@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,9 +38,12 @@ import (
 // peer that the swarm designated for the digest to download it from the named upstream
 // repository (once, for everyone) and stream it as it arrives; it too is never forwarded to
 // another peer. Only Content that implements SwarmFetcher answers it.
-// REDIRECT says the node already streams this digest to Config.MaxUploadsPerBlob peers and
-// names them: they follow the download and serve what they have so far, so the asker
-// fetches from one of them (in local mode) instead. That is how a cluster pulling the same
+// REDIRECT says the node already streams this digest to Config.MaxUploadsPerBlob peers, or
+// streams and sent it whole (within givenFor) to that many together, and names them: they
+// follow the download and serve what they have so far, or hold it, so the asker fetches from
+// one of them (in local mode) instead. Counting whole copies sent keeps a node's copies of a
+// blob at about the limit however fast each copy goes (on direct connections a 4 MiB copy
+// takes milliseconds, and the slots turned over 2-3 times while a 60-node herd arrived). That is how a cluster pulling the same
 // image at once forms a tree instead of a star around the designated node. An asker follows
 // at most maxRedirectHops redirects and dials only peer IDs whose addresses it already knows.
 // GRANTED (protocol /shoal/blob/1.1.0, which a node offers first and answers alongside 1.0.0)
@@ -59,10 +63,14 @@ const (
 	maxRedirectPeers = 8
 	// maxRedirectHops bounds how many redirects one fetch follows.
 	maxRedirectHops = 3
-	modeLocal       = "local"
-	modeFetch       = "fetch"
-	maxRegistryLen  = 255
-	maxRepoLen      = 255
+	// givenFor is how long a peer that received a blob whole counts as holding it, for
+	// REDIRECT: long enough for a herd to arrive, short enough that a copy since deleted by
+	// its holder's GC is seldom named.
+	givenFor       = 30 * time.Second
+	modeLocal      = "local"
+	modeFetch      = "fetch"
+	maxRegistryLen = 255
+	maxRepoLen     = 255
 	// retractCode resets a stream whose bytes the sender takes back (ErrRetracted).
 	retractCode network.StreamErrorCode = 0x5e01
 	// maxOffset keeps offsets far from int64 overflow in size arithmetic.
@@ -419,7 +427,9 @@ func (n *Node) serveBlob(ctx context.Context, s blobConn) {
 			return
 		}
 	}
-	s.complete()
+	if s.complete() {
+		n.uploads.gave(req.Digest, p, n.cfg.MaxUploadsPerBlob)
+	}
 }
 
 // reply writes one response line within StallTimeout.
@@ -813,13 +823,21 @@ func (r *blobReader) Close() error {
 // uploadTable tracks which peers are streaming which digest from this node, so that a
 // node at its limit can send newcomers to the peers it already serves.
 type uploadTable struct {
-	mu sync.Mutex
-	m  map[digest.Digest]map[peer.ID]int // streams per digest per peer
+	mu    sync.Mutex
+	m     map[digest.Digest]map[peer.ID]int // streams per digest per peer
+	given map[digest.Digest]*givenSet       // peers sent a digest whole, recently
 }
 
-// begin registers a stream of d to p, unless max other peers already stream d (max > 0):
-// it then returns up to maxRedirectPeers of them, chosen at random, and ok=false. A peer
-// that already streams d (a resume) is always let in.
+// givenSet is the peers that received a digest whole from this node, the newest last.
+type givenSet struct {
+	peers []peer.ID
+	at    time.Time // of the newest
+}
+
+// begin registers a stream of d to p, unless max other peers already stream d or did
+// receive it whole within givenFor (max > 0): it then returns up to maxRedirectPeers of
+// them, chosen at random, and ok=false. A peer that already streams d (a resume) is always
+// let in.
 func (t *uploadTable) begin(d digest.Digest, p peer.ID, max int) (others []peer.ID, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -827,12 +845,26 @@ func (t *uploadTable) begin(d digest.Digest, p peer.ID, max int) (others []peer.
 		t.m = map[digest.Digest]map[peer.ID]int{}
 	}
 	cur := t.m[d]
-	if max > 0 && cur[p] == 0 && len(cur) >= max {
+	var given []peer.ID
+	if g := t.given[d]; g != nil {
+		if time.Since(g.at) > givenFor {
+			delete(t.given, d)
+		} else {
+			given = g.peers
+		}
+	}
+	if max > 0 && cur[p] == 0 && len(cur)+len(given) >= max && !slices.Contains(given, p) {
 		for o := range cur { // map order is random enough to spread the newcomers
 			others = append(others, o)
-			if len(others) == maxRedirectPeers {
-				break
+		}
+		for _, o := range given {
+			if cur[o] == 0 {
+				others = append(others, o)
 			}
+		}
+		rand.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+		if len(others) > maxRedirectPeers {
+			others = others[:maxRedirectPeers]
 		}
 		return others, false
 	}
@@ -842,6 +874,40 @@ func (t *uploadTable) begin(d digest.Digest, p peer.ID, max int) (others []peer.
 	}
 	cur[p]++
 	return nil, true
+}
+
+// gave records that p received d whole (max > 0): it is named in REDIRECTs for givenFor.
+// The set keeps the newest maxRedirectPeers; an old digest's set is dropped by the next
+// begin of it, or here when the table holds many.
+func (t *uploadTable) gave(d digest.Digest, p peer.ID, max int) {
+	if max <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	if t.given == nil {
+		t.given = map[digest.Digest]*givenSet{}
+	}
+	if len(t.given) >= 1024 {
+		for k, g := range t.given {
+			if now.Sub(g.at) > givenFor {
+				delete(t.given, k)
+			}
+		}
+	}
+	g := t.given[d]
+	if g == nil || now.Sub(g.at) > givenFor {
+		g = &givenSet{}
+		t.given[d] = g
+	}
+	if !slices.Contains(g.peers, p) {
+		g.peers = append(g.peers, p)
+		if len(g.peers) > maxRedirectPeers {
+			g.peers = g.peers[1:]
+		}
+	}
+	g.at = now
 }
 
 // end unregisters one stream of d to p.
