@@ -470,8 +470,8 @@ What was compared:
   shoal's CPU is its process's user + system time over the pull, per GiB of blobs.
 - **store commit**: 256 MiB written through the store (SHA-256 while writing, fsync, rename, index
   record) against the same bytes written to a file with fsync and rename.
-- **peer**: a fresh shoal node gets a 256 MiB blob from a neighbour that has it (libp2p, TLS 1.3 +
-  yamux) against a fresh shoal node that gets it from the registry over plain HTTP.
+- **peer**: a fresh shoal node gets a 256 MiB blob from a neighbour that has it (a direct
+  connection with libp2p's TLS 1.3 handshake, as shoal runs) against a fresh shoal node that gets it from the registry over plain HTTP.
 - **peer transfer vs HTTPS**: the transport alone (p2p's BenchmarkTransfer, nothing stored or hashed):
   the bytes of one 256 MiB blob, and of 8 × 64 MiB at once, from one node to another on a direct
   connection (TCP + libp2p's TLS 1.3 handshake, no muxer, as shoal runs; with a swarm key too) against
