@@ -221,16 +221,8 @@ func (c *grantingContent) Grant(_ context.Context, asker string, d digest.Digest
 // first asker fetches for itself, the next one gets the bytes. An old node (1.0.0 only) is
 // never granted: a granting node answers its fetch-mode request as before.
 func TestFetchViaGranted(t *testing.T) {
-	ips := loopbackIPs(3)
 	blob := randomBlob(9, 200<<10)
-	d := digest.FromBytes(blob)
-	gc := &grantingContent{granted: map[digest.Digest]string{},
-		swarmContent: &swarmContent{memContent: newMemContent(), upstream: map[digest.Digest][]byte{d: blob}, asked: make(chan string, 4)}}
-	fetcher := startNode(t, testConfig(ips[0]), nil, nodeOpt{content: gc})
-	first := startNode(t, bootstrapTo(testConfig(ips[1]), fetcher), nil)
-	second := startNode(t, bootstrapTo(testConfig(ips[2]), fetcher), nil)
-	waitRT(t, first, 1)
-	waitRT(t, second, 1)
+	d, gc, fetcher, first, second := grantingTrio(t, blob)
 	if !first.SpeaksGrant(fetcher.ID()) {
 		t.Fatal("the fetcher does not say it speaks /shoal/blob/1.1.0")
 	}
@@ -289,4 +281,20 @@ func TestFetchViaGranted(t *testing.T) {
 	if want := fmt.Sprintf("ACCEPTED\nOK %d\n", len(blob2)); err != nil || !bytes.HasPrefix(resp, []byte(want)) || !bytes.HasSuffix(resp, blob2) {
 		t.Fatalf("an old asker's fetch: %q… (%d bytes), err %v; want %q and the blob", resp[:min(len(resp), 40)], len(resp), err, want)
 	}
+}
+
+// grantingTrio starts a designated fetcher whose content grants (and whose upstream holds
+// blob) and two nodes bootstrapped to it.
+func grantingTrio(t *testing.T, blob []byte) (d digest.Digest, gc *grantingContent, fetcher, first, second *testNode) {
+	t.Helper()
+	ips := loopbackIPs(3)
+	d = digest.FromBytes(blob)
+	gc = &grantingContent{granted: map[digest.Digest]string{},
+		swarmContent: &swarmContent{memContent: newMemContent(), upstream: map[digest.Digest][]byte{d: blob}, asked: make(chan string, 4)}}
+	fetcher = startNode(t, testConfig(ips[0]), nil, nodeOpt{content: gc})
+	first = startNode(t, bootstrapTo(testConfig(ips[1]), fetcher), nil)
+	second = startNode(t, bootstrapTo(testConfig(ips[2]), fetcher), nil)
+	waitRT(t, first, 1)
+	waitRT(t, second, 1)
+	return d, gc, fetcher, first, second
 }

@@ -415,16 +415,8 @@ func TestDirectEndings(t *testing.T) {
 // arrive over a direct connection too: those tests' nodes have direct ports; here, the proof
 // that the answers did travel on one.
 func TestDirectCarriesRedirectAndGrant(t *testing.T) {
-	ips := loopbackIPs(3)
 	blob := randomBlob(54, 64<<10)
-	d := digest.FromBytes(blob)
-	gc := &grantingContent{granted: map[digest.Digest]string{},
-		swarmContent: &swarmContent{memContent: newMemContent(), upstream: map[digest.Digest][]byte{d: blob}, asked: make(chan string, 4)}}
-	fetcher := startNode(t, testConfig(ips[0]), nil, nodeOpt{content: gc})
-	first := startNode(t, bootstrapTo(testConfig(ips[1]), fetcher), nil)
-	second := startNode(t, bootstrapTo(testConfig(ips[2]), fetcher), nil)
-	waitRT(t, first, 1)
-	waitRT(t, second, 1)
+	d, _, fetcher, first, second := grantingTrio(t, blob)
 	if _, _, err := first.FetchVia(t.Context(), peerOf(fetcher), d, 0, "docker.io", "library/alpine"); !errors.Is(err, ErrGranted) {
 		t.Fatalf("the first asker: %v, want ErrGranted", err)
 	}
