@@ -209,8 +209,8 @@ func directAddrs(lns []directListener) []string {
 	return out
 }
 
-// closeDirect closes the listeners and every direct connection, and waits for their
-// goroutines.
+// closeDirect closes the listeners and every direct connection, and waits for the accept
+// loops (not for the goroutines serving connections: see acceptDirect).
 func (n *Node) closeDirect() {
 	d := &n.direct
 	d.mu.Lock()
@@ -443,6 +443,11 @@ func (n *Node) directFor(ctx context.Context, p peer.ID, pooled bool) (c *direct
 		if ctx.Err() == nil {
 			d.dialFails.Add(1)
 			d.mu.Lock()
+			for q, until := range d.failed { // expired entries: the map holds recent failures only
+				if now.After(until) {
+					delete(d.failed, q)
+				}
+			}
 			d.failed[p] = time.Now().Add(directRetryAfter)
 			delete(d.ports, p)
 			d.mu.Unlock()

@@ -43,8 +43,9 @@ import (
 // follow the download and serve what they have so far, or hold it, so the asker fetches from
 // one of them (in local mode) instead. Counting whole copies sent keeps a node's copies of a
 // blob at about the limit however fast each copy goes (on direct connections a 4 MiB copy
-// takes milliseconds, and the slots turned over 2-3 times while a 60-node herd arrived). That is how a cluster pulling the same
-// image at once forms a tree instead of a star around the designated node. An asker follows
+// takes milliseconds, and the slots turned over 2-3 times while a 60-node herd arrived).
+// That is how a cluster pulling the same image at once forms a tree instead of a star around
+// the designated node. An asker follows
 // at most maxRedirectHops redirects and dials only peer IDs whose addresses it already knows.
 // GRANTED (protocol /shoal/blob/1.1.0, which a node offers first and answers alongside 1.0.0)
 // tells an asker that the designated node has no copy of the digest, no download of it and
